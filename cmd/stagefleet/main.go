@@ -1,0 +1,97 @@
+// Command stagefleet fans one live IVS real-time host out to as many viewers
+// as come. Subcommands: emulator, version.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"runtime/debug"
+	"syscall"
+
+	"github.com/stagefleet/stagefleet/internal/emulator"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+const usage = `usage: stagefleet <command> [flags]
+
+commands:
+  emulator   run a local IVS real-time service (see stagefleet emulator --help)
+  version    print the version
+`
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, os.Args[1:], os.Stdout, os.Stderr); err != nil {
+		if !errors.Is(err, flag.ErrHelp) {
+			fmt.Fprintln(os.Stderr, "stagefleet:", err)
+		}
+		os.Exit(2)
+	}
+}
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return errors.New("no command given")
+	}
+	switch args[0] {
+	case "emulator":
+		return runEmulator(ctx, args[1:], stderr)
+	case "version":
+		fmt.Fprintln(stdout, "stagefleet", buildVersion())
+		return nil
+	case "help", "-h", "--help":
+		fmt.Fprint(stdout, usage)
+		return nil
+	default:
+		fmt.Fprint(stderr, usage)
+		return fmt.Errorf("unknown command %q", args[0])
+	}
+}
+
+func buildVersion() string {
+	if version != "dev" {
+		return version
+	}
+	if info, ok := debug.ReadBuildInfo(); ok && info.Main.Version != "" && info.Main.Version != "(devel)" {
+		return info.Main.Version
+	}
+	return version
+}
+
+func runEmulator(ctx context.Context, args []string, stderr io.Writer) error {
+	fs := flag.NewFlagSet("stagefleet emulator", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	cfg := emulator.DefaultConfig()
+	addr := fs.String("addr", "127.0.0.1:4566", "address to listen on")
+	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
+	cfg.RegisterFlags(fs, "")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected arguments: %v", fs.Args())
+	}
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
+		return fmt.Errorf("-log-level: %w", err)
+	}
+	log := slog.New(slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: level}))
+	cfg.Logger = log
+	emu, err := emulator.New(cfg)
+	if err != nil {
+		return err
+	}
+	defer emu.Close()
+	log.Info("IVS real-time emulator listening", "addr", *addr, "region", cfg.Region, "events_urls", cfg.EventsURLs)
+	return emu.ListenAndServe(ctx, *addr)
+}
