@@ -1,0 +1,178 @@
+package fleet
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/stagefleet/stagefleet/internal/store"
+)
+
+// IVS Stage Update event names fleet acts on.
+const (
+	EventPublished          = "Participant Published"
+	EventUnpublished        = "Participant Unpublished"
+	EventPublishError       = "Participant Publish Error"
+	EventLeft               = "Participant Left"
+	EventReplicationStarted = "Participant Replication Started"
+	EventReplicationStopped = "Participant Replication Stopped"
+)
+
+// Event is an IVS Stage Update event, already parsed.
+type Event struct {
+	ID            string
+	StageArn      string
+	SessionID     string
+	Name          string
+	Time          time.Time
+	ParticipantID string
+	UserID        string
+	// Replica says the participant is a replica (replication events and
+	// events about replicas in a destination stage).
+	Replica bool
+	// SourceStageArn is set on replication events.
+	SourceStageArn string
+}
+
+// EventResult says what became of an event.
+type EventResult string
+
+const (
+	EventApplied   EventResult = "applied"
+	EventDuplicate EventResult = "duplicate"
+	EventStale     EventResult = "stale"
+	EventIgnored   EventResult = "ignored"
+)
+
+// HandleEvent applies an IVS event. Delivery is at least once, late and
+// unordered: duplicates are dropped by id, and an event older than the last
+// one applied to the same host or replication changes nothing.
+func (s *Service) HandleEvent(ctx context.Context, ev Event) (EventResult, error) {
+	first, err := s.store.FirstSeen(ctx, ev.ID, s.cfg.EventDedupTTL)
+	if err != nil {
+		return "", failWrap(ErrUnavailable, err, "recording event %s", ev.ID)
+	}
+	if !first {
+		return EventDuplicate, nil
+	}
+	st, err := s.store.GetStage(ctx, ev.StageArn)
+	if errors.Is(err, store.ErrNotFound) {
+		return EventIgnored, nil
+	}
+	if err != nil {
+		return "", failWrap(ErrUnavailable, err, "reading stage %s", ev.StageArn)
+	}
+	var res EventResult
+	switch ev.Name {
+	case EventPublished, EventUnpublished, EventPublishError, EventLeft:
+		if st.Role != store.RoleOrigin || ev.Replica {
+			return EventIgnored, nil
+		}
+		res, err = s.hostEvent(ctx, st, ev, ev.Name == EventPublished)
+	case EventReplicationStarted, EventReplicationStopped:
+		res, err = s.replicationEvent(ctx, st, ev, ev.Name == EventReplicationStarted)
+	default:
+		return EventIgnored, nil
+	}
+	if err != nil {
+		return "", err
+	}
+	s.log.Info("ivs event", "event", ev.Name, "result", res, "broadcast", st.BroadcastID, "stage", st.Arn, "participant", ev.ParticipantID)
+	return res, nil
+}
+
+func (s *Service) hostEvent(ctx context.Context, origin store.Stage, ev Event, publishing bool) (EventResult, error) {
+	h, err := s.store.GetHost(ctx, origin.BroadcastID, ev.ParticipantID)
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		// A host whose token stagefleet did not issue (or whose record was
+		// lost) is a host all the same.
+		h = store.Host{BroadcastID: origin.BroadcastID, ParticipantID: ev.ParticipantID, UserID: ev.UserID, StageArn: origin.Arn, JoinedAt: ev.Time}
+	case err != nil:
+		return "", failWrap(ErrUnavailable, err, "reading host")
+	case ev.Time.Before(h.EventTime):
+		return EventStale, nil
+	}
+	h.Publishing = publishing
+	h.EventTime = ev.Time
+	if err := s.store.PutHost(ctx, h); err != nil {
+		return "", failWrap(ErrUnavailable, err, "recording host")
+	}
+	if err := s.refreshOrigin(ctx, origin); err != nil {
+		return "", err
+	}
+	return EventApplied, nil
+}
+
+// refreshOrigin makes the origin take viewers exactly while a host publishes.
+func (s *Service) refreshOrigin(ctx context.Context, origin store.Stage) error {
+	hosts, err := s.store.ListHosts(ctx, origin.BroadcastID)
+	if err != nil {
+		return failWrap(ErrUnavailable, err, "listing hosts")
+	}
+	live := false
+	for _, h := range hosts {
+		live = live || h.Publishing
+	}
+	return s.setSeatable(ctx, origin, live, "host publishing")
+}
+
+func (s *Service) replicationEvent(ctx context.Context, dest store.Stage, ev Event, started bool) (EventResult, error) {
+	r, err := s.store.GetReplication(ctx, dest.BroadcastID, ev.ParticipantID, dest.Arn)
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		r = store.Replication{BroadcastID: dest.BroadcastID, ParticipantID: ev.ParticipantID, SourceArn: ev.SourceStageArn, DestArn: dest.Arn}
+	case err != nil:
+		return "", failWrap(ErrUnavailable, err, "reading replication")
+	case ev.Time.Before(r.EventTime):
+		return EventStale, nil
+	}
+	r.State = store.ReplStopped
+	r.Reason = "IVS reported the replication stopped"
+	if started {
+		r.State = store.ReplActive
+		r.Reason = ""
+	}
+	r.EventTime = ev.Time
+	r.UpdatedAt = s.now()
+	if err := s.store.PutReplication(ctx, r); err != nil {
+		return "", failWrap(ErrUnavailable, err, "recording replication")
+	}
+	if err := s.refreshReplica(ctx, dest); err != nil {
+		return "", err
+	}
+	return EventApplied, nil
+}
+
+// refreshReplica makes a replica stage take viewers exactly while a host
+// replication into it is active (invariant 2). Manual stages never do.
+func (s *Service) refreshReplica(ctx context.Context, dest store.Stage) error {
+	if dest.Role != store.RoleReplica {
+		return nil
+	}
+	rs, err := s.store.ListReplications(ctx, dest.BroadcastID)
+	if err != nil {
+		return failWrap(ErrUnavailable, err, "listing replications")
+	}
+	active := false
+	for _, r := range rs {
+		active = active || (r.DestArn == dest.Arn && r.State == store.ReplActive)
+	}
+	return s.setSeatable(ctx, dest, active, "host replication active")
+}
+
+// setSeatable writes even when st already says so: st may be stale when
+// events about one broadcast are handled concurrently.
+func (s *Service) setSeatable(ctx context.Context, st store.Stage, seatable bool, why string) error {
+	if err := s.store.SetSeatable(ctx, st.Arn, seatable); err != nil {
+		return failWrap(ErrUnavailable, err, "updating stage %s", st.Arn)
+	}
+	if st.Seatable == seatable {
+		return nil
+	}
+	s.log.Info("stage seating changed", "broadcast", st.BroadcastID, "stage", st.Arn, "role", st.Role, "seatable", seatable, "reason", why)
+	if seatable {
+		s.freed.notify()
+	}
+	return nil
+}

@@ -1,0 +1,237 @@
+// Package fleet is stagefleet's domain: broadcasts and their origin stages,
+// hosts, viewer seats, replication and IVS events. It imports no HTTP and no
+// AWS SDK types; it reaches IVS, the store and token signing through ports.
+package fleet
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"log/slog"
+	"sync"
+	"time"
+
+	"golang.org/x/sync/singleflight"
+
+	"github.com/stagefleet/stagefleet/internal/ivs"
+	"github.com/stagefleet/stagefleet/internal/store"
+	"github.com/stagefleet/stagefleet/internal/token"
+)
+
+// Tags that mark a stage as stagefleet's (DESIGN.md).
+const (
+	TagBroadcast = "stagefleet:broadcast"
+	TagRole      = "stagefleet:role"
+)
+
+// DefaultBroadcast is the broadcast of requests that name none.
+const DefaultBroadcast = "default"
+
+// IVS is what fleet needs of IVS real-time.
+type IVS interface {
+	CreateStage(ctx context.Context, name string, tags map[string]string) (ivs.Stage, error)
+	GetStage(ctx context.Context, arn string) (ivs.Stage, error)
+	UpdateStage(ctx context.Context, arn, name string) (ivs.Stage, error)
+	DeleteStage(ctx context.Context, arn string) error
+	StartReplication(ctx context.Context, sourceArn, destArn, participantID string, reconnectWindow time.Duration) error
+	StopReplication(ctx context.Context, sourceArn, destArn, participantID string) error
+}
+
+// Config is the fleet's policy.
+type Config struct {
+	// StageCapacity is the most viewers seated on one stage.
+	StageCapacity int
+	// HeartbeatTimeout is a seat's lease: it is freed when no heartbeat
+	// renews it for this long.
+	HeartbeatTimeout time.Duration
+	// SeatWait is how long a viewer waits for a seat before a 503.
+	SeatWait time.Duration
+	// Token lifetimes.
+	PublisherTTL   time.Duration
+	ViewerTTL      time.Duration
+	MediaServerTTL time.Duration
+	// OriginArn is an existing stage to use as the default broadcast's
+	// origin (MASTER_STAGE_ARN); empty means stagefleet creates it.
+	OriginArn string
+	// ReconnectWindow is passed to StartParticipantReplication.
+	ReconnectWindow time.Duration
+	// EventDedupTTL is how long an event id is remembered.
+	EventDedupTTL time.Duration
+}
+
+// Service is the fleet.
+type Service struct {
+	cfg    Config
+	store  store.Store
+	ivs    IVS
+	tokens token.Issuer
+	log    *slog.Logger
+	now    func() time.Time
+
+	origins singleflight.Group
+	freed   *signal
+}
+
+// New returns a fleet service.
+func New(cfg Config, st store.Store, i IVS, tokens token.Issuer, log *slog.Logger) *Service {
+	return &Service{
+		cfg:    cfg,
+		store:  st,
+		ivs:    i,
+		tokens: tokens,
+		log:    log,
+		now:    time.Now,
+		freed:  newSignal(),
+	}
+}
+
+// Run does the fleet's background work until ctx ends: freeing the seats
+// whose lease ran out.
+func (s *Service) Run(ctx context.Context) {
+	every := max(s.cfg.HeartbeatTimeout/10, 100*time.Millisecond)
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			s.expireSeats(ctx)
+		}
+	}
+}
+
+func (s *Service) expireSeats(ctx context.Context) {
+	bs, err := s.store.ListBroadcasts(ctx)
+	if err != nil {
+		s.log.Warn("listing broadcasts for seat expiry", "error", err)
+		return
+	}
+	for _, b := range bs {
+		freed, err := s.store.ExpireSeats(ctx, b.ID, s.now())
+		if err != nil {
+			s.log.Warn("expiring seats", "broadcast", b.ID, "error", err)
+			continue
+		}
+		for _, seat := range freed {
+			s.log.Info("seat expired", "broadcast", b.ID, "stage", seat.StageArn, "user", seat.UserID)
+		}
+		if len(freed) > 0 {
+			s.freed.notify()
+		}
+	}
+}
+
+// Ping checks the store.
+func (s *Service) Ping(ctx context.Context) error { return s.store.Ping(ctx) }
+
+// origin returns the broadcast's origin stage, creating it (tagged) on first
+// use. Concurrent first uses in this process share one creation; across
+// instances, the store's create-if-absent picks one and the others delete
+// what they created.
+func (s *Service) origin(ctx context.Context, broadcastID string) (string, error) {
+	if b, err := s.store.GetBroadcast(ctx, broadcastID); err == nil {
+		return b.OriginArn, nil
+	} else if !errors.Is(err, store.ErrNotFound) {
+		return "", failWrap(ErrUnavailable, err, "reading broadcast %s", broadcastID)
+	}
+	arn, err, _ := s.origins.Do(broadcastID, func() (any, error) {
+		return s.createOrigin(context.WithoutCancel(ctx), broadcastID)
+	})
+	if err != nil {
+		return "", err
+	}
+	return arn.(string), nil
+}
+
+func (s *Service) createOrigin(ctx context.Context, broadcastID string) (string, error) {
+	var st ivs.Stage
+	created := false
+	if broadcastID == DefaultBroadcast && s.cfg.OriginArn != "" {
+		var err error
+		if st, err = s.ivs.GetStage(ctx, s.cfg.OriginArn); err != nil {
+			return "", failWrap(ErrUnavailable, err, "MASTER_STAGE_ARN %s cannot be read", s.cfg.OriginArn)
+		}
+	} else {
+		var err error
+		st, err = s.ivs.CreateStage(ctx, stageName(broadcastID, store.RoleOrigin), stageTags(broadcastID, store.RoleOrigin))
+		if err != nil {
+			return "", ivsFailure(err, "creating the origin stage of broadcast %s", broadcastID)
+		}
+		created = true
+	}
+	now := s.now()
+	rec := store.Stage{Arn: st.Arn, BroadcastID: broadcastID, Role: store.RoleOrigin, Name: st.Name, Capacity: s.cfg.StageCapacity, CreatedAt: now}
+	if err := s.store.PutStage(ctx, rec); err != nil {
+		return "", failWrap(ErrUnavailable, err, "recording origin stage")
+	}
+	b, err := s.store.CreateBroadcast(ctx, store.Broadcast{ID: broadcastID, OriginArn: st.Arn, CreatedAt: now})
+	switch {
+	case errors.Is(err, store.ErrExists):
+		// Another instance won the race: drop ours.
+		if _, err := s.store.DeleteStage(ctx, st.Arn); err != nil {
+			s.log.Warn("dropping losing origin record", "stage", st.Arn, "error", err)
+		}
+		if created {
+			if err := s.ivs.DeleteStage(ctx, st.Arn); err != nil {
+				s.log.Warn("deleting losing origin stage", "stage", st.Arn, "error", err)
+			}
+		}
+		return b.OriginArn, nil
+	case err != nil:
+		return "", failWrap(ErrUnavailable, err, "recording broadcast %s", broadcastID)
+	}
+	s.log.Info("origin stage ready", "broadcast", broadcastID, "stage", st.Arn, "created", created)
+	return st.Arn, nil
+}
+
+func stageName(broadcastID string, role store.Role) string {
+	return "stagefleet-" + broadcastID + "-" + string(role)
+}
+
+func stageTags(broadcastID string, role store.Role) map[string]string {
+	return map[string]string{TagBroadcast: broadcastID, TagRole: string(role)}
+}
+
+// ivsFailure turns an IVS error into a fleet error with a message for the
+// caller.
+func ivsFailure(err error, format string, args ...any) *Error {
+	kind := ErrUnavailable
+	switch {
+	case errors.Is(err, ivs.ErrNotFound):
+		kind = ErrNotFound
+	case errors.Is(err, ivs.ErrNotPublishing):
+		kind = ErrNotPublishing
+	case errors.Is(err, ivs.ErrQuota):
+		kind = ErrStageLimit
+	case errors.Is(err, ivs.ErrValidation):
+		kind = ErrInvalid
+	}
+	return failWrap(kind, err, format, args...)
+}
+
+// newParticipantID returns a random id (base32, 26 characters) that fits
+// IVS's participant id pattern.
+func newParticipantID() string { return rand.Text() }
+
+// signal wakes every waiter when something they may be waiting for
+// happened (a seat freed, a stage opened).
+type signal struct {
+	mu sync.Mutex
+	ch chan struct{}
+}
+
+func newSignal() *signal { return &signal{ch: make(chan struct{})} }
+
+func (s *signal) wait() <-chan struct{} {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.ch
+}
+
+func (s *signal) notify() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	close(s.ch)
+	s.ch = make(chan struct{})
+}

@@ -1,0 +1,324 @@
+package fleet
+
+import (
+	"context"
+	"errors"
+	"maps"
+	"strings"
+	"time"
+
+	"github.com/stagefleet/stagefleet/internal/ivs"
+	"github.com/stagefleet/stagefleet/internal/store"
+)
+
+// StageView is a stage as the API shows it.
+type StageView struct {
+	store.Stage
+	ActiveSessionID string
+	Tags            map[string]string
+	Replications    []store.Replication
+}
+
+// CreateStage creates a manual stage: tagged as stagefleet's, but unmanaged
+// (no viewers seated there, nothing replicated into it by the controller,
+// never deleted by it).
+func (s *Service) CreateStage(ctx context.Context, broadcastID, name string, tags map[string]string) (StageView, error) {
+	for k := range tags {
+		if strings.HasPrefix(strings.ToLower(k), "stagefleet:") {
+			return StageView{}, fail(ErrInvalid, "tag %q: the stagefleet: prefix is reserved", k)
+		}
+	}
+	all := maps.Clone(tags)
+	if all == nil {
+		all = map[string]string{}
+	}
+	maps.Copy(all, stageTags(broadcastID, store.RoleManual))
+	st, err := s.ivs.CreateStage(ctx, name, all)
+	if err != nil {
+		return StageView{}, ivsFailure(err, "creating stage %q", name)
+	}
+	rec := store.Stage{Arn: st.Arn, BroadcastID: broadcastID, Role: store.RoleManual, Name: st.Name, Capacity: s.cfg.StageCapacity, CreatedAt: s.now()}
+	if err := s.store.PutStage(ctx, rec); err != nil {
+		// Nothing half-written: without a record the stage would leak.
+		if derr := s.ivs.DeleteStage(context.WithoutCancel(ctx), st.Arn); derr != nil {
+			s.log.Error("deleting unrecorded stage", "stage", st.Arn, "error", derr)
+		}
+		return StageView{}, failWrap(ErrUnavailable, err, "recording stage")
+	}
+	s.log.Info("manual stage created", "broadcast", broadcastID, "stage", st.Arn, "name", name)
+	return StageView{Stage: rec, ActiveSessionID: st.ActiveSessionID, Tags: st.Tags}, nil
+}
+
+// record returns stagefleet's record of a stage, or ErrNotFound.
+func (s *Service) record(ctx context.Context, arn string) (store.Stage, error) {
+	rec, err := s.store.GetStage(ctx, arn)
+	if errors.Is(err, store.ErrNotFound) {
+		return store.Stage{}, fail(ErrNotFound, "stage %s is not one of stagefleet's stages", arn)
+	}
+	if err != nil {
+		return store.Stage{}, failWrap(ErrUnavailable, err, "reading stage %s", arn)
+	}
+	return rec, nil
+}
+
+// Stage returns one of stagefleet's stages, with what IVS says of it.
+func (s *Service) Stage(ctx context.Context, arn string) (StageView, error) {
+	rec, err := s.record(ctx, arn)
+	if err != nil {
+		return StageView{}, err
+	}
+	st, err := s.ivs.GetStage(ctx, arn)
+	if err != nil {
+		return StageView{}, ivsFailure(err, "reading stage %s from IVS", arn)
+	}
+	reps, err := s.replicationsInto(ctx, rec)
+	if err != nil {
+		return StageView{}, err
+	}
+	return StageView{Stage: rec, ActiveSessionID: st.ActiveSessionID, Tags: st.Tags, Replications: reps}, nil
+}
+
+// UpdateStage renames one of stagefleet's stages.
+func (s *Service) UpdateStage(ctx context.Context, arn, name string) (StageView, error) {
+	rec, err := s.record(ctx, arn)
+	if err != nil {
+		return StageView{}, err
+	}
+	st, err := s.ivs.UpdateStage(ctx, arn, name)
+	if err != nil {
+		return StageView{}, ivsFailure(err, "renaming stage %s", arn)
+	}
+	rec.Name = st.Name
+	if err := s.store.PutStage(ctx, rec); err != nil {
+		return StageView{}, failWrap(ErrUnavailable, err, "recording stage")
+	}
+	return StageView{Stage: rec, ActiveSessionID: st.ActiveSessionID, Tags: st.Tags}, nil
+}
+
+// DeleteStage deletes a stage of stagefleet's. It refuses the origin and a
+// stage with seated viewers.
+func (s *Service) DeleteStage(ctx context.Context, arn string) error {
+	rec, err := s.record(ctx, arn)
+	if err != nil {
+		return err
+	}
+	if rec.Role == store.RoleOrigin {
+		return fail(ErrForbidden, "stage %s is the origin of broadcast %s and cannot be deleted", arn, rec.BroadcastID)
+	}
+	if rec.Seats > 0 {
+		return fail(ErrForbidden, "stage %s has %d seated viewers; it can be deleted once it is empty", arn, rec.Seats)
+	}
+	if err := s.ivs.DeleteStage(ctx, arn); err != nil && !errors.Is(err, ivs.ErrNotFound) {
+		return ivsFailure(err, "deleting stage %s", arn)
+	}
+	if _, err := s.store.DeleteStage(ctx, arn); err != nil && !errors.Is(err, store.ErrNotFound) {
+		return failWrap(ErrUnavailable, err, "dropping the record of stage %s", arn)
+	}
+	reps, err := s.replicationsInto(ctx, rec)
+	if err != nil {
+		return err
+	}
+	for _, r := range reps {
+		if err := s.store.DeleteReplication(ctx, r.BroadcastID, r.ParticipantID, r.DestArn); err != nil && !errors.Is(err, store.ErrNotFound) {
+			return failWrap(ErrUnavailable, err, "dropping replication record")
+		}
+	}
+	s.log.Info("stage deleted", "broadcast", rec.BroadcastID, "stage", arn, "role", rec.Role)
+	return nil
+}
+
+func (s *Service) replicationsInto(ctx context.Context, st store.Stage) ([]store.Replication, error) {
+	all, err := s.store.ListReplications(ctx, st.BroadcastID)
+	if err != nil {
+		return nil, failWrap(ErrUnavailable, err, "listing replications")
+	}
+	var out []store.Replication
+	for _, r := range all {
+		if r.DestArn == st.Arn || r.SourceArn == st.Arn {
+			out = append(out, r)
+		}
+	}
+	return out, nil
+}
+
+// Stages lists a broadcast's stages with their seats and replications.
+func (s *Service) Stages(ctx context.Context, broadcastID string) ([]StageView, error) {
+	recs, err := s.store.ListStages(ctx, broadcastID)
+	if err != nil {
+		return nil, failWrap(ErrUnavailable, err, "listing stages")
+	}
+	reps, err := s.store.ListReplications(ctx, broadcastID)
+	if err != nil {
+		return nil, failWrap(ErrUnavailable, err, "listing replications")
+	}
+	out := make([]StageView, len(recs))
+	for i, rec := range recs {
+		out[i] = StageView{Stage: rec}
+		for _, r := range reps {
+			if r.DestArn == rec.Arn {
+				out[i].Replications = append(out[i].Replications, r)
+			}
+		}
+	}
+	return out, nil
+}
+
+// Origin returns the broadcast's origin stage, if it has one yet.
+func (s *Service) Origin(ctx context.Context, broadcastID string) (StageView, error) {
+	b, err := s.store.GetBroadcast(ctx, broadcastID)
+	if errors.Is(err, store.ErrNotFound) {
+		return StageView{}, fail(ErrNotFound, "broadcast %s has no origin stage yet; it is created with the first host token", broadcastID)
+	}
+	if err != nil {
+		return StageView{}, failWrap(ErrUnavailable, err, "reading broadcast")
+	}
+	return s.Stage(ctx, b.OriginArn)
+}
+
+// Replication names one host replication for the manual API.
+type Replication struct {
+	SourceArn     string
+	DestArn       string
+	ParticipantID string
+}
+
+// broadcastOf returns the broadcast a replication belongs to: the
+// destination's, else the source's, else the default.
+func (s *Service) broadcastOf(ctx context.Context, r Replication) string {
+	for _, arn := range []string{r.DestArn, r.SourceArn} {
+		if rec, err := s.store.GetStage(ctx, arn); err == nil {
+			return rec.BroadcastID
+		}
+	}
+	return DefaultBroadcast
+}
+
+// StartReplication starts a host replication by hand. Starting one that
+// runs already is a success. A host that is not publishing is refused with
+// IVS's own message and nothing is recorded.
+func (s *Service) StartReplication(ctx context.Context, r Replication) (store.Replication, error) {
+	if r.SourceArn == r.DestArn {
+		return store.Replication{}, fail(ErrInvalid, "sourceStageArn and destinationStageArn must be different stages")
+	}
+	err := s.ivs.StartReplication(ctx, r.SourceArn, r.DestArn, r.ParticipantID, s.cfg.ReconnectWindow)
+	var ie *ivs.Error
+	switch {
+	case errors.Is(err, ivs.ErrNotPublishing) && errors.As(err, &ie):
+		return store.Replication{}, fail(ErrNotPublishing, "%s", ie.Message)
+	case errors.Is(err, ivs.ErrConflict):
+		// Already replicating: idempotent.
+	case err != nil:
+		return store.Replication{}, ivsFailure(err, "starting replication of %s into %s", r.ParticipantID, r.DestArn)
+	}
+	b := s.broadcastOf(ctx, r)
+	rec, gerr := s.store.GetReplication(ctx, b, r.ParticipantID, r.DestArn)
+	if gerr != nil && !errors.Is(gerr, store.ErrNotFound) {
+		return store.Replication{}, failWrap(ErrUnavailable, gerr, "reading replication")
+	}
+	if rec.State != store.ReplActive {
+		rec = store.Replication{BroadcastID: b, ParticipantID: r.ParticipantID, SourceArn: r.SourceArn, DestArn: r.DestArn, State: store.ReplStarting, EventTime: rec.EventTime}
+	}
+	rec.UpdatedAt = s.now()
+	if err := s.store.PutReplication(ctx, rec); err != nil {
+		return store.Replication{}, failWrap(ErrUnavailable, err, "recording replication")
+	}
+	s.log.Info("replication started by hand", "broadcast", b, "participant", r.ParticipantID, "source", r.SourceArn, "destination", r.DestArn)
+	return rec, nil
+}
+
+// StopReplication stops a host replication by hand.
+func (s *Service) StopReplication(ctx context.Context, r Replication) error {
+	b := s.broadcastOf(ctx, r)
+	err := s.ivs.StopReplication(ctx, r.SourceArn, r.DestArn, r.ParticipantID)
+	_, gerr := s.store.GetReplication(ctx, b, r.ParticipantID, r.DestArn)
+	switch {
+	case errors.Is(err, ivs.ErrNotFound) && errors.Is(gerr, store.ErrNotFound):
+		return fail(ErrNotFound, "participant %s is not being replicated from %s to %s", r.ParticipantID, r.SourceArn, r.DestArn)
+	case err != nil && !errors.Is(err, ivs.ErrNotFound):
+		return ivsFailure(err, "stopping replication of %s into %s", r.ParticipantID, r.DestArn)
+	}
+	if err := s.store.DeleteReplication(ctx, b, r.ParticipantID, r.DestArn); err != nil && !errors.Is(err, store.ErrNotFound) {
+		return failWrap(ErrUnavailable, err, "dropping replication record")
+	}
+	if dest, err := s.store.GetStage(ctx, r.DestArn); err == nil {
+		if err := s.refreshReplica(ctx, dest); err != nil {
+			return err
+		}
+	}
+	s.log.Info("replication stopped by hand", "broadcast", b, "participant", r.ParticipantID, "source", r.SourceArn, "destination", r.DestArn)
+	return nil
+}
+
+// ReplicationStatus lists the replications into or out of a stage.
+func (s *Service) ReplicationStatus(ctx context.Context, stageArn string) ([]store.Replication, error) {
+	rec, err := s.store.GetStage(ctx, stageArn)
+	if errors.Is(err, store.ErrNotFound) {
+		rec = store.Stage{Arn: stageArn, BroadcastID: DefaultBroadcast}
+	} else if err != nil {
+		return nil, failWrap(ErrUnavailable, err, "reading stage")
+	}
+	return s.replicationsInto(ctx, rec)
+}
+
+// Hosts lists a broadcast's hosts in the order they got their tokens.
+func (s *Service) Hosts(ctx context.Context, broadcastID string) ([]store.Host, error) {
+	hs, err := s.store.ListHosts(ctx, broadcastID)
+	if err != nil {
+		return nil, failWrap(ErrUnavailable, err, "listing hosts")
+	}
+	return hs, nil
+}
+
+// Publisher returns the host the previous server's publisher-info showed:
+// the latest publishing host, else the latest host given a token.
+func (s *Service) Publisher(ctx context.Context, broadcastID string) (store.Host, bool, error) {
+	hs, err := s.Hosts(ctx, broadcastID)
+	if err != nil || len(hs) == 0 {
+		return store.Host{}, false, err
+	}
+	best := hs[len(hs)-1]
+	for i := len(hs) - 1; i >= 0; i-- {
+		if hs[i].Publishing {
+			best = hs[i]
+			break
+		}
+	}
+	return best, true, nil
+}
+
+// Seats lists the live seats of a broadcast, or of one of its stages.
+func (s *Service) Seats(ctx context.Context, broadcastID, stageArn string) ([]store.Seat, error) {
+	if stageArn != "" {
+		rec, err := s.record(ctx, stageArn)
+		if err != nil {
+			return nil, err
+		}
+		broadcastID = rec.BroadcastID
+	}
+	all, err := s.store.ListSeats(ctx, broadcastID)
+	if err != nil {
+		return nil, failWrap(ErrUnavailable, err, "listing seats")
+	}
+	if stageArn == "" {
+		return all, nil
+	}
+	var out []store.Seat
+	for _, seat := range all {
+		if seat.StageArn == stageArn {
+			out = append(out, seat)
+		}
+	}
+	return out, nil
+}
+
+// Broadcasts lists every broadcast.
+func (s *Service) Broadcasts(ctx context.Context) ([]store.Broadcast, error) {
+	bs, err := s.store.ListBroadcasts(ctx)
+	if err != nil {
+		return nil, failWrap(ErrUnavailable, err, "listing broadcasts")
+	}
+	return bs, nil
+}
+
+// Now is the fleet's clock, for views that compute durations.
+func (s *Service) Now() time.Time { return s.now() }

@@ -1,0 +1,394 @@
+// Package ivs is stagefleet's adapter over the aws-sdk-go-v2 ivsrealtime
+// client: domain types in and out, typed errors, a client-side limiter that
+// keeps calls within the account's TPS quotas, and SDK retries with back-off.
+package ivs
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/aws/ratelimit"
+	"github.com/aws/aws-sdk-go-v2/aws/retry"
+	"github.com/aws/aws-sdk-go-v2/service/ivsrealtime"
+	"github.com/aws/aws-sdk-go-v2/service/ivsrealtime/types"
+	"github.com/aws/smithy-go"
+	"golang.org/x/time/rate"
+
+	"github.com/stagefleet/stagefleet/internal/token"
+)
+
+// Errors of IVS calls, for errors.Is.
+var (
+	ErrNotFound = errors.New("ivs: not found")
+	// ErrNotPublishing: StartParticipantReplication on a participant that
+	// is not connected and publishing. Recognised by the service's message,
+	// since AWS does not document the error type.
+	ErrNotPublishing = errors.New("ivs: participant is not publishing")
+	ErrConflict      = errors.New("ivs: conflict")
+	ErrQuota         = errors.New("ivs: service quota exceeded")
+	ErrThrottled     = errors.New("ivs: throttled")
+	ErrValidation    = errors.New("ivs: invalid request")
+	ErrAccessDenied  = errors.New("ivs: access denied")
+	ErrUnavailable   = errors.New("ivs: service error")
+)
+
+// Error is a failed IVS call: the operation, the service's error code and
+// message, and the kind (one of the Err values) it unwraps to.
+type Error struct {
+	Op      string
+	Code    string
+	Message string
+	Kind    error
+	Err     error
+}
+
+func (e *Error) Error() string {
+	if e.Code == "" {
+		return fmt.Sprintf("ivs %s: %v", e.Op, e.Err)
+	}
+	return fmt.Sprintf("ivs %s: %s: %s", e.Op, e.Code, e.Message)
+}
+
+func (e *Error) Unwrap() []error { return []error{e.Kind, e.Err} }
+
+func wrap(op string, err error) error {
+	if err == nil {
+		return nil
+	}
+	e := &Error{Op: op, Err: err, Kind: ErrUnavailable}
+	var ae smithy.APIError
+	if errors.As(err, &ae) {
+		e.Code, e.Message = ae.ErrorCode(), ae.ErrorMessage()
+		switch {
+		case strings.Contains(e.Message, "is not publishing"):
+			e.Kind = ErrNotPublishing
+		case e.Code == "ResourceNotFoundException":
+			e.Kind = ErrNotFound
+		case e.Code == "ConflictException":
+			e.Kind = ErrConflict
+		case e.Code == "ServiceQuotaExceededException":
+			e.Kind = ErrQuota
+		case e.Code == "ThrottlingException" || e.Code == "TooManyRequestsException":
+			e.Kind = ErrThrottled
+		case e.Code == "ValidationException":
+			e.Kind = ErrValidation
+		case e.Code == "AccessDeniedException" || e.Code == "PendingVerification":
+			e.Kind = ErrAccessDenied
+		}
+	}
+	return e
+}
+
+// DefaultQuotas are IVS real-time's default TPS quotas per account (those of
+// replication assumed); the client keeps below them.
+func DefaultQuotas() map[string]float64 {
+	q := map[string]float64{"CreateParticipantToken": 50}
+	for _, op := range []string{"CreateStage", "DeleteStage", "GetStage", "ListStages", "UpdateStage",
+		"GetParticipant", "ListParticipants", "DisconnectParticipant",
+		"StartParticipantReplication", "StopParticipantReplication", "ListParticipantReplicas"} {
+		q[op] = 5
+	}
+	for _, op := range []string{"ImportPublicKey", "GetPublicKey", "ListPublicKeys", "DeletePublicKey"} {
+		q[op] = 3
+	}
+	for _, op := range []string{"TagResource", "UntagResource", "ListTagsForResource"} {
+		q[op] = 10
+	}
+	return q
+}
+
+// Options configure a Client.
+type Options struct {
+	// Config is the AWS configuration (region, credentials); Endpoint, when
+	// set, overrides where calls go (the emulator).
+	Config   aws.Config
+	Endpoint string
+	// Quotas are TPS limits per operation; nil means DefaultQuotas.
+	Quotas map[string]float64
+	// MaxAttempts per call, retries included (default 5).
+	MaxAttempts int
+}
+
+// Client calls IVS real-time.
+type Client struct {
+	api      *ivsrealtime.Client
+	limiters map[string]*rate.Limiter
+	endpoint string
+}
+
+// New returns a client.
+func New(o Options) *Client {
+	if o.Quotas == nil {
+		o.Quotas = DefaultQuotas()
+	}
+	if o.MaxAttempts <= 0 {
+		o.MaxAttempts = 5
+	}
+	api := ivsrealtime.NewFromConfig(o.Config, func(opts *ivsrealtime.Options) {
+		if o.Endpoint != "" {
+			opts.BaseEndpoint = aws.String(o.Endpoint)
+		}
+		opts.Retryer = retry.NewStandard(func(so *retry.StandardOptions) {
+			so.MaxAttempts = o.MaxAttempts
+			so.MaxBackoff = 5 * time.Second
+			// Throttling is expected under a join storm; the client-side
+			// limiter paces calls, and retries must not run dry.
+			so.RateLimiter = ratelimit.None
+		})
+	})
+	limiters := map[string]*rate.Limiter{}
+	for op, tps := range o.Quotas {
+		if tps > 0 {
+			limiters[op] = rate.NewLimiter(rate.Limit(tps), max(1, int(tps)))
+		}
+	}
+	return &Client{api: api, limiters: limiters, endpoint: o.Endpoint}
+}
+
+// Endpoint is where calls go ("" for AWS's default endpoint).
+func (c *Client) Endpoint() string { return c.endpoint }
+
+// wait blocks until op may be called within its quota.
+func (c *Client) wait(ctx context.Context, op string) error {
+	if l, ok := c.limiters[op]; ok {
+		if err := l.Wait(ctx); err != nil {
+			return &Error{Op: op, Kind: ErrThrottled, Err: err}
+		}
+	}
+	return nil
+}
+
+// Stage is an IVS stage.
+type Stage struct {
+	Arn             string
+	Name            string
+	ActiveSessionID string
+	Tags            map[string]string
+}
+
+func stageOf(s *types.Stage) Stage {
+	return Stage{Arn: aws.ToString(s.Arn), Name: aws.ToString(s.Name), ActiveSessionID: aws.ToString(s.ActiveSessionId), Tags: s.Tags}
+}
+
+// CreateStage creates a stage with tags.
+func (c *Client) CreateStage(ctx context.Context, name string, tags map[string]string) (Stage, error) {
+	const op = "CreateStage"
+	if err := c.wait(ctx, op); err != nil {
+		return Stage{}, err
+	}
+	out, err := c.api.CreateStage(ctx, &ivsrealtime.CreateStageInput{Name: aws.String(name), Tags: tags})
+	if err != nil {
+		return Stage{}, wrap(op, err)
+	}
+	return stageOf(out.Stage), nil
+}
+
+// GetStage returns one stage.
+func (c *Client) GetStage(ctx context.Context, arn string) (Stage, error) {
+	const op = "GetStage"
+	if err := c.wait(ctx, op); err != nil {
+		return Stage{}, err
+	}
+	out, err := c.api.GetStage(ctx, &ivsrealtime.GetStageInput{Arn: aws.String(arn)})
+	if err != nil {
+		return Stage{}, wrap(op, err)
+	}
+	return stageOf(out.Stage), nil
+}
+
+// UpdateStage renames a stage.
+func (c *Client) UpdateStage(ctx context.Context, arn, name string) (Stage, error) {
+	const op = "UpdateStage"
+	if err := c.wait(ctx, op); err != nil {
+		return Stage{}, err
+	}
+	out, err := c.api.UpdateStage(ctx, &ivsrealtime.UpdateStageInput{Arn: aws.String(arn), Name: aws.String(name)})
+	if err != nil {
+		return Stage{}, wrap(op, err)
+	}
+	return stageOf(out.Stage), nil
+}
+
+// DeleteStage deletes a stage.
+func (c *Client) DeleteStage(ctx context.Context, arn string) error {
+	const op = "DeleteStage"
+	if err := c.wait(ctx, op); err != nil {
+		return err
+	}
+	_, err := c.api.DeleteStage(ctx, &ivsrealtime.DeleteStageInput{Arn: aws.String(arn)})
+	return wrap(op, err)
+}
+
+// ListStages returns every stage of the account (all pages) for which keep
+// returns true.
+func (c *Client) ListStages(ctx context.Context, keep func(Stage) bool) ([]Stage, error) {
+	const op = "ListStages"
+	var out []Stage
+	p := ivsrealtime.NewListStagesPaginator(c.api, &ivsrealtime.ListStagesInput{MaxResults: aws.Int32(100)})
+	for p.HasMorePages() {
+		if err := c.wait(ctx, op); err != nil {
+			return nil, err
+		}
+		page, err := p.NextPage(ctx)
+		if err != nil {
+			return nil, wrap(op, err)
+		}
+		for _, s := range page.Stages {
+			st := Stage{Arn: aws.ToString(s.Arn), Name: aws.ToString(s.Name), ActiveSessionID: aws.ToString(s.ActiveSessionId), Tags: s.Tags}
+			if keep == nil || keep(st) {
+				out = append(out, st)
+			}
+		}
+	}
+	return out, nil
+}
+
+// StartReplication replicates a publishing participant into another stage.
+func (c *Client) StartReplication(ctx context.Context, sourceArn, destArn, participantID string, reconnectWindow time.Duration) error {
+	const op = "StartParticipantReplication"
+	if err := c.wait(ctx, op); err != nil {
+		return err
+	}
+	_, err := c.api.StartParticipantReplication(ctx, &ivsrealtime.StartParticipantReplicationInput{
+		SourceStageArn:         aws.String(sourceArn),
+		DestinationStageArn:    aws.String(destArn),
+		ParticipantId:          aws.String(participantID),
+		ReconnectWindowSeconds: aws.Int32(int32(reconnectWindow / time.Second)),
+	})
+	return wrap(op, err)
+}
+
+// StopReplication stops one replication.
+func (c *Client) StopReplication(ctx context.Context, sourceArn, destArn, participantID string) error {
+	const op = "StopParticipantReplication"
+	if err := c.wait(ctx, op); err != nil {
+		return err
+	}
+	_, err := c.api.StopParticipantReplication(ctx, &ivsrealtime.StopParticipantReplicationInput{
+		SourceStageArn:      aws.String(sourceArn),
+		DestinationStageArn: aws.String(destArn),
+		ParticipantId:       aws.String(participantID),
+	})
+	return wrap(op, err)
+}
+
+// Replica is one replication of a participant.
+type Replica struct {
+	ParticipantID string
+	SourceArn     string
+	DestArn       string
+	Active        bool
+}
+
+// ListReplicas returns every replication of one participant (all pages).
+func (c *Client) ListReplicas(ctx context.Context, sourceArn, participantID string) ([]Replica, error) {
+	const op = "ListParticipantReplicas"
+	var out []Replica
+	p := ivsrealtime.NewListParticipantReplicasPaginator(c.api, &ivsrealtime.ListParticipantReplicasInput{
+		SourceStageArn: aws.String(sourceArn),
+		ParticipantId:  aws.String(participantID),
+	})
+	for p.HasMorePages() {
+		if err := c.wait(ctx, op); err != nil {
+			return nil, err
+		}
+		page, err := p.NextPage(ctx)
+		if err != nil {
+			return nil, wrap(op, err)
+		}
+		for _, r := range page.Replicas {
+			out = append(out, Replica{
+				ParticipantID: aws.ToString(r.ParticipantId),
+				SourceArn:     aws.ToString(r.SourceStageArn),
+				DestArn:       aws.ToString(r.DestinationStageArn),
+				Active:        r.ReplicationState == types.ReplicationStateActive,
+			})
+		}
+	}
+	return out, nil
+}
+
+// Participant is a participant of a stage session.
+type Participant struct {
+	ID        string
+	UserID    string
+	Connected bool
+	Published bool
+	Replica   bool
+}
+
+// ListParticipants returns the participants of a stage's session (all pages).
+func (c *Client) ListParticipants(ctx context.Context, stageArn, sessionID string) ([]Participant, error) {
+	const op = "ListParticipants"
+	var out []Participant
+	p := ivsrealtime.NewListParticipantsPaginator(c.api, &ivsrealtime.ListParticipantsInput{
+		StageArn:  aws.String(stageArn),
+		SessionId: aws.String(sessionID),
+	})
+	for p.HasMorePages() {
+		if err := c.wait(ctx, op); err != nil {
+			return nil, err
+		}
+		page, err := p.NextPage(ctx)
+		if err != nil {
+			return nil, wrap(op, err)
+		}
+		for _, s := range page.Participants {
+			out = append(out, Participant{
+				ID:        aws.ToString(s.ParticipantId),
+				UserID:    aws.ToString(s.UserId),
+				Connected: s.State == types.ParticipantStateConnected,
+				Published: s.Published,
+				Replica:   s.ReplicationType == types.ReplicationTypeReplica,
+			})
+		}
+	}
+	return out, nil
+}
+
+// ImportPublicKey registers a public key for self-signed tokens and returns
+// its ARN.
+func (c *Client) ImportPublicKey(ctx context.Context, name, pemKey string) (string, error) {
+	const op = "ImportPublicKey"
+	if err := c.wait(ctx, op); err != nil {
+		return "", err
+	}
+	out, err := c.api.ImportPublicKey(ctx, &ivsrealtime.ImportPublicKeyInput{Name: aws.String(name), PublicKeyMaterial: aws.String(pemKey)})
+	if err != nil {
+		return "", wrap(op, err)
+	}
+	return aws.ToString(out.PublicKey.Arn), nil
+}
+
+// Issue makes a token with CreateParticipantToken: the fallback when no
+// signing key is configured. IVS picks the participant id.
+func (c *Client) Issue(ctx context.Context, req token.Request) (token.Token, error) {
+	const op = "CreateParticipantToken"
+	if err := c.wait(ctx, op); err != nil {
+		return token.Token{}, err
+	}
+	var caps []types.ParticipantTokenCapability
+	if req.Publish {
+		caps = append(caps, types.ParticipantTokenCapabilityPublish)
+	}
+	if req.Subscribe {
+		caps = append(caps, types.ParticipantTokenCapabilitySubscribe)
+	}
+	minutes := max(1, int32(req.TTL/time.Minute))
+	out, err := c.api.CreateParticipantToken(ctx, &ivsrealtime.CreateParticipantTokenInput{
+		StageArn:     aws.String(req.StageArn),
+		UserId:       aws.String(req.UserID),
+		Attributes:   req.Attributes,
+		Capabilities: caps,
+		Duration:     aws.Int32(minutes),
+	})
+	if err != nil {
+		return token.Token{}, wrap(op, err)
+	}
+	t := out.ParticipantToken
+	return token.Token{Token: aws.ToString(t.Token), ParticipantID: aws.ToString(t.ParticipantId), ExpiresAt: aws.ToTime(t.ExpirationTime)}, nil
+}

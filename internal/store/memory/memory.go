@@ -1,0 +1,374 @@
+// Package memory is the in-memory Store: one stagefleet instance, state lost
+// on restart (IVS keeps the stages; the reconcile loop adopts them again).
+package memory
+
+import (
+	"cmp"
+	"context"
+	"fmt"
+	"maps"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/stagefleet/stagefleet/internal/store"
+)
+
+type replKey struct{ broadcast, participant, dest string }
+
+type hostKey struct{ broadcast, participant string }
+
+type seatKey struct{ broadcast, user string }
+
+// Store keeps everything in maps under one mutex: every method is one atomic
+// step, as the Redis store's scripts are.
+type Store struct {
+	mu           sync.Mutex
+	broadcasts   map[string]store.Broadcast
+	stages       map[string]store.Stage
+	hosts        map[hostKey]store.Host
+	replications map[replKey]store.Replication
+	seats        map[seatKey]store.Seat
+	events       map[string]time.Time
+	now          func() time.Time
+}
+
+var _ store.Store = (*Store)(nil)
+
+// New returns an empty store.
+func New() *Store {
+	return &Store{
+		broadcasts:   map[string]store.Broadcast{},
+		stages:       map[string]store.Stage{},
+		hosts:        map[hostKey]store.Host{},
+		replications: map[replKey]store.Replication{},
+		seats:        map[seatKey]store.Seat{},
+		events:       map[string]time.Time{},
+		now:          time.Now,
+	}
+}
+
+func (s *Store) CreateBroadcast(_ context.Context, b store.Broadcast) (store.Broadcast, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if old, ok := s.broadcasts[b.ID]; ok {
+		return old, store.ErrExists
+	}
+	s.broadcasts[b.ID] = b
+	return b, nil
+}
+
+func (s *Store) GetBroadcast(_ context.Context, id string) (store.Broadcast, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	b, ok := s.broadcasts[id]
+	if !ok {
+		return store.Broadcast{}, fmt.Errorf("broadcast %s: %w", id, store.ErrNotFound)
+	}
+	return b, nil
+}
+
+func (s *Store) ListBroadcasts(context.Context) ([]store.Broadcast, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := slices.Collect(maps.Values(s.broadcasts))
+	slices.SortFunc(out, func(a, b store.Broadcast) int { return cmp.Compare(a.ID, b.ID) })
+	return out, nil
+}
+
+func (s *Store) PutStage(_ context.Context, st store.Stage) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if old, ok := s.stages[st.Arn]; ok {
+		st.Seats = old.Seats
+	} else {
+		st.Seats = 0
+	}
+	s.stages[st.Arn] = st
+	return nil
+}
+
+func (s *Store) GetStage(_ context.Context, arn string) (store.Stage, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	st, ok := s.stages[arn]
+	if !ok {
+		return store.Stage{}, fmt.Errorf("stage %s: %w", arn, store.ErrNotFound)
+	}
+	return st, nil
+}
+
+func (s *Store) ListStages(_ context.Context, broadcastID string) ([]store.Stage, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []store.Stage
+	for _, st := range s.stages {
+		if broadcastID == "" || st.BroadcastID == broadcastID {
+			out = append(out, st)
+		}
+	}
+	slices.SortFunc(out, func(a, b store.Stage) int {
+		return cmp.Or(a.CreatedAt.Compare(b.CreatedAt), cmp.Compare(a.Arn, b.Arn))
+	})
+	return out, nil
+}
+
+func (s *Store) SetSeatable(_ context.Context, arn string, seatable bool) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	st, ok := s.stages[arn]
+	if !ok {
+		return fmt.Errorf("stage %s: %w", arn, store.ErrNotFound)
+	}
+	st.Seatable = seatable
+	s.stages[arn] = st
+	return nil
+}
+
+func (s *Store) DeleteStage(_ context.Context, arn string) ([]store.Seat, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, ok := s.stages[arn]; !ok {
+		return nil, fmt.Errorf("stage %s: %w", arn, store.ErrNotFound)
+	}
+	delete(s.stages, arn)
+	var freed []store.Seat
+	for k, seat := range s.seats {
+		if seat.StageArn == arn {
+			delete(s.seats, k)
+			freed = append(freed, seat)
+		}
+	}
+	return freed, nil
+}
+
+func (s *Store) PutHost(_ context.Context, h store.Host) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.hosts[hostKey{h.BroadcastID, h.ParticipantID}] = h
+	return nil
+}
+
+func (s *Store) GetHost(_ context.Context, broadcastID, participantID string) (store.Host, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	h, ok := s.hosts[hostKey{broadcastID, participantID}]
+	if !ok {
+		return store.Host{}, fmt.Errorf("host %s: %w", participantID, store.ErrNotFound)
+	}
+	return h, nil
+}
+
+func (s *Store) ListHosts(_ context.Context, broadcastID string) ([]store.Host, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []store.Host
+	for _, h := range s.hosts {
+		if h.BroadcastID == broadcastID {
+			out = append(out, h)
+		}
+	}
+	slices.SortFunc(out, func(a, b store.Host) int {
+		return cmp.Or(a.JoinedAt.Compare(b.JoinedAt), cmp.Compare(a.ParticipantID, b.ParticipantID))
+	})
+	return out, nil
+}
+
+func (s *Store) DeleteHost(_ context.Context, broadcastID, participantID string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	k := hostKey{broadcastID, participantID}
+	if _, ok := s.hosts[k]; !ok {
+		return fmt.Errorf("host %s: %w", participantID, store.ErrNotFound)
+	}
+	delete(s.hosts, k)
+	return nil
+}
+
+func (s *Store) PutReplication(_ context.Context, r store.Replication) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.replications[replKey{r.BroadcastID, r.ParticipantID, r.DestArn}] = r
+	return nil
+}
+
+func (s *Store) GetReplication(_ context.Context, broadcastID, participantID, destArn string) (store.Replication, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	r, ok := s.replications[replKey{broadcastID, participantID, destArn}]
+	if !ok {
+		return store.Replication{}, fmt.Errorf("replication of %s into %s: %w", participantID, destArn, store.ErrNotFound)
+	}
+	return r, nil
+}
+
+func (s *Store) ListReplications(_ context.Context, broadcastID string) ([]store.Replication, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []store.Replication
+	for _, r := range s.replications {
+		if r.BroadcastID == broadcastID {
+			out = append(out, r)
+		}
+	}
+	slices.SortFunc(out, func(a, b store.Replication) int {
+		return cmp.Or(cmp.Compare(a.DestArn, b.DestArn), cmp.Compare(a.ParticipantID, b.ParticipantID))
+	})
+	return out, nil
+}
+
+func (s *Store) DeleteReplication(_ context.Context, broadcastID, participantID, destArn string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	k := replKey{broadcastID, participantID, destArn}
+	if _, ok := s.replications[k]; !ok {
+		return fmt.Errorf("replication of %s into %s: %w", participantID, destArn, store.ErrNotFound)
+	}
+	delete(s.replications, k)
+	return nil
+}
+
+func (s *Store) ReserveSeat(_ context.Context, req store.SeatRequest) (store.Seat, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	k := seatKey{req.BroadcastID, req.UserID}
+	if seat, ok := s.seats[k]; ok {
+		seat.ExpiresAt = req.Now.Add(req.TTL)
+		s.seats[k] = seat
+		return seat, nil
+	}
+	var best *store.Stage
+	anySeatable := false
+	for _, st := range s.stages {
+		if st.BroadcastID != req.BroadcastID || !st.Seatable {
+			continue
+		}
+		anySeatable = true
+		if req.StageArn != "" && st.Arn != req.StageArn {
+			continue
+		}
+		if st.Seats >= st.Capacity {
+			continue
+		}
+		if best == nil || store.Fuller(st, *best) {
+			best = &st
+		}
+	}
+	if best == nil {
+		return store.Seat{}, s.noSeat(req, anySeatable)
+	}
+	best.Seats++
+	s.stages[best.Arn] = *best
+	seat := store.Seat{
+		BroadcastID:   req.BroadcastID,
+		UserID:        req.UserID,
+		StageArn:      best.Arn,
+		ParticipantID: req.ParticipantID,
+		TakenAt:       req.Now,
+		ExpiresAt:     req.Now.Add(req.TTL),
+	}
+	s.seats[k] = seat
+	return seat, nil
+}
+
+// noSeat says why ReserveSeat found no seat.
+func (s *Store) noSeat(req store.SeatRequest, anySeatable bool) error {
+	if req.StageArn != "" {
+		st, ok := s.stages[req.StageArn]
+		switch {
+		case !ok || st.BroadcastID != req.BroadcastID:
+			return fmt.Errorf("stage %s: %w", req.StageArn, store.ErrNotFound)
+		case !st.Seatable:
+			return fmt.Errorf("stage %s: %w", req.StageArn, store.ErrNotEligible)
+		}
+		return fmt.Errorf("stage %s: %w", req.StageArn, store.ErrFull)
+	}
+	if !anySeatable {
+		return fmt.Errorf("broadcast %s: %w", req.BroadcastID, store.ErrNotLive)
+	}
+	return fmt.Errorf("broadcast %s: %w", req.BroadcastID, store.ErrFull)
+}
+
+func (s *Store) RenewSeat(_ context.Context, broadcastID, userID string, now time.Time, ttl time.Duration) (store.Seat, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	k := seatKey{broadcastID, userID}
+	seat, ok := s.seats[k]
+	if !ok {
+		return store.Seat{}, fmt.Errorf("seat of %s: %w", userID, store.ErrNotFound)
+	}
+	seat.ExpiresAt = now.Add(ttl)
+	s.seats[k] = seat
+	return seat, nil
+}
+
+func (s *Store) ReleaseSeat(_ context.Context, broadcastID, userID string) (store.Seat, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	k := seatKey{broadcastID, userID}
+	seat, ok := s.seats[k]
+	if !ok {
+		return store.Seat{}, fmt.Errorf("seat of %s: %w", userID, store.ErrNotFound)
+	}
+	s.freeLocked(k, seat)
+	return seat, nil
+}
+
+func (s *Store) freeLocked(k seatKey, seat store.Seat) {
+	delete(s.seats, k)
+	if st, ok := s.stages[seat.StageArn]; ok && st.Seats > 0 {
+		st.Seats--
+		s.stages[seat.StageArn] = st
+	}
+}
+
+func (s *Store) ExpireSeats(_ context.Context, broadcastID string, now time.Time) ([]store.Seat, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var freed []store.Seat
+	for k, seat := range s.seats {
+		if k.broadcast == broadcastID && !seat.ExpiresAt.After(now) {
+			s.freeLocked(k, seat)
+			freed = append(freed, seat)
+		}
+	}
+	return freed, nil
+}
+
+func (s *Store) ListSeats(_ context.Context, broadcastID string) ([]store.Seat, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []store.Seat
+	for k, seat := range s.seats {
+		if k.broadcast == broadcastID {
+			out = append(out, seat)
+		}
+	}
+	slices.SortFunc(out, func(a, b store.Seat) int {
+		return cmp.Or(a.TakenAt.Compare(b.TakenAt), cmp.Compare(a.UserID, b.UserID))
+	})
+	return out, nil
+}
+
+func (s *Store) FirstSeen(_ context.Context, eventID string, ttl time.Duration) (bool, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	now := s.now()
+	if exp, ok := s.events[eventID]; ok && exp.After(now) {
+		return false, nil
+	}
+	// Forget expired ids now and then, so the map does not grow forever.
+	if len(s.events) > 10000 {
+		for id, exp := range s.events {
+			if !exp.After(now) {
+				delete(s.events, id)
+			}
+		}
+	}
+	s.events[eventID] = now.Add(ttl)
+	return true, nil
+}
+
+func (s *Store) Ping(context.Context) error { return nil }
+
+func (s *Store) Close() error { return nil }

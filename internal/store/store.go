@@ -1,0 +1,177 @@
+// Package store holds stagefleet's shared state: broadcasts, their stages,
+// hosts, replications and viewer seats. Store is the port; memory and redis
+// implement it, and storetest is the conformance suite both must pass.
+//
+// IVS is the source of truth for stages and replications; everything here
+// can be rebuilt from IVS by the reconcile loop, except seats, which viewers
+// re-establish with heartbeats.
+package store
+
+import (
+	"context"
+	"errors"
+	"time"
+)
+
+// Errors a Store returns; callers test them with errors.Is.
+var (
+	ErrNotFound = errors.New("not found")
+	// ErrNotLive: the broadcast has no host publishing, so no seat is given.
+	ErrNotLive = errors.New("no host is live")
+	// ErrFull: no eligible stage has a free seat.
+	ErrFull = errors.New("no free seat")
+	// ErrNotEligible: the stage asked for does not take viewers now.
+	ErrNotEligible = errors.New("stage does not take viewers")
+	// ErrExists: a create-if-absent found the record already there.
+	ErrExists = errors.New("already exists")
+)
+
+// Role is what a stage is to its broadcast.
+type Role string
+
+const (
+	RoleOrigin  Role = "origin"
+	RoleReplica Role = "replica"
+	// RoleManual stages were created through the API: tagged as
+	// stagefleet's but unmanaged (no viewers seated, nothing replicated,
+	// never deleted by the controller).
+	RoleManual Role = "manual"
+)
+
+// Broadcast is one live show.
+type Broadcast struct {
+	ID        string    `json:"id"`
+	OriginArn string    `json:"originArn"`
+	CreatedAt time.Time `json:"createdAt"`
+}
+
+// Stage is stagefleet's record of one IVS stage.
+type Stage struct {
+	Arn         string    `json:"arn"`
+	BroadcastID string    `json:"broadcastId"`
+	Role        Role      `json:"role"`
+	Name        string    `json:"name"`
+	Capacity    int       `json:"capacity"`
+	// Seatable says the stage takes viewers: an origin with a live host, a
+	// replica whose host replication is active. Kept by fleet.
+	Seatable  bool      `json:"seatable"`
+	Seats     int       `json:"seats"`
+	CreatedAt time.Time `json:"createdAt"`
+}
+
+// Host is a publishing participant (or one given a host token) of an origin.
+type Host struct {
+	BroadcastID   string    `json:"broadcastId"`
+	ParticipantID string    `json:"participantId"`
+	UserID        string    `json:"userId"`
+	StageArn      string    `json:"stageArn"`
+	JoinedAt      time.Time `json:"joinedAt"`
+	Publishing    bool      `json:"publishing"`
+	// EventTime is the time of the last IVS event applied to this host, so
+	// late events do not undo newer ones.
+	EventTime time.Time `json:"eventTime"`
+}
+
+// Replication states (DESIGN.md "Words").
+const (
+	ReplPending  = "pending"
+	ReplStarting = "starting"
+	ReplActive   = "active"
+	ReplStopping = "stopping"
+	ReplStopped  = "stopped"
+	ReplFailed   = "failed"
+)
+
+// Replication is one host copied from its origin into one stage.
+type Replication struct {
+	BroadcastID   string    `json:"broadcastId"`
+	ParticipantID string    `json:"participantId"`
+	SourceArn     string    `json:"sourceStageArn"`
+	DestArn       string    `json:"destinationStageArn"`
+	State         string    `json:"state"`
+	Reason        string    `json:"reason,omitempty"`
+	UpdatedAt     time.Time `json:"updatedAt"`
+	// EventTime is the time of the last IVS event applied.
+	EventTime time.Time `json:"eventTime"`
+}
+
+// Seat is one viewer's place on one stage: a lease.
+type Seat struct {
+	BroadcastID   string    `json:"broadcastId"`
+	UserID        string    `json:"userId"`
+	StageArn      string    `json:"stageArn"`
+	ParticipantID string    `json:"participantId"`
+	TakenAt       time.Time `json:"takenAt"`
+	ExpiresAt     time.Time `json:"expiresAt"`
+}
+
+// SeatRequest asks for a seat in one atomic step.
+type SeatRequest struct {
+	BroadcastID string
+	UserID      string
+	// StageArn, when set, asks for that stage only.
+	StageArn string
+	// ParticipantID is used for a new seat; an existing seat keeps its own.
+	ParticipantID string
+	Now           time.Time
+	TTL           time.Duration
+}
+
+// Store is stagefleet's state port.
+type Store interface {
+	// CreateBroadcast records b unless the broadcast exists (ErrExists,
+	// with the existing one returned).
+	CreateBroadcast(ctx context.Context, b Broadcast) (Broadcast, error)
+	GetBroadcast(ctx context.Context, id string) (Broadcast, error)
+	ListBroadcasts(ctx context.Context) ([]Broadcast, error)
+
+	// PutStage creates or updates a stage record; Seats is kept as stored.
+	PutStage(ctx context.Context, s Stage) error
+	GetStage(ctx context.Context, arn string) (Stage, error)
+	ListStages(ctx context.Context, broadcastID string) ([]Stage, error)
+	// SetSeatable changes whether a stage takes viewers.
+	SetSeatable(ctx context.Context, arn string, seatable bool) error
+	// DeleteStage drops the record and frees its seats, returned.
+	DeleteStage(ctx context.Context, arn string) ([]Seat, error)
+
+	PutHost(ctx context.Context, h Host) error
+	GetHost(ctx context.Context, broadcastID, participantID string) (Host, error)
+	ListHosts(ctx context.Context, broadcastID string) ([]Host, error)
+	DeleteHost(ctx context.Context, broadcastID, participantID string) error
+
+	PutReplication(ctx context.Context, r Replication) error
+	GetReplication(ctx context.Context, broadcastID, participantID, destArn string) (Replication, error)
+	ListReplications(ctx context.Context, broadcastID string) ([]Replication, error)
+	DeleteReplication(ctx context.Context, broadcastID, participantID, destArn string) error
+
+	// ReserveSeat is the join path's one round trip: it returns the
+	// viewer's seat if it has one (renewed), else takes one on the asked-for
+	// stage or on the fullest seatable stage with room, never beyond
+	// capacity. ErrNotLive, ErrFull, ErrNotEligible, ErrNotFound.
+	ReserveSeat(ctx context.Context, req SeatRequest) (Seat, error)
+	// RenewSeat extends a seat's lease (ErrNotFound if there is none).
+	RenewSeat(ctx context.Context, broadcastID, userID string, now time.Time, ttl time.Duration) (Seat, error)
+	// ReleaseSeat frees a seat (ErrNotFound if there is none).
+	ReleaseSeat(ctx context.Context, broadcastID, userID string) (Seat, error)
+	// ExpireSeats frees every seat of the broadcast whose lease ended.
+	ExpireSeats(ctx context.Context, broadcastID string, now time.Time) ([]Seat, error)
+	ListSeats(ctx context.Context, broadcastID string) ([]Seat, error)
+
+	// FirstSeen records an event id for ttl and reports whether it is new.
+	FirstSeen(ctx context.Context, eventID string, ttl time.Duration) (bool, error)
+
+	Ping(ctx context.Context) error
+	Close() error
+}
+
+// Fuller orders stages for seating: the fullest first (so that replica
+// stages empty out and can be removed), then the oldest, then by ARN.
+func Fuller(a, b Stage) bool {
+	if a.Seats != b.Seats {
+		return a.Seats > b.Seats
+	}
+	if !a.CreatedAt.Equal(b.CreatedAt) {
+		return a.CreatedAt.Before(b.CreatedAt)
+	}
+	return a.Arn < b.Arn
+}
