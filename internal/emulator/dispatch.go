@@ -61,7 +61,7 @@ type Fault struct {
 func (e *Emulator) serveOperation(w http.ResponseWriter, r *http.Request) {
 	op := r.PathValue("operation")
 	if _, ok := operations[op]; !ok {
-		writeError(w, newError("UnknownOperationException", "unknown operation %q", op))
+		writeError(w, newError(errUnknownOperation, "unknown operation %q", op))
 		return
 	}
 	body, aerr := readBody(w, r)

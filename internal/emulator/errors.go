@@ -18,19 +18,23 @@ const (
 	errInternal      = "InternalServerException"
 	errThrottling    = "ThrottlingException"
 	errSerialization = "SerializationException"
+	// errUnknownOperation is not in the model: it answers a path that names
+	// no operation, a resource that does not exist (404).
+	errUnknownOperation = "UnknownOperationException"
 )
 
 // errorStatus maps every error type to the HTTP status the model gives it.
 var errorStatus = map[string]int{
-	errValidation:    http.StatusBadRequest,
-	errAccessDenied:  http.StatusForbidden,
-	errPending:       http.StatusForbidden,
-	errQuota:         http.StatusPaymentRequired,
-	errNotFound:      http.StatusNotFound,
-	errConflict:      http.StatusConflict,
-	errInternal:      http.StatusInternalServerError,
-	errThrottling:    http.StatusTooManyRequests,
-	errSerialization: http.StatusBadRequest,
+	errValidation:       http.StatusBadRequest,
+	errAccessDenied:     http.StatusForbidden,
+	errPending:          http.StatusForbidden,
+	errQuota:            http.StatusPaymentRequired,
+	errNotFound:         http.StatusNotFound,
+	errConflict:         http.StatusConflict,
+	errInternal:         http.StatusInternalServerError,
+	errThrottling:       http.StatusTooManyRequests,
+	errSerialization:    http.StatusBadRequest,
+	errUnknownOperation: http.StatusNotFound,
 }
 
 // apiError is an error the emulator answers with, shaped like an IVS error.

@@ -53,6 +53,8 @@ func (e *Emulator) startParticipantReplication(body []byte) (any, *apiError) {
 		attributes:     in.Attributes,
 	}
 	e.replaceReplication(r)
+	// A replica disconnected earlier may come back through a new start.
+	delete(dst.revoked, p.id)
 	p.replicationType = replSource
 	if e.cfg.ReplicaDelay <= 0 {
 		e.activate(r)
@@ -156,16 +158,15 @@ func (e *Emulator) stopReplication(r *replication, reason string) {
 	if !wasActive {
 		return
 	}
-	dst, ok := e.st.stages[r.destArn]
-	var ds *session
-	if ok && dst.active != nil && dst.active.id == r.destSession {
-		ds = dst.active
-		if replica := ds.participant(r.participantID); replica != nil && replica.connected() {
+	about := &participant{id: r.participantID}
+	if dst, ok := e.st.stages[r.destArn]; ok && dst.active != nil && dst.active.id == r.destSession {
+		if replica := dst.active.participant(r.participantID); replica != nil && replica.connected() {
 			replica.replicationState = replStopped
 			e.leave(dst, replica)
+			about = replica
 		}
 	}
-	e.emitFor(r.destArn, r.destSession, evReplicationStopped, &participant{id: r.participantID}, r.eventDetail())
+	e.emitFor(r.destArn, r.destSession, evReplicationStopped, about, r.eventDetail())
 	e.log.Info("replication stopped", "participant", r.participantID, "source", r.sourceArn, "destination", r.destArn, "reason", reason)
 }
 
@@ -216,10 +217,12 @@ func (e *Emulator) sourceStopped(s *stage, p *participant, now bool) {
 }
 
 // sourceResumed handles a source participant publishing again within its
-// replications' reconnect window.
+// replications' reconnect window. One that left and rejoined is a new
+// participant record, which becomes the replications' source again.
 func (e *Emulator) sourceResumed(s *stage, p *participant) {
 	for _, r := range e.st.replications {
 		if r.state != replStopped && r.sourceArn == s.arn && r.participantID == p.id {
+			p.replicationType = replSource
 			r.windowEpoch++
 			e.setReplicaPublishing(r, true)
 		}
