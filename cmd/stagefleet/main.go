@@ -1,5 +1,5 @@
 // Command stagefleet fans one live IVS real-time host out to as many viewers
-// as come. Subcommands: emulator, version.
+// as come. Subcommands: serve, emulator, version.
 package main
 
 import (
@@ -14,6 +14,8 @@ import (
 	"runtime/debug"
 	"syscall"
 
+	"github.com/stagefleet/stagefleet/internal/app"
+	"github.com/stagefleet/stagefleet/internal/config"
 	"github.com/stagefleet/stagefleet/internal/emulator"
 )
 
@@ -23,6 +25,7 @@ var version = "dev"
 const usage = `usage: stagefleet <command> [flags]
 
 commands:
+  serve      run the HTTP API (see stagefleet serve --help)
   emulator   run a local IVS real-time service (see stagefleet emulator --help)
   version    print the version
 `
@@ -44,6 +47,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return errors.New("no command given")
 	}
 	switch args[0] {
+	case "serve":
+		return runServe(ctx, args[1:], stderr)
 	case "emulator":
 		return runEmulator(ctx, args[1:], stderr)
 	case "version":
@@ -81,11 +86,10 @@ func runEmulator(ctx context.Context, args []string, stderr io.Writer) error {
 	if fs.NArg() > 0 {
 		return fmt.Errorf("unexpected arguments: %v", fs.Args())
 	}
-	var level slog.Level
-	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
+	log, err := newLogger(stderr, *logLevel)
+	if err != nil {
 		return fmt.Errorf("-log-level: %w", err)
 	}
-	log := slog.New(slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: level}))
 	cfg.Logger = log
 	emu, err := emulator.New(cfg)
 	if err != nil {
@@ -94,4 +98,32 @@ func runEmulator(ctx context.Context, args []string, stderr io.Writer) error {
 	defer emu.Close()
 	log.Info("IVS real-time emulator listening", "addr", *addr, "region", cfg.Region, "events_urls", cfg.EventsURLs)
 	return emu.ListenAndServe(ctx, *addr)
+}
+
+func newLogger(w io.Writer, level string) (*slog.Logger, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(level)); err != nil {
+		return nil, err
+	}
+	return slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: l})), nil
+}
+
+func runServe(ctx context.Context, args []string, stderr io.Writer) error {
+	emuCfg := emulator.DefaultConfig()
+	cfg, err := config.Load(args, os.Getenv, stderr, func(fs *flag.FlagSet) {
+		emuCfg.RegisterFlags(fs, "emulator-")
+	})
+	if err != nil {
+		return err
+	}
+	log, err := newLogger(stderr, cfg.LogLevel)
+	if err != nil {
+		return err
+	}
+	a, err := app.New(ctx, cfg, emuCfg, log)
+	if err != nil {
+		return err
+	}
+	defer a.Close()
+	return a.Run(ctx)
 }

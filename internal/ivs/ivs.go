@@ -62,7 +62,7 @@ func wrap(op string, err error) error {
 	e := &Error{Op: op, Err: err, Kind: ErrUnavailable}
 	var ae smithy.APIError
 	if errors.As(err, &ae) {
-		e.Code, e.Message = ae.ErrorCode(), ae.ErrorMessage()
+		e.Code, e.Message = ae.ErrorCode(), exceptionMessage(err, ae)
 		switch {
 		case strings.Contains(e.Message, "is not publishing"):
 			e.Kind = ErrNotPublishing
@@ -81,6 +81,42 @@ func wrap(op string, err error) error {
 		}
 	}
 	return e
+}
+
+// exceptionMessage returns the service's text of an error. IVS real-time
+// sends it as exceptionMessage, which the Go SDK keeps apart from the
+// generic message (left empty).
+func exceptionMessage(err error, ae smithy.APIError) string {
+	var (
+		validation *types.ValidationException
+		notFound   *types.ResourceNotFoundException
+		conflict   *types.ConflictException
+		quota      *types.ServiceQuotaExceededException
+		denied     *types.AccessDeniedException
+		pending    *types.PendingVerification
+		internal   *types.InternalServerException
+		msg        *string
+	)
+	switch {
+	case errors.As(err, &validation):
+		msg = validation.ExceptionMessage
+	case errors.As(err, &notFound):
+		msg = notFound.ExceptionMessage
+	case errors.As(err, &conflict):
+		msg = conflict.ExceptionMessage
+	case errors.As(err, &quota):
+		msg = quota.ExceptionMessage
+	case errors.As(err, &denied):
+		msg = denied.ExceptionMessage
+	case errors.As(err, &pending):
+		msg = pending.ExceptionMessage
+	case errors.As(err, &internal):
+		msg = internal.ExceptionMessage
+	}
+	if msg != nil && *msg != "" {
+		return *msg
+	}
+	return ae.ErrorMessage()
 }
 
 // DefaultQuotas are IVS real-time's default TPS quotas per account (those of

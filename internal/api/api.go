@@ -1,0 +1,164 @@
+// Package api is stagefleet's HTTP API, compatible with the previous
+// server's: routes, the JSON envelope, auth, rate limit, request limits,
+// validation, and the IVS events webhook.
+package api
+
+import (
+	"context"
+	"log/slog"
+	"net/http"
+	"time"
+
+	"github.com/stagefleet/stagefleet/internal/fleet"
+	"github.com/stagefleet/stagefleet/internal/store"
+)
+
+// Fleet is what the API needs of the fleet.
+type Fleet interface {
+	PublisherToken(ctx context.Context, broadcastID, userID string) (fleet.IssuedToken, error)
+	ViewerToken(ctx context.Context, broadcastID, userID, stageArn string) (fleet.IssuedToken, error)
+	MediaServerToken(ctx context.Context, serverID, stageArn string) (fleet.IssuedToken, error)
+	Heartbeat(ctx context.Context, broadcastID, userID string) (store.Seat, error)
+	Leave(ctx context.Context, broadcastID, userID string) (store.Seat, error)
+	Rejoin(ctx context.Context, broadcastID, userID, stageArn string) (fleet.IssuedToken, error)
+
+	CreateStage(ctx context.Context, broadcastID, name string, tags map[string]string) (fleet.StageView, error)
+	Stage(ctx context.Context, arn string) (fleet.StageView, error)
+	UpdateStage(ctx context.Context, arn, name string) (fleet.StageView, error)
+	DeleteStage(ctx context.Context, arn string) error
+	Stages(ctx context.Context, broadcastID string) ([]fleet.StageView, error)
+	Origin(ctx context.Context, broadcastID string) (fleet.StageView, error)
+
+	StartReplication(ctx context.Context, r fleet.Replication) (store.Replication, error)
+	StopReplication(ctx context.Context, r fleet.Replication) error
+	ReplicationStatus(ctx context.Context, stageArn string) ([]store.Replication, error)
+
+	Hosts(ctx context.Context, broadcastID string) ([]store.Host, error)
+	Publisher(ctx context.Context, broadcastID string) (store.Host, bool, error)
+	Seats(ctx context.Context, broadcastID, stageArn string) ([]store.Seat, error)
+	Broadcasts(ctx context.Context) ([]store.Broadcast, error)
+	HandleEvent(ctx context.Context, ev fleet.Event) (fleet.EventResult, error)
+	Now() time.Time
+}
+
+// Health is what GET /api/health reports.
+type Health struct {
+	IVS        Component `json:"ivs"`
+	Store      Component `json:"store"`
+	Controller Component `json:"controller"`
+}
+
+// Component is the health of one part.
+type Component struct {
+	Status   string `json:"status"`
+	Mode     string `json:"mode,omitempty"`
+	Endpoint string `json:"endpoint,omitempty"`
+	Embedded bool   `json:"embedded,omitempty"`
+	Tokens   string `json:"tokens,omitempty"`
+	Error    string `json:"error,omitempty"`
+}
+
+// Options configure the API.
+type Options struct {
+	APISecretKey    string
+	SkipAuth        bool
+	InternalSecret  string
+	EventsSecret    string
+	RateLimitWindow time.Duration
+	// RateLimitMax requests per client per window; 0 turns the limit off.
+	RateLimitMax int
+	MaxBodyBytes int64
+	Health       func(context.Context) Health
+	Logger       *slog.Logger
+}
+
+type server struct {
+	opts  Options
+	fleet Fleet
+	log   *slog.Logger
+}
+
+// route is one registered route; the OpenAPI document is checked against
+// this list.
+type route struct {
+	method, path string
+	// open routes need no x-api-key.
+	open    bool
+	handler func(*server, http.ResponseWriter, *http.Request) *apiError
+}
+
+var routes = []route{
+	{"GET", "/api/health", true, (*server).health},
+	{"GET", "/openapi.json", true, (*server).openAPI},
+	{"POST", "/api/events/ivs", true, (*server).ivsEvent},
+	{"POST", "/api/token/publisher", false, (*server).publisherToken},
+	{"POST", "/api/token/viewer", false, (*server).viewerToken},
+	{"POST", "/api/token/mediaserver", false, (*server).mediaServerToken},
+	{"GET", "/api/stage/list", false, (*server).stageList},
+	{"GET", "/api/stage/master/info", false, (*server).masterInfo},
+	{"POST", "/api/stage", false, (*server).createStage},
+	{"GET", "/api/stage/{stageArn...}", false, (*server).getStage},
+	{"PUT", "/api/stage/{stageArn...}", false, (*server).updateStage},
+	{"DELETE", "/api/stage/{stageArn...}", false, (*server).deleteStage},
+	{"POST", "/api/stage/replication/start", false, (*server).startReplication},
+	{"DELETE", "/api/stage/replication/stop", false, (*server).stopReplication},
+	{"GET", "/api/stage/replication/status/{stageArn...}", false, (*server).replicationStatus},
+	{"GET", "/api/stage/replication/publisher-info", false, (*server).publisherInfo},
+	{"POST", "/api/viewer/heartbeat", false, (*server).heartbeat},
+	{"POST", "/api/viewer/leave", false, (*server).leave},
+	{"POST", "/api/viewer/rejoin", false, (*server).rejoin},
+	{"GET", "/api/viewer/list/{stageArn...}", false, (*server).viewerList},
+	{"GET", "/api/viewer/duration", false, (*server).viewerDuration},
+	{"GET", "/api/stats", false, (*server).stats},
+	{"GET", "/api/stats/viewers", false, (*server).statsViewers},
+	{"GET", "/api/stats/stages", false, (*server).statsStages},
+	{"GET", "/api/stats/publisher", false, (*server).statsPublisher},
+}
+
+// New returns the API's handler.
+func New(opts Options, f Fleet) http.Handler {
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	if opts.MaxBodyBytes <= 0 {
+		opts.MaxBodyBytes = 64 << 10
+	}
+	s := &server{opts: opts, fleet: f, log: opts.Logger}
+	mux := http.NewServeMux()
+	for _, rt := range routes {
+		var h http.Handler = s.adapt(rt.handler)
+		if !rt.open {
+			h = requireAPIKey(opts.APISecretKey, opts.SkipAuth, h)
+		}
+		mux.Handle(rt.method+" "+rt.path, h)
+	}
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, &apiError{status: http.StatusNotFound, code: CodeNotFound, message: "no route " + r.Method + " " + r.URL.Path})
+	})
+	var h http.Handler = mux
+	if opts.RateLimitMax > 0 {
+		h = newRateLimiter(opts.RateLimitMax, opts.RateLimitWindow).middleware(h)
+	}
+	h = limitBody(opts.MaxBodyBytes, h)
+	return observe(opts.Logger, h)
+}
+
+func (s *server) adapt(h func(*server, http.ResponseWriter, *http.Request) *apiError) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if e := h(s, w, r); e != nil {
+			if e.status >= 500 {
+				s.log.Error("request failed", "path", r.URL.Path, "code", e.code, "message", e.message)
+			}
+			writeError(w, e)
+		}
+	})
+}
+
+// fail maps an error from the fleet, logging the cause of a 5xx.
+func (s *server) fail(err error) *apiError {
+	e := fromFleet(err)
+	if e.status >= 500 {
+		s.log.Error("fleet error", "code", e.code, "error", err)
+	}
+	return e
+}

@@ -1,0 +1,726 @@
+package api
+
+import (
+	_ "embed"
+	"errors"
+	"math"
+	"net/http"
+	"time"
+
+	"github.com/stagefleet/stagefleet/internal/fleet"
+	"github.com/stagefleet/stagefleet/internal/store"
+)
+
+//go:embed openapi.json
+var openAPIDoc []byte
+
+func (s *server) openAPI(w http.ResponseWriter, _ *http.Request) *apiError {
+	w.Header().Set("Content-Type", "application/json")
+	_, _ = w.Write(openAPIDoc)
+	return nil
+}
+
+func (s *server) health(w http.ResponseWriter, r *http.Request) *apiError {
+	h := s.opts.Health(r.Context())
+	status, code := "ok", http.StatusOK
+	for _, c := range []Component{h.IVS, h.Store, h.Controller} {
+		if c.Status != "ok" {
+			status, code = "degraded", http.StatusServiceUnavailable
+		}
+	}
+	ok(w, code, map[string]any{"status": status, "ivs": h.IVS, "store": h.Store, "controller": h.Controller}, "")
+	return nil
+}
+
+// tokenData is a token response, with the previous server's field names.
+type tokenData struct {
+	Token         string   `json:"token"`
+	ParticipantID string   `json:"participantId"`
+	UserID        string   `json:"userId,omitempty"`
+	ServerID      string   `json:"serverId,omitempty"`
+	StageArn      string   `json:"stageArn"`
+	BroadcastID   string   `json:"broadcastId,omitempty"`
+	Capabilities  []string `json:"capabilities"`
+	ExpiresAt     string   `json:"expiresAt"`
+	ExpiresIn     int      `json:"expiresIn"`
+	WhipEndpoint  string   `json:"whipEndpoint,omitempty"`
+}
+
+func (s *server) tokenData(t fleet.IssuedToken) tokenData {
+	return tokenData{
+		Token:         t.Token,
+		ParticipantID: t.ParticipantID,
+		UserID:        t.UserID,
+		StageArn:      t.StageArn,
+		BroadcastID:   t.BroadcastID,
+		Capabilities:  t.Capabilities,
+		ExpiresAt:     t.ExpiresAt.UTC().Format(time.RFC3339),
+		ExpiresIn:     int(math.Round(t.ExpiresAt.Sub(s.fleet.Now()).Seconds())),
+		WhipEndpoint:  t.WhipURL,
+	}
+}
+
+type userRequest struct {
+	UserID      string `json:"userId"`
+	BroadcastID string `json:"broadcastId"`
+	StageArn    string `json:"stageArn"`
+}
+
+func (s *server) publisherToken(w http.ResponseWriter, r *http.Request) *apiError {
+	var in userRequest
+	if e := decode(r, &in); e != nil {
+		return e
+	}
+	var c check
+	c.userID("userId", in.UserID)
+	b := c.broadcast(in.BroadcastID)
+	if e := c.err(); e != nil {
+		return e
+	}
+	t, err := s.fleet.PublisherToken(r.Context(), b, in.UserID)
+	if err != nil {
+		return s.fail(err)
+	}
+	ok(w, http.StatusOK, s.tokenData(t), "Publisher token generated")
+	return nil
+}
+
+// viewerRequest reads a viewer request: userId, optional broadcastId and
+// stageArn.
+func viewerRequest(r *http.Request) (userRequest, *apiError) {
+	var in userRequest
+	if e := decode(r, &in); e != nil {
+		return in, e
+	}
+	var c check
+	c.userID("userId", in.UserID)
+	in.BroadcastID = c.broadcast(in.BroadcastID)
+	c.stageArn("stageArn", in.StageArn, false)
+	return in, c.err()
+}
+
+func (s *server) viewerToken(w http.ResponseWriter, r *http.Request) *apiError {
+	in, e := viewerRequest(r)
+	if e != nil {
+		return e
+	}
+	t, err := s.fleet.ViewerToken(r.Context(), in.BroadcastID, in.UserID, in.StageArn)
+	if err != nil {
+		return s.fail(err)
+	}
+	ok(w, http.StatusOK, s.tokenData(t), "Viewer token generated")
+	return nil
+}
+
+func (s *server) rejoin(w http.ResponseWriter, r *http.Request) *apiError {
+	in, e := viewerRequest(r)
+	if e != nil {
+		return e
+	}
+	t, err := s.fleet.Rejoin(r.Context(), in.BroadcastID, in.UserID, in.StageArn)
+	if err != nil {
+		return s.fail(err)
+	}
+	ok(w, http.StatusOK, s.tokenData(t), "Viewer rejoined")
+	return nil
+}
+
+func (s *server) mediaServerToken(w http.ResponseWriter, r *http.Request) *apiError {
+	if s.opts.InternalSecret == "" {
+		return &apiError{status: http.StatusForbidden, code: CodeForbidden, message: "media server tokens are disabled: INTERNAL_SECRET is not set"}
+	}
+	if !secretEqual(r.Header.Get("x-internal-secret"), s.opts.InternalSecret) {
+		return &apiError{status: http.StatusForbidden, code: CodeForbidden, message: "missing or invalid x-internal-secret header"}
+	}
+	var in struct {
+		ServerID string `json:"serverId"`
+		StageArn string `json:"stageArn"`
+	}
+	if e := decode(r, &in); e != nil {
+		return e
+	}
+	var c check
+	c.userID("serverId", in.ServerID)
+	c.stageArn("stageArn", in.StageArn, true)
+	if e := c.err(); e != nil {
+		return e
+	}
+	t, err := s.fleet.MediaServerToken(r.Context(), in.ServerID, in.StageArn)
+	if err != nil {
+		return s.fail(err)
+	}
+	d := s.tokenData(t)
+	d.UserID, d.ServerID = "", in.ServerID
+	ok(w, http.StatusOK, d, "Media server token generated")
+	return nil
+}
+
+func (s *server) heartbeat(w http.ResponseWriter, r *http.Request) *apiError {
+	in, e := viewerRequest(r)
+	if e != nil {
+		return e
+	}
+	seat, err := s.fleet.Heartbeat(r.Context(), in.BroadcastID, in.UserID)
+	if err != nil {
+		return s.fail(err)
+	}
+	ok(w, http.StatusOK, s.seatData(seat), "")
+	return nil
+}
+
+func (s *server) leave(w http.ResponseWriter, r *http.Request) *apiError {
+	in, e := viewerRequest(r)
+	if e != nil {
+		return e
+	}
+	seat, err := s.fleet.Leave(r.Context(), in.BroadcastID, in.UserID)
+	if err != nil {
+		return s.fail(err)
+	}
+	ok(w, http.StatusOK, s.seatData(seat), "Viewer left")
+	return nil
+}
+
+type seatData struct {
+	UserID        string `json:"userId"`
+	BroadcastID   string `json:"broadcastId"`
+	StageArn      string `json:"stageArn"`
+	ParticipantID string `json:"participantId"`
+	JoinedAt      string `json:"joinedAt"`
+	ExpiresAt     string `json:"expiresAt"`
+	WatchSeconds  int    `json:"watchSeconds"`
+}
+
+func (s *server) seatData(seat store.Seat) seatData {
+	return seatData{
+		UserID:        seat.UserID,
+		BroadcastID:   seat.BroadcastID,
+		StageArn:      seat.StageArn,
+		ParticipantID: seat.ParticipantID,
+		JoinedAt:      seat.TakenAt.UTC().Format(time.RFC3339),
+		ExpiresAt:     seat.ExpiresAt.UTC().Format(time.RFC3339),
+		WatchSeconds:  int(s.fleet.Now().Sub(seat.TakenAt).Seconds()),
+	}
+}
+
+func (s *server) viewerList(w http.ResponseWriter, r *http.Request) *apiError {
+	arn, e := pathArn(r.PathValue("stageArn"))
+	if e != nil {
+		return e
+	}
+	seats, err := s.fleet.Seats(r.Context(), "", arn)
+	if err != nil {
+		return s.fail(err)
+	}
+	viewers := make([]seatData, len(seats))
+	for i, seat := range seats {
+		viewers[i] = s.seatData(seat)
+	}
+	ok(w, http.StatusOK, map[string]any{"stageArn": arn, "viewers": viewers, "count": len(viewers)}, "")
+	return nil
+}
+
+func (s *server) viewerDuration(w http.ResponseWriter, r *http.Request) *apiError {
+	var c check
+	b := c.broadcast(r.URL.Query().Get("broadcastId"))
+	userID := r.URL.Query().Get("userId")
+	if e := c.err(); e != nil {
+		return e
+	}
+	seats, err := s.fleet.Seats(r.Context(), b, "")
+	if err != nil {
+		return s.fail(err)
+	}
+	viewers := []seatData{}
+	total := 0
+	for _, seat := range seats {
+		if userID != "" && seat.UserID != userID {
+			continue
+		}
+		d := s.seatData(seat)
+		viewers = append(viewers, d)
+		total += d.WatchSeconds
+	}
+	if userID != "" && len(viewers) == 0 {
+		return &apiError{status: http.StatusNotFound, code: CodeNotFound, message: "viewer " + userID + " has no seat in broadcast " + b}
+	}
+	avg := 0.0
+	if len(viewers) > 0 {
+		avg = float64(total) / float64(len(viewers))
+	}
+	ok(w, http.StatusOK, map[string]any{"broadcastId": b, "viewers": viewers, "totalSeconds": total, "averageSeconds": avg}, "")
+	return nil
+}
+
+type replicationData struct {
+	ParticipantID       string `json:"participantId"`
+	SourceStageArn      string `json:"sourceStageArn"`
+	DestinationStageArn string `json:"destinationStageArn"`
+	State               string `json:"state"`
+	Reason              string `json:"reason,omitempty"`
+	UpdatedAt           string `json:"updatedAt"`
+}
+
+func replicationOf(r store.Replication) replicationData {
+	return replicationData{
+		ParticipantID:       r.ParticipantID,
+		SourceStageArn:      r.SourceArn,
+		DestinationStageArn: r.DestArn,
+		State:               r.State,
+		Reason:              r.Reason,
+		UpdatedAt:           r.UpdatedAt.UTC().Format(time.RFC3339),
+	}
+}
+
+type stageData struct {
+	Arn             string            `json:"arn"`
+	StageArn        string            `json:"stageArn"`
+	Name            string            `json:"name"`
+	BroadcastID     string            `json:"broadcastId"`
+	Role            store.Role        `json:"role"`
+	Capacity        int               `json:"capacity"`
+	Seats           int               `json:"seats"`
+	Seatable        bool              `json:"seatable"`
+	ActiveSessionID string            `json:"activeSessionId,omitempty"`
+	Tags            map[string]string `json:"tags,omitempty"`
+	Replications    []replicationData `json:"replications"`
+	CreatedAt       string            `json:"createdAt"`
+}
+
+func stageOf(v fleet.StageView) stageData {
+	d := stageData{
+		Arn:             v.Arn,
+		StageArn:        v.Arn,
+		Name:            v.Name,
+		BroadcastID:     v.BroadcastID,
+		Role:            v.Role,
+		Capacity:        v.Capacity,
+		Seats:           v.Seats,
+		Seatable:        v.Seatable,
+		ActiveSessionID: v.ActiveSessionID,
+		Tags:            v.Tags,
+		Replications:    []replicationData{},
+		CreatedAt:       v.CreatedAt.UTC().Format(time.RFC3339),
+	}
+	for _, r := range v.Replications {
+		d.Replications = append(d.Replications, replicationOf(r))
+	}
+	return d
+}
+
+func (s *server) stageList(w http.ResponseWriter, r *http.Request) *apiError {
+	var c check
+	b := c.broadcast(r.URL.Query().Get("broadcastId"))
+	if e := c.err(); e != nil {
+		return e
+	}
+	views, err := s.fleet.Stages(r.Context(), b)
+	if err != nil {
+		return s.fail(err)
+	}
+	stages := make([]stageData, len(views))
+	for i, v := range views {
+		stages[i] = stageOf(v)
+	}
+	ok(w, http.StatusOK, map[string]any{"broadcastId": b, "stages": stages, "totalStages": len(stages)}, "")
+	return nil
+}
+
+func (s *server) masterInfo(w http.ResponseWriter, r *http.Request) *apiError {
+	var c check
+	b := c.broadcast(r.URL.Query().Get("broadcastId"))
+	if e := c.err(); e != nil {
+		return e
+	}
+	v, err := s.fleet.Origin(r.Context(), b)
+	if err != nil {
+		return s.fail(err)
+	}
+	hosts, err := s.fleet.Hosts(r.Context(), b)
+	if err != nil {
+		return s.fail(err)
+	}
+	ok(w, http.StatusOK, map[string]any{"stage": stageOf(v), "hosts": hostsOf(hosts)}, "")
+	return nil
+}
+
+func (s *server) createStage(w http.ResponseWriter, r *http.Request) *apiError {
+	var in struct {
+		Name        string            `json:"name"`
+		Tags        map[string]string `json:"tags"`
+		BroadcastID string            `json:"broadcastId"`
+	}
+	if e := decode(r, &in); e != nil {
+		return e
+	}
+	var c check
+	if c.required("name", in.Name) && !stageNamePattern.MatchString(in.Name) {
+		c.problem("name must be 1 to 128 letters, digits, '-' or '_'")
+	}
+	b := c.broadcast(in.BroadcastID)
+	if len(in.Tags) > 40 {
+		c.problem("tags: at most 40 (stagefleet adds its own)")
+	}
+	for k, v := range in.Tags {
+		if k == "" || len(k) > 128 || len(v) > 256 {
+			c.problem("tags: keys must be 1 to 128 characters and values at most 256")
+			break
+		}
+	}
+	if e := c.err(); e != nil {
+		return e
+	}
+	v, err := s.fleet.CreateStage(r.Context(), b, in.Name, in.Tags)
+	if err != nil {
+		return s.fail(err)
+	}
+	ok(w, http.StatusCreated, map[string]any{"stage": stageOf(v)}, "Stage created")
+	return nil
+}
+
+func (s *server) getStage(w http.ResponseWriter, r *http.Request) *apiError {
+	arn, e := pathArn(r.PathValue("stageArn"))
+	if e != nil {
+		return e
+	}
+	v, err := s.fleet.Stage(r.Context(), arn)
+	if err != nil {
+		return s.fail(err)
+	}
+	ok(w, http.StatusOK, map[string]any{"stage": stageOf(v)}, "")
+	return nil
+}
+
+func (s *server) updateStage(w http.ResponseWriter, r *http.Request) *apiError {
+	arn, e := pathArn(r.PathValue("stageArn"))
+	if e != nil {
+		return e
+	}
+	var in struct {
+		Name string `json:"name"`
+	}
+	if e := decode(r, &in); e != nil {
+		return e
+	}
+	var c check
+	if c.required("name", in.Name) && !stageNamePattern.MatchString(in.Name) {
+		c.problem("name must be 1 to 128 letters, digits, '-' or '_'")
+	}
+	if e := c.err(); e != nil {
+		return e
+	}
+	v, err := s.fleet.UpdateStage(r.Context(), arn, in.Name)
+	if err != nil {
+		return s.fail(err)
+	}
+	ok(w, http.StatusOK, map[string]any{"stage": stageOf(v)}, "Stage updated")
+	return nil
+}
+
+func (s *server) deleteStage(w http.ResponseWriter, r *http.Request) *apiError {
+	arn, e := pathArn(r.PathValue("stageArn"))
+	if e != nil {
+		return e
+	}
+	if err := s.fleet.DeleteStage(r.Context(), arn); err != nil {
+		return s.fail(err)
+	}
+	ok(w, http.StatusOK, map[string]any{"stageArn": arn, "deleted": true}, "Stage deleted")
+	return nil
+}
+
+func replicationRequest(r *http.Request) (fleet.Replication, *apiError) {
+	var in struct {
+		SourceStageArn      string `json:"sourceStageArn"`
+		DestinationStageArn string `json:"destinationStageArn"`
+		ParticipantID       string `json:"participantId"`
+	}
+	if e := decode(r, &in); e != nil {
+		return fleet.Replication{}, e
+	}
+	var c check
+	c.stageArn("sourceStageArn", in.SourceStageArn, true)
+	c.stageArn("destinationStageArn", in.DestinationStageArn, true)
+	c.participantID("participantId", in.ParticipantID)
+	return fleet.Replication{SourceArn: in.SourceStageArn, DestArn: in.DestinationStageArn, ParticipantID: in.ParticipantID}, c.err()
+}
+
+func (s *server) startReplication(w http.ResponseWriter, r *http.Request) *apiError {
+	req, e := replicationRequest(r)
+	if e != nil {
+		return e
+	}
+	rec, err := s.fleet.StartReplication(r.Context(), req)
+	if err != nil {
+		return s.fail(err)
+	}
+	ok(w, http.StatusOK, replicationOf(rec), "Replication started")
+	return nil
+}
+
+func (s *server) stopReplication(w http.ResponseWriter, r *http.Request) *apiError {
+	req, e := replicationRequest(r)
+	if e != nil {
+		return e
+	}
+	if err := s.fleet.StopReplication(r.Context(), req); err != nil {
+		return s.fail(err)
+	}
+	ok(w, http.StatusOK, map[string]any{
+		"participantId":       req.ParticipantID,
+		"sourceStageArn":      req.SourceArn,
+		"destinationStageArn": req.DestArn,
+		"stopped":             true,
+	}, "Replication stopped")
+	return nil
+}
+
+func (s *server) replicationStatus(w http.ResponseWriter, r *http.Request) *apiError {
+	arn, e := pathArn(r.PathValue("stageArn"))
+	if e != nil {
+		return e
+	}
+	reps, err := s.fleet.ReplicationStatus(r.Context(), arn)
+	if err != nil {
+		return s.fail(err)
+	}
+	data := map[string]any{"stageArn": arn, "hasReplication": false}
+	list := make([]replicationData, 0, len(reps))
+	for _, rep := range reps {
+		d := replicationOf(rep)
+		list = append(list, d)
+		if rep.State == store.ReplActive || rep.State == store.ReplStarting {
+			if data["hasReplication"] == false {
+				data["replicationInfo"] = d
+			}
+			data["hasReplication"] = true
+		}
+	}
+	data["replications"] = list
+	ok(w, http.StatusOK, data, "")
+	return nil
+}
+
+type hostData struct {
+	ParticipantID string `json:"participantId"`
+	StageArn      string `json:"stageArn"`
+	UserID        string `json:"userId"`
+	BroadcastID   string `json:"broadcastId"`
+	JoinedAt      string `json:"joinedAt"`
+	Publishing    bool   `json:"publishing"`
+}
+
+func hostOf(h store.Host) hostData {
+	return hostData{
+		ParticipantID: h.ParticipantID,
+		StageArn:      h.StageArn,
+		UserID:        h.UserID,
+		BroadcastID:   h.BroadcastID,
+		JoinedAt:      h.JoinedAt.UTC().Format(time.RFC3339),
+		Publishing:    h.Publishing,
+	}
+}
+
+func hostsOf(hs []store.Host) []hostData {
+	out := make([]hostData, len(hs))
+	for i, h := range hs {
+		out[i] = hostOf(h)
+	}
+	return out
+}
+
+func (s *server) publisherInfo(w http.ResponseWriter, r *http.Request) *apiError {
+	var c check
+	b := c.broadcast(r.URL.Query().Get("broadcastId"))
+	if e := c.err(); e != nil {
+		return e
+	}
+	h, found, err := s.fleet.Publisher(r.Context(), b)
+	if err != nil {
+		return s.fail(err)
+	}
+	data := map[string]any{"hasPublisher": found}
+	if found {
+		data["publisherInfo"] = hostOf(h)
+	}
+	ok(w, http.StatusOK, data, "")
+	return nil
+}
+
+// broadcastStats gathers every broadcast's stages, seats and hosts.
+func (s *server) broadcastStats(r *http.Request) ([]fleet.StageView, []store.Host, error) {
+	bs, err := s.fleet.Broadcasts(r.Context())
+	if err != nil {
+		return nil, nil, err
+	}
+	var stages []fleet.StageView
+	var hosts []store.Host
+	for _, b := range bs {
+		v, err := s.fleet.Stages(r.Context(), b.ID)
+		if err != nil {
+			return nil, nil, err
+		}
+		h, err := s.fleet.Hosts(r.Context(), b.ID)
+		if err != nil {
+			return nil, nil, err
+		}
+		stages = append(stages, v...)
+		hosts = append(hosts, h...)
+	}
+	return stages, hosts, nil
+}
+
+func (s *server) stats(w http.ResponseWriter, r *http.Request) *apiError {
+	stages, hosts, err := s.broadcastStats(r)
+	if err != nil {
+		return s.fail(err)
+	}
+	bs, err := s.fleet.Broadcasts(r.Context())
+	if err != nil {
+		return s.fail(err)
+	}
+	viewers, capacity, publishing := 0, 0, 0
+	for _, st := range stages {
+		viewers += st.Seats
+		if st.Seatable {
+			capacity += st.Capacity
+		}
+	}
+	for _, h := range hosts {
+		if h.Publishing {
+			publishing++
+		}
+	}
+	ok(w, http.StatusOK, map[string]any{
+		"broadcasts":      len(bs),
+		"stages":          len(stages),
+		"viewers":         viewers,
+		"seatCapacity":    capacity,
+		"hosts":           len(hosts),
+		"publishingHosts": publishing,
+	}, "")
+	return nil
+}
+
+func (s *server) statsViewers(w http.ResponseWriter, r *http.Request) *apiError {
+	stages, _, err := s.broadcastStats(r)
+	if err != nil {
+		return s.fail(err)
+	}
+	byStage := map[string]int{}
+	total := 0
+	for _, st := range stages {
+		byStage[st.Arn] = st.Seats
+		total += st.Seats
+	}
+	ok(w, http.StatusOK, map[string]any{"total": total, "byStage": byStage}, "")
+	return nil
+}
+
+func (s *server) statsStages(w http.ResponseWriter, r *http.Request) *apiError {
+	stages, _, err := s.broadcastStats(r)
+	if err != nil {
+		return s.fail(err)
+	}
+	byRole := map[store.Role]int{}
+	list := make([]stageData, len(stages))
+	for i, st := range stages {
+		byRole[st.Role]++
+		list[i] = stageOf(st)
+	}
+	ok(w, http.StatusOK, map[string]any{"total": len(stages), "byRole": byRole, "stages": list}, "")
+	return nil
+}
+
+func (s *server) statsPublisher(w http.ResponseWriter, r *http.Request) *apiError {
+	_, hosts, err := s.broadcastStats(r)
+	if err != nil {
+		return s.fail(err)
+	}
+	publishing := 0
+	for _, h := range hosts {
+		if h.Publishing {
+			publishing++
+		}
+	}
+	ok(w, http.StatusOK, map[string]any{"hosts": hostsOf(hosts), "total": len(hosts), "publishing": publishing}, "")
+	return nil
+}
+
+// ivsEvent takes an EventBridge event from IVS (an API destination, or the
+// emulator). Events it does not act on are acknowledged with 200, so that
+// EventBridge does not retry them.
+func (s *server) ivsEvent(w http.ResponseWriter, r *http.Request) *apiError {
+	if s.opts.EventsSecret != "" && !secretEqual(r.Header.Get("x-stagefleet-events-secret"), s.opts.EventsSecret) {
+		return &apiError{status: http.StatusUnauthorized, code: CodeUnauthorized, message: "missing or invalid x-stagefleet-events-secret header"}
+	}
+	var in struct {
+		ID         string   `json:"id"`
+		DetailType string   `json:"detail-type"`
+		Source     string   `json:"source"`
+		Time       string   `json:"time"`
+		Resources  []string `json:"resources"`
+		Detail     struct {
+			SessionID      string `json:"session_id"`
+			EventName      string `json:"event_name"`
+			EventTime      string `json:"event_time"`
+			UserID         string `json:"user_id"`
+			ParticipantID  string `json:"participant_id"`
+			Replica        bool   `json:"replica"`
+			SourceStageArn string `json:"source_stage_arn"`
+		} `json:"detail"`
+	}
+	if e := decode(r, &in); e != nil {
+		return e
+	}
+	var c check
+	c.required("id", in.ID)
+	c.required("detail-type", in.DetailType)
+	if e := c.err(); e != nil {
+		return e
+	}
+	if in.Source != "aws.ivs" || in.DetailType != "IVS Stage Update" {
+		ok(w, http.StatusOK, map[string]any{"result": fleet.EventIgnored}, "")
+		return nil
+	}
+	c.required("detail.event_name", in.Detail.EventName)
+	c.participantID("detail.participant_id", in.Detail.ParticipantID)
+	if len(in.Resources) == 0 {
+		c.missing = append(c.missing, "resources")
+	} else {
+		c.stageArn("resources[0]", in.Resources[0], true)
+	}
+	at, err := eventTime(in.Detail.EventTime, in.Time)
+	if err != nil {
+		c.problem("detail.event_time or time must be an RFC 3339 time")
+	}
+	if e := c.err(); e != nil {
+		return e
+	}
+	res, err := s.fleet.HandleEvent(r.Context(), fleet.Event{
+		ID:             in.ID,
+		StageArn:       in.Resources[0],
+		SessionID:      in.Detail.SessionID,
+		Name:           in.Detail.EventName,
+		Time:           at,
+		ParticipantID:  in.Detail.ParticipantID,
+		UserID:         in.Detail.UserID,
+		Replica:        in.Detail.Replica,
+		SourceStageArn: in.Detail.SourceStageArn,
+	})
+	if err != nil {
+		return s.fail(err)
+	}
+	ok(w, http.StatusOK, map[string]any{"result": res}, "")
+	return nil
+}
+
+// eventTime is the detail's event_time, else the envelope's time.
+func eventTime(detail, envelope string) (time.Time, error) {
+	for _, v := range []string{detail, envelope} {
+		if v != "" {
+			return time.Parse(time.RFC3339Nano, v)
+		}
+	}
+	return time.Time{}, errors.New("no time")
+}

@@ -1,0 +1,267 @@
+// Package app assembles stagefleet serve from its parts, chosen once at
+// start-up: IVS (AWS, an endpoint, or the embedded emulator), the store,
+// token signing, the fleet and the HTTP API.
+package app
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	awsconfig "github.com/aws/aws-sdk-go-v2/config"
+	"github.com/aws/aws-sdk-go-v2/credentials"
+
+	"github.com/stagefleet/stagefleet/internal/api"
+	"github.com/stagefleet/stagefleet/internal/config"
+	"github.com/stagefleet/stagefleet/internal/emulator"
+	"github.com/stagefleet/stagefleet/internal/fleet"
+	"github.com/stagefleet/stagefleet/internal/ivs"
+	"github.com/stagefleet/stagefleet/internal/store"
+	"github.com/stagefleet/stagefleet/internal/store/memory"
+	"github.com/stagefleet/stagefleet/internal/token"
+)
+
+// App is a running stagefleet serve.
+type App struct {
+	cfg   config.Config
+	log   *slog.Logger
+	store store.Store
+	fleet *fleet.Service
+	api   http.Handler
+
+	apiLn    net.Listener
+	emu      *emulator.Emulator
+	emuSrv   *http.Server
+	endpoint string
+	tokens   string
+}
+
+// New builds the app and binds its listeners, so that a port in use is an
+// error here, before anything runs. emuCfg configures the embedded
+// emulator (emulator mode only).
+func New(ctx context.Context, cfg config.Config, emuCfg emulator.Config, log *slog.Logger) (_ *App, err error) {
+	a := &App{cfg: cfg, log: log}
+	defer func() {
+		if err != nil {
+			a.Close()
+		}
+	}()
+	a.apiLn, err = net.Listen("tcp", net.JoinHostPort(cfg.APIHost, fmt.Sprint(cfg.APIPort)))
+	if err != nil {
+		return nil, fmt.Errorf("API_PORT %d: %w", cfg.APIPort, err)
+	}
+
+	var awsCfg aws.Config
+	if cfg.Mode() == config.ModeEmulator {
+		if err := a.startEmulator(cfg, emuCfg); err != nil {
+			return nil, err
+		}
+		awsCfg = aws.Config{
+			Region:      cfg.AWSRegion,
+			Credentials: credentials.NewStaticCredentialsProvider("stagefleet", "emulator", ""),
+		}
+	} else {
+		a.endpoint = cfg.IVSEndpoint
+		awsCfg, err = awsconfig.LoadDefaultConfig(ctx, awsconfig.WithRegion(cfg.AWSRegion))
+		if err != nil {
+			return nil, fmt.Errorf("loading AWS configuration: %w", err)
+		}
+	}
+	client := ivs.New(ivs.Options{Config: awsCfg, Endpoint: a.endpoint})
+
+	issuer, err := a.tokenIssuer(ctx, cfg, client)
+	if err != nil {
+		return nil, err
+	}
+	a.store = memory.New()
+	a.fleet = fleet.New(fleet.Config{
+		StageCapacity:    cfg.StageCapacity,
+		HeartbeatTimeout: cfg.HeartbeatTimeout,
+		SeatWait:         cfg.SeatWait,
+		PublisherTTL:     cfg.PublisherTokenTTL,
+		ViewerTTL:        cfg.ViewerTokenTTL,
+		MediaServerTTL:   cfg.MediaServerTokenTTL,
+		OriginArn:        cfg.MasterStageArn,
+		ReconnectWindow:  cfg.ReconnectWindow,
+		EventDedupTTL:    24 * time.Hour,
+	}, a.store, client, issuer, log)
+	a.api = api.New(api.Options{
+		APISecretKey:    cfg.APISecretKey,
+		SkipAuth:        cfg.AuthDisabled(),
+		InternalSecret:  cfg.InternalSecret,
+		EventsSecret:    cfg.EventsSecret,
+		RateLimitWindow: cfg.RateLimitWindow,
+		RateLimitMax:    cfg.RateLimitMaxRequests,
+		MaxBodyBytes:    cfg.MaxBodyBytes,
+		Health:          a.health,
+		Logger:          log,
+	}, a.fleet)
+	if cfg.AuthDisabled() {
+		log.Warn("x-api-key is not checked: set API_SECRET_KEY to require it")
+	}
+	if a.emu != nil {
+		a.emu.AddEventsURL("http://" + loopback(a.apiLn.Addr()) + "/api/events/ivs")
+	}
+	log.Info("stagefleet ready", "api", a.apiLn.Addr().String(), "ivs_mode", cfg.Mode(), "ivs_endpoint", a.endpointName(), "store", "memory", "tokens", a.tokens)
+	return a, nil
+}
+
+// startEmulator runs the embedded emulator on cfg.EmulatorAddr; it sends its
+// events to this server with the events secret.
+func (a *App) startEmulator(cfg config.Config, emuCfg emulator.Config) error {
+	ln, err := net.Listen("tcp", cfg.EmulatorAddr)
+	if err != nil {
+		return fmt.Errorf("EMULATOR_ADDR %s: %w", cfg.EmulatorAddr, err)
+	}
+	emuCfg.Region = cfg.AWSRegion
+	emuCfg.EventsSecret = cfg.EventsSecret
+	emuCfg.Logger = a.log.With("component", "emulator")
+	a.emu, err = emulator.New(emuCfg)
+	if err != nil {
+		ln.Close()
+		return fmt.Errorf("embedded emulator: %w", err)
+	}
+	a.emuSrv = &http.Server{Handler: a.emu.Handler(), ReadHeaderTimeout: 10 * time.Second}
+	go func() {
+		if err := a.emuSrv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			a.log.Error("embedded emulator stopped", "error", err)
+		}
+	}()
+	a.endpoint = "http://" + ln.Addr().String()
+	a.log.Info("embedded IVS emulator started", "addr", ln.Addr().String())
+	return nil
+}
+
+// tokenIssuer picks how participant tokens are made: self-signed with a key
+// made and imported at start (emulator), self-signed with the configured key
+// (AWS), else CreateParticipantToken.
+func (a *App) tokenIssuer(ctx context.Context, cfg config.Config, client *ivs.Client) (token.Issuer, error) {
+	switch {
+	case a.emu != nil:
+		key, err := ecdsa.GenerateKey(elliptic.P384(), rand.Reader)
+		if err != nil {
+			return nil, fmt.Errorf("generating token key: %w", err)
+		}
+		pub, err := token.PublicKeyPEM(key)
+		if err != nil {
+			return nil, err
+		}
+		arn, err := client.ImportPublicKey(ctx, "stagefleet-"+time.Now().UTC().Format("20060102T150405"), pub)
+		if err != nil {
+			return nil, fmt.Errorf("importing the token key into the emulator: %w", err)
+		}
+		a.tokens = "self-signed (key generated at start)"
+		return token.NewSelfSigned(arn, key)
+	case cfg.TokenKeyArn != "":
+		pemBytes, err := os.ReadFile(cfg.TokenPrivateKeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("IVS_TOKEN_PRIVATE_KEY_FILE: %w", err)
+		}
+		key, err := token.ParsePrivateKey(pemBytes)
+		if err != nil {
+			return nil, fmt.Errorf("IVS_TOKEN_PRIVATE_KEY_FILE: %w", err)
+		}
+		a.tokens = "self-signed (configured key)"
+		return token.NewSelfSigned(cfg.TokenKeyArn, key)
+	default:
+		a.tokens = "CreateParticipantToken"
+		return client, nil
+	}
+}
+
+func (a *App) endpointName() string {
+	if a.endpoint == "" {
+		return "aws"
+	}
+	return a.endpoint
+}
+
+// loopback returns addr with an unspecified host replaced by 127.0.0.1, so
+// that the embedded emulator posts events over loopback.
+func loopback(addr net.Addr) string {
+	host, port, err := net.SplitHostPort(addr.String())
+	if err != nil {
+		return addr.String()
+	}
+	if ip := net.ParseIP(host); ip == nil || ip.IsUnspecified() {
+		host = "127.0.0.1"
+	}
+	return net.JoinHostPort(host, port)
+}
+
+func (a *App) health(ctx context.Context) api.Health {
+	h := api.Health{
+		IVS:        api.Component{Status: "ok", Mode: a.cfg.Mode(), Endpoint: a.endpointName(), Tokens: a.tokens},
+		Store:      api.Component{Status: "ok", Mode: "memory"},
+		Controller: api.Component{Status: "ok"},
+	}
+	if a.emu != nil {
+		h.IVS.Embedded = true
+	}
+	if err := a.store.Ping(ctx); err != nil {
+		h.Store.Status, h.Store.Error = "error", err.Error()
+	}
+	return h
+}
+
+// Addr is the API's address.
+func (a *App) Addr() string { return a.apiLn.Addr().String() }
+
+// EmulatorURL is the embedded emulator's base URL ("" in AWS mode).
+func (a *App) EmulatorURL() string {
+	if a.emu == nil {
+		return ""
+	}
+	return a.endpoint
+}
+
+// Handler is the HTTP API.
+func (a *App) Handler() http.Handler { return a.api }
+
+// Run serves until ctx ends, then shuts down gracefully: requests in flight
+// get ShutdownTimeout to finish.
+func (a *App) Run(ctx context.Context) error {
+	srv := &http.Server{Handler: a.api, ReadHeaderTimeout: 10 * time.Second}
+	bg, stop := context.WithCancel(context.WithoutCancel(ctx))
+	defer stop()
+	go a.fleet.Run(bg)
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(a.apiLn) }()
+	select {
+	case err := <-errc:
+		return err
+	case <-ctx.Done():
+	}
+	a.log.Info("shutting down", "timeout", a.cfg.ShutdownTimeout)
+	sctx, cancel := context.WithTimeout(context.Background(), a.cfg.ShutdownTimeout)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil {
+		return fmt.Errorf("shutdown: %w", err)
+	}
+	return nil
+}
+
+// Close stops the embedded emulator and the store.
+func (a *App) Close() {
+	if a.emuSrv != nil {
+		_ = a.emuSrv.Close()
+	}
+	if a.emu != nil {
+		a.emu.Close()
+	}
+	if a.store != nil {
+		_ = a.store.Close()
+	}
+	if a.apiLn != nil {
+		_ = a.apiLn.Close()
+	}
+}

@@ -1,0 +1,286 @@
+// Package config reads stagefleet serve's configuration from flags and the
+// environment. The previous server's variable names are kept; every setting
+// is also a flag (the variable's name in lower case with dashes), and a flag
+// wins over the environment.
+package config
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/url"
+	"regexp"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+)
+
+// IVS modes.
+const (
+	ModeAuto     = "auto"
+	ModeEmulator = "emulator"
+	ModeAWS      = "aws"
+)
+
+// Config is everything stagefleet serve is configured with.
+type Config struct {
+	APIHost string
+	APIPort int
+
+	IVSMode     string
+	IVSEndpoint string
+	AWSRegion   string
+	// EmulatorAddr is where the embedded emulator listens.
+	EmulatorAddr string
+
+	MasterStageArn       string
+	TokenKeyArn          string
+	TokenPrivateKeyFile  string
+	PublisherTokenTTL    time.Duration
+	ViewerTokenTTL       time.Duration
+	MediaServerTokenTTL  time.Duration
+	ReconnectWindow      time.Duration
+	StageCapacity        int
+	ScaleUpThreshold     int
+	HeartbeatTimeout     time.Duration
+	SeatWait             time.Duration
+	APISecretKey         string
+	SkipAuth             bool
+	skipAuthSet          bool
+	InternalSecret       string
+	EventsSecret         string
+	RateLimitWindow      time.Duration
+	RateLimitMaxRequests int
+	MaxBodyBytes         int64
+	ShutdownTimeout      time.Duration
+	LogLevel             string
+}
+
+// setting is one configuration item: its variable, default and parser.
+type setting struct {
+	env  string
+	def  string
+	help string
+	set  func(c *Config, v string) error
+}
+
+func (s setting) flagName() string {
+	return strings.ReplaceAll(strings.ToLower(s.env), "_", "-")
+}
+
+var settings = []setting{
+	{"API_HOST", "", "address to listen on (empty: every interface)", func(c *Config, v string) error { c.APIHost = v; return nil }},
+	{"API_PORT", "3000", "port of the HTTP API", func(c *Config, v string) error { return port(&c.APIPort, v) }},
+	{"IVS_MODE", ModeAuto, "emulator (embedded IVS emulator), aws, or auto: aws when IVS_ENDPOINT, MASTER_STAGE_ARN or IVS_TOKEN_KEY_ARN is set", func(c *Config, v string) error {
+		return oneOf(&c.IVSMode, v, ModeAuto, ModeEmulator, ModeAWS)
+	}},
+	{"IVS_ENDPOINT", "", "IVS real-time endpoint to use instead of AWS's (e.g. a standalone stagefleet emulator)", func(c *Config, v string) error {
+		if v != "" {
+			if u, err := url.Parse(v); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+				return errors.New("must be an http(s) URL such as http://127.0.0.1:4566")
+			}
+		}
+		c.IVSEndpoint = v
+		return nil
+	}},
+	{"AWS_REGION", "us-east-1", "AWS region of the IVS stages", func(c *Config, v string) error {
+		return match(&c.AWSRegion, v, regionPattern, "an AWS region such as us-east-1")
+	}},
+	{"EMULATOR_ADDR", "127.0.0.1:4566", "where the embedded emulator listens (emulator mode)", func(c *Config, v string) error {
+		if _, _, err := net.SplitHostPort(v); err != nil {
+			return errors.New("must be host:port")
+		}
+		c.EmulatorAddr = v
+		return nil
+	}},
+	{"MASTER_STAGE_ARN", "", "existing stage to use as the default broadcast's origin (else it is created)", func(c *Config, v string) error {
+		if v == "" {
+			return nil
+		}
+		return match(&c.MasterStageArn, v, stageArnPattern, "a stage ARN such as arn:aws:ivs:us-east-1:123456789012:stage/AbCdEf123456")
+	}},
+	{"IVS_TOKEN_KEY_ARN", "", "ARN of the public key registered with ImportPublicKey for self-signed tokens (aws mode)", func(c *Config, v string) error { c.TokenKeyArn = v; return nil }},
+	{"IVS_TOKEN_PRIVATE_KEY_FILE", "", "PEM file of the matching ECDSA P-384 private key (aws mode)", func(c *Config, v string) error { c.TokenPrivateKeyFile = v; return nil }},
+	{"PUBLISHER_TOKEN_TTL", "4h", "lifetime of host tokens", func(c *Config, v string) error { return duration(&c.PublisherTokenTTL, v, time.Minute, 14*24*time.Hour) }},
+	{"VIEWER_TOKEN_TTL", "1h", "lifetime of viewer tokens", func(c *Config, v string) error { return duration(&c.ViewerTokenTTL, v, time.Minute, 14*24*time.Hour) }},
+	{"MEDIASERVER_TOKEN_TTL", "4h", "lifetime of media server tokens", func(c *Config, v string) error { return duration(&c.MediaServerTokenTTL, v, time.Minute, 14*24*time.Hour) }},
+	{"RECONNECT_WINDOW", "30s", "how long a replication survives its host reconnecting (0-300s)", func(c *Config, v string) error { return duration(&c.ReconnectWindow, v, 0, 300*time.Second) }},
+	{"STAGE_CAPACITY", "50", "most viewers seated on one stage", func(c *Config, v string) error { return intRange(&c.StageCapacity, v, 1, 25000) }},
+	{"SCALE_UP_THRESHOLD", "45", "seats on a stage at which more room is made", func(c *Config, v string) error { return intRange(&c.ScaleUpThreshold, v, 1, 25000) }},
+	{"HEARTBEAT_TIMEOUT", "60s", "a seat is freed when no heartbeat renews it for this long", func(c *Config, v string) error { return duration(&c.HeartbeatTimeout, v, time.Second, 24*time.Hour) }},
+	{"SEAT_WAIT", "2s", "how long a viewer waits for a seat before 503 STAGE_FULL", func(c *Config, v string) error { return duration(&c.SeatWait, v, 0, time.Minute) }},
+	{"API_SECRET_KEY", "", "value the x-api-key header must carry", func(c *Config, v string) error { c.APISecretKey = v; return nil }},
+	{"SKIP_AUTH", "", "true: no x-api-key check (development only)", func(c *Config, v string) error {
+		if v == "" {
+			return nil
+		}
+		b, err := strconv.ParseBool(v)
+		if err != nil {
+			return errors.New("must be true or false")
+		}
+		c.SkipAuth, c.skipAuthSet = b, true
+		return nil
+	}},
+	{"INTERNAL_SECRET", "", "value the x-internal-secret header must carry for media server tokens", func(c *Config, v string) error { c.InternalSecret = v; return nil }},
+	{"EVENTS_SECRET", "", "value the x-stagefleet-events-secret header must carry on POST /api/events/ivs", func(c *Config, v string) error { c.EventsSecret = v; return nil }},
+	{"RATE_LIMIT_WINDOW_MS", "60000", "rate limit window in milliseconds", func(c *Config, v string) error {
+		var ms int
+		if err := intRange(&ms, v, 1, 24*3600*1000); err != nil {
+			return err
+		}
+		c.RateLimitWindow = time.Duration(ms) * time.Millisecond
+		return nil
+	}},
+	{"RATE_LIMIT_MAX_REQUESTS", "1000", "requests one client may make per window (0: no limit)", func(c *Config, v string) error { return intRange(&c.RateLimitMaxRequests, v, 0, 1<<30) }},
+	{"MAX_BODY_BYTES", "65536", "largest request body accepted", func(c *Config, v string) error {
+		var n int
+		if err := intRange(&n, v, 1024, 16<<20); err != nil {
+			return err
+		}
+		c.MaxBodyBytes = int64(n)
+		return nil
+	}},
+	{"SHUTDOWN_TIMEOUT", "10s", "how long SIGTERM waits for requests in flight", func(c *Config, v string) error { return duration(&c.ShutdownTimeout, v, 0, 5*time.Minute) }},
+	{"LOG_LEVEL", "info", "debug, info, warn or error", func(c *Config, v string) error {
+		return oneOf(&c.LogLevel, strings.ToLower(v), "debug", "info", "warn", "error")
+	}},
+}
+
+var (
+	regionPattern   = regexp.MustCompile(`^[a-z]{2}(-[a-z]+)+-\d$`)
+	stageArnPattern = regexp.MustCompile(`^arn:aws:ivs:[a-z0-9-]+:[0-9]+:stage/[a-zA-Z0-9-]+$`)
+)
+
+// Load reads the configuration: defaults, then the environment (getenv),
+// then args. register may add more flags to the same set (the embedded
+// emulator's). A bad value is an error naming the setting.
+func Load(args []string, getenv func(string) string, usage io.Writer, register func(*flag.FlagSet)) (Config, error) {
+	var c Config
+	fs := flag.NewFlagSet("stagefleet serve", flag.ContinueOnError)
+	fs.SetOutput(usage)
+	for _, s := range settings {
+		v := s.def
+		if e := getenv(s.env); e != "" {
+			v = e
+		}
+		if err := s.set(&c, v); err != nil {
+			return Config{}, fmt.Errorf("%s=%q: %w", s.env, v, err)
+		}
+		fs.Func(s.flagName(), s.help+" ($"+s.env+")", func(v string) error { return s.set(&c, v) })
+	}
+	if register != nil {
+		register(fs)
+	}
+	fs.Usage = func() { printUsage(usage, fs) }
+	if err := fs.Parse(args); err != nil {
+		return Config{}, err
+	}
+	if fs.NArg() > 0 {
+		return Config{}, fmt.Errorf("unexpected arguments: %v", fs.Args())
+	}
+	if err := c.validate(); err != nil {
+		return Config{}, err
+	}
+	return c, nil
+}
+
+func printUsage(w io.Writer, fs *flag.FlagSet) {
+	fmt.Fprintln(w, "usage: stagefleet serve [flags]\n\nEvery setting is a flag and an environment variable; a flag wins.")
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "\nflag\tvariable\tdefault\tmeaning")
+	for _, s := range settings {
+		def := s.def
+		if def == "" {
+			def = "-"
+		}
+		fmt.Fprintf(tw, "--%s\t%s\t%s\t%s\n", s.flagName(), s.env, def, s.help)
+	}
+	tw.Flush()
+	fmt.Fprintln(w, "\nembedded emulator (emulator mode):")
+	fs.VisitAll(func(f *flag.Flag) {
+		if strings.HasPrefix(f.Name, "emulator-") && f.Name != "emulator-addr" {
+			fmt.Fprintf(w, "  --%s  %s\n", f.Name, f.Usage)
+		}
+	})
+}
+
+// AuthDisabled says whether x-api-key is not checked: when SKIP_AUTH=true,
+// or in emulator mode when no API_SECRET_KEY is set (a local development
+// setup with nothing to protect).
+func (c Config) AuthDisabled() bool {
+	return c.SkipAuth || (c.Mode() == ModeEmulator && c.APISecretKey == "")
+}
+
+// Mode resolves IVS_MODE auto.
+func (c Config) Mode() string {
+	if c.IVSMode != ModeAuto {
+		return c.IVSMode
+	}
+	if c.IVSEndpoint != "" || c.MasterStageArn != "" || c.TokenKeyArn != "" {
+		return ModeAWS
+	}
+	return ModeEmulator
+}
+
+func (c Config) validate() error {
+	if c.ScaleUpThreshold > c.StageCapacity {
+		return fmt.Errorf("SCALE_UP_THRESHOLD (%d) must not be above STAGE_CAPACITY (%d)", c.ScaleUpThreshold, c.StageCapacity)
+	}
+	if (c.TokenKeyArn == "") != (c.TokenPrivateKeyFile == "") {
+		return errors.New("IVS_TOKEN_KEY_ARN and IVS_TOKEN_PRIVATE_KEY_FILE go together: set both or neither")
+	}
+	if c.Mode() == ModeEmulator && c.IVSEndpoint != "" {
+		return errors.New("IVS_ENDPOINT is set but IVS_MODE=emulator starts the embedded emulator; use IVS_MODE=aws (or auto) to use that endpoint")
+	}
+	if c.Mode() == ModeAWS && c.APISecretKey == "" && !(c.skipAuthSet && c.SkipAuth) {
+		return errors.New("API_SECRET_KEY is required when using AWS (set SKIP_AUTH=true explicitly to run without authentication)")
+	}
+	return nil
+}
+
+func port(dst *int, v string) error { return intRange(dst, v, 1, 65535) }
+
+func intRange(dst *int, v string, lo, hi int) error {
+	n, err := strconv.Atoi(strings.TrimSpace(v))
+	if err != nil {
+		return errors.New("must be a whole number")
+	}
+	if n < lo || n > hi {
+		return fmt.Errorf("must be between %d and %d", lo, hi)
+	}
+	*dst = n
+	return nil
+}
+
+func duration(dst *time.Duration, v string, lo, hi time.Duration) error {
+	d, err := time.ParseDuration(strings.TrimSpace(v))
+	if err != nil {
+		return errors.New("must be a duration such as 30s, 5m or 1h")
+	}
+	if d < lo || d > hi {
+		return fmt.Errorf("must be between %v and %v", lo, hi)
+	}
+	*dst = d
+	return nil
+}
+
+func oneOf(dst *string, v string, allowed ...string) error {
+	for _, a := range allowed {
+		if v == a {
+			*dst = v
+			return nil
+		}
+	}
+	return fmt.Errorf("must be one of %s", strings.Join(allowed, ", "))
+}
+
+func match(dst *string, v string, re *regexp.Regexp, what string) error {
+	if !re.MatchString(v) {
+		return fmt.Errorf("must be %s", what)
+	}
+	*dst = v
+	return nil
+}
