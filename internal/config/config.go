@@ -73,7 +73,7 @@ func (s setting) flagName() string {
 
 var settings = []setting{
 	{"API_HOST", "", "address to listen on (empty: every interface)", func(c *Config, v string) error { c.APIHost = v; return nil }},
-	{"API_PORT", "3000", "port of the HTTP API", func(c *Config, v string) error { return port(&c.APIPort, v) }},
+	{"API_PORT", "3000", "port of the HTTP API (0: any free port)", func(c *Config, v string) error { return intRange(&c.APIPort, v, 0, 65535) }},
 	{"IVS_MODE", ModeAuto, "emulator (embedded IVS emulator), aws, or auto: aws when IVS_ENDPOINT, MASTER_STAGE_ARN or IVS_TOKEN_KEY_ARN is set", func(c *Config, v string) error {
 		return oneOf(&c.IVSMode, v, ModeAuto, ModeEmulator, ModeAWS)
 	}},
@@ -240,8 +240,6 @@ func (c Config) validate() error {
 	}
 	return nil
 }
-
-func port(dst *int, v string) error { return intRange(dst, v, 1, 65535) }
 
 func intRange(dst *int, v string, lo, hi int) error {
 	n, err := strconv.Atoi(strings.TrimSpace(v))
