@@ -15,6 +15,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws/retry"
 	"github.com/aws/aws-sdk-go-v2/credentials"
 	"github.com/aws/aws-sdk-go-v2/service/ivsrealtime"
+	"github.com/aws/aws-sdk-go-v2/service/ivsrealtime/types"
 	"github.com/aws/smithy-go"
 )
 
@@ -83,7 +84,42 @@ func apiErrorOf(t *testing.T, err error) (code, message string) {
 	if !errors.As(err, &ae) {
 		t.Fatalf("want an API error, got %v", err)
 	}
-	return ae.ErrorCode(), ae.ErrorMessage()
+	return ae.ErrorCode(), errorMessage(err)
+}
+
+// errorMessage returns the text of an API error. For the errors the model
+// declares, the Go SDK puts the text only in ExceptionMessage (the model's
+// member) and leaves ErrorMessage() empty.
+func errorMessage(err error) string {
+	var (
+		validation *types.ValidationException
+		notFound   *types.ResourceNotFoundException
+		conflict   *types.ConflictException
+		quota      *types.ServiceQuotaExceededException
+		denied     *types.AccessDeniedException
+		internal   *types.InternalServerException
+		pending    *types.PendingVerification
+		ae         smithy.APIError
+	)
+	switch {
+	case errors.As(err, &validation):
+		return aws.ToString(validation.ExceptionMessage)
+	case errors.As(err, &notFound):
+		return aws.ToString(notFound.ExceptionMessage)
+	case errors.As(err, &conflict):
+		return aws.ToString(conflict.ExceptionMessage)
+	case errors.As(err, &quota):
+		return aws.ToString(quota.ExceptionMessage)
+	case errors.As(err, &denied):
+		return aws.ToString(denied.ExceptionMessage)
+	case errors.As(err, &internal):
+		return aws.ToString(internal.ExceptionMessage)
+	case errors.As(err, &pending):
+		return aws.ToString(pending.ExceptionMessage)
+	case errors.As(err, &ae):
+		return ae.ErrorMessage()
+	}
+	return err.Error()
 }
 
 // control calls the /_emulator/ API and decodes the answer into out (may be
