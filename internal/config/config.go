@@ -104,9 +104,13 @@ var settings = []setting{
 	}},
 	{"IVS_TOKEN_KEY_ARN", "", "ARN of the public key registered with ImportPublicKey for self-signed tokens (aws mode)", func(c *Config, v string) error { c.TokenKeyArn = v; return nil }},
 	{"IVS_TOKEN_PRIVATE_KEY_FILE", "", "PEM file of the matching ECDSA P-384 private key (aws mode)", func(c *Config, v string) error { c.TokenPrivateKeyFile = v; return nil }},
-	{"PUBLISHER_TOKEN_TTL", "4h", "lifetime of host tokens", func(c *Config, v string) error { return duration(&c.PublisherTokenTTL, v, time.Minute, 14*24*time.Hour) }},
+	{"PUBLISHER_TOKEN_TTL", "4h", "lifetime of host tokens", func(c *Config, v string) error {
+		return duration(&c.PublisherTokenTTL, v, time.Minute, 14*24*time.Hour)
+	}},
 	{"VIEWER_TOKEN_TTL", "1h", "lifetime of viewer tokens", func(c *Config, v string) error { return duration(&c.ViewerTokenTTL, v, time.Minute, 14*24*time.Hour) }},
-	{"MEDIASERVER_TOKEN_TTL", "4h", "lifetime of media server tokens", func(c *Config, v string) error { return duration(&c.MediaServerTokenTTL, v, time.Minute, 14*24*time.Hour) }},
+	{"MEDIASERVER_TOKEN_TTL", "4h", "lifetime of media server tokens", func(c *Config, v string) error {
+		return duration(&c.MediaServerTokenTTL, v, time.Minute, 14*24*time.Hour)
+	}},
 	{"RECONNECT_WINDOW", "30s", "how long a replication survives its host reconnecting (0-300s)", func(c *Config, v string) error { return duration(&c.ReconnectWindow, v, 0, 300*time.Second) }},
 	{"STAGE_CAPACITY", "50", "most viewers seated on one stage", func(c *Config, v string) error { return intRange(&c.StageCapacity, v, 1, 25000) }},
 	{"SCALE_UP_THRESHOLD", "45", "seats on a stage at which more room is made", func(c *Config, v string) error { return intRange(&c.ScaleUpThreshold, v, 1, 25000) }},

@@ -47,11 +47,11 @@ type Broadcast struct {
 
 // Stage is stagefleet's record of one IVS stage.
 type Stage struct {
-	Arn         string    `json:"arn"`
-	BroadcastID string    `json:"broadcastId"`
-	Role        Role      `json:"role"`
-	Name        string    `json:"name"`
-	Capacity    int       `json:"capacity"`
+	Arn         string `json:"arn"`
+	BroadcastID string `json:"broadcastId"`
+	Role        Role   `json:"role"`
+	Name        string `json:"name"`
+	Capacity    int    `json:"capacity"`
 	// Seatable says the stage takes viewers: an origin with a live host, a
 	// replica whose host replication is active. Kept by fleet.
 	Seatable  bool      `json:"seatable"`
