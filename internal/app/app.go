@@ -93,6 +93,12 @@ func New(ctx context.Context, cfg config.Config, emuCfg emulator.Config, log *sl
 		OriginArn:        cfg.MasterStageArn,
 		ReconnectWindow:  cfg.ReconnectWindow,
 		EventDedupTTL:    24 * time.Hour,
+
+		ScaleUpThreshold:       cfg.ScaleUpThreshold,
+		MaxStages:              cfg.MaxStages,
+		MinIdleStages:          cfg.MinIdleStages,
+		ScaleDownStabilization: cfg.ScaleDownWindow,
+		ReconcileInterval:      cfg.ReconcileInterval,
 	}, a.store, client, issuer, log)
 	a.api = api.New(api.Options{
 		APISecretKey:    cfg.APISecretKey,

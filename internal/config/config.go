@@ -45,6 +45,10 @@ type Config struct {
 	ReconnectWindow      time.Duration
 	StageCapacity        int
 	ScaleUpThreshold     int
+	MaxStages            int
+	MinIdleStages        int
+	ScaleDownWindow      time.Duration
+	ReconcileInterval    time.Duration
 	HeartbeatTimeout     time.Duration
 	SeatWait             time.Duration
 	APISecretKey         string
@@ -98,11 +102,18 @@ var settings = []setting{
 	}},
 	{"MASTER_STAGE_ARN", "", "existing stage to use as the default broadcast's origin (else it is created)", func(c *Config, v string) error {
 		if v == "" {
+			c.MasterStageArn = ""
 			return nil
 		}
 		return match(&c.MasterStageArn, v, stageArnPattern, "a stage ARN such as arn:aws:ivs:us-east-1:123456789012:stage/AbCdEf123456")
 	}},
-	{"IVS_TOKEN_KEY_ARN", "", "ARN of the public key registered with ImportPublicKey for self-signed tokens (aws mode)", func(c *Config, v string) error { c.TokenKeyArn = v; return nil }},
+	{"IVS_TOKEN_KEY_ARN", "", "ARN of the public key registered with ImportPublicKey for self-signed tokens (aws mode)", func(c *Config, v string) error {
+		if v == "" {
+			c.TokenKeyArn = ""
+			return nil
+		}
+		return match(&c.TokenKeyArn, v, publicKeyArnPattern, "a public key ARN such as arn:aws:ivs:us-east-1:123456789012:public-key/AbCdEf123456")
+	}},
 	{"IVS_TOKEN_PRIVATE_KEY_FILE", "", "PEM file of the matching ECDSA P-384 private key (aws mode)", func(c *Config, v string) error { c.TokenPrivateKeyFile = v; return nil }},
 	{"PUBLISHER_TOKEN_TTL", "4h", "lifetime of host tokens", func(c *Config, v string) error {
 		return duration(&c.PublisherTokenTTL, v, time.Minute, 14*24*time.Hour)
@@ -114,6 +125,14 @@ var settings = []setting{
 	{"RECONNECT_WINDOW", "30s", "how long a replication survives its host reconnecting (0-300s)", func(c *Config, v string) error { return duration(&c.ReconnectWindow, v, 0, 300*time.Second) }},
 	{"STAGE_CAPACITY", "50", "most viewers seated on one stage", func(c *Config, v string) error { return intRange(&c.StageCapacity, v, 1, 25000) }},
 	{"SCALE_UP_THRESHOLD", "45", "seats on a stage at which more room is made", func(c *Config, v string) error { return intRange(&c.ScaleUpThreshold, v, 1, 25000) }},
+	{"MAX_STAGES", "20", "most stages (origin and replicas) of one broadcast; beyond: 503 STAGE_LIMIT_REACHED", func(c *Config, v string) error { return intRange(&c.MaxStages, v, 1, 1000) }},
+	{"MIN_IDLE_STAGES", "0", "warm pool: empty replica stages kept ready while a host is live", func(c *Config, v string) error { return intRange(&c.MinIdleStages, v, 0, 100) }},
+	{"SCALE_DOWN_STABILIZATION", "60s", "how long a replica stage stays empty before it is removed", func(c *Config, v string) error {
+		return duration(&c.ScaleDownWindow, v, 0, 24*time.Hour)
+	}},
+	{"RECONCILE_INTERVAL", "10s", "how often the store is compared with IVS and repaired", func(c *Config, v string) error {
+		return duration(&c.ReconcileInterval, v, 100*time.Millisecond, time.Hour)
+	}},
 	{"HEARTBEAT_TIMEOUT", "60s", "a seat is freed when no heartbeat renews it for this long", func(c *Config, v string) error { return duration(&c.HeartbeatTimeout, v, time.Second, 24*time.Hour) }},
 	{"SEAT_WAIT", "2s", "how long a viewer waits for a seat before 503 STAGE_FULL", func(c *Config, v string) error { return duration(&c.SeatWait, v, 0, time.Minute) }},
 	{"API_SECRET_KEY", "", "value the x-api-key header must carry", func(c *Config, v string) error { c.APISecretKey = v; return nil }},
@@ -154,24 +173,34 @@ var settings = []setting{
 }
 
 var (
-	regionPattern   = regexp.MustCompile(`^[a-z]{2}(-[a-z]+)+-\d$`)
-	stageArnPattern = regexp.MustCompile(`^arn:aws:ivs:[a-z0-9-]+:[0-9]+:stage/[a-zA-Z0-9-]+$`)
+	regionPattern       = regexp.MustCompile(`^[a-z]{2}(-[a-z]+)+-\d$`)
+	stageArnPattern     = regexp.MustCompile(`^arn:aws:ivs:[a-z0-9-]+:[0-9]+:stage/[a-zA-Z0-9-]+$`)
+	publicKeyArnPattern = regexp.MustCompile(`^arn:aws:ivs:[a-z0-9-]+:[0-9]+:public-key/[a-zA-Z0-9-]+$`)
 )
+
+// serveOwned are embedded emulator flags that serve sets from its own
+// settings: accepting them would let them be silently overridden.
+var serveOwned = map[string]string{
+	"emulator-region":        "AWS_REGION (--aws-region)",
+	"emulator-events-secret": "EVENTS_SECRET (--events-secret)",
+}
 
 // Load reads the configuration: defaults, then the environment (getenv),
 // then args. register may add more flags to the same set (the embedded
-// emulator's). A bad value is an error naming the setting.
+// emulator's). A bad value is an error naming the setting; a bad value in
+// the environment is no error when a flag sets that setting.
 func Load(args []string, getenv func(string) string, usage io.Writer, register func(*flag.FlagSet)) (Config, error) {
 	var c Config
 	fs := flag.NewFlagSet("stagefleet serve", flag.ContinueOnError)
 	fs.SetOutput(usage)
+	envErrs := map[string]error{}
 	for _, s := range settings {
 		v := s.def
 		if e := getenv(s.env); e != "" {
 			v = e
 		}
 		if err := s.set(&c, v); err != nil {
-			return Config{}, fmt.Errorf("%s=%q: %w", s.env, v, err)
+			envErrs[s.flagName()] = fmt.Errorf("%s=%q: %w", s.env, v, err)
 		}
 		fs.Func(s.flagName(), s.help+" ($"+s.env+")", func(v string) error { return s.set(&c, v) })
 	}
@@ -184,6 +213,21 @@ func Load(args []string, getenv func(string) string, usage io.Writer, register f
 	}
 	if fs.NArg() > 0 {
 		return Config{}, fmt.Errorf("unexpected arguments: %v", fs.Args())
+	}
+	var owned error
+	fs.Visit(func(f *flag.Flag) {
+		delete(envErrs, f.Name)
+		if use, ok := serveOwned[f.Name]; ok && owned == nil {
+			owned = fmt.Errorf("--%s: stagefleet serve gives the embedded emulator its %s; set that instead", f.Name, use)
+		}
+	})
+	for _, s := range settings {
+		if err := envErrs[s.flagName()]; err != nil {
+			return Config{}, err
+		}
+	}
+	if owned != nil {
+		return Config{}, owned
 	}
 	if err := c.validate(); err != nil {
 		return Config{}, err
@@ -205,7 +249,7 @@ func printUsage(w io.Writer, fs *flag.FlagSet) {
 	tw.Flush()
 	fmt.Fprintln(w, "\nembedded emulator (emulator mode):")
 	fs.VisitAll(func(f *flag.Flag) {
-		if strings.HasPrefix(f.Name, "emulator-") && f.Name != "emulator-addr" {
+		if _, owned := serveOwned[f.Name]; strings.HasPrefix(f.Name, "emulator-") && f.Name != "emulator-addr" && !owned {
 			fmt.Fprintf(w, "  --%s  %s\n", f.Name, f.Usage)
 		}
 	})
@@ -230,6 +274,9 @@ func (c Config) Mode() string {
 }
 
 func (c Config) validate() error {
+	if c.MinIdleStages >= c.MaxStages {
+		return fmt.Errorf("MIN_IDLE_STAGES (%d) must be below MAX_STAGES (%d), which counts the origin", c.MinIdleStages, c.MaxStages)
+	}
 	if c.ScaleUpThreshold > c.StageCapacity {
 		return fmt.Errorf("SCALE_UP_THRESHOLD (%d) must not be above STAGE_CAPACITY (%d)", c.ScaleUpThreshold, c.StageCapacity)
 	}
@@ -239,10 +286,30 @@ func (c Config) validate() error {
 	if c.Mode() == ModeEmulator && c.IVSEndpoint != "" {
 		return errors.New("IVS_ENDPOINT is set but IVS_MODE=emulator starts the embedded emulator; use IVS_MODE=aws (or auto) to use that endpoint")
 	}
+	if c.Mode() == ModeEmulator && c.MasterStageArn != "" {
+		return errors.New("MASTER_STAGE_ARN is set but IVS_MODE=emulator starts an empty embedded emulator, where that stage does not exist; unset it, or use IVS_MODE=aws (or auto)")
+	}
+	if c.Mode() == ModeEmulator && c.TokenKeyArn != "" {
+		return errors.New("IVS_TOKEN_KEY_ARN is set but IVS_MODE=emulator signs tokens with a key generated at start; unset it, or use IVS_MODE=aws (or auto)")
+	}
+	for _, a := range []struct{ name, arn string }{{"MASTER_STAGE_ARN", c.MasterStageArn}, {"IVS_TOKEN_KEY_ARN", c.TokenKeyArn}} {
+		if region := arnRegion(a.arn); region != "" && region != c.AWSRegion {
+			return fmt.Errorf("%s is in region %s but AWS_REGION is %s: they must match", a.name, region, c.AWSRegion)
+		}
+	}
 	if c.Mode() == ModeAWS && c.APISecretKey == "" && !(c.skipAuthSet && c.SkipAuth) {
 		return errors.New("API_SECRET_KEY is required when using AWS (set SKIP_AUTH=true explicitly to run without authentication)")
 	}
 	return nil
+}
+
+// arnRegion returns the region field of an ARN ("" for none).
+func arnRegion(arn string) string {
+	parts := strings.SplitN(arn, ":", 5)
+	if len(parts) < 5 {
+		return ""
+	}
+	return parts[3]
 }
 
 func intRange(dst *int, v string, lo, hi int) error {

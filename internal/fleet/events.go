@@ -62,6 +62,9 @@ func (s *Service) HandleEvent(ctx context.Context, ev Event) (EventResult, error
 	if err != nil {
 		return "", failWrap(ErrUnavailable, err, "reading stage %s", ev.StageArn)
 	}
+	unlock := s.lock(st.BroadcastID)
+	defer unlock()
+	defer s.kicks.kick(st.BroadcastID)
 	var res EventResult
 	switch ev.Name {
 	case EventPublished, EventUnpublished, EventPublishError, EventLeft:
@@ -158,7 +161,14 @@ func (s *Service) refreshReplica(ctx context.Context, dest store.Stage) error {
 	for _, r := range rs {
 		active = active || (r.DestArn == dest.Arn && r.State == store.ReplActive)
 	}
-	return s.setSeatable(ctx, dest, active, "host replication active")
+	if active {
+		if started, ok := s.provisionStart.LoadAndDelete(dest.Arn); ok {
+			d := s.now().Sub(started.(time.Time))
+			s.provisioning.observe(d)
+			s.log.Info("replica stage ready", "broadcast", dest.BroadcastID, "stage", dest.Arn, "provisioning", d)
+		}
+	}
+	return s.setSeatable(ctx, dest, active && !dest.Draining, "host replication active")
 }
 
 // setSeatable writes even when st already says so: st may be stale when

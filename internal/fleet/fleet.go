@@ -35,6 +35,9 @@ type IVS interface {
 	DeleteStage(ctx context.Context, arn string) error
 	StartReplication(ctx context.Context, sourceArn, destArn, participantID string, reconnectWindow time.Duration) error
 	StopReplication(ctx context.Context, sourceArn, destArn, participantID string) error
+	ListStages(ctx context.Context, keep func(ivs.Stage) bool) ([]ivs.Stage, error)
+	ListReplicas(ctx context.Context, sourceArn, participantID string) ([]ivs.Replica, error)
+	ListParticipants(ctx context.Context, stageArn, sessionID string) ([]ivs.Participant, error)
 }
 
 // Config is the fleet's policy.
@@ -57,6 +60,24 @@ type Config struct {
 	ReconnectWindow time.Duration
 	// EventDedupTTL is how long an event id is remembered.
 	EventDedupTTL time.Duration
+
+	// ScaleUpThreshold: seats on a stage at which more room is made; the
+	// controller keeps at least StageCapacity - ScaleUpThreshold free.
+	ScaleUpThreshold int
+	// MaxStages bounds a broadcast's origin and replica stages.
+	MaxStages int
+	// MinIdleStages is the warm pool: empty replica stages kept ready.
+	MinIdleStages int
+	// ScaleDownStabilization is how long a replica stage stays empty
+	// before it is removed.
+	ScaleDownStabilization time.Duration
+	// ReconcileInterval is how often the store is compared with IVS.
+	ReconcileInterval time.Duration
+	// ScaleInterval is how often every broadcast gets a controller pass
+	// without a signal.
+	ScaleInterval time.Duration
+	// Now is the clock; nil means time.Now. Windows and back-offs use it.
+	Now func() time.Time
 }
 
 // Service is the fleet.
@@ -70,35 +91,43 @@ type Service struct {
 
 	origins singleflight.Group
 	freed   *signal
+
+	kicks          *kicker
+	joins          sync.Map // broadcast id -> *meter
+	locks          sync.Map // broadcast id -> *sync.Mutex
+	provisioning   ewma     // stage created -> host replication active
+	provisionStart sync.Map // stage ARN -> time.Time
 }
 
 // New returns a fleet service.
 func New(cfg Config, st store.Store, i IVS, tokens token.Issuer, log *slog.Logger) *Service {
-	return &Service{
+	now := cfg.Now
+	if now == nil {
+		now = time.Now
+	}
+	if cfg.MaxStages <= 0 {
+		cfg.MaxStages = 20
+	}
+	if cfg.ReconcileInterval <= 0 {
+		cfg.ReconcileInterval = 10 * time.Second
+	}
+	if cfg.ScaleInterval <= 0 {
+		cfg.ScaleInterval = time.Second
+	}
+	s := &Service{
 		cfg:    cfg,
 		store:  st,
 		ivs:    i,
 		tokens: tokens,
 		log:    log,
-		now:    time.Now,
+		now:    now,
 		freed:  newSignal(),
+		kicks:  newKicker(),
 	}
-}
-
-// Run does the fleet's background work until ctx ends: freeing the seats
-// whose lease ran out.
-func (s *Service) Run(ctx context.Context) {
-	every := max(s.cfg.HeartbeatTimeout/10, 100*time.Millisecond)
-	t := time.NewTicker(every)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			s.expireSeats(ctx)
-		}
-	}
+	// Until measured, assume IVS's usual: a few seconds from CreateStage
+	// to an active replica.
+	s.provisioning.value = 3 * time.Second
+	return s
 }
 
 func (s *Service) expireSeats(ctx context.Context) {

@@ -85,6 +85,10 @@ func (s *Service) ViewerToken(ctx context.Context, broadcastID, userID, stageArn
 	if err != nil {
 		return IssuedToken{}, err
 	}
+	if seat.ParticipantID == req.ParticipantID {
+		s.joinMeter(broadcastID).add(s.now())
+		s.kicks.kick(broadcastID)
+	}
 	tok, err := s.tokens.Issue(ctx, token.Request{
 		StageArn:      seat.StageArn,
 		ParticipantID: seat.ParticipantID,
@@ -133,8 +137,16 @@ func (s *Service) reserve(ctx context.Context, req store.SeatRequest) (store.Sea
 		case !errors.Is(err, store.ErrFull):
 			return store.Seat{}, failWrap(ErrUnavailable, err, "taking a seat")
 		}
+		s.kicks.kick(req.BroadcastID)
 		left := deadline.Sub(s.now())
 		if left <= 0 {
+			if s.atStageLimit(ctx, req.BroadcastID) {
+				return store.Seat{}, &Error{
+					Kind:       ErrStageLimit,
+					Msg:        "broadcast " + req.BroadcastID + " is full and has reached its limit of stages (MAX_STAGES); try again later",
+					RetryAfter: max(s.cfg.SeatWait, time.Second),
+				}
+			}
 			return store.Seat{}, &Error{
 				Kind:       ErrStageFull,
 				Msg:        "every stage of broadcast " + req.BroadcastID + " is full; try again shortly",
@@ -213,4 +225,19 @@ func (s *Service) Rejoin(ctx context.Context, broadcastID, userID, stageArn stri
 		return IssuedToken{}, failWrap(ErrUnavailable, err, "freeing the old seat")
 	}
 	return s.ViewerToken(ctx, broadcastID, userID, stageArn)
+}
+
+// atStageLimit says whether a broadcast has as many stages as it may.
+func (s *Service) atStageLimit(ctx context.Context, broadcastID string) bool {
+	stages, err := s.store.ListStages(ctx, broadcastID)
+	if err != nil {
+		return false
+	}
+	n := 0
+	for _, st := range stages {
+		if st.Role != store.RoleManual {
+			n++
+		}
+	}
+	return n >= s.cfg.MaxStages
 }

@@ -57,6 +57,11 @@ type Stage struct {
 	Seatable  bool      `json:"seatable"`
 	Seats     int       `json:"seats"`
 	CreatedAt time.Time `json:"createdAt"`
+	// EmptySince is when a replica stage last became empty (zero while it
+	// has seats); it is removed after the stabilization window.
+	EmptySince time.Time `json:"emptySince"`
+	// Draining marks a replica stage being removed: it takes no viewers.
+	Draining bool `json:"draining"`
 }
 
 // Host is a publishing participant (or one given a host token) of an origin.
@@ -93,6 +98,10 @@ type Replication struct {
 	UpdatedAt     time.Time `json:"updatedAt"`
 	// EventTime is the time of the last IVS event applied.
 	EventTime time.Time `json:"eventTime"`
+	// Attempts counts failed starts since the last success; RetryAt is
+	// when the next may be made (exponential back-off with jitter).
+	Attempts int       `json:"attempts"`
+	RetryAt  time.Time `json:"retryAt"`
 }
 
 // Seat is one viewer's place on one stage: a lease.

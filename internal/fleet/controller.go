@@ -1,0 +1,477 @@
+package fleet
+
+import (
+	"context"
+	"errors"
+	"math"
+	"math/rand/v2"
+	"sync"
+	"time"
+
+	"github.com/stagefleet/stagefleet/internal/ivs"
+	"github.com/stagefleet/stagefleet/internal/store"
+)
+
+// The controller keeps each broadcast's fleet where the policy wants it:
+// enough free seats ahead of the audience, every host replicated into every
+// replica stage, and no replica stage left once it is not needed. It is
+// level-triggered: every pass compares what is with what should be, so a
+// lost or repeated signal costs a pass, never correctness.
+
+// startTimeout is how long a replication may stay starting before it is
+// started again (IVS answers a duplicate start with a conflict, harmlessly).
+const startTimeout = 15 * time.Second
+
+// kicker coalesces requests to look at broadcasts soon.
+type kicker struct {
+	mu      sync.Mutex
+	pending map[string]struct{}
+	wake    chan struct{}
+}
+
+func newKicker() *kicker {
+	return &kicker{pending: map[string]struct{}{}, wake: make(chan struct{}, 1)}
+}
+
+// kick never blocks: the join path calls it.
+func (k *kicker) kick(broadcastID string) {
+	k.mu.Lock()
+	k.pending[broadcastID] = struct{}{}
+	k.mu.Unlock()
+	select {
+	case k.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (k *kicker) take() []string {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	out := make([]string, 0, len(k.pending))
+	for b := range k.pending {
+		out = append(out, b)
+	}
+	clear(k.pending)
+	return out
+}
+
+// meter measures a rate over a sliding window of one-second buckets.
+type meter struct {
+	mu      sync.Mutex
+	buckets [10]int
+	second  int64
+}
+
+func (m *meter) add(now time.Time) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.advance(now.Unix())
+	m.buckets[now.Unix()%int64(len(m.buckets))]++
+}
+
+func (m *meter) advance(sec int64) {
+	if sec-m.second >= int64(len(m.buckets)) {
+		clear(m.buckets[:])
+	} else {
+		for s := m.second + 1; s <= sec; s++ {
+			m.buckets[s%int64(len(m.buckets))] = 0
+		}
+	}
+	if sec > m.second {
+		m.second = sec
+	}
+}
+
+// perSecond is the rate over the last few whole seconds and the current
+// one, so that a burst shows at once.
+func (m *meter) perSecond(now time.Time) float64 {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.advance(now.Unix())
+	const window = 3
+	sum := 0
+	for i := range window + 1 {
+		sum += m.buckets[(now.Unix()-int64(i)+int64(len(m.buckets)))%int64(len(m.buckets))]
+	}
+	return float64(sum) / window
+}
+
+// ewma is an exponentially weighted moving average of durations.
+type ewma struct {
+	mu    sync.Mutex
+	value time.Duration
+}
+
+func (e *ewma) observe(d time.Duration) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.value = time.Duration(0.7*float64(e.value) + 0.3*float64(d))
+}
+
+func (e *ewma) get() time.Duration {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.value
+}
+
+func (s *Service) joinMeter(broadcastID string) *meter {
+	m, _ := s.joins.LoadOrStore(broadcastID, &meter{})
+	return m.(*meter)
+}
+
+// lock serialises the controller's and the event handler's changes to one
+// broadcast within this instance.
+func (s *Service) lock(broadcastID string) func() {
+	m, _ := s.locks.LoadOrStore(broadcastID, &sync.Mutex{})
+	mu := m.(*sync.Mutex)
+	mu.Lock()
+	return mu.Unlock
+}
+
+// Headroom is the number of free seats the controller keeps ahead of the
+// audience: max(STAGE_CAPACITY - SCALE_UP_THRESHOLD, join rate x
+// provisioning time).
+func (s *Service) Headroom(broadcastID string) int {
+	base := s.cfg.StageCapacity - s.cfg.ScaleUpThreshold
+	rate := s.joinMeter(broadcastID).perSecond(s.now())
+	ahead := int(math.Ceil(rate * s.provisioning.get().Seconds()))
+	return max(base, ahead)
+}
+
+// Run does the fleet's background work until ctx ends: seat expiry, the
+// controller's passes on signals and on a short tick, and reconciliation
+// with IVS every ReconcileInterval.
+func (s *Service) Run(ctx context.Context) {
+	go s.expireLoop(ctx)
+	scale := time.NewTicker(s.cfg.ScaleInterval)
+	defer scale.Stop()
+	reconcile := time.NewTicker(s.cfg.ReconcileInterval)
+	defer reconcile.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-s.kicks.wake:
+			for _, b := range s.kicks.take() {
+				s.Step(ctx, b)
+			}
+		case <-scale.C:
+			s.stepAll(ctx)
+		case <-reconcile.C:
+			if err := s.Reconcile(ctx); err != nil && ctx.Err() == nil {
+				s.log.Warn("reconcile failed", "error", err)
+			}
+		}
+	}
+}
+
+func (s *Service) expireLoop(ctx context.Context) {
+	t := time.NewTicker(max(s.cfg.HeartbeatTimeout/10, 100*time.Millisecond))
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			s.expireSeats(ctx)
+		}
+	}
+}
+
+func (s *Service) stepAll(ctx context.Context) {
+	bs, err := s.store.ListBroadcasts(ctx)
+	if err != nil {
+		s.log.Warn("listing broadcasts", "error", err)
+		return
+	}
+	for _, b := range bs {
+		s.Step(ctx, b.ID)
+	}
+}
+
+// Step is one controller pass over a broadcast: scale up, replicate, scale
+// down.
+func (s *Service) Step(ctx context.Context, broadcastID string) {
+	unlock := s.lock(broadcastID)
+	defer unlock()
+	if err := s.step(ctx, broadcastID); err != nil && ctx.Err() == nil {
+		s.log.Warn("controller pass failed", "broadcast", broadcastID, "error", err)
+	}
+}
+
+// view is one broadcast's state as a pass sees it.
+type view struct {
+	broadcast store.Broadcast
+	stages    []store.Stage
+	hosts     []store.Host
+	reps      map[[2]string]store.Replication // (participant, destination)
+	live      bool
+}
+
+func (s *Service) load(ctx context.Context, broadcastID string) (view, error) {
+	var v view
+	var err error
+	if v.broadcast, err = s.store.GetBroadcast(ctx, broadcastID); err != nil {
+		return v, err
+	}
+	if v.stages, err = s.store.ListStages(ctx, broadcastID); err != nil {
+		return v, err
+	}
+	if v.hosts, err = s.store.ListHosts(ctx, broadcastID); err != nil {
+		return v, err
+	}
+	reps, err := s.store.ListReplications(ctx, broadcastID)
+	if err != nil {
+		return v, err
+	}
+	v.reps = make(map[[2]string]store.Replication, len(reps))
+	for _, r := range reps {
+		v.reps[[2]string{r.ParticipantID, r.DestArn}] = r
+	}
+	for _, h := range v.hosts {
+		v.live = v.live || h.Publishing
+	}
+	return v, nil
+}
+
+// seats counts free seats on stages taking viewers, seats coming on
+// replica stages still being provisioned, idle replica stages, and the
+// stages that count against MAX_STAGES.
+func (v view) seats() (free, upcoming, idle, managed int) {
+	for _, st := range v.stages {
+		if st.Role == store.RoleManual {
+			continue
+		}
+		managed++
+		if st.Draining {
+			continue
+		}
+		switch {
+		case st.Seatable:
+			free += st.Capacity - st.Seats
+		case st.Role == store.RoleReplica:
+			upcoming += st.Capacity
+		}
+		if st.Role == store.RoleReplica && st.Seats == 0 {
+			idle++
+		}
+	}
+	return free, upcoming, idle, managed
+}
+
+func (s *Service) step(ctx context.Context, broadcastID string) error {
+	v, err := s.load(ctx, broadcastID)
+	if errors.Is(err, store.ErrNotFound) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if err := s.scaleUp(ctx, v); err != nil {
+		return err
+	}
+	if v, err = s.load(ctx, broadcastID); err != nil {
+		return err
+	}
+	for _, st := range v.stages {
+		if st.Role != store.RoleReplica || st.Draining {
+			continue
+		}
+		for _, h := range v.hosts {
+			s.ensureReplication(ctx, v.broadcast, st, h, v.reps[[2]string{h.ParticipantID, st.Arn}])
+		}
+	}
+	return s.scaleDown(ctx, v)
+}
+
+func (s *Service) scaleUp(ctx context.Context, v view) error {
+	if !v.live {
+		return nil
+	}
+	free, upcoming, idle, managed := v.seats()
+	headroom := s.Headroom(v.broadcast.ID)
+	n := 0
+	if short := headroom - free - upcoming; short > 0 {
+		n = (short + s.cfg.StageCapacity - 1) / s.cfg.StageCapacity
+	}
+	n = max(n, s.cfg.MinIdleStages-idle)
+	n = min(n, s.cfg.MaxStages-managed)
+	if n <= 0 {
+		return nil
+	}
+	s.log.Info("scaling up", "broadcast", v.broadcast.ID, "stages", n, "free_seats", free, "upcoming_seats", upcoming, "headroom", headroom)
+	var wg sync.WaitGroup
+	for range n {
+		wg.Go(func() { s.provision(ctx, v) })
+	}
+	wg.Wait()
+	return nil
+}
+
+// provision creates one replica stage and records it at once, so that it
+// cannot leak; replication into it follows in the same pass.
+func (s *Service) provision(ctx context.Context, v view) {
+	b := v.broadcast.ID
+	started := s.now()
+	st, err := s.ivs.CreateStage(ctx, stageName(b, store.RoleReplica)+"-"+newParticipantID()[:8], stageTags(b, store.RoleReplica))
+	if err != nil {
+		s.log.Warn("creating replica stage failed", "broadcast", b, "error", err)
+		return
+	}
+	rec := store.Stage{Arn: st.Arn, BroadcastID: b, Role: store.RoleReplica, Name: st.Name, Capacity: s.cfg.StageCapacity, CreatedAt: started}
+	if err := s.store.PutStage(ctx, rec); err != nil {
+		s.log.Error("recording replica stage failed; deleting it", "broadcast", b, "stage", st.Arn, "error", err)
+		if err := s.ivs.DeleteStage(context.WithoutCancel(ctx), st.Arn); err != nil {
+			s.log.Error("deleting unrecorded replica stage", "stage", st.Arn, "error", err)
+		}
+		return
+	}
+	s.provisionStart.Store(st.Arn, started)
+	s.log.Info("replica stage created", "broadcast", b, "stage", st.Arn, "reason", "scale up")
+	for _, h := range v.hosts {
+		s.ensureReplication(ctx, v.broadcast, rec, h, store.Replication{})
+	}
+}
+
+// ensureReplication moves one (host, replica stage) replication toward its
+// desired state: active while the host publishes, pending while it does not.
+func (s *Service) ensureReplication(ctx context.Context, b store.Broadcast, dest store.Stage, h store.Host, r store.Replication) {
+	now := s.now()
+	if r.ParticipantID == "" {
+		r = store.Replication{BroadcastID: b.ID, ParticipantID: h.ParticipantID, SourceArn: b.OriginArn, DestArn: dest.Arn}
+	}
+	switch {
+	case r.State == store.ReplActive:
+		return
+	case r.State == store.ReplStarting && now.Sub(r.UpdatedAt) < startTimeout:
+		return
+	case !h.Publishing:
+		if r.State == store.ReplPending {
+			return
+		}
+		r.State, r.Reason = store.ReplPending, "host not publishing"
+	case now.Before(r.RetryAt):
+		return
+	default:
+		err := s.ivs.StartReplication(ctx, b.OriginArn, dest.Arn, h.ParticipantID, s.cfg.ReconnectWindow)
+		switch {
+		case err == nil, errors.Is(err, ivs.ErrConflict):
+			r.State, r.Reason, r.Attempts, r.RetryAt = store.ReplStarting, "", 0, time.Time{}
+		case errors.Is(err, ivs.ErrNotPublishing):
+			r.State, r.Reason = store.ReplPending, "host not publishing"
+		default:
+			r.Attempts++
+			r.State, r.Reason, r.RetryAt = store.ReplFailed, err.Error(), now.Add(backoff(r.Attempts))
+		}
+	}
+	r.UpdatedAt = now
+	if err := s.store.PutReplication(ctx, r); err != nil {
+		s.log.Warn("recording replication", "broadcast", b.ID, "stage", dest.Arn, "participant", h.ParticipantID, "error", err)
+		return
+	}
+	s.log.Info("replication", "broadcast", b.ID, "stage", dest.Arn, "participant", h.ParticipantID, "state", r.State, "reason", r.Reason, "attempts", r.Attempts)
+}
+
+// backoff is exponential with full jitter: up to 500ms x 2^(attempts-1),
+// capped at 30 s.
+func backoff(attempts int) time.Duration {
+	ceiling := min(30*time.Second, 500*time.Millisecond<<min(attempts-1, 10))
+	return time.Duration(rand.Int64N(int64(ceiling))) + 100*time.Millisecond
+}
+
+// scaleDown removes replica stages that have been empty for the
+// stabilization window, as long as the rest still gives the headroom.
+func (s *Service) scaleDown(ctx context.Context, v view) error {
+	now := s.now()
+	free, _, idle, _ := v.seats()
+	headroom := s.Headroom(v.broadcast.ID)
+	for _, st := range v.stages {
+		if st.Role != store.RoleReplica || st.Draining {
+			continue
+		}
+		switch {
+		case st.Seats > 0 && !st.EmptySince.IsZero():
+			st.EmptySince = time.Time{}
+			if err := s.store.PutStage(ctx, st); err != nil {
+				return err
+			}
+			continue
+		case st.Seats > 0:
+			continue
+		case st.EmptySince.IsZero():
+			st.EmptySince = now
+			if err := s.store.PutStage(ctx, st); err != nil {
+				return err
+			}
+			continue
+		case now.Sub(st.EmptySince) < s.cfg.ScaleDownStabilization:
+			continue
+		}
+		without := free
+		if st.Seatable {
+			without -= st.Capacity
+		}
+		if v.live && (without < headroom || idle-1 < s.cfg.MinIdleStages) {
+			continue
+		}
+		removed, err := s.remove(ctx, v, st)
+		if err != nil {
+			return err
+		}
+		if removed {
+			free, idle = without, idle-1
+		}
+	}
+	return nil
+}
+
+// remove drains an empty replica stage, stops its replications and deletes
+// it. A viewer seated between the check and the drain keeps the stage.
+func (s *Service) remove(ctx context.Context, v view, st store.Stage) (bool, error) {
+	st.Draining = true
+	if err := s.store.PutStage(ctx, st); err != nil {
+		return false, err
+	}
+	if err := s.store.SetSeatable(ctx, st.Arn, false); err != nil {
+		return false, err
+	}
+	cur, err := s.store.GetStage(ctx, st.Arn)
+	if err != nil {
+		return false, err
+	}
+	if cur.Seats > 0 {
+		cur.Draining, cur.EmptySince = false, time.Time{}
+		if err := s.store.PutStage(ctx, cur); err != nil {
+			return false, err
+		}
+		return false, s.refreshReplica(ctx, cur)
+	}
+	s.log.Info("removing replica stage", "broadcast", v.broadcast.ID, "stage", st.Arn, "reason", "empty for the stabilization window")
+	for _, h := range v.hosts {
+		r, ok := v.reps[[2]string{h.ParticipantID, st.Arn}]
+		if !ok {
+			continue
+		}
+		if r.State == store.ReplActive || r.State == store.ReplStarting {
+			if err := s.ivs.StopReplication(ctx, r.SourceArn, r.DestArn, r.ParticipantID); err != nil && !errors.Is(err, ivs.ErrNotFound) {
+				s.log.Warn("stopping replication of a removed stage", "stage", st.Arn, "participant", r.ParticipantID, "error", err)
+			}
+		}
+	}
+	if err := s.ivs.DeleteStage(ctx, st.Arn); err != nil && !errors.Is(err, ivs.ErrNotFound) {
+		// Keep the record (draining) so that the next pass tries again.
+		return false, err
+	}
+	if _, err := s.store.DeleteStage(ctx, st.Arn); err != nil && !errors.Is(err, store.ErrNotFound) {
+		return false, err
+	}
+	for key, r := range v.reps {
+		if key[1] == st.Arn {
+			if err := s.store.DeleteReplication(ctx, r.BroadcastID, r.ParticipantID, r.DestArn); err != nil && !errors.Is(err, store.ErrNotFound) {
+				return false, err
+			}
+		}
+	}
+	s.log.Info("replica stage deleted", "broadcast", v.broadcast.ID, "stage", st.Arn)
+	return true, nil
+}

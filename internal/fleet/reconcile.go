@@ -1,0 +1,208 @@
+package fleet
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/stagefleet/stagefleet/internal/ivs"
+	"github.com/stagefleet/stagefleet/internal/store"
+)
+
+// Reconcile compares the store with IVS, the source of truth, and repairs
+// the store: records whose stage is gone are dropped (freeing their seats),
+// tagged stages without a record are adopted or deleted, hosts are marked
+// publishing or gone from the origin's participants, and replication states
+// are read back from IVS. Every broadcast then gets a controller pass.
+func (s *Service) Reconcile(ctx context.Context) error {
+	tagged, err := s.ivs.ListStages(ctx, func(st ivs.Stage) bool { return st.Tags[TagBroadcast] != "" })
+	if err != nil {
+		return fmt.Errorf("listing tagged stages: %w", err)
+	}
+	inIVS := make(map[string]ivs.Stage, len(tagged))
+	for _, st := range tagged {
+		inIVS[st.Arn] = st
+	}
+	bs, err := s.store.ListBroadcasts(ctx)
+	if err != nil {
+		return err
+	}
+	known := map[string]bool{}
+	for _, b := range bs {
+		if err := s.reconcileBroadcast(ctx, b, inIVS, known); err != nil {
+			s.log.Warn("reconcile", "broadcast", b.ID, "error", err)
+		}
+	}
+	for _, st := range tagged {
+		if !known[st.Arn] {
+			s.adopt(ctx, st)
+		}
+	}
+	for _, b := range bs {
+		s.kicks.kick(b.ID)
+	}
+	return nil
+}
+
+func (s *Service) reconcileBroadcast(ctx context.Context, b store.Broadcast, inIVS map[string]ivs.Stage, known map[string]bool) error {
+	unlock := s.lock(b.ID)
+	defer unlock()
+	stages, err := s.store.ListStages(ctx, b.ID)
+	if err != nil {
+		return err
+	}
+	for _, st := range stages {
+		known[st.Arn] = true
+		// A configured origin (MASTER_STAGE_ARN) carries no tags of ours.
+		if _, ok := inIVS[st.Arn]; ok || st.Arn == s.cfg.OriginArn {
+			continue
+		}
+		freed, err := s.store.DeleteStage(ctx, st.Arn)
+		if err != nil && !errors.Is(err, store.ErrNotFound) {
+			return err
+		}
+		s.log.Warn("stage gone from IVS; record dropped", "broadcast", b.ID, "stage", st.Arn, "role", st.Role, "seats_freed", len(freed))
+	}
+	if err := s.reconcileHosts(ctx, b); err != nil {
+		return err
+	}
+	return s.reconcileReplications(ctx, b)
+}
+
+// reconcileHosts reads the origin's participants: a host connected and
+// published is publishing, one disconnected or absent is not. Lost
+// Published/Unpublished events are repaired here.
+func (s *Service) reconcileHosts(ctx context.Context, b store.Broadcast) error {
+	origin, err := s.ivs.GetStage(ctx, b.OriginArn)
+	if err != nil {
+		return err
+	}
+	present := map[string]ivs.Participant{}
+	if origin.ActiveSessionID != "" {
+		ps, err := s.ivs.ListParticipants(ctx, b.OriginArn, origin.ActiveSessionID)
+		if err != nil {
+			return err
+		}
+		for _, p := range ps {
+			if !p.Replica {
+				present[p.ID] = p
+			}
+		}
+	}
+	hosts, err := s.store.ListHosts(ctx, b.ID)
+	if err != nil {
+		return err
+	}
+	for _, h := range hosts {
+		p, ok := present[h.ParticipantID]
+		publishing := ok && p.Connected && p.Published
+		if publishing == h.Publishing {
+			continue
+		}
+		h.Publishing = publishing
+		h.EventTime = s.now()
+		if err := s.store.PutHost(ctx, h); err != nil {
+			return err
+		}
+		s.log.Info("host state repaired from IVS", "broadcast", b.ID, "participant", h.ParticipantID, "publishing", publishing)
+	}
+	rec, err := s.store.GetStage(ctx, b.OriginArn)
+	if err != nil {
+		return err
+	}
+	return s.refreshOrigin(ctx, rec)
+}
+
+// reconcileReplications reads each host's replicas back from IVS.
+func (s *Service) reconcileReplications(ctx context.Context, b store.Broadcast) error {
+	hosts, err := s.store.ListHosts(ctx, b.ID)
+	if err != nil {
+		return err
+	}
+	reps, err := s.store.ListReplications(ctx, b.ID)
+	if err != nil {
+		return err
+	}
+	for _, h := range hosts {
+		replicas, err := s.ivs.ListReplicas(ctx, b.OriginArn, h.ParticipantID)
+		if err != nil {
+			return err
+		}
+		active := map[string]bool{}
+		for _, r := range replicas {
+			active[r.DestArn] = active[r.DestArn] || r.Active
+		}
+		for _, r := range reps {
+			if r.ParticipantID != h.ParticipantID {
+				continue
+			}
+			want := r.State
+			switch {
+			case active[r.DestArn]:
+				want = store.ReplActive
+			case r.State == store.ReplActive:
+				want = store.ReplStopped
+			}
+			if want == r.State {
+				continue
+			}
+			s.log.Info("replication state repaired from IVS", "broadcast", b.ID, "stage", r.DestArn, "participant", r.ParticipantID, "from", r.State, "to", want)
+			r.State, r.Reason, r.UpdatedAt = want, "", s.now()
+			if err := s.store.PutReplication(ctx, r); err != nil {
+				return err
+			}
+		}
+	}
+	stages, err := s.store.ListStages(ctx, b.ID)
+	if err != nil {
+		return err
+	}
+	for _, st := range stages {
+		if err := s.refreshReplica(ctx, st); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// adopt takes back a stage tagged as stagefleet's that has no record (after
+// the store was lost, or a crash between create and record): replicas and
+// manual stages of a known broadcast are recorded again; an origin whose
+// broadcast is unknown rebuilds the broadcast; anything else is an orphan
+// and is deleted.
+func (s *Service) adopt(ctx context.Context, st ivs.Stage) {
+	b := st.Tags[TagBroadcast]
+	role := store.Role(st.Tags[TagRole])
+	unlock := s.lock(b)
+	defer unlock()
+	rec := store.Stage{Arn: st.Arn, BroadcastID: b, Role: role, Name: st.Name, Capacity: s.cfg.StageCapacity, CreatedAt: s.now()}
+	_, err := s.store.GetBroadcast(ctx, b)
+	switch {
+	case role == store.RoleOrigin && errors.Is(err, store.ErrNotFound):
+		if err := s.store.PutStage(ctx, rec); err != nil {
+			s.log.Warn("adopting origin", "stage", st.Arn, "error", err)
+			return
+		}
+		if _, err := s.store.CreateBroadcast(ctx, store.Broadcast{ID: b, OriginArn: st.Arn, CreatedAt: s.now()}); err != nil {
+			s.log.Warn("rebuilding broadcast", "broadcast", b, "error", err)
+			return
+		}
+		s.log.Info("origin stage adopted from IVS", "broadcast", b, "stage", st.Arn)
+		return
+	case err == nil && (role == store.RoleReplica || role == store.RoleManual):
+		if err := s.store.PutStage(ctx, rec); err != nil {
+			s.log.Warn("adopting stage", "stage", st.Arn, "error", err)
+			return
+		}
+		s.log.Info("stage adopted from IVS", "broadcast", b, "stage", st.Arn, "role", role)
+		return
+	case err != nil && !errors.Is(err, store.ErrNotFound):
+		s.log.Warn("reading broadcast for adoption", "broadcast", b, "error", err)
+		return
+	}
+	if err := s.ivs.DeleteStage(ctx, st.Arn); err != nil && !errors.Is(err, ivs.ErrNotFound) {
+		s.log.Warn("deleting orphan stage", "stage", st.Arn, "error", err)
+		return
+	}
+	s.log.Warn("orphan stage deleted", "broadcast", b, "stage", st.Arn, "role", role)
+}
