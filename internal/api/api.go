@@ -87,10 +87,13 @@ type route struct {
 	handler func(*server, http.ResponseWriter, *http.Request) *apiError
 }
 
+// eventsPath is the IVS events webhook, which the rate limit does not count.
+const eventsPath = "/api/events/ivs"
+
 var routes = []route{
 	{"GET", "/api/health", true, (*server).health},
 	{"GET", "/openapi.json", true, (*server).openAPI},
-	{"POST", "/api/events/ivs", true, (*server).ivsEvent},
+	{"POST", eventsPath, true, (*server).ivsEvent},
 	{"POST", "/api/token/publisher", false, (*server).publisherToken},
 	{"POST", "/api/token/viewer", false, (*server).viewerToken},
 	{"POST", "/api/token/mediaserver", false, (*server).mediaServerToken},

@@ -1,0 +1,412 @@
+package config
+
+import (
+	"bytes"
+	"errors"
+	"flag"
+	"io"
+	"os"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stagefleet/stagefleet/internal/emulator"
+)
+
+const (
+	testStageArn = "arn:aws:ivs:us-east-1:123456789012:stage/AbCdEf123456"
+	testKeyArn   = "arn:aws:ivs:us-east-1:123456789012:public-key/AbCdEf123456"
+)
+
+// env is a fake environment.
+func env(kv map[string]string) func(string) string {
+	return func(k string) string { return kv[k] }
+}
+
+// load runs Load with the embedded emulator's flags registered, as
+// stagefleet serve does.
+func load(args []string, kv map[string]string) (Config, string, error) {
+	var out bytes.Buffer
+	emu := emulator.DefaultConfig()
+	c, err := Load(args, env(kv), &out, func(fs *flag.FlagSet) { emu.RegisterFlags(fs, "emulator-") })
+	return c, out.String(), err
+}
+
+func TestLoadDefaults(t *testing.T) {
+	c, _, err := load(nil, nil)
+	if err != nil {
+		t.Fatalf("Load with nothing set: %v", err)
+	}
+	checks := []struct {
+		name      string
+		got, want any
+	}{
+		{"APIHost", c.APIHost, ""},
+		{"APIPort", c.APIPort, 3000},
+		{"IVSMode", c.IVSMode, ModeAuto},
+		{"Mode()", c.Mode(), ModeEmulator},
+		{"IVSEndpoint", c.IVSEndpoint, ""},
+		{"AWSRegion", c.AWSRegion, "us-east-1"},
+		{"EmulatorAddr", c.EmulatorAddr, "127.0.0.1:4566"},
+		{"MasterStageArn", c.MasterStageArn, ""},
+		{"PublisherTokenTTL", c.PublisherTokenTTL, 4 * time.Hour},
+		{"ViewerTokenTTL", c.ViewerTokenTTL, time.Hour},
+		{"MediaServerTokenTTL", c.MediaServerTokenTTL, 4 * time.Hour},
+		{"ReconnectWindow", c.ReconnectWindow, 30 * time.Second},
+		{"StageCapacity", c.StageCapacity, 50},
+		{"ScaleUpThreshold", c.ScaleUpThreshold, 45},
+		{"MaxStages", c.MaxStages, 20},
+		{"MinIdleStages", c.MinIdleStages, 0},
+		{"ScaleDownWindow", c.ScaleDownWindow, 60 * time.Second},
+		{"ReconcileInterval", c.ReconcileInterval, 10 * time.Second},
+		{"HeartbeatTimeout", c.HeartbeatTimeout, 60 * time.Second},
+		{"SeatWait", c.SeatWait, 2 * time.Second},
+		{"APISecretKey", c.APISecretKey, ""},
+		{"SkipAuth", c.SkipAuth, false},
+		{"AuthDisabled()", c.AuthDisabled(), true}, // emulator mode without API_SECRET_KEY
+		{"RateLimitWindow", c.RateLimitWindow, time.Minute},
+		{"RateLimitMaxRequests", c.RateLimitMaxRequests, 1000},
+		{"MaxBodyBytes", c.MaxBodyBytes, int64(64 << 10)},
+		{"ShutdownTimeout", c.ShutdownTimeout, 10 * time.Second},
+		{"LogLevel", c.LogLevel, "info"},
+	}
+	for _, ch := range checks {
+		if ch.got != ch.want {
+			t.Errorf("%s = %v, want %v", ch.name, ch.got, ch.want)
+		}
+	}
+}
+
+func TestLoadOverrides(t *testing.T) {
+	tests := []struct {
+		name  string
+		env   map[string]string
+		args  []string
+		check func(t *testing.T, c Config)
+	}{
+		{
+			name: "env",
+			env: map[string]string{
+				"API_HOST": "127.0.0.1", "API_PORT": "8080", "STAGE_CAPACITY": "100",
+				"SCALE_UP_THRESHOLD": "90", "HEARTBEAT_TIMEOUT": "30s", "SEAT_WAIT": "500ms",
+				"PUBLISHER_TOKEN_TTL": "2h", "VIEWER_TOKEN_TTL": "30m", "RATE_LIMIT_WINDOW_MS": "1000",
+				"RATE_LIMIT_MAX_REQUESTS": "0", "LOG_LEVEL": "DEBUG", "MAX_BODY_BYTES": "4096",
+				"MAX_STAGES": "5", "MIN_IDLE_STAGES": "2", "SCALE_DOWN_STABILIZATION": "5m", "RECONCILE_INTERVAL": "1s",
+			},
+			check: func(t *testing.T, c Config) {
+				if c.APIHost != "127.0.0.1" || c.APIPort != 8080 || c.StageCapacity != 100 || c.ScaleUpThreshold != 90 {
+					t.Errorf("host, port, capacity, threshold = %q %d %d %d", c.APIHost, c.APIPort, c.StageCapacity, c.ScaleUpThreshold)
+				}
+				if c.HeartbeatTimeout != 30*time.Second || c.SeatWait != 500*time.Millisecond {
+					t.Errorf("heartbeat, seat wait = %v %v", c.HeartbeatTimeout, c.SeatWait)
+				}
+				if c.PublisherTokenTTL != 2*time.Hour || c.ViewerTokenTTL != 30*time.Minute {
+					t.Errorf("token TTLs = %v %v", c.PublisherTokenTTL, c.ViewerTokenTTL)
+				}
+				if c.RateLimitWindow != time.Second || c.RateLimitMaxRequests != 0 {
+					t.Errorf("rate limit = %d per %v", c.RateLimitMaxRequests, c.RateLimitWindow)
+				}
+				if c.LogLevel != "debug" || c.MaxBodyBytes != 4096 {
+					t.Errorf("log level, max body = %q %d", c.LogLevel, c.MaxBodyBytes)
+				}
+				if c.MaxStages != 5 || c.MinIdleStages != 2 || c.ScaleDownWindow != 5*time.Minute || c.ReconcileInterval != time.Second {
+					t.Errorf("max stages %d, idle %d, stabilization %v, reconcile %v", c.MaxStages, c.MinIdleStages, c.ScaleDownWindow, c.ReconcileInterval)
+				}
+			},
+		},
+		{
+			name: "flags",
+			args: []string{"--api-port", "0", "--stage-capacity=10", "--scale-up-threshold=8", "--seat-wait=0s", "--log-level=warn"},
+			check: func(t *testing.T, c Config) {
+				if c.APIPort != 0 || c.StageCapacity != 10 || c.ScaleUpThreshold != 8 || c.SeatWait != 0 || c.LogLevel != "warn" {
+					t.Errorf("got port %d capacity %d threshold %d seat wait %v log %q", c.APIPort, c.StageCapacity, c.ScaleUpThreshold, c.SeatWait, c.LogLevel)
+				}
+			},
+		},
+		{
+			name: "flag wins over env",
+			env:  map[string]string{"API_PORT": "8080", "STAGE_CAPACITY": "100", "SKIP_AUTH": "true"},
+			args: []string{"--api-port=9090", "--stage-capacity", "60", "--skip-auth=false"},
+			check: func(t *testing.T, c Config) {
+				if c.APIPort != 9090 || c.StageCapacity != 60 || c.SkipAuth {
+					t.Errorf("port %d capacity %d skip auth %v, want the flags' 9090 60 false", c.APIPort, c.StageCapacity, c.SkipAuth)
+				}
+			},
+		},
+		{
+			name: "flag overrides a bad env value",
+			env:  map[string]string{"API_PORT": "abc", "LOG_LEVEL": "loud"},
+			args: []string{"--api-port=8080", "--log-level=error"},
+			check: func(t *testing.T, c Config) {
+				if c.APIPort != 8080 || c.LogLevel != "error" {
+					t.Errorf("port %d log %q, want 8080 error", c.APIPort, c.LogLevel)
+				}
+			},
+		},
+		{
+			name: "empty env value is the default",
+			env:  map[string]string{"API_PORT": "", "STAGE_CAPACITY": ""},
+			check: func(t *testing.T, c Config) {
+				if c.APIPort != 3000 || c.StageCapacity != 50 {
+					t.Errorf("port %d capacity %d, want the defaults", c.APIPort, c.StageCapacity)
+				}
+			},
+		},
+		{
+			name: "aws mode with key and token key pair",
+			env: map[string]string{"IVS_MODE": "aws", "API_SECRET_KEY": "s3cret", "MASTER_STAGE_ARN": testStageArn,
+				"IVS_TOKEN_KEY_ARN": testKeyArn, "IVS_TOKEN_PRIVATE_KEY_FILE": "/etc/stagefleet/key.pem"},
+			check: func(t *testing.T, c Config) {
+				if c.Mode() != ModeAWS || c.AuthDisabled() || c.MasterStageArn != testStageArn || c.TokenKeyArn != testKeyArn {
+					t.Errorf("mode %s auth disabled %v master %q key %q", c.Mode(), c.AuthDisabled(), c.MasterStageArn, c.TokenKeyArn)
+				}
+			},
+		},
+		{
+			name: "auto is aws with an endpoint",
+			env:  map[string]string{"IVS_ENDPOINT": "http://127.0.0.1:4566", "API_SECRET_KEY": "k"},
+			check: func(t *testing.T, c Config) {
+				if c.Mode() != ModeAWS || c.IVSEndpoint != "http://127.0.0.1:4566" {
+					t.Errorf("mode %s endpoint %q", c.Mode(), c.IVSEndpoint)
+				}
+			},
+		},
+		{
+			name: "auto is aws with a master stage",
+			env:  map[string]string{"MASTER_STAGE_ARN": testStageArn, "SKIP_AUTH": "true"},
+			check: func(t *testing.T, c Config) {
+				if c.Mode() != ModeAWS || !c.AuthDisabled() {
+					t.Errorf("mode %s auth disabled %v, want aws true", c.Mode(), c.AuthDisabled())
+				}
+			},
+		},
+		{
+			name: "emulator mode with a key checks it",
+			env:  map[string]string{"IVS_MODE": "emulator", "API_SECRET_KEY": "k"},
+			check: func(t *testing.T, c Config) {
+				if c.Mode() != ModeEmulator || c.AuthDisabled() {
+					t.Errorf("mode %s auth disabled %v, want emulator false", c.Mode(), c.AuthDisabled())
+				}
+			},
+		},
+		{
+			name: "skip auth in emulator mode",
+			env:  map[string]string{"API_SECRET_KEY": "k", "SKIP_AUTH": "1"},
+			check: func(t *testing.T, c Config) {
+				if !c.AuthDisabled() {
+					t.Error("SKIP_AUTH=1 left auth on")
+				}
+			},
+		},
+		{
+			name: "embedded emulator flags are accepted",
+			args: []string{"--emulator-stage-capacity=50", "--emulator-no-quotas", "--emulator-addr=127.0.0.1:0"},
+			check: func(t *testing.T, c Config) {
+				if c.EmulatorAddr != "127.0.0.1:0" {
+					t.Errorf("EmulatorAddr = %q", c.EmulatorAddr)
+				}
+			},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c, out, err := load(tt.args, tt.env)
+			if err != nil {
+				t.Fatalf("Load(%q, %v): %v\n%s", tt.args, tt.env, err, out)
+			}
+			tt.check(t, c)
+		})
+	}
+}
+
+func TestLoadRejects(t *testing.T) {
+	tests := []struct {
+		name    string
+		env     map[string]string
+		args    []string
+		mention string // the error must name this
+	}{
+		{"port not a number", map[string]string{"API_PORT": "abc"}, nil, "API_PORT"},
+		{"port too large", map[string]string{"API_PORT": "70000"}, nil, "API_PORT"},
+		{"capacity zero", map[string]string{"STAGE_CAPACITY": "0"}, nil, "STAGE_CAPACITY"},
+		{"seat wait not a duration", map[string]string{"SEAT_WAIT": "fast"}, nil, "SEAT_WAIT"},
+		{"seat wait too long", map[string]string{"SEAT_WAIT": "2h"}, nil, "SEAT_WAIT"},
+		{"heartbeat without unit", map[string]string{"HEARTBEAT_TIMEOUT": "60"}, nil, "HEARTBEAT_TIMEOUT"},
+		{"log level", map[string]string{"LOG_LEVEL": "loud"}, nil, "LOG_LEVEL"},
+		{"mode", map[string]string{"IVS_MODE": "x"}, nil, "IVS_MODE"},
+		{"region", map[string]string{"AWS_REGION": "Mars"}, nil, "AWS_REGION"},
+		{"master stage", map[string]string{"MASTER_STAGE_ARN": "nope"}, nil, "MASTER_STAGE_ARN"},
+		{"token key arn", map[string]string{"IVS_TOKEN_KEY_ARN": "nope", "IVS_TOKEN_PRIVATE_KEY_FILE": "k.pem"}, nil, "IVS_TOKEN_KEY_ARN"},
+		{"endpoint scheme", map[string]string{"IVS_ENDPOINT": "ftp://x"}, nil, "IVS_ENDPOINT"},
+		{"endpoint without host", map[string]string{"IVS_ENDPOINT": "http://"}, nil, "IVS_ENDPOINT"},
+		{"emulator addr", map[string]string{"EMULATOR_ADDR": "4566"}, nil, "EMULATOR_ADDR"},
+		{"skip auth", map[string]string{"SKIP_AUTH": "maybe"}, nil, "SKIP_AUTH"},
+		{"reconnect window", map[string]string{"RECONNECT_WINDOW": "10m"}, nil, "RECONNECT_WINDOW"},
+		{"viewer ttl", map[string]string{"VIEWER_TOKEN_TTL": "1s"}, nil, "VIEWER_TOKEN_TTL"},
+		{"rate limit window", map[string]string{"RATE_LIMIT_WINDOW_MS": "0"}, nil, "RATE_LIMIT_WINDOW_MS"},
+		{"rate limit max", map[string]string{"RATE_LIMIT_MAX_REQUESTS": "-1"}, nil, "RATE_LIMIT_MAX_REQUESTS"},
+		{"max body", map[string]string{"MAX_BODY_BYTES": "10"}, nil, "MAX_BODY_BYTES"},
+		{"shutdown", map[string]string{"SHUTDOWN_TIMEOUT": "soon"}, nil, "SHUTDOWN_TIMEOUT"},
+		{"threshold above capacity", map[string]string{"STAGE_CAPACITY": "40"}, nil, "SCALE_UP_THRESHOLD"},
+		{"threshold above capacity by flag", nil, []string{"--scale-up-threshold=51"}, "SCALE_UP_THRESHOLD"},
+		{"max stages zero", map[string]string{"MAX_STAGES": "0"}, nil, "MAX_STAGES"},
+		{"warm pool fills every stage", map[string]string{"MAX_STAGES": "3", "MIN_IDLE_STAGES": "3"}, nil, "MIN_IDLE_STAGES"},
+		{"stabilization", map[string]string{"SCALE_DOWN_STABILIZATION": "-1s"}, nil, "SCALE_DOWN_STABILIZATION"},
+		{"reconcile interval", map[string]string{"RECONCILE_INTERVAL": "1ms"}, nil, "RECONCILE_INTERVAL"},
+		{"aws mode without key", map[string]string{"IVS_MODE": "aws"}, nil, "API_SECRET_KEY"},
+		{"endpoint without key", map[string]string{"IVS_ENDPOINT": "http://127.0.0.1:4566"}, nil, "API_SECRET_KEY"},
+		{"aws mode with skip auth false", map[string]string{"IVS_MODE": "aws", "SKIP_AUTH": "false"}, nil, "API_SECRET_KEY"},
+		{"only the key arn", map[string]string{"IVS_TOKEN_KEY_ARN": testKeyArn, "API_SECRET_KEY": "k"}, nil, "IVS_TOKEN_PRIVATE_KEY_FILE"},
+		{"only the key file", map[string]string{"IVS_TOKEN_PRIVATE_KEY_FILE": "key.pem"}, nil, "IVS_TOKEN_KEY_ARN"},
+		{"endpoint in emulator mode", map[string]string{"IVS_MODE": "emulator", "IVS_ENDPOINT": "http://127.0.0.1:4566"}, nil, "IVS_ENDPOINT"},
+		{"master stage in emulator mode", map[string]string{"IVS_MODE": "emulator", "MASTER_STAGE_ARN": testStageArn}, nil, "MASTER_STAGE_ARN"},
+		{"token key in emulator mode", map[string]string{"IVS_MODE": "emulator", "IVS_TOKEN_KEY_ARN": testKeyArn, "IVS_TOKEN_PRIVATE_KEY_FILE": "k.pem"}, nil, "IVS_TOKEN_KEY_ARN"},
+		{"master stage in another region", map[string]string{"MASTER_STAGE_ARN": testStageArn, "AWS_REGION": "eu-west-1", "API_SECRET_KEY": "k"}, nil, "MASTER_STAGE_ARN"},
+		{"bad flag value", nil, []string{"--api-port=abc"}, "api-port"},
+		{"bad flag despite good env", map[string]string{"STAGE_CAPACITY": "10", "SCALE_UP_THRESHOLD": "5"}, []string{"--stage-capacity=0"}, "stage-capacity"},
+		{"unknown flag", nil, []string{"--nope"}, "nope"},
+		{"stray argument", nil, []string{"extra"}, "extra"},
+		{"emulator region flag", nil, []string{"--emulator-region=eu-west-1"}, "AWS_REGION"},
+		{"emulator events secret flag", nil, []string{"--emulator-events-secret=x"}, "EVENTS_SECRET"},
+		{"bad emulator flag", nil, []string{"--emulator-quota=Nope=1"}, "Nope"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c, _, err := load(tt.args, tt.env)
+			if err == nil {
+				t.Fatalf("Load(%q, %v) = %+v, want an error naming %s", tt.args, tt.env, c, tt.mention)
+			}
+			if !strings.Contains(err.Error(), tt.mention) {
+				t.Errorf("Load(%q, %v) = %q, want it to name %s", tt.args, tt.env, err, tt.mention)
+			}
+			if !reflect.ValueOf(c).IsZero() {
+				t.Errorf("Load returned a config with its error: %+v", c)
+			}
+		})
+	}
+}
+
+func TestAWSModeSkipAuth(t *testing.T) {
+	for _, kv := range []map[string]string{
+		{"IVS_MODE": "aws", "SKIP_AUTH": "true"},
+		{"IVS_ENDPOINT": "http://127.0.0.1:4566", "SKIP_AUTH": "true"},
+	} {
+		c, _, err := load(nil, kv)
+		if err != nil {
+			t.Errorf("Load(%v): %v", kv, err)
+			continue
+		}
+		if c.Mode() != ModeAWS || !c.AuthDisabled() {
+			t.Errorf("Load(%v): mode %s, auth disabled %v; want aws, true", kv, c.Mode(), c.AuthDisabled())
+		}
+	}
+	// The flag counts as setting it explicitly.
+	if _, _, err := load([]string{"--skip-auth=true"}, map[string]string{"IVS_MODE": "aws"}); err != nil {
+		t.Errorf("IVS_MODE=aws --skip-auth=true: %v", err)
+	}
+}
+
+func TestHelp(t *testing.T) {
+	for _, arg := range []string{"--help", "-h"} {
+		_, out, err := load([]string{arg}, nil)
+		if !errors.Is(err, flag.ErrHelp) {
+			t.Fatalf("Load(%s) = %v, want flag.ErrHelp", arg, err)
+		}
+		for _, s := range settings {
+			if !strings.Contains(out, s.env) {
+				t.Errorf("%s output does not list %s", arg, s.env)
+			}
+			if !strings.Contains(out, "--"+s.flagName()) {
+				t.Errorf("%s output does not list --%s", arg, s.flagName())
+			}
+		}
+		for _, f := range []string{"--emulator-stage-capacity", "--emulator-quota", "--emulator-events-reorder"} {
+			if !strings.Contains(out, f) {
+				t.Errorf("%s output does not list the embedded emulator's %s", arg, f)
+			}
+		}
+		for _, f := range []string{"--emulator-region", "--emulator-events-secret"} {
+			if strings.Contains(out, f) {
+				t.Errorf("%s output lists %s, which serve does not accept", arg, f)
+			}
+		}
+	}
+	// Help works even with a bad environment, so that one can read how to fix it.
+	if _, _, err := load([]string{"--help"}, map[string]string{"API_PORT": "abc"}); !errors.Is(err, flag.ErrHelp) {
+		t.Errorf("--help with API_PORT=abc = %v, want flag.ErrHelp", err)
+	}
+}
+
+func TestSettingsAreDocumented(t *testing.T) {
+	seen := map[string]bool{}
+	for _, s := range settings {
+		if seen[s.env] {
+			t.Errorf("%s is defined twice", s.env)
+		}
+		seen[s.env] = true
+		if s.help == "" {
+			t.Errorf("%s has no help", s.env)
+		}
+		// Every default must itself load.
+		var c Config
+		if err := s.set(&c, s.def); err != nil {
+			t.Errorf("%s default %q does not parse: %v", s.env, s.def, err)
+		}
+	}
+}
+
+func FuzzLoad(f *testing.F) {
+	f.Add("3000", "50", "45", "2s", "info", "auto", "")
+	f.Add("abc", "0", "51", "fast", "loud", "x", "ftp://x")
+	f.Add("-1", "25000", "1", "0s", "DEBUG", "aws", "http://127.0.0.1:4566")
+	f.Add(" 80 ", "9999999999999999999999", "", "-1s", "", "emulator", "http://[::1")
+	f.Fuzz(func(t *testing.T, port, capacity, threshold, seatWait, logLevel, mode, endpoint string) {
+		kv := map[string]string{
+			"API_PORT": port, "STAGE_CAPACITY": capacity, "SCALE_UP_THRESHOLD": threshold,
+			"SEAT_WAIT": seatWait, "LOG_LEVEL": logLevel, "IVS_MODE": mode, "IVS_ENDPOINT": endpoint,
+		}
+		c, err := Load(nil, env(kv), io.Discard, nil)
+		if err != nil {
+			if !reflect.ValueOf(c).IsZero() {
+				t.Errorf("Load returned a config with its error %v", err)
+			}
+			return
+		}
+		// What loads holds the invariants the rest of stagefleet relies on.
+		if c.StageCapacity < 1 || c.ScaleUpThreshold < 1 || c.ScaleUpThreshold > c.StageCapacity {
+			t.Errorf("capacity %d threshold %d", c.StageCapacity, c.ScaleUpThreshold)
+		}
+		if c.APIPort < 0 || c.APIPort > 65535 || c.SeatWait < 0 {
+			t.Errorf("port %d seat wait %v", c.APIPort, c.SeatWait)
+		}
+		if m := c.Mode(); m != ModeEmulator && m != ModeAWS {
+			t.Errorf("Mode() = %q", m)
+		}
+		if c.Mode() == ModeAWS && c.APISecretKey == "" && !c.SkipAuth {
+			t.Error("aws mode loaded without API_SECRET_KEY or SKIP_AUTH")
+		}
+	})
+}
+
+// docs/configuration.md lists every setting and every embedded emulator flag.
+func TestConfigurationDocumented(t *testing.T) {
+	b, err := os.ReadFile("../../docs/configuration.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	doc := string(b)
+	for _, s := range settings {
+		if !strings.Contains(doc, "`"+s.env+"`") || !strings.Contains(doc, "`--"+s.flagName()+"`") {
+			t.Errorf("docs/configuration.md does not list %s (--%s)", s.env, s.flagName())
+		}
+	}
+	fs := flag.NewFlagSet("", flag.ContinueOnError)
+	emu := emulator.DefaultConfig()
+	emu.RegisterFlags(fs, "emulator-")
+	fs.VisitAll(func(f *flag.Flag) {
+		if _, owned := serveOwned[f.Name]; !owned && !strings.Contains(doc, "`--"+f.Name) {
+			t.Errorf("docs/configuration.md does not list --%s", f.Name)
+		}
+	})
+}
