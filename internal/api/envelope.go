@@ -25,7 +25,6 @@ const (
 	CodeStageLimitReached = "STAGE_LIMIT_REACHED"
 	CodeTokenFailed       = "TOKEN_GENERATION_FAILED"
 	CodeInternal          = "INTERNAL_ERROR"
-	CodeMethodNotAllowed  = "METHOD_NOT_ALLOWED"
 )
 
 type successBody struct {

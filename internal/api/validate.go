@@ -5,6 +5,7 @@ import (
 	"net/url"
 	"regexp"
 	"strings"
+	"unicode"
 	"unicode/utf8"
 
 	"github.com/stagefleet/stagefleet/internal/fleet"
@@ -39,8 +40,14 @@ func (c *check) problem(format string, args ...any) {
 
 // userID checks a viewer's, host's or server's id: 1 to 128 characters.
 func (c *check) userID(name, v string) {
-	if c.required(name, v) && utf8.RuneCountInString(v) > 128 {
+	if !c.required(name, v) {
+		return
+	}
+	if utf8.RuneCountInString(v) > 128 {
 		c.problem("%s must be at most 128 characters", name)
+	}
+	if strings.IndexFunc(v, unicode.IsControl) >= 0 || !utf8.ValidString(v) {
+		c.problem("%s must be printable UTF-8 text without control characters", name)
 	}
 }
 

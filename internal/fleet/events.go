@@ -123,6 +123,9 @@ func (s *Service) refreshOrigin(ctx context.Context, origin store.Stage) error {
 func (s *Service) replicationEvent(ctx context.Context, dest store.Stage, ev Event, started bool) (EventResult, error) {
 	r, err := s.store.GetReplication(ctx, dest.BroadcastID, ev.ParticipantID, dest.Arn)
 	switch {
+	case errors.Is(err, store.ErrNotFound) && !started:
+		// A replication stopped on purpose (its record dropped) stays gone.
+		return EventIgnored, nil
 	case errors.Is(err, store.ErrNotFound):
 		r = store.Replication{BroadcastID: dest.BroadcastID, ParticipantID: ev.ParticipantID, SourceArn: ev.SourceStageArn, DestArn: dest.Arn}
 	case err != nil:
