@@ -126,7 +126,7 @@ var settings = []setting{
 	{"STAGE_CAPACITY", "50", "most viewers seated on one stage", func(c *Config, v string) error { return intRange(&c.StageCapacity, v, 1, 25000) }},
 	{"SCALE_UP_THRESHOLD", "45", "seats at which a stage calls for more room: the controller keeps STAGE_CAPACITY - SCALE_UP_THRESHOLD seats free per broadcast (more when viewers join fast)", func(c *Config, v string) error { return intRange(&c.ScaleUpThreshold, v, 1, 25000) }},
 	{"MAX_STAGES", "20", "most stages (origin and replicas) of one broadcast; beyond: 503 STAGE_LIMIT_REACHED", func(c *Config, v string) error { return intRange(&c.MaxStages, v, 1, 1000) }},
-	{"MIN_IDLE_STAGES", "0", "warm pool: empty replica stages kept ready while a host is live", func(c *Config, v string) error { return intRange(&c.MinIdleStages, v, 0, 100) }},
+	{"MIN_IDLE_STAGES", "0", "warm pool: empty replica stages kept ready from the first host token on, before the host publishes", func(c *Config, v string) error { return intRange(&c.MinIdleStages, v, 0, 100) }},
 	{"SCALE_DOWN_STABILIZATION", "60s", "how long a replica stage stays empty before it is removed", func(c *Config, v string) error {
 		return duration(&c.ScaleDownWindow, v, 0, 24*time.Hour)
 	}},

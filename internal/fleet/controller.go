@@ -284,14 +284,20 @@ func (s *Service) step(ctx context.Context, broadcastID string) error {
 	return s.scaleDown(ctx, v)
 }
 
-func (s *Service) scaleUp(ctx context.Context, v view) error {
+// headroom is the free seats a broadcast needs now: none while no host is
+// live (the warm pool still applies).
+func (s *Service) headroom(v view) int {
 	if !v.live {
-		return nil
+		return 0
 	}
+	return s.Headroom(v.broadcast.ID)
+}
+
+func (s *Service) scaleUp(ctx context.Context, v view) error {
 	free, upcoming, idle, managed := v.seats()
-	headroom := s.Headroom(v.broadcast.ID)
+	headroom := s.headroom(v)
 	n := 0
-	if short := headroom - free - upcoming; short > 0 {
+	if short := headroom - free - upcoming; v.live && short > 0 {
 		n = (short + s.cfg.StageCapacity - 1) / s.cfg.StageCapacity
 	}
 	n = max(n, s.cfg.MinIdleStages-idle)
@@ -384,7 +390,7 @@ func backoff(attempts int) time.Duration {
 func (s *Service) scaleDown(ctx context.Context, v view) error {
 	now := s.now()
 	free, _, idle, _ := v.seats()
-	headroom := s.Headroom(v.broadcast.ID)
+	headroom := s.headroom(v)
 	for _, st := range v.stages {
 		if st.Role != store.RoleReplica || st.Draining {
 			continue
@@ -411,7 +417,7 @@ func (s *Service) scaleDown(ctx context.Context, v view) error {
 		if st.Seatable {
 			without -= st.Capacity
 		}
-		if v.live && (without < headroom || idle-1 < s.cfg.MinIdleStages) {
+		if without < headroom || idle-1 < s.cfg.MinIdleStages {
 			continue
 		}
 		removed, err := s.remove(ctx, v, st)
