@@ -215,3 +215,74 @@ func TestConvergesUnderFaults(t *testing.T) {
 	}
 	a.checkNoLeaks(t, "default")
 }
+
+// TestJoinStorm: 1,000 viewers arriving at 100/s on capacity 50, with
+// realistic IVS latencies (CreateStage 300 ms, replica activation 1 s) and
+// AWS's default quotas: every viewer is seated (none waits past SEAT_WAIT),
+// and no stage ever holds more than its capacity.
+func TestJoinStorm(t *testing.T) {
+	t.Parallel()
+	a := startApp(t, map[string]string{
+		"STAGE_CAPACITY":          "50",
+		"SCALE_UP_THRESHOLD":      "45",
+		"MAX_STAGES":              "30",
+		"SEAT_WAIT":               "2s",
+		"RATE_LIMIT_MAX_REQUESTS": "0",
+	}, emuCapacity(50), func(c *emulator.Config) {
+		c.Latency = map[string]time.Duration{"CreateStage": 300 * time.Millisecond}
+		c.ReplicaDelay = time.Second
+	})
+	host := a.goLive(t, "default", "host-1")
+
+	const viewers, rate = 1000, 100
+	type result struct {
+		status int
+		stage  string
+		token  string
+	}
+	results := make(chan result, viewers)
+	tick := time.NewTicker(time.Second / rate)
+	defer tick.Stop()
+	for i := range viewers {
+		<-tick.C
+		go func() {
+			r, err := a.send(t.Context(), "POST", "/api/token/viewer", map[string]any{"userId": fmt.Sprintf("storm-%d", i)}, nil)
+			if err != nil {
+				t.Errorf("viewer %d: %v", i, err)
+				results <- result{}
+				return
+			}
+			res := result{status: r.Status}
+			if r.Status == http.StatusOK {
+				d := dataOf[tokenData](t, r)
+				res.stage, res.token = d.StageArn, d.Token
+			}
+			results <- res
+		}()
+	}
+	perStage := map[string]int{}
+	for range viewers {
+		r := <-results
+		if r.status != http.StatusOK {
+			t.Errorf("a viewer got %d; every viewer should be seated", r.status)
+			continue
+		}
+		perStage[r.stage]++
+		a.join(t, r.token)
+	}
+	for arn, n := range perStage {
+		if n > 50 {
+			t.Errorf("stage %s was given %d viewers; capacity is 50", arn, n)
+		}
+	}
+	for _, st := range a.emuState(t).Stages {
+		if st.MaxSubscribers > 50 {
+			t.Errorf("stage %s held %d subscribers at once; capacity is 50", st.Arn, st.MaxSubscribers)
+		}
+	}
+	for _, st := range a.replicas(t, "default") {
+		if st.Seats > 0 && activeIn(a.emuState(t), st.Arn, host.ParticipantID) != 1 {
+			t.Errorf("replica %s has %d seats without an active host replication", st.Arn, st.Seats)
+		}
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"math"
 	"math/rand/v2"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/stagefleet/stagefleet/internal/ivs"
@@ -55,45 +56,35 @@ func (k *kicker) take() []string {
 	return out
 }
 
-// meter measures a rate over a sliding window of one-second buckets.
+// meter measures an event rate as an exponentially decaying average with
+// a one-second time constant: it follows a join storm within a second or
+// two and forgets it as fast.
 type meter struct {
-	mu      sync.Mutex
-	buckets [10]int
-	second  int64
+	mu   sync.Mutex
+	rate float64 // events per second as of last
+	last time.Time
+}
+
+const meterTau = time.Second
+
+func (m *meter) decayed(now time.Time) float64 {
+	if m.last.IsZero() {
+		return 0
+	}
+	return m.rate * math.Exp(-now.Sub(m.last).Seconds()/meterTau.Seconds())
 }
 
 func (m *meter) add(now time.Time) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	m.advance(now.Unix())
-	m.buckets[now.Unix()%int64(len(m.buckets))]++
+	m.rate = m.decayed(now) + 1/meterTau.Seconds()
+	m.last = now
 }
 
-func (m *meter) advance(sec int64) {
-	if sec-m.second >= int64(len(m.buckets)) {
-		clear(m.buckets[:])
-	} else {
-		for s := m.second + 1; s <= sec; s++ {
-			m.buckets[s%int64(len(m.buckets))] = 0
-		}
-	}
-	if sec > m.second {
-		m.second = sec
-	}
-}
-
-// perSecond is the rate over the last few whole seconds and the current
-// one, so that a burst shows at once.
 func (m *meter) perSecond(now time.Time) float64 {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	m.advance(now.Unix())
-	const window = 3
-	sum := 0
-	for i := range window + 1 {
-		sum += m.buckets[(now.Unix()-int64(i)+int64(len(m.buckets)))%int64(len(m.buckets))]
-	}
-	return float64(sum) / window
+	return m.decayed(now)
 }
 
 // ewma is an exponentially weighted moving average of durations.
@@ -112,6 +103,13 @@ func (e *ewma) get() time.Duration {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	return e.value
+}
+
+// waiting counts the viewers of a broadcast waiting for a seat now: demand
+// the controller must meet on top of the headroom.
+func (s *Service) waiting(broadcastID string) *atomic.Int64 {
+	n, _ := s.waiters.LoadOrStore(broadcastID, &atomic.Int64{})
+	return n.(*atomic.Int64)
 }
 
 func (s *Service) joinMeter(broadcastID string) *meter {
@@ -296,8 +294,9 @@ func (s *Service) headroom(v view) int {
 func (s *Service) scaleUp(ctx context.Context, v view) error {
 	free, upcoming, idle, managed := v.seats()
 	headroom := s.headroom(v)
+	waiting := int(s.waiting(v.broadcast.ID).Load())
 	n := 0
-	if short := headroom - free - upcoming; v.live && short > 0 {
+	if short := headroom + waiting - free - upcoming; v.live && short > 0 {
 		n = (short + s.cfg.StageCapacity - 1) / s.cfg.StageCapacity
 	}
 	n = max(n, s.cfg.MinIdleStages-idle)
@@ -305,7 +304,7 @@ func (s *Service) scaleUp(ctx context.Context, v view) error {
 	if n <= 0 {
 		return nil
 	}
-	s.log.Info("scaling up", "broadcast", v.broadcast.ID, "stages", n, "free_seats", free, "upcoming_seats", upcoming, "headroom", headroom)
+	s.log.Info("scaling up", "broadcast", v.broadcast.ID, "stages", n, "free_seats", free, "upcoming_seats", upcoming, "headroom", headroom, "waiting", waiting)
 	var wg sync.WaitGroup
 	for range n {
 		wg.Go(func() { s.provision(ctx, v) })

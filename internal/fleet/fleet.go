@@ -94,6 +94,7 @@ type Service struct {
 
 	kicks          *kicker
 	joins          sync.Map // broadcast id -> *meter
+	waiters        sync.Map // broadcast id -> *atomic.Int64
 	locks          sync.Map // broadcast id -> *sync.Mutex
 	provisioning   ewma     // stage created -> host replication active
 	provisionStart sync.Map // stage ARN -> time.Time

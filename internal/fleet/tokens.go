@@ -121,6 +121,7 @@ func (s *Service) ViewerToken(ctx context.Context, broadcastID, userID, stageArn
 // reserve takes a seat, waiting up to SeatWait while every seat is taken.
 func (s *Service) reserve(ctx context.Context, req store.SeatRequest) (store.Seat, error) {
 	deadline := s.now().Add(s.cfg.SeatWait)
+	counted := false
 	for {
 		wake := s.freed.wait()
 		req.Now = s.now()
@@ -136,6 +137,11 @@ func (s *Service) reserve(ctx context.Context, req store.SeatRequest) (store.Sea
 			return store.Seat{}, fail(ErrNotFound, "stage %s does not take viewers now (it is not the origin or a replica with an active host replication)", req.StageArn)
 		case !errors.Is(err, store.ErrFull):
 			return store.Seat{}, failWrap(ErrUnavailable, err, "taking a seat")
+		}
+		if !counted {
+			counted = true
+			s.waiting(req.BroadcastID).Add(1)
+			defer s.waiting(req.BroadcastID).Add(-1)
 		}
 		s.kicks.kick(req.BroadcastID)
 		left := deadline.Sub(s.now())
