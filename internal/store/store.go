@@ -126,7 +126,12 @@ type SeatRequest struct {
 	TTL           time.Duration
 }
 
-// Store is stagefleet's state port.
+// Store is stagefleet's state port. Every method is one atomic step. Lists
+// are ordered: stages by CreatedAt then ARN, hosts by JoinedAt then
+// participant id, replications by destination then participant, seats by
+// TakenAt then user. A seat's lease ends at ExpiresAt (expired when
+// ExpiresAt is not after now). The storetest package holds every
+// implementation to this.
 type Store interface {
 	// CreateBroadcast records b unless the broadcast exists (ErrExists,
 	// with the existing one returned).
@@ -154,9 +159,11 @@ type Store interface {
 	DeleteReplication(ctx context.Context, broadcastID, participantID, destArn string) error
 
 	// ReserveSeat is the join path's one round trip: it returns the
-	// viewer's seat if it has one (renewed), else takes one on the asked-for
-	// stage or on the fullest seatable stage with room, never beyond
-	// capacity. ErrNotLive, ErrFull, ErrNotEligible, ErrNotFound.
+	// viewer's seat if it has one (renewed, whatever stage is asked for,
+	// so a viewer is never moved while watching), else takes one on the
+	// asked-for stage or on the fullest seatable stage with room (Fuller),
+	// never beyond capacity. ErrNotLive, ErrFull, ErrNotEligible,
+	// ErrNotFound.
 	ReserveSeat(ctx context.Context, req SeatRequest) (Seat, error)
 	// RenewSeat extends a seat's lease (ErrNotFound if there is none).
 	RenewSeat(ctx context.Context, broadcastID, userID string, now time.Time, ttl time.Duration) (Seat, error)

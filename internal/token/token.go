@@ -73,7 +73,7 @@ type SelfSigned struct {
 
 // NewSelfSigned returns an issuer for the imported key keyArn.
 func NewSelfSigned(keyArn string, key *ecdsa.PrivateKey) (*SelfSigned, error) {
-	if key.Curve != elliptic.P384() {
+	if key == nil || key.Curve != elliptic.P384() {
 		return nil, errors.New("token signing key must be ECDSA P-384 (IVS accepts no other)")
 	}
 	if keyArn == "" {
@@ -124,9 +124,13 @@ func StageID(stageArn string) (string, error) {
 }
 
 // ParsePrivateKey reads a PEM-encoded ECDSA P-384 private key (SEC 1 "EC
-// PRIVATE KEY" or PKCS #8 "PRIVATE KEY").
+// PRIVATE KEY" or PKCS #8 "PRIVATE KEY"). An "EC PARAMETERS" block before
+// it, as `openssl ecparam -genkey` writes without -noout, is skipped.
 func ParsePrivateKey(pemBytes []byte) (*ecdsa.PrivateKey, error) {
-	block, _ := pem.Decode(pemBytes)
+	block, rest := pem.Decode(pemBytes)
+	for block != nil && block.Type == "EC PARAMETERS" {
+		block, rest = pem.Decode(rest)
+	}
 	if block == nil {
 		return nil, errors.New("no PEM block in the private key file")
 	}

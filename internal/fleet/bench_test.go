@@ -1,0 +1,247 @@
+//go:build unix
+
+package fleet_test
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"log/slog"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stagefleet/stagefleet/internal/fleet"
+	"github.com/stagefleet/stagefleet/internal/store"
+	"github.com/stagefleet/stagefleet/internal/store/memory"
+	"github.com/stagefleet/stagefleet/internal/token"
+)
+
+const benchOrigin = "arn:aws:ivs:us-east-1:123456789012:stage/BenchOrigin1"
+
+// noIVS is an IVS whose every method panics (a nil interface): the join
+// path must not reach IVS.
+type noIVS struct{ fleet.IVS }
+
+// benchFleet is a fleet on st whose default broadcast has one seatable
+// origin stage with room for everyone, signing tokens itself.
+func benchFleet(tb testing.TB, st store.Store) *fleet.Service {
+	tb.Helper()
+	ctx := context.Background()
+	key, err := ecdsa.GenerateKey(elliptic.P384(), rand.Reader)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	iss, err := token.NewSelfSigned("arn:aws:ivs:us-east-1:123456789012:public-key/BenchKey1", key)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	now := time.Now()
+	if err := st.PutStage(ctx, store.Stage{
+		Arn: benchOrigin, BroadcastID: fleet.DefaultBroadcast, Role: store.RoleOrigin, Name: "bench-origin",
+		Capacity: 1 << 30, Seatable: true, CreatedAt: now,
+	}); err != nil {
+		tb.Fatal(err)
+	}
+	if _, err := st.CreateBroadcast(ctx, store.Broadcast{ID: fleet.DefaultBroadcast, OriginArn: benchOrigin, CreatedAt: now}); err != nil {
+		tb.Fatal(err)
+	}
+	return fleet.New(fleet.Config{
+		StageCapacity:    1 << 30,
+		HeartbeatTimeout: time.Minute,
+		SeatWait:         0,
+		PublisherTTL:     12 * time.Hour,
+		ViewerTTL:        time.Hour,
+		MediaServerTTL:   time.Hour,
+		EventDedupTTL:    time.Hour,
+	}, st, noIVS{}, iss, slog.New(slog.DiscardHandler))
+}
+
+// BenchmarkViewerToken is the whole join below HTTP: seat a new viewer in
+// the memory store and sign its token, on every core at once.
+func BenchmarkViewerToken(b *testing.B) {
+	st := memory.New()
+	svc := benchFleet(b, st)
+	ctx := context.Background()
+	var next atomic.Int64
+	b.ReportAllocs()
+	b.ResetTimer()
+	cpu := cpuNow()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			user := "viewer-" + strconv.FormatInt(next.Add(1), 10)
+			tok, err := svc.ViewerToken(ctx, fleet.DefaultBroadcast, user, "")
+			if err != nil {
+				b.Error(err)
+				return
+			}
+			if tok.StageArn != benchOrigin || tok.Token == "" {
+				b.Errorf("token %+v", tok)
+				return
+			}
+		}
+	})
+	b.StopTimer()
+	reportCPU(b, cpu)
+	origin, err := st.GetStage(ctx, benchOrigin)
+	if err != nil || int64(origin.Seats) != next.Load() {
+		b.Fatalf("origin holds %d seats after %d joins (%v)", origin.Seats, next.Load(), err)
+	}
+}
+
+// countingStore counts every call to the store.
+type countingStore struct {
+	store.Store
+	mu    sync.Mutex
+	calls []string
+}
+
+func (c *countingStore) count(name string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.calls = append(c.calls, name)
+}
+
+func (c *countingStore) reset() []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := c.calls
+	c.calls = nil
+	return out
+}
+
+func (c *countingStore) CreateBroadcast(ctx context.Context, b store.Broadcast) (store.Broadcast, error) {
+	c.count("CreateBroadcast")
+	return c.Store.CreateBroadcast(ctx, b)
+}
+func (c *countingStore) GetBroadcast(ctx context.Context, id string) (store.Broadcast, error) {
+	c.count("GetBroadcast")
+	return c.Store.GetBroadcast(ctx, id)
+}
+func (c *countingStore) ListBroadcasts(ctx context.Context) ([]store.Broadcast, error) {
+	c.count("ListBroadcasts")
+	return c.Store.ListBroadcasts(ctx)
+}
+func (c *countingStore) PutStage(ctx context.Context, s store.Stage) error {
+	c.count("PutStage")
+	return c.Store.PutStage(ctx, s)
+}
+func (c *countingStore) GetStage(ctx context.Context, arn string) (store.Stage, error) {
+	c.count("GetStage")
+	return c.Store.GetStage(ctx, arn)
+}
+func (c *countingStore) ListStages(ctx context.Context, b string) ([]store.Stage, error) {
+	c.count("ListStages")
+	return c.Store.ListStages(ctx, b)
+}
+func (c *countingStore) SetSeatable(ctx context.Context, arn string, v bool) error {
+	c.count("SetSeatable")
+	return c.Store.SetSeatable(ctx, arn, v)
+}
+func (c *countingStore) DeleteStage(ctx context.Context, arn string) ([]store.Seat, error) {
+	c.count("DeleteStage")
+	return c.Store.DeleteStage(ctx, arn)
+}
+func (c *countingStore) PutHost(ctx context.Context, h store.Host) error {
+	c.count("PutHost")
+	return c.Store.PutHost(ctx, h)
+}
+func (c *countingStore) GetHost(ctx context.Context, b, p string) (store.Host, error) {
+	c.count("GetHost")
+	return c.Store.GetHost(ctx, b, p)
+}
+func (c *countingStore) ListHosts(ctx context.Context, b string) ([]store.Host, error) {
+	c.count("ListHosts")
+	return c.Store.ListHosts(ctx, b)
+}
+func (c *countingStore) DeleteHost(ctx context.Context, b, p string) error {
+	c.count("DeleteHost")
+	return c.Store.DeleteHost(ctx, b, p)
+}
+func (c *countingStore) PutReplication(ctx context.Context, r store.Replication) error {
+	c.count("PutReplication")
+	return c.Store.PutReplication(ctx, r)
+}
+func (c *countingStore) GetReplication(ctx context.Context, b, p, d string) (store.Replication, error) {
+	c.count("GetReplication")
+	return c.Store.GetReplication(ctx, b, p, d)
+}
+func (c *countingStore) ListReplications(ctx context.Context, b string) ([]store.Replication, error) {
+	c.count("ListReplications")
+	return c.Store.ListReplications(ctx, b)
+}
+func (c *countingStore) DeleteReplication(ctx context.Context, b, p, d string) error {
+	c.count("DeleteReplication")
+	return c.Store.DeleteReplication(ctx, b, p, d)
+}
+func (c *countingStore) ReserveSeat(ctx context.Context, r store.SeatRequest) (store.Seat, error) {
+	c.count("ReserveSeat")
+	return c.Store.ReserveSeat(ctx, r)
+}
+func (c *countingStore) RenewSeat(ctx context.Context, b, u string, now time.Time, ttl time.Duration) (store.Seat, error) {
+	c.count("RenewSeat")
+	return c.Store.RenewSeat(ctx, b, u, now, ttl)
+}
+func (c *countingStore) ReleaseSeat(ctx context.Context, b, u string) (store.Seat, error) {
+	c.count("ReleaseSeat")
+	return c.Store.ReleaseSeat(ctx, b, u)
+}
+func (c *countingStore) ExpireSeats(ctx context.Context, b string, now time.Time) ([]store.Seat, error) {
+	c.count("ExpireSeats")
+	return c.Store.ExpireSeats(ctx, b, now)
+}
+func (c *countingStore) ListSeats(ctx context.Context, b string) ([]store.Seat, error) {
+	c.count("ListSeats")
+	return c.Store.ListSeats(ctx, b)
+}
+func (c *countingStore) FirstSeen(ctx context.Context, id string, ttl time.Duration) (bool, error) {
+	c.count("FirstSeen")
+	return c.Store.FirstSeen(ctx, id, ttl)
+}
+func (c *countingStore) Ping(ctx context.Context) error {
+	c.count("Ping")
+	return c.Store.Ping(ctx)
+}
+
+// TestViewerTokenOneRoundTrip holds the benchmarked path to invariant 5:
+// a join, new or repeated, is one store call and no IVS call.
+func TestViewerTokenOneRoundTrip(t *testing.T) {
+	cs := &countingStore{Store: memory.New()}
+	svc := benchFleet(t, cs)
+	cs.reset()
+	ctx := context.Background()
+	first := ""
+	for _, user := range []string{"viewer-1", "viewer-2", "viewer-1"} {
+		tok, err := svc.ViewerToken(ctx, fleet.DefaultBroadcast, user, "")
+		if err != nil {
+			t.Fatalf("ViewerToken %s: %v", user, err)
+		}
+		if user == "viewer-1" {
+			if first != "" && tok.ParticipantID != first {
+				t.Fatalf("viewer-1 asked again got participant %s, had %s", tok.ParticipantID, first)
+			}
+			first = tok.ParticipantID
+		}
+		if calls := cs.reset(); len(calls) != 1 || calls[0] != "ReserveSeat" {
+			t.Fatalf("join of %s made store calls %v, want one ReserveSeat", user, calls)
+		}
+	}
+}
+
+// cpuNow is the CPU time (user + system) this process has used. Unlike
+// ns/op, cpu-ns/op is not inflated by other processes on a shared machine.
+func cpuNow() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+func reportCPU(b *testing.B, since time.Duration) {
+	b.ReportMetric(float64(cpuNow()-since)/float64(b.N), "cpu-ns/op")
+}
