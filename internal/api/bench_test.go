@@ -13,11 +13,11 @@ import (
 	"strconv"
 	"strings"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/stagefleet/stagefleet/internal/api"
+	"github.com/stagefleet/stagefleet/internal/cputime"
 	"github.com/stagefleet/stagefleet/internal/fleet"
 	"github.com/stagefleet/stagefleet/internal/store"
 	"github.com/stagefleet/stagefleet/internal/store/memory"
@@ -69,7 +69,7 @@ func BenchmarkViewerTokenHTTP(b *testing.B) {
 	var next atomic.Int64
 	b.ReportAllocs()
 	b.ResetTimer()
-	cpu := cpuNow()
+	cpu := cputime.Now()
 	b.RunParallel(func(pb *testing.PB) {
 		for pb.Next() {
 			body := `{"userId":"viewer-` + strconv.FormatInt(next.Add(1), 10) + `"}`
@@ -85,23 +85,9 @@ func BenchmarkViewerTokenHTTP(b *testing.B) {
 		}
 	})
 	b.StopTimer()
-	reportCPU(b, cpu)
+	cputime.Report(b, cpu)
 	origin, err := st.GetStage(ctx, benchOriginArn)
 	if err != nil || int64(origin.Seats) != next.Load() {
 		b.Fatalf("origin holds %d seats after %d joins (%v)", origin.Seats, next.Load(), err)
 	}
-}
-
-// cpuNow is the CPU time (user + system) this process has used. Unlike
-// ns/op, cpu-ns/op is not inflated by other processes on a shared machine.
-func cpuNow() time.Duration {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		return 0
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
-}
-
-func reportCPU(b *testing.B, since time.Duration) {
-	b.ReportMetric(float64(cpuNow()-since)/float64(b.N), "cpu-ns/op")
 }

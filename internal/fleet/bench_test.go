@@ -11,10 +11,10 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
+	"github.com/stagefleet/stagefleet/internal/cputime"
 	"github.com/stagefleet/stagefleet/internal/fleet"
 	"github.com/stagefleet/stagefleet/internal/store"
 	"github.com/stagefleet/stagefleet/internal/store/memory"
@@ -70,7 +70,7 @@ func BenchmarkViewerToken(b *testing.B) {
 	var next atomic.Int64
 	b.ReportAllocs()
 	b.ResetTimer()
-	cpu := cpuNow()
+	cpu := cputime.Now()
 	b.RunParallel(func(pb *testing.PB) {
 		for pb.Next() {
 			user := "viewer-" + strconv.FormatInt(next.Add(1), 10)
@@ -86,7 +86,7 @@ func BenchmarkViewerToken(b *testing.B) {
 		}
 	})
 	b.StopTimer()
-	reportCPU(b, cpu)
+	cputime.Report(b, cpu)
 	origin, err := st.GetStage(ctx, benchOrigin)
 	if err != nil || int64(origin.Seats) != next.Load() {
 		b.Fatalf("origin holds %d seats after %d joins (%v)", origin.Seats, next.Load(), err)
@@ -230,18 +230,4 @@ func TestViewerTokenOneRoundTrip(t *testing.T) {
 			t.Fatalf("join of %s made store calls %v, want one ReserveSeat", user, calls)
 		}
 	}
-}
-
-// cpuNow is the CPU time (user + system) this process has used. Unlike
-// ns/op, cpu-ns/op is not inflated by other processes on a shared machine.
-func cpuNow() time.Duration {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		return 0
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
-}
-
-func reportCPU(b *testing.B, since time.Duration) {
-	b.ReportMetric(float64(cpuNow()-since)/float64(b.N), "cpu-ns/op")
 }

@@ -262,9 +262,28 @@ func (c *Client) DeleteStage(ctx context.Context, arn string) error {
 // ListStages returns every stage of the account (all pages) for which keep
 // returns true.
 func (c *Client) ListStages(ctx context.Context, keep func(Stage) bool) ([]Stage, error) {
-	const op = "ListStages"
-	var out []Stage
 	p := ivsrealtime.NewListStagesPaginator(c.api, &ivsrealtime.ListStagesInput{MaxResults: aws.Int32(100)})
+	return allPages(ctx, c, "ListStages", p, func(page *ivsrealtime.ListStagesOutput) []Stage {
+		var out []Stage
+		for _, s := range page.Stages {
+			st := Stage{Arn: aws.ToString(s.Arn), Name: aws.ToString(s.Name), ActiveSessionID: aws.ToString(s.ActiveSessionId), Tags: s.Tags}
+			if keep == nil || keep(st) {
+				out = append(out, st)
+			}
+		}
+		return out
+	})
+}
+
+// pager is what the SDK's paginators have in common.
+type pager[O any] interface {
+	HasMorePages() bool
+	NextPage(ctx context.Context, optFns ...func(*ivsrealtime.Options)) (O, error)
+}
+
+// allPages reads every page of a list operation within its quota.
+func allPages[O, T any](ctx context.Context, c *Client, op string, p pager[O], items func(O) []T) ([]T, error) {
+	var out []T
 	for p.HasMorePages() {
 		if err := c.wait(ctx, op); err != nil {
 			return nil, err
@@ -273,12 +292,7 @@ func (c *Client) ListStages(ctx context.Context, keep func(Stage) bool) ([]Stage
 		if err != nil {
 			return nil, wrap(op, err)
 		}
-		for _, s := range page.Stages {
-			st := Stage{Arn: aws.ToString(s.Arn), Name: aws.ToString(s.Name), ActiveSessionID: aws.ToString(s.ActiveSessionId), Tags: s.Tags}
-			if keep == nil || keep(st) {
-				out = append(out, st)
-			}
-		}
+		out = append(out, items(page)...)
 	}
 	return out, nil
 }
@@ -322,30 +336,22 @@ type Replica struct {
 
 // ListReplicas returns every replication of one participant (all pages).
 func (c *Client) ListReplicas(ctx context.Context, sourceArn, participantID string) ([]Replica, error) {
-	const op = "ListParticipantReplicas"
-	var out []Replica
 	p := ivsrealtime.NewListParticipantReplicasPaginator(c.api, &ivsrealtime.ListParticipantReplicasInput{
 		SourceStageArn: aws.String(sourceArn),
 		ParticipantId:  aws.String(participantID),
 	})
-	for p.HasMorePages() {
-		if err := c.wait(ctx, op); err != nil {
-			return nil, err
-		}
-		page, err := p.NextPage(ctx)
-		if err != nil {
-			return nil, wrap(op, err)
-		}
-		for _, r := range page.Replicas {
-			out = append(out, Replica{
+	return allPages(ctx, c, "ListParticipantReplicas", p, func(page *ivsrealtime.ListParticipantReplicasOutput) []Replica {
+		out := make([]Replica, len(page.Replicas))
+		for i, r := range page.Replicas {
+			out[i] = Replica{
 				ParticipantID: aws.ToString(r.ParticipantId),
 				SourceArn:     aws.ToString(r.SourceStageArn),
 				DestArn:       aws.ToString(r.DestinationStageArn),
 				Active:        r.ReplicationState == types.ReplicationStateActive,
-			})
+			}
 		}
-	}
-	return out, nil
+		return out
+	})
 }
 
 // Participant is a participant of a stage session.
@@ -359,31 +365,23 @@ type Participant struct {
 
 // ListParticipants returns the participants of a stage's session (all pages).
 func (c *Client) ListParticipants(ctx context.Context, stageArn, sessionID string) ([]Participant, error) {
-	const op = "ListParticipants"
-	var out []Participant
 	p := ivsrealtime.NewListParticipantsPaginator(c.api, &ivsrealtime.ListParticipantsInput{
 		StageArn:  aws.String(stageArn),
 		SessionId: aws.String(sessionID),
 	})
-	for p.HasMorePages() {
-		if err := c.wait(ctx, op); err != nil {
-			return nil, err
-		}
-		page, err := p.NextPage(ctx)
-		if err != nil {
-			return nil, wrap(op, err)
-		}
-		for _, s := range page.Participants {
-			out = append(out, Participant{
+	return allPages(ctx, c, "ListParticipants", p, func(page *ivsrealtime.ListParticipantsOutput) []Participant {
+		out := make([]Participant, len(page.Participants))
+		for i, s := range page.Participants {
+			out[i] = Participant{
 				ID:        aws.ToString(s.ParticipantId),
 				UserID:    aws.ToString(s.UserId),
 				Connected: s.State == types.ParticipantStateConnected,
 				Published: s.Published,
 				Replica:   s.ReplicationType == types.ReplicationTypeReplica,
-			})
+			}
 		}
-	}
-	return out, nil
+		return out
+	})
 }
 
 // ImportPublicKey registers a public key for self-signed tokens and returns

@@ -5,10 +5,10 @@ package token_test
 import (
 	"context"
 	"crypto/elliptic"
-	"syscall"
 	"testing"
 	"time"
 
+	"github.com/stagefleet/stagefleet/internal/cputime"
 	"github.com/stagefleet/stagefleet/internal/token"
 )
 
@@ -29,17 +29,17 @@ func BenchmarkES384Sign(b *testing.B) {
 	ctx := context.Background()
 	b.Run("serial", func(b *testing.B) {
 		b.ReportAllocs()
-		cpu := cpuNow()
+		cpu := cputime.Now()
 		for b.Loop() {
 			if _, err := iss.Issue(ctx, req); err != nil {
 				b.Fatal(err)
 			}
 		}
-		reportCPU(b, cpu)
+		cputime.Report(b, cpu)
 	})
 	b.Run("parallel", func(b *testing.B) {
 		b.ReportAllocs()
-		cpu := cpuNow()
+		cpu := cputime.Now()
 		b.RunParallel(func(pb *testing.PB) {
 			for pb.Next() {
 				if _, err := iss.Issue(ctx, req); err != nil {
@@ -48,20 +48,6 @@ func BenchmarkES384Sign(b *testing.B) {
 				}
 			}
 		})
-		reportCPU(b, cpu)
+		cputime.Report(b, cpu)
 	})
-}
-
-// cpuNow is the CPU time (user + system) this process has used. Unlike
-// ns/op, cpu-ns/op is not inflated by other processes on a shared machine.
-func cpuNow() time.Duration {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		return 0
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
-}
-
-func reportCPU(b *testing.B, since time.Duration) {
-	b.ReportMetric(float64(cpuNow()-since)/float64(b.N), "cpu-ns/op")
 }
