@@ -1,0 +1,285 @@
+package fleet_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stagefleet/stagefleet/internal/fleet"
+	"github.com/stagefleet/stagefleet/internal/ivs"
+	"github.com/stagefleet/stagefleet/internal/store"
+	"github.com/stagefleet/stagefleet/internal/store/memory"
+	"github.com/stagefleet/stagefleet/internal/token"
+)
+
+// These tests drive the controller's time-dependent policy (back-off,
+// stabilization window) on a manual clock, with an IVS fake that records
+// calls. The scenarios against the real SDK and emulator are in
+// internal/app.
+
+type clock struct {
+	mu  sync.Mutex
+	now time.Time
+}
+
+func (c *clock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.now
+}
+
+func (c *clock) advance(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.now = c.now.Add(d)
+}
+
+// fakeIVS keeps stages and replications in maps; startErr, when set, fails
+// every StartReplication.
+type fakeIVS struct {
+	mu       sync.Mutex
+	n        int
+	stages   map[string]ivs.Stage
+	active   map[[2]string]bool // (participant, destination)
+	starts   int
+	deletes  []string
+	stops    int
+	startErr error
+}
+
+func newFakeIVS() *fakeIVS {
+	return &fakeIVS{stages: map[string]ivs.Stage{}, active: map[[2]string]bool{}}
+}
+
+func (f *fakeIVS) CreateStage(_ context.Context, name string, tags map[string]string) (ivs.Stage, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.n++
+	st := ivs.Stage{Arn: fmt.Sprintf("arn:aws:ivs:us-east-1:123456789012:stage/Fake%07d", f.n), Name: name, Tags: tags}
+	f.stages[st.Arn] = st
+	return st, nil
+}
+
+func (f *fakeIVS) GetStage(_ context.Context, arn string) (ivs.Stage, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	st, ok := f.stages[arn]
+	if !ok {
+		return ivs.Stage{}, &ivs.Error{Op: "GetStage", Kind: ivs.ErrNotFound, Err: errors.New("no such stage")}
+	}
+	return st, nil
+}
+
+func (f *fakeIVS) UpdateStage(ctx context.Context, arn, name string) (ivs.Stage, error) {
+	return f.GetStage(ctx, arn)
+}
+
+func (f *fakeIVS) DeleteStage(_ context.Context, arn string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	delete(f.stages, arn)
+	f.deletes = append(f.deletes, arn)
+	return nil
+}
+
+func (f *fakeIVS) StartReplication(_ context.Context, _, dest, participantID string, _ time.Duration) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.starts++
+	if f.startErr != nil {
+		return f.startErr
+	}
+	f.active[[2]string{participantID, dest}] = true
+	return nil
+}
+
+func (f *fakeIVS) StopReplication(_ context.Context, _, dest, participantID string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.stops++
+	delete(f.active, [2]string{participantID, dest})
+	return nil
+}
+
+func (f *fakeIVS) ListStages(_ context.Context, keep func(ivs.Stage) bool) ([]ivs.Stage, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var out []ivs.Stage
+	for _, st := range f.stages {
+		if keep(st) {
+			out = append(out, st)
+		}
+	}
+	return out, nil
+}
+
+func (f *fakeIVS) ListReplicas(_ context.Context, source, participantID string) ([]ivs.Replica, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var out []ivs.Replica
+	for k := range f.active {
+		if k[0] == participantID {
+			out = append(out, ivs.Replica{ParticipantID: participantID, SourceArn: source, DestArn: k[1], Active: true})
+		}
+	}
+	return out, nil
+}
+
+func (f *fakeIVS) ListParticipants(context.Context, string, string) ([]ivs.Participant, error) {
+	return nil, nil
+}
+
+func (f *fakeIVS) counts() (starts, stops int, deletes []string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.starts, f.stops, append([]string(nil), f.deletes...)
+}
+
+type nopIssuer struct{}
+
+func (nopIssuer) Issue(_ context.Context, r token.Request) (token.Token, error) {
+	return token.Token{Token: "t", ParticipantID: r.ParticipantID}, nil
+}
+
+const (
+	origin = "arn:aws:ivs:us-east-1:123456789012:stage/Origin000001"
+	hostID = "HOST1"
+)
+
+// controlled returns a fleet with one broadcast whose host publishes, on a
+// manual clock.
+func controlled(t *testing.T, cfg fleet.Config) (*fleet.Service, store.Store, *fakeIVS, *clock) {
+	t.Helper()
+	ctx := t.Context()
+	clk := &clock{now: time.Date(2026, 11, 22, 12, 0, 0, 0, time.UTC)}
+	cfg.Now = clk.Now
+	st := memory.New()
+	f := newFakeIVS()
+	f.stages[origin] = ivs.Stage{Arn: origin, Tags: map[string]string{fleet.TagBroadcast: fleet.DefaultBroadcast, fleet.TagRole: "origin"}}
+	if err := st.PutStage(ctx, store.Stage{Arn: origin, BroadcastID: fleet.DefaultBroadcast, Role: store.RoleOrigin, Capacity: cfg.StageCapacity, Seatable: true, CreatedAt: clk.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.CreateBroadcast(ctx, store.Broadcast{ID: fleet.DefaultBroadcast, OriginArn: origin, CreatedAt: clk.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.PutHost(ctx, store.Host{BroadcastID: fleet.DefaultBroadcast, ParticipantID: hostID, StageArn: origin, Publishing: true, JoinedAt: clk.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	return fleet.New(cfg, st, f, nopIssuer{}, slog.New(slog.DiscardHandler)), st, f, clk
+}
+
+func replicaStages(t *testing.T, st store.Store) []store.Stage {
+	t.Helper()
+	all, err := st.ListStages(t.Context(), fleet.DefaultBroadcast)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []store.Stage
+	for _, s := range all {
+		if s.Role == store.RoleReplica {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+// A failing start is retried with back-off on the fleet's clock: not before
+// RetryAt, and again after it.
+func TestReplicationBackoff(t *testing.T) {
+	svc, st, f, clk := controlled(t, fleet.Config{StageCapacity: 50, ScaleUpThreshold: 45, MinIdleStages: 1, ScaleDownStabilization: time.Minute})
+	f.startErr = &ivs.Error{Op: "StartParticipantReplication", Kind: ivs.ErrUnavailable, Err: errors.New("boom")}
+	svc.Step(t.Context(), fleet.DefaultBroadcast)
+	reps := replicaStages(t, st)
+	if len(reps) != 1 {
+		t.Fatalf("%d replica stages; want the warm pool of 1", len(reps))
+	}
+	r, err := st.GetReplication(t.Context(), fleet.DefaultBroadcast, hostID, reps[0].Arn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.State != store.ReplFailed || r.Attempts != 1 || !r.RetryAt.After(clk.Now()) {
+		t.Fatalf("after a failed start: %+v; want failed, 1 attempt, a retry time ahead", r)
+	}
+	starts, _, _ := f.counts()
+	svc.Step(t.Context(), fleet.DefaultBroadcast)
+	if again, _, _ := f.counts(); again != starts {
+		t.Fatalf("started again before RetryAt (%d starts, then %d)", starts, again)
+	}
+	f.mu.Lock()
+	f.startErr = nil
+	f.mu.Unlock()
+	clk.advance(r.RetryAt.Sub(clk.Now()) + time.Millisecond)
+	svc.Step(t.Context(), fleet.DefaultBroadcast)
+	r, err = st.GetReplication(t.Context(), fleet.DefaultBroadcast, hostID, reps[0].Arn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.State != store.ReplStarting || r.Attempts != 0 {
+		t.Fatalf("after RetryAt: %+v; want starting with attempts reset", r)
+	}
+}
+
+// An empty replica stage is removed only after the stabilization window,
+// and a stage with a seat never is.
+func TestScaleDownWindow(t *testing.T) {
+	svc, st, f, clk := controlled(t, fleet.Config{StageCapacity: 50, ScaleUpThreshold: 45, ScaleDownStabilization: time.Minute})
+	ctx := t.Context()
+	// Fill the origin past the threshold: one replica is made.
+	for i := range 46 {
+		if _, err := st.ReserveSeat(ctx, store.SeatRequest{BroadcastID: fleet.DefaultBroadcast, UserID: fmt.Sprint("v", i), ParticipantID: fmt.Sprint("P", i), Now: clk.Now(), TTL: time.Hour}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	svc.Step(ctx, fleet.DefaultBroadcast)
+	reps := replicaStages(t, st)
+	if len(reps) != 1 {
+		t.Fatalf("%d replica stages with 4 free seats and a headroom of 5; want 1", len(reps))
+	}
+	replica := reps[0].Arn
+	if err := st.SetSeatable(ctx, replica, true); err != nil {
+		t.Fatal(err)
+	}
+	// The audience drops back: the replica is empty and not needed.
+	for i := range 10 {
+		if _, err := st.ReleaseSeat(ctx, fleet.DefaultBroadcast, fmt.Sprint("v", i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	svc.Step(ctx, fleet.DefaultBroadcast)
+	clk.advance(59 * time.Second)
+	svc.Step(ctx, fleet.DefaultBroadcast)
+	if _, _, deletes := f.counts(); len(deletes) != 0 {
+		t.Fatalf("deleted %v before the 60 s window ended", deletes)
+	}
+	// A viewer sits on the replica: the window starts over when it leaves.
+	if _, err := st.ReserveSeat(ctx, store.SeatRequest{BroadcastID: fleet.DefaultBroadcast, UserID: "late", StageArn: replica, ParticipantID: "LATE", Now: clk.Now(), TTL: time.Hour}); err != nil {
+		t.Fatal(err)
+	}
+	clk.advance(2 * time.Second)
+	svc.Step(ctx, fleet.DefaultBroadcast)
+	if _, _, deletes := f.counts(); len(deletes) != 0 {
+		t.Fatalf("deleted %v while it had a seat", deletes)
+	}
+	if _, err := st.ReleaseSeat(ctx, fleet.DefaultBroadcast, "late"); err != nil {
+		t.Fatal(err)
+	}
+	svc.Step(ctx, fleet.DefaultBroadcast)
+	clk.advance(30 * time.Second)
+	svc.Step(ctx, fleet.DefaultBroadcast)
+	if _, _, deletes := f.counts(); len(deletes) != 0 {
+		t.Fatalf("deleted %v 30 s after it emptied again", deletes)
+	}
+	clk.advance(31 * time.Second)
+	svc.Step(ctx, fleet.DefaultBroadcast)
+	_, stops, deletes := f.counts()
+	if len(deletes) != 1 || deletes[0] != replica || stops != 1 {
+		t.Fatalf("after the window: deletes %v, %d replication stops; want %s deleted after stopping its one replication", deletes, stops, replica)
+	}
+	if n := len(replicaStages(t, st)); n != 0 {
+		t.Fatalf("%d replica records remain", n)
+	}
+}
