@@ -3,6 +3,7 @@ package app_test
 import (
 	"fmt"
 	"net/http"
+	"slices"
 	"testing"
 	"time"
 
@@ -239,6 +240,7 @@ func TestJoinStorm(t *testing.T) {
 		status int
 		stage  string
 		token  string
+		wait   time.Duration
 	}
 	results := make(chan result, viewers)
 	tick := time.NewTicker(time.Second / rate)
@@ -246,13 +248,14 @@ func TestJoinStorm(t *testing.T) {
 	for i := range viewers {
 		<-tick.C
 		go func() {
+			start := time.Now()
 			r, err := a.send(t.Context(), "POST", "/api/token/viewer", map[string]any{"userId": fmt.Sprintf("storm-%d", i)}, nil)
 			if err != nil {
 				t.Errorf("viewer %d: %v", i, err)
 				results <- result{}
 				return
 			}
-			res := result{status: r.Status}
+			res := result{status: r.Status, wait: time.Since(start)}
 			if r.Status == http.StatusOK {
 				d := dataOf[tokenData](t, r)
 				res.stage, res.token = d.StageArn, d.Token
@@ -261,6 +264,7 @@ func TestJoinStorm(t *testing.T) {
 		}()
 	}
 	perStage := map[string]int{}
+	var waits []time.Duration
 	for range viewers {
 		r := <-results
 		if r.status != http.StatusOK {
@@ -268,7 +272,14 @@ func TestJoinStorm(t *testing.T) {
 			continue
 		}
 		perStage[r.stage]++
+		waits = append(waits, r.wait)
 		a.join(t, r.token)
+	}
+	// The figures docs/benchmarks.md records (go test -run TestJoinStorm -v).
+	slices.Sort(waits)
+	if len(waits) > 0 {
+		pct := func(p float64) time.Duration { return waits[int(p*float64(len(waits)-1))] }
+		t.Logf("time to seat: p50 %v, p95 %v, p99 %v, max %v; %d stages", pct(0.50), pct(0.95), pct(0.99), waits[len(waits)-1], len(perStage))
 	}
 	for arn, n := range perStage {
 		if n > 50 {
