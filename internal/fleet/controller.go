@@ -391,7 +391,17 @@ func (s *Service) scaleDown(ctx context.Context, v view) error {
 	free, _, idle, _ := v.seats()
 	headroom := s.headroom(v)
 	for _, st := range v.stages {
-		if st.Role != store.RoleReplica || st.Draining {
+		if st.Role != store.RoleReplica {
+			continue
+		}
+		if st.Draining {
+			// A removal that failed half-way (IVS error, crash) is
+			// finished here.
+			if st.Seats == 0 {
+				if _, err := s.remove(ctx, v, st); err != nil {
+					s.log.Warn("finishing removal of a draining stage", "broadcast", v.broadcast.ID, "stage", st.Arn, "error", err)
+				}
+			}
 			continue
 		}
 		switch {
@@ -477,6 +487,7 @@ func (s *Service) remove(ctx context.Context, v view, st store.Stage) (bool, err
 			}
 		}
 	}
+	s.provisionStart.Delete(st.Arn)
 	s.log.Info("replica stage deleted", "broadcast", v.broadcast.ID, "stage", st.Arn)
 	return true, nil
 }

@@ -49,6 +49,8 @@ type fakeIVS struct {
 	deletes  []string
 	stops    int
 	startErr error
+	// deleteFails fails that many DeleteStage calls first.
+	deleteFails int
 }
 
 func newFakeIVS() *fakeIVS {
@@ -81,6 +83,10 @@ func (f *fakeIVS) UpdateStage(ctx context.Context, arn, name string) (ivs.Stage,
 func (f *fakeIVS) DeleteStage(_ context.Context, arn string) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if f.deleteFails > 0 {
+		f.deleteFails--
+		return &ivs.Error{Op: "DeleteStage", Kind: ivs.ErrThrottled, Err: errors.New("throttled")}
+	}
 	delete(f.stages, arn)
 	f.deletes = append(f.deletes, arn)
 	return nil
@@ -281,5 +287,64 @@ func TestScaleDownWindow(t *testing.T) {
 	}
 	if n := len(replicaStages(t, st)); n != 0 {
 		t.Fatalf("%d replica records remain", n)
+	}
+}
+
+// A removal that fails half-way (IVS refuses the delete) is finished by a
+// later pass: the stage does not stay draining for ever.
+func TestRemovalFinishedAfterFailure(t *testing.T) {
+	svc, st, f, clk := controlled(t, fleet.Config{StageCapacity: 50, ScaleUpThreshold: 45, MinIdleStages: 1, ScaleDownStabilization: time.Minute})
+	ctx := t.Context()
+	svc.Step(ctx, fleet.DefaultBroadcast)
+	reps := replicaStages(t, st)
+	if len(reps) != 1 {
+		t.Fatalf("%d replica stages; want the warm pool of 1", len(reps))
+	}
+	// The origin has all the room needed: without the warm pool the
+	// replica is not needed.
+	svc2 := fleet.New(fleet.Config{StageCapacity: 50, ScaleUpThreshold: 45, ScaleDownStabilization: time.Minute, Now: clk.Now}, st, f, nopIssuer{}, slog.New(slog.DiscardHandler))
+	svc2.Step(ctx, fleet.DefaultBroadcast)
+	clk.advance(2 * time.Minute)
+	f.mu.Lock()
+	f.deleteFails = 1
+	f.mu.Unlock()
+	svc2.Step(ctx, fleet.DefaultBroadcast)
+	if _, _, deletes := f.counts(); len(deletes) != 0 {
+		t.Fatalf("deleted %v although IVS refused", deletes)
+	}
+	if rec := replicaStages(t, st); len(rec) != 1 || !rec[0].Draining {
+		t.Fatalf("after a refused delete: %+v; want the stage kept, draining", rec)
+	}
+	svc2.Step(ctx, fleet.DefaultBroadcast)
+	if _, _, deletes := f.counts(); len(deletes) != 1 || deletes[0] != reps[0].Arn {
+		t.Fatalf("deletes %v; want %s deleted on the next pass", deletes, reps[0].Arn)
+	}
+	if n := len(replicaStages(t, st)); n != 0 {
+		t.Fatalf("%d replica records remain", n)
+	}
+}
+
+// Viewers leave the origin too; their Left events make no host.
+func TestViewerLeftIsNoHost(t *testing.T) {
+	svc, st, _, clk := controlled(t, fleet.Config{StageCapacity: 50, ScaleUpThreshold: 45})
+	for i, name := range []string{fleet.EventLeft, fleet.EventUnpublished, fleet.EventPublishError} {
+		res, err := svc.HandleEvent(t.Context(), fleet.Event{ID: fmt.Sprint("ev", i), StageArn: origin, Name: name, Time: clk.Now(), ParticipantID: "VIEWER1"})
+		if err != nil || res != fleet.EventIgnored {
+			t.Fatalf("%s of a viewer: %v %v; want ignored", name, res, err)
+		}
+	}
+	hosts, err := st.ListHosts(t.Context(), fleet.DefaultBroadcast)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(hosts) != 1 || hosts[0].ParticipantID != hostID {
+		t.Fatalf("hosts %+v; want only %s", hosts, hostID)
+	}
+	res, err := svc.HandleEvent(t.Context(), fleet.Event{ID: "pub", StageArn: origin, Name: fleet.EventPublished, Time: clk.Now(), ParticipantID: "HOST2", UserID: "h2"})
+	if err != nil || res != fleet.EventApplied {
+		t.Fatalf("Published by a new host: %v %v; want applied", res, err)
+	}
+	if hosts, _ = st.ListHosts(t.Context(), fleet.DefaultBroadcast); len(hosts) != 2 {
+		t.Fatalf("hosts %+v; want the new publisher recorded", hosts)
 	}
 }

@@ -48,6 +48,20 @@ const (
 // unordered: duplicates are dropped by id, and an event older than the last
 // one applied to the same host or replication changes nothing.
 func (s *Service) HandleEvent(ctx context.Context, ev Event) (EventResult, error) {
+	switch ev.Name {
+	case EventPublished, EventUnpublished, EventPublishError, EventLeft:
+		if ev.Replica {
+			return EventIgnored, nil
+		}
+	case EventReplicationStarted, EventReplicationStopped:
+	default:
+		// Joins and leaves of viewers are most events: not worth a store
+		// write each.
+		return EventIgnored, nil
+	}
+	// Applied to the end even if the sender hangs up: half an event is
+	// worse than a late one.
+	ctx = context.WithoutCancel(ctx)
 	first, err := s.store.FirstSeen(ctx, ev.ID, s.cfg.EventDedupTTL)
 	if err != nil {
 		return "", failWrap(ErrUnavailable, err, "recording event %s", ev.ID)
@@ -55,6 +69,18 @@ func (s *Service) HandleEvent(ctx context.Context, ev Event) (EventResult, error
 	if !first {
 		return EventDuplicate, nil
 	}
+	res, err := s.applyEvent(ctx, ev)
+	if err != nil {
+		// Let the sender's retry through the de-duplication.
+		if ferr := s.store.ForgetEvent(ctx, ev.ID); ferr != nil {
+			s.log.Error("forgetting a failed event", "event", ev.ID, "error", ferr)
+		}
+		return "", err
+	}
+	return res, nil
+}
+
+func (s *Service) applyEvent(ctx context.Context, ev Event) (EventResult, error) {
 	st, err := s.store.GetStage(ctx, ev.StageArn)
 	if errors.Is(err, store.ErrNotFound) {
 		return EventIgnored, nil
@@ -65,17 +91,20 @@ func (s *Service) HandleEvent(ctx context.Context, ev Event) (EventResult, error
 	unlock := s.lock(st.BroadcastID)
 	defer unlock()
 	defer s.kicks.kick(st.BroadcastID)
+	// Read again under the lock: the controller may have changed it.
+	if st, err = s.store.GetStage(ctx, ev.StageArn); errors.Is(err, store.ErrNotFound) {
+		return EventIgnored, nil
+	} else if err != nil {
+		return "", failWrap(ErrUnavailable, err, "reading stage %s", ev.StageArn)
+	}
 	var res EventResult
-	switch ev.Name {
-	case EventPublished, EventUnpublished, EventPublishError, EventLeft:
-		if st.Role != store.RoleOrigin || ev.Replica {
+	if ev.Name == EventReplicationStarted || ev.Name == EventReplicationStopped {
+		res, err = s.replicationEvent(ctx, st, ev, ev.Name == EventReplicationStarted)
+	} else {
+		if st.Role != store.RoleOrigin {
 			return EventIgnored, nil
 		}
 		res, err = s.hostEvent(ctx, st, ev, ev.Name == EventPublished)
-	case EventReplicationStarted, EventReplicationStopped:
-		res, err = s.replicationEvent(ctx, st, ev, ev.Name == EventReplicationStarted)
-	default:
-		return EventIgnored, nil
 	}
 	if err != nil {
 		return "", err
@@ -87,6 +116,9 @@ func (s *Service) HandleEvent(ctx context.Context, ev Event) (EventResult, error
 func (s *Service) hostEvent(ctx context.Context, origin store.Stage, ev Event, publishing bool) (EventResult, error) {
 	h, err := s.store.GetHost(ctx, origin.BroadcastID, ev.ParticipantID)
 	switch {
+	case errors.Is(err, store.ErrNotFound) && !publishing:
+		// Viewers leave the origin too: only publishing makes a host.
+		return EventIgnored, nil
 	case errors.Is(err, store.ErrNotFound):
 		// A host whose token stagefleet did not issue (or whose record was
 		// lost) is a host all the same.
@@ -160,9 +192,21 @@ func (s *Service) refreshReplica(ctx context.Context, dest store.Stage) error {
 	if err != nil {
 		return failWrap(ErrUnavailable, err, "listing replications")
 	}
-	active := false
+	hosts, err := s.store.ListHosts(ctx, dest.BroadcastID)
+	if err != nil {
+		return failWrap(ErrUnavailable, err, "listing hosts")
+	}
+	replicated := map[string]bool{}
 	for _, r := range rs {
-		active = active || (r.DestArn == dest.Arn && r.State == store.ReplActive)
+		if r.DestArn == dest.Arn && r.State == store.ReplActive {
+			replicated[r.ParticipantID] = true
+		}
+	}
+	// Viewers there must see the show: at least one host, and every host
+	// that publishes.
+	active := len(replicated) > 0
+	for _, h := range hosts {
+		active = active && (!h.Publishing || replicated[h.ParticipantID])
 	}
 	if active {
 		if started, ok := s.provisionStart.LoadAndDelete(dest.Arn); ok {

@@ -197,6 +197,9 @@ func (s *Service) createOrigin(ctx context.Context, broadcastID string) (string,
 	}
 	b, err := s.store.CreateBroadcast(ctx, store.Broadcast{ID: broadcastID, OriginArn: st.Arn, CreatedAt: now})
 	switch {
+	case errors.Is(err, store.ErrExists) && b.OriginArn == st.Arn:
+		// Reconcile adopted this very stage meanwhile.
+		return st.Arn, nil
 	case errors.Is(err, store.ErrExists):
 		// Another instance won the race: drop ours.
 		if _, err := s.store.DeleteStage(ctx, st.Arn); err != nil {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/stagefleet/stagefleet/internal/ivs"
 	"github.com/stagefleet/stagefleet/internal/store"
@@ -15,6 +16,7 @@ import (
 // publishing or gone from the origin's participants, and replication states
 // are read back from IVS. Every broadcast then gets a controller pass.
 func (s *Service) Reconcile(ctx context.Context) error {
+	listed := s.now()
 	tagged, err := s.ivs.ListStages(ctx, func(st ivs.Stage) bool { return st.Tags[TagBroadcast] != "" })
 	if err != nil {
 		return fmt.Errorf("listing tagged stages: %w", err)
@@ -29,7 +31,7 @@ func (s *Service) Reconcile(ctx context.Context) error {
 	}
 	known := map[string]bool{}
 	for _, b := range bs {
-		if err := s.reconcileBroadcast(ctx, b, inIVS, known); err != nil {
+		if err := s.reconcileBroadcast(ctx, b, listed, inIVS, known); err != nil {
 			s.log.Warn("reconcile", "broadcast", b.ID, "error", err)
 		}
 	}
@@ -44,7 +46,7 @@ func (s *Service) Reconcile(ctx context.Context) error {
 	return nil
 }
 
-func (s *Service) reconcileBroadcast(ctx context.Context, b store.Broadcast, inIVS map[string]ivs.Stage, known map[string]bool) error {
+func (s *Service) reconcileBroadcast(ctx context.Context, b store.Broadcast, listed time.Time, inIVS map[string]ivs.Stage, known map[string]bool) error {
 	unlock := s.lock(b.ID)
 	defer unlock()
 	stages, err := s.store.ListStages(ctx, b.ID)
@@ -53,8 +55,9 @@ func (s *Service) reconcileBroadcast(ctx context.Context, b store.Broadcast, inI
 	}
 	for _, st := range stages {
 		known[st.Arn] = true
-		// A configured origin (MASTER_STAGE_ARN) carries no tags of ours.
-		if _, ok := inIVS[st.Arn]; ok || st.Arn == s.cfg.OriginArn {
+		// A configured origin (MASTER_STAGE_ARN) carries no tags of ours;
+		// a stage recorded after IVS was listed is not in the listing.
+		if _, ok := inIVS[st.Arn]; ok || st.Arn == s.cfg.OriginArn || st.CreatedAt.After(listed) {
 			continue
 		}
 		freed, err := s.store.DeleteStage(ctx, st.Arn)
@@ -73,6 +76,9 @@ func (s *Service) reconcileBroadcast(ctx context.Context, b store.Broadcast, inI
 // published is publishing, one disconnected or absent is not. Lost
 // Published/Unpublished events are repaired here.
 func (s *Service) reconcileHosts(ctx context.Context, b store.Broadcast) error {
+	// What IVS shows is true as of before the calls: an event newer than
+	// that still wins.
+	seen := s.now()
 	origin, err := s.ivs.GetStage(ctx, b.OriginArn)
 	if err != nil {
 		return err
@@ -99,8 +105,11 @@ func (s *Service) reconcileHosts(ctx context.Context, b store.Broadcast) error {
 		if publishing == h.Publishing {
 			continue
 		}
+		if h.EventTime.After(seen) {
+			continue
+		}
 		h.Publishing = publishing
-		h.EventTime = s.now()
+		h.EventTime = seen
 		if err := s.store.PutHost(ctx, h); err != nil {
 			return err
 		}
@@ -176,8 +185,17 @@ func (s *Service) adopt(ctx context.Context, st ivs.Stage) {
 	unlock := s.lock(b)
 	defer unlock()
 	rec := store.Stage{Arn: st.Arn, BroadcastID: b, Role: role, Name: st.Name, Capacity: s.cfg.StageCapacity, CreatedAt: s.now()}
-	_, err := s.store.GetBroadcast(ctx, b)
+	bc, err := s.store.GetBroadcast(ctx, b)
 	switch {
+	case err == nil && bc.OriginArn == st.Arn:
+		// The broadcast's own origin lost its record: record it again,
+		// never delete it.
+		if err := s.store.PutStage(ctx, rec); err != nil {
+			s.log.Warn("re-recording origin", "stage", st.Arn, "error", err)
+			return
+		}
+		s.log.Info("origin stage record restored from IVS", "broadcast", b, "stage", st.Arn)
+		return
 	case role == store.RoleOrigin && errors.Is(err, store.ErrNotFound):
 		if err := s.store.PutStage(ctx, rec); err != nil {
 			s.log.Warn("adopting origin", "stage", st.Arn, "error", err)

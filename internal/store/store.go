@@ -159,8 +159,10 @@ type Store interface {
 	DeleteReplication(ctx context.Context, broadcastID, participantID, destArn string) error
 
 	// ReserveSeat is the join path's one round trip: it returns the
-	// viewer's seat if it has one (renewed, whatever stage is asked for,
-	// so a viewer is never moved while watching), else takes one on the
+	// viewer's seat if it has one on a stage that still takes viewers
+	// (renewed, whatever stage is asked for, so a viewer is never moved
+	// while watching; a seat on a stage that stopped serving is given up),
+	// else takes one on the
 	// asked-for stage or on the fullest seatable stage with room (Fuller),
 	// never beyond capacity. ErrNotLive, ErrFull, ErrNotEligible,
 	// ErrNotFound.
@@ -175,6 +177,9 @@ type Store interface {
 
 	// FirstSeen records an event id for ttl and reports whether it is new.
 	FirstSeen(ctx context.Context, eventID string, ttl time.Duration) (bool, error)
+	// ForgetEvent drops an event id, so that a retry of an event that
+	// failed to apply is applied.
+	ForgetEvent(ctx context.Context, eventID string) error
 
 	Ping(ctx context.Context) error
 	Close() error

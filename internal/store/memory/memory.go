@@ -233,9 +233,13 @@ func (s *Store) ReserveSeat(_ context.Context, req store.SeatRequest) (store.Sea
 	defer s.mu.Unlock()
 	k := seatKey{req.BroadcastID, req.UserID}
 	if seat, ok := s.seats[k]; ok {
-		seat.ExpiresAt = req.Now.Add(req.TTL)
-		s.seats[k] = seat
-		return seat, nil
+		if st, ok := s.stages[seat.StageArn]; ok && st.Seatable {
+			seat.ExpiresAt = req.Now.Add(req.TTL)
+			s.seats[k] = seat
+			return seat, nil
+		}
+		// Its stage no longer serves the show: seat the viewer again.
+		s.freeLocked(k, seat)
 	}
 	var best *store.Stage
 	anySeatable := false
@@ -367,6 +371,13 @@ func (s *Store) FirstSeen(_ context.Context, eventID string, ttl time.Duration) 
 	}
 	s.events[eventID] = now.Add(ttl)
 	return true, nil
+}
+
+func (s *Store) ForgetEvent(_ context.Context, eventID string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.events, eventID)
+	return nil
 }
 
 func (s *Store) Ping(context.Context) error { return nil }

@@ -77,11 +77,13 @@ func Run(t *testing.T, newStore func(t *testing.T) store.Store) {
 		{name: "ReserveSeat/AskedForStage", cases: testReserveAskedFor},
 		{name: "ReserveSeat/SameUser", run: testReserveSameUser},
 		{name: "ReserveSeat/SeatFields", run: testReserveSeatFields},
+		{name: "ReserveSeat/StageStoppedServing", run: testReserveMovesOffUnseatable},
 		{name: "RenewSeat", run: testRenewSeat},
 		{name: "ReleaseSeat", run: testReleaseSeat},
 		{name: "ExpireSeats", run: testExpireSeats},
 		{name: "ListSeats", run: testListSeats},
 		{name: "FirstSeen", run: testFirstSeen},
+		{name: "ForgetEvent", run: testForgetEvent},
 		{name: "Ping", run: testPing},
 		{name: "Concurrent/ReserveStorm", run: testReserveStorm},
 		{name: "Concurrent/SameUser", run: testConcurrentSameUser},
@@ -1502,4 +1504,39 @@ func testLeaseExpiryStorm(t *testing.T, st store.Store) {
 		}
 	}
 	checkCounts(t, st, bcA)
+}
+
+// A viewer whose stage stopped serving (its host replication stopped, or it
+// is draining) is seated again elsewhere instead of keeping a dead seat.
+func testReserveMovesOffUnseatable(t *testing.T, st store.Store) {
+	a := stageRec("moveA", "b", 10, true, 0)
+	b := stageRec("moveB", "b", 10, true, time.Second)
+	putStages(t, st, a, b)
+	first := reserve(t, st, "b", "u", a.Arn)
+	must(t, st.SetSeatable(testCtx(t), a.Arn, false), "SetSeatable")
+	again := reserve(t, st, "b", "u", "")
+	if again.StageArn != b.Arn {
+		t.Fatalf("seat after its stage stopped serving is on %s, want %s", again.StageArn, b.Arn)
+	}
+	wantSeats(t, st, a.Arn, 0)
+	wantSeats(t, st, b.Arn, 1)
+	if first.StageArn != a.Arn {
+		t.Fatalf("first seat on %s, want %s", first.StageArn, a.Arn)
+	}
+}
+
+func testForgetEvent(t *testing.T, st store.Store) {
+	ctx := testCtx(t)
+	first, err := st.FirstSeen(ctx, "ev", time.Hour)
+	must(t, err, "FirstSeen")
+	if !first {
+		t.Fatal("a new event id is not first")
+	}
+	must(t, st.ForgetEvent(ctx, "ev"), "ForgetEvent")
+	first, err = st.FirstSeen(ctx, "ev", time.Hour)
+	must(t, err, "FirstSeen after ForgetEvent")
+	if !first {
+		t.Fatal("an event id forgotten is still seen")
+	}
+	must(t, st.ForgetEvent(ctx, "never-seen"), "ForgetEvent of an unknown id")
 }
