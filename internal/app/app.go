@@ -114,6 +114,9 @@ func New(ctx context.Context, cfg config.Config, emuCfg emulator.Config, log *sl
 	if cfg.AuthDisabled() {
 		log.Warn("x-api-key is not checked: set API_SECRET_KEY to require it")
 	}
+	if a.emu == nil && cfg.EventsSecret == "" {
+		log.Warn("POST /api/events/ivs takes events from anyone: set EVENTS_SECRET and send it from the EventBridge connection")
+	}
 	if a.emu != nil {
 		a.emu.AddEventsURL("http://" + loopback(a.apiLn.Addr()) + "/api/events/ivs")
 	}
