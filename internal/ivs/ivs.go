@@ -179,7 +179,12 @@ func New(o Options) *Client {
 	limiters := map[string]*rate.Limiter{}
 	for op, tps := range o.Quotas {
 		if tps > 0 {
-			limiters[op] = rate.NewLimiter(rate.Limit(tps), max(1, int(tps)))
+			// A burst one short of the service's (a bucket of tps
+			// tokens): a client that spends all of it and then paces at
+			// exactly tps leaves the service's bucket empty, so any
+			// jitter in the calls' arrival is throttled. The spare token
+			// absorbs up to 1/tps of jitter.
+			limiters[op] = rate.NewLimiter(rate.Limit(tps), max(1, int(tps)-1))
 		}
 	}
 	return &Client{api: api, limiters: limiters, endpoint: o.Endpoint}
