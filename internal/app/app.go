@@ -241,8 +241,16 @@ func (a *App) Handler() http.Handler { return a.api }
 func (a *App) Run(ctx context.Context) error {
 	srv := &http.Server{Handler: a.api, ReadHeaderTimeout: 10 * time.Second}
 	bg, stop := context.WithCancel(context.WithoutCancel(ctx))
-	defer stop()
-	go a.fleet.Run(bg)
+	fleetDone := make(chan struct{})
+	go func() {
+		defer close(fleetDone)
+		a.fleet.Run(bg)
+	}()
+	// The controller stops before Close shuts what it uses.
+	defer func() {
+		stop()
+		<-fleetDone
+	}()
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(a.apiLn) }()
 	select {

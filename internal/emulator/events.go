@@ -124,6 +124,8 @@ type eventBus struct {
 	queue    []Event
 	recent   []Event
 	stats    EventStats
+	// gen changes on reset, so that events held back before it are dropped.
+	gen int
 }
 
 func newEventBus(urls []string, secret string, d Delivery, log *slog.Logger) *eventBus {
@@ -168,6 +170,7 @@ func (b *eventBus) reset(d Delivery) {
 	b.recent = nil
 	b.stats = EventStats{}
 	b.delivery = d
+	b.gen++
 }
 
 // publish never blocks: it is called with the emulator's lock held.
@@ -198,10 +201,13 @@ func (b *eventBus) publish(ev Event) {
 			b.enqueueLocked(ev)
 			continue
 		}
+		gen := b.gen
 		time.AfterFunc(wait, func() {
 			b.mu.Lock()
 			defer b.mu.Unlock()
-			b.enqueueLocked(ev)
+			if b.gen == gen {
+				b.enqueueLocked(ev)
+			}
 		})
 	}
 }

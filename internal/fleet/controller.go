@@ -112,6 +112,12 @@ func (s *Service) waiting(broadcastID string) *atomic.Int64 {
 	return n.(*atomic.Int64)
 }
 
+// createFailures counts CreateStage failures in a row for a broadcast.
+func (s *Service) createFailures(broadcastID string) *atomic.Int64 {
+	n, _ := s.createFails.LoadOrStore(broadcastID, &atomic.Int64{})
+	return n.(*atomic.Int64)
+}
+
 func (s *Service) joinMeter(broadcastID string) *meter {
 	m, _ := s.joins.LoadOrStore(broadcastID, &meter{})
 	return m.(*meter)
@@ -140,7 +146,9 @@ func (s *Service) Headroom(broadcastID string) int {
 // controller's passes on signals and on a short tick, and reconciliation
 // with IVS every ReconcileInterval.
 func (s *Service) Run(ctx context.Context) {
-	go s.expireLoop(ctx)
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	wg.Go(func() { s.expireLoop(ctx) })
 	scale := time.NewTicker(s.cfg.ScaleInterval)
 	defer scale.Stop()
 	reconcile := time.NewTicker(s.cfg.ReconcileInterval)
@@ -304,6 +312,10 @@ func (s *Service) scaleUp(ctx context.Context, v view) error {
 	if n <= 0 {
 		return nil
 	}
+	if after, ok := s.createAfter.Load(v.broadcast.ID); ok && s.now().Before(after.(time.Time)) {
+		// CreateStage failed lately (quota, IVS trouble): back off.
+		return nil
+	}
 	s.log.Info("scaling up", "broadcast", v.broadcast.ID, "stages", n, "free_seats", free, "upcoming_seats", upcoming, "headroom", headroom, "waiting", waiting)
 	var wg sync.WaitGroup
 	for range n {
@@ -320,9 +332,13 @@ func (s *Service) provision(ctx context.Context, v view) {
 	started := s.now()
 	st, err := s.ivs.CreateStage(ctx, stageName(b, store.RoleReplica)+"-"+newParticipantID()[:8], stageTags(b, store.RoleReplica))
 	if err != nil {
-		s.log.Warn("creating replica stage failed", "broadcast", b, "error", err)
+		n := s.createFailures(b).Add(1)
+		wait := backoff(int(n))
+		s.createAfter.Store(b, started.Add(wait))
+		s.log.Warn("creating replica stage failed", "broadcast", b, "error", err, "retry_in", wait)
 		return
 	}
+	s.createFailures(b).Store(0)
 	rec := store.Stage{Arn: st.Arn, BroadcastID: b, Role: store.RoleReplica, Name: st.Name, Capacity: s.cfg.StageCapacity, CreatedAt: started}
 	if err := s.store.PutStage(ctx, rec); err != nil {
 		s.log.Error("recording replica stage failed; deleting it", "broadcast", b, "stage", st.Arn, "error", err)

@@ -51,6 +51,8 @@ type fakeIVS struct {
 	startErr error
 	// deleteFails fails that many DeleteStage calls first.
 	deleteFails int
+	createErr   error
+	creates     int
 }
 
 func newFakeIVS() *fakeIVS {
@@ -60,6 +62,10 @@ func newFakeIVS() *fakeIVS {
 func (f *fakeIVS) CreateStage(_ context.Context, name string, tags map[string]string) (ivs.Stage, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	f.creates++
+	if f.createErr != nil {
+		return ivs.Stage{}, f.createErr
+	}
 	f.n++
 	st := ivs.Stage{Arn: fmt.Sprintf("arn:aws:ivs:us-east-1:123456789012:stage/Fake%07d", f.n), Name: name, Tags: tags}
 	f.stages[st.Arn] = st
@@ -346,5 +352,27 @@ func TestViewerLeftIsNoHost(t *testing.T) {
 	}
 	if hosts, _ = st.ListHosts(t.Context(), fleet.DefaultBroadcast); len(hosts) != 2 {
 		t.Fatalf("hosts %+v; want the new publisher recorded", hosts)
+	}
+}
+
+// When CreateStage fails (account quota, IVS trouble) the controller backs
+// off instead of calling it on every pass and every join.
+func TestCreateStageBackoff(t *testing.T) {
+	svc, st, f, clk := controlled(t, fleet.Config{StageCapacity: 50, ScaleUpThreshold: 45, MinIdleStages: 1})
+	f.createErr = &ivs.Error{Op: "CreateStage", Kind: ivs.ErrQuota, Err: errors.New("Stages per account quota of 100 exceeded")}
+	svc.Step(t.Context(), fleet.DefaultBroadcast)
+	svc.Step(t.Context(), fleet.DefaultBroadcast)
+	svc.Step(t.Context(), fleet.DefaultBroadcast)
+	f.mu.Lock()
+	creates := f.creates
+	f.createErr = nil
+	f.mu.Unlock()
+	if creates != 1 {
+		t.Fatalf("%d CreateStage calls in three passes after a failure; want 1", creates)
+	}
+	clk.advance(time.Minute)
+	svc.Step(t.Context(), fleet.DefaultBroadcast)
+	if n := len(replicaStages(t, st)); n != 1 {
+		t.Fatalf("%d replica stages after the back-off; want the warm pool of 1", n)
 	}
 }

@@ -95,6 +95,8 @@ type Service struct {
 	kicks          *kicker
 	joins          sync.Map // broadcast id -> *meter
 	waiters        sync.Map // broadcast id -> *atomic.Int64
+	createFails    sync.Map // broadcast id -> *atomic.Int64
+	createAfter    sync.Map // broadcast id -> time.Time: no CreateStage before
 	locks          sync.Map // broadcast id -> *sync.Mutex
 	provisioning   ewma     // stage created -> host replication active
 	provisionStart sync.Map // stage ARN -> time.Time
