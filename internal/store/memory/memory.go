@@ -6,7 +6,6 @@ import (
 	"cmp"
 	"context"
 	"fmt"
-	"maps"
 	"slices"
 	"sync"
 	"time"
@@ -71,9 +70,9 @@ func (s *Store) GetBroadcast(_ context.Context, id string) (store.Broadcast, err
 func (s *Store) ListBroadcasts(context.Context) ([]store.Broadcast, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	out := slices.Collect(maps.Values(s.broadcasts))
-	slices.SortFunc(out, func(a, b store.Broadcast) int { return cmp.Compare(a.ID, b.ID) })
-	return out, nil
+	return sorted(s.broadcasts, func(store.Broadcast) bool { return true }, func(a, b store.Broadcast) int {
+		return cmp.Compare(a.ID, b.ID)
+	}), nil
 }
 
 func (s *Store) PutStage(_ context.Context, st store.Stage) error {
@@ -101,16 +100,11 @@ func (s *Store) GetStage(_ context.Context, arn string) (store.Stage, error) {
 func (s *Store) ListStages(_ context.Context, broadcastID string) ([]store.Stage, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	var out []store.Stage
-	for _, st := range s.stages {
-		if broadcastID == "" || st.BroadcastID == broadcastID {
-			out = append(out, st)
-		}
-	}
-	slices.SortFunc(out, func(a, b store.Stage) int {
+	return sorted(s.stages, func(st store.Stage) bool {
+		return broadcastID == "" || st.BroadcastID == broadcastID
+	}, func(a, b store.Stage) int {
 		return cmp.Or(a.CreatedAt.Compare(b.CreatedAt), cmp.Compare(a.Arn, b.Arn))
-	})
-	return out, nil
+	}), nil
 }
 
 func (s *Store) SetSeatable(_ context.Context, arn string, seatable bool) error {
@@ -162,16 +156,9 @@ func (s *Store) GetHost(_ context.Context, broadcastID, participantID string) (s
 func (s *Store) ListHosts(_ context.Context, broadcastID string) ([]store.Host, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	var out []store.Host
-	for _, h := range s.hosts {
-		if h.BroadcastID == broadcastID {
-			out = append(out, h)
-		}
-	}
-	slices.SortFunc(out, func(a, b store.Host) int {
+	return sorted(s.hosts, func(h store.Host) bool { return h.BroadcastID == broadcastID }, func(a, b store.Host) int {
 		return cmp.Or(a.JoinedAt.Compare(b.JoinedAt), cmp.Compare(a.ParticipantID, b.ParticipantID))
-	})
-	return out, nil
+	}), nil
 }
 
 func (s *Store) DeleteHost(_ context.Context, broadcastID, participantID string) error {
@@ -205,16 +192,9 @@ func (s *Store) GetReplication(_ context.Context, broadcastID, participantID, de
 func (s *Store) ListReplications(_ context.Context, broadcastID string) ([]store.Replication, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	var out []store.Replication
-	for _, r := range s.replications {
-		if r.BroadcastID == broadcastID {
-			out = append(out, r)
-		}
-	}
-	slices.SortFunc(out, func(a, b store.Replication) int {
+	return sorted(s.replications, func(r store.Replication) bool { return r.BroadcastID == broadcastID }, func(a, b store.Replication) int {
 		return cmp.Or(cmp.Compare(a.DestArn, b.DestArn), cmp.Compare(a.ParticipantID, b.ParticipantID))
-	})
-	return out, nil
+	}), nil
 }
 
 func (s *Store) DeleteReplication(_ context.Context, broadcastID, participantID, destArn string) error {
@@ -342,16 +322,9 @@ func (s *Store) ExpireSeats(_ context.Context, broadcastID string, now time.Time
 func (s *Store) ListSeats(_ context.Context, broadcastID string) ([]store.Seat, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	var out []store.Seat
-	for k, seat := range s.seats {
-		if k.broadcast == broadcastID {
-			out = append(out, seat)
-		}
-	}
-	slices.SortFunc(out, func(a, b store.Seat) int {
+	return sorted(s.seats, func(seat store.Seat) bool { return seat.BroadcastID == broadcastID }, func(a, b store.Seat) int {
 		return cmp.Or(a.TakenAt.Compare(b.TakenAt), cmp.Compare(a.UserID, b.UserID))
-	})
-	return out, nil
+	}), nil
 }
 
 func (s *Store) FirstSeen(_ context.Context, eventID string, ttl time.Duration) (bool, error) {
@@ -381,5 +354,18 @@ func (s *Store) ForgetEvent(_ context.Context, eventID string) error {
 }
 
 func (s *Store) Ping(context.Context) error { return nil }
+
+// sorted returns the values of m that keep accepts, in the order cmp gives:
+// every list of the Store interface has a defined order.
+func sorted[K comparable, V any](m map[K]V, keep func(V) bool, cmp func(a, b V) int) []V {
+	var out []V
+	for _, v := range m {
+		if keep(v) {
+			out = append(out, v)
+		}
+	}
+	slices.SortFunc(out, cmp)
+	return out
+}
 
 func (s *Store) Close() error { return nil }
