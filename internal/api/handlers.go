@@ -661,7 +661,6 @@ func (s *server) ivsEvent(w http.ResponseWriter, r *http.Request) *apiError {
 		Time       string   `json:"time"`
 		Resources  []string `json:"resources"`
 		Detail     struct {
-			SessionID      string `json:"session_id"`
 			EventName      string `json:"event_name"`
 			EventTime      string `json:"event_time"`
 			UserID         string `json:"user_id"`
@@ -700,7 +699,6 @@ func (s *server) ivsEvent(w http.ResponseWriter, r *http.Request) *apiError {
 	res, err := s.fleet.HandleEvent(r.Context(), fleet.Event{
 		ID:             in.ID,
 		StageArn:       in.Resources[0],
-		SessionID:      in.Detail.SessionID,
 		Name:           in.Detail.EventName,
 		Time:           at,
 		ParticipantID:  in.Detail.ParticipantID,

@@ -22,7 +22,6 @@ const (
 type Event struct {
 	ID            string
 	StageArn      string
-	SessionID     string
 	Name          string
 	Time          time.Time
 	ParticipantID string

@@ -153,7 +153,6 @@ type Options struct {
 type Client struct {
 	api      *ivsrealtime.Client
 	limiters map[string]*rate.Limiter
-	endpoint string
 }
 
 // New returns a client.
@@ -187,11 +186,8 @@ func New(o Options) *Client {
 			limiters[op] = rate.NewLimiter(rate.Limit(tps), max(1, int(tps)-1))
 		}
 	}
-	return &Client{api: api, limiters: limiters, endpoint: o.Endpoint}
+	return &Client{api: api, limiters: limiters}
 }
-
-// Endpoint is where calls go ("" for AWS's default endpoint).
-func (c *Client) Endpoint() string { return c.endpoint }
 
 // wait blocks until op may be called within its quota.
 func (c *Client) wait(ctx context.Context, op string) error {

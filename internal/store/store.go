@@ -82,7 +82,6 @@ const (
 	ReplPending  = "pending"
 	ReplStarting = "starting"
 	ReplActive   = "active"
-	ReplStopping = "stopping"
 	ReplStopped  = "stopped"
 	ReplFailed   = "failed"
 )
