@@ -3,6 +3,7 @@ package fleet
 import (
 	"context"
 	"errors"
+	"fmt"
 	"math"
 	"math/rand/v2"
 	"sync"
@@ -93,6 +94,8 @@ type ewma struct {
 	value time.Duration
 }
 
+func newEWMA(initial time.Duration) *ewma { return &ewma{value: initial} }
+
 func (e *ewma) observe(d time.Duration) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
@@ -105,41 +108,31 @@ func (e *ewma) get() time.Duration {
 	return e.value
 }
 
-// waiting counts the viewers of a broadcast waiting for a seat now: demand
-// the controller must meet on top of the headroom.
-func (s *Service) waiting(broadcastID string) *atomic.Int64 {
-	n, _ := s.waiters.LoadOrStore(broadcastID, &atomic.Int64{})
-	return n.(*atomic.Int64)
+// local is what this instance keeps in memory about one broadcast.
+type local struct {
+	// mu serialises the controller's passes, event handling and manual
+	// stage changes of the broadcast within this instance.
+	mu    sync.Mutex
+	joins meter
+	// waiting counts viewers waiting for a seat now: demand the controller
+	// meets on top of the headroom.
+	waiting atomic.Int64
+	// createFails counts CreateStage failures in a row; no CreateStage is
+	// tried before createAfter. Both under mu.
+	createFails int
+	createAfter time.Time
 }
 
-// createFailures counts CreateStage failures in a row for a broadcast.
-func (s *Service) createFailures(broadcastID string) *atomic.Int64 {
-	n, _ := s.createFails.LoadOrStore(broadcastID, &atomic.Int64{})
-	return n.(*atomic.Int64)
+func (s *Service) local(broadcastID string) *local {
+	l, _ := s.locals.LoadOrStore(broadcastID, &local{})
+	return l.(*local)
 }
 
-func (s *Service) joinMeter(broadcastID string) *meter {
-	m, _ := s.joins.LoadOrStore(broadcastID, &meter{})
-	return m.(*meter)
-}
-
-// lock serialises the controller's and the event handler's changes to one
-// broadcast within this instance.
+// lock takes the broadcast's lock and returns its release.
 func (s *Service) lock(broadcastID string) func() {
-	m, _ := s.locks.LoadOrStore(broadcastID, &sync.Mutex{})
-	mu := m.(*sync.Mutex)
-	mu.Lock()
-	return mu.Unlock
-}
-
-// Headroom is the number of free seats the controller keeps ahead of the
-// audience: max(STAGE_CAPACITY - SCALE_UP_THRESHOLD, join rate x
-// provisioning time).
-func (s *Service) Headroom(broadcastID string) int {
-	base := s.cfg.StageCapacity - s.cfg.ScaleUpThreshold
-	rate := s.joinMeter(broadcastID).perSecond(s.now())
-	ahead := int(math.Ceil(rate * s.provisioning.get().Seconds()))
-	return max(base, ahead)
+	l := s.local(broadcastID)
+	l.mu.Lock()
+	return l.mu.Unlock
 }
 
 // Run does the fleet's background work until ctx ends: seat expiry, the
@@ -205,12 +198,15 @@ func (s *Service) Step(ctx context.Context, broadcastID string) {
 	}
 }
 
+// replKey names one replication of a broadcast.
+type replKey struct{ participant, dest string }
+
 // view is one broadcast's state as a pass sees it.
 type view struct {
 	broadcast store.Broadcast
 	stages    []store.Stage
 	hosts     []store.Host
-	reps      map[[2]string]store.Replication // (participant, destination)
+	reps      map[replKey]store.Replication
 	live      bool
 }
 
@@ -230,26 +226,19 @@ func (s *Service) load(ctx context.Context, broadcastID string) (view, error) {
 	if err != nil {
 		return v, err
 	}
-	v.reps = make(map[[2]string]store.Replication, len(reps))
+	v.reps = make(map[replKey]store.Replication, len(reps))
 	for _, r := range reps {
-		v.reps[[2]string{r.ParticipantID, r.DestArn}] = r
+		v.reps[replKey{r.ParticipantID, r.DestArn}] = r
 	}
-	for _, h := range v.hosts {
-		v.live = v.live || h.Publishing
-	}
+	v.live = anyPublishing(v.hosts)
 	return v, nil
 }
 
 // seats counts free seats on stages taking viewers, seats coming on
-// replica stages still being provisioned, idle replica stages, and the
-// stages that count against MAX_STAGES.
-func (v view) seats() (free, upcoming, idle, managed int) {
+// replica stages still being provisioned, and idle replica stages.
+func (v view) seats() (free, upcoming, idle int) {
 	for _, st := range v.stages {
-		if st.Role == store.RoleManual {
-			continue
-		}
-		managed++
-		if st.Draining {
+		if st.Role == store.RoleManual || st.Draining {
 			continue
 		}
 		switch {
@@ -262,7 +251,19 @@ func (v view) seats() (free, upcoming, idle, managed int) {
 			idle++
 		}
 	}
-	return free, upcoming, idle, managed
+	return free, upcoming, idle
+}
+
+// managed counts the stages that count against MAX_STAGES: the origin and
+// the replicas, not manual stages.
+func managed(stages []store.Stage) int {
+	n := 0
+	for _, st := range stages {
+		if st.Role != store.RoleManual {
+			n++
+		}
+	}
+	return n
 }
 
 func (s *Service) step(ctx context.Context, broadcastID string) error {
@@ -284,74 +285,81 @@ func (s *Service) step(ctx context.Context, broadcastID string) error {
 			continue
 		}
 		for _, h := range v.hosts {
-			s.ensureReplication(ctx, v.broadcast, st, h, v.reps[[2]string{h.ParticipantID, st.Arn}])
+			s.ensureReplication(ctx, v.broadcast, st, h, v.reps[replKey{h.ParticipantID, st.Arn}])
 		}
 	}
 	return s.scaleDown(ctx, v)
 }
 
-// headroom is the free seats a broadcast needs now: none while no host is
-// live (the warm pool still applies).
+// headroom is the number of free seats the controller keeps ahead of the
+// audience: max(STAGE_CAPACITY - SCALE_UP_THRESHOLD, join rate x
+// provisioning time), and none while no host is live (the warm pool still
+// applies).
 func (s *Service) headroom(v view) int {
 	if !v.live {
 		return 0
 	}
-	return s.Headroom(v.broadcast.ID)
+	base := s.cfg.StageCapacity - s.cfg.ScaleUpThreshold
+	rate := s.local(v.broadcast.ID).joins.perSecond(s.now())
+	return max(base, int(math.Ceil(rate*s.provisioning.get().Seconds())))
 }
 
 func (s *Service) scaleUp(ctx context.Context, v view) error {
-	free, upcoming, idle, managed := v.seats()
+	l := s.local(v.broadcast.ID)
+	free, upcoming, idle := v.seats()
 	headroom := s.headroom(v)
-	waiting := int(s.waiting(v.broadcast.ID).Load())
+	waiting := int(l.waiting.Load())
 	n := 0
 	if short := headroom + waiting - free - upcoming; v.live && short > 0 {
 		n = (short + s.cfg.StageCapacity - 1) / s.cfg.StageCapacity
 	}
 	n = max(n, s.cfg.MinIdleStages-idle)
-	n = min(n, s.cfg.MaxStages-managed)
-	if n <= 0 {
-		return nil
-	}
-	if after, ok := s.createAfter.Load(v.broadcast.ID); ok && s.now().Before(after.(time.Time)) {
-		// CreateStage failed lately (quota, IVS trouble): back off.
+	n = min(n, s.cfg.MaxStages-managed(v.stages))
+	if n <= 0 || s.now().Before(l.createAfter) {
+		// Nothing to do, or CreateStage failed lately (quota, IVS
+		// trouble): back off.
 		return nil
 	}
 	s.log.Info("scaling up", "broadcast", v.broadcast.ID, "stages", n, "free_seats", free, "upcoming_seats", upcoming, "headroom", headroom, "waiting", waiting)
+	errs := make([]error, n)
 	var wg sync.WaitGroup
-	for range n {
-		wg.Go(func() { s.provision(ctx, v) })
+	for i := range n {
+		wg.Go(func() { errs[i] = s.provision(ctx, v) })
 	}
 	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		l.createFails++
+		wait := backoff(l.createFails)
+		l.createAfter = s.now().Add(wait)
+		s.log.Warn("creating replica stages failed", "broadcast", v.broadcast.ID, "error", err, "retry_in", wait)
+		return nil
+	}
+	l.createFails = 0
 	return nil
 }
 
 // provision creates one replica stage and records it at once, so that it
 // cannot leak; replication into it follows in the same pass.
-func (s *Service) provision(ctx context.Context, v view) {
+func (s *Service) provision(ctx context.Context, v view) error {
 	b := v.broadcast.ID
 	started := s.now()
 	st, err := s.ivs.CreateStage(ctx, stageName(b, store.RoleReplica)+"-"+newParticipantID()[:8], stageTags(b, store.RoleReplica))
 	if err != nil {
-		n := s.createFailures(b).Add(1)
-		wait := backoff(int(n))
-		s.createAfter.Store(b, started.Add(wait))
-		s.log.Warn("creating replica stage failed", "broadcast", b, "error", err, "retry_in", wait)
-		return
+		return err
 	}
-	s.createFailures(b).Store(0)
 	rec := store.Stage{Arn: st.Arn, BroadcastID: b, Role: store.RoleReplica, Name: st.Name, Capacity: s.cfg.StageCapacity, CreatedAt: started}
 	if err := s.store.PutStage(ctx, rec); err != nil {
-		s.log.Error("recording replica stage failed; deleting it", "broadcast", b, "stage", st.Arn, "error", err)
-		if err := s.ivs.DeleteStage(context.WithoutCancel(ctx), st.Arn); err != nil {
-			s.log.Error("deleting unrecorded replica stage", "stage", st.Arn, "error", err)
+		if derr := s.ivs.DeleteStage(context.WithoutCancel(ctx), st.Arn); derr != nil {
+			s.log.Error("deleting unrecorded replica stage", "stage", st.Arn, "error", derr)
 		}
-		return
+		return fmt.Errorf("recording replica stage %s: %w", st.Arn, err)
 	}
 	s.provisionStart.Store(st.Arn, started)
 	s.log.Info("replica stage created", "broadcast", b, "stage", st.Arn, "reason", "scale up")
 	for _, h := range v.hosts {
 		s.ensureReplication(ctx, v.broadcast, rec, h, store.Replication{})
 	}
+	return nil
 }
 
 // ensureReplication moves one (host, replica stage) replication toward its
@@ -404,7 +412,7 @@ func backoff(attempts int) time.Duration {
 // stabilization window, as long as the rest still gives the headroom.
 func (s *Service) scaleDown(ctx context.Context, v view) error {
 	now := s.now()
-	free, _, idle, _ := v.seats()
+	free, _, idle := v.seats()
 	headroom := s.headroom(v)
 	for _, st := range v.stages {
 		if st.Role != store.RoleReplica {
@@ -456,9 +464,24 @@ func (s *Service) scaleDown(ctx context.Context, v view) error {
 	return nil
 }
 
-// remove drains an empty replica stage, stops its replications and deletes
-// it. A viewer seated between the check and the drain keeps the stage.
+// remove deletes an empty replica stage the controller no longer needs.
 func (s *Service) remove(ctx context.Context, v view, st store.Stage) (bool, error) {
+	var reps []store.Replication
+	for key, r := range v.reps {
+		if key.dest == st.Arn {
+			reps = append(reps, r)
+		}
+	}
+	return s.drainAndDelete(ctx, st, reps, "empty for the stabilization window")
+}
+
+// drainAndDelete removes a stage that is not the origin: it stops taking
+// viewers, is read again, and, if it is still empty, its replications are
+// stopped, the stage deleted in IVS and its records dropped. A viewer
+// seated between the caller's check and the drain keeps the stage (false).
+// The caller holds the broadcast's lock. A failure leaves the record
+// draining, and the next controller pass finishes the removal.
+func (s *Service) drainAndDelete(ctx context.Context, st store.Stage, reps []store.Replication, reason string) (bool, error) {
 	st.Draining = true
 	if err := s.store.PutStage(ctx, st); err != nil {
 		return false, err
@@ -477,33 +500,27 @@ func (s *Service) remove(ctx context.Context, v view, st store.Stage) (bool, err
 		}
 		return false, s.refreshReplica(ctx, cur)
 	}
-	s.log.Info("removing replica stage", "broadcast", v.broadcast.ID, "stage", st.Arn, "reason", "empty for the stabilization window")
-	for _, h := range v.hosts {
-		r, ok := v.reps[[2]string{h.ParticipantID, st.Arn}]
-		if !ok {
+	s.log.Info("removing stage", "broadcast", st.BroadcastID, "stage", st.Arn, "role", st.Role, "reason", reason)
+	for _, r := range reps {
+		if r.State != store.ReplActive && r.State != store.ReplStarting {
 			continue
 		}
-		if r.State == store.ReplActive || r.State == store.ReplStarting {
-			if err := s.ivs.StopReplication(ctx, r.SourceArn, r.DestArn, r.ParticipantID); err != nil && !errors.Is(err, ivs.ErrNotFound) {
-				s.log.Warn("stopping replication of a removed stage", "stage", st.Arn, "participant", r.ParticipantID, "error", err)
-			}
+		if err := s.ivs.StopReplication(ctx, r.SourceArn, r.DestArn, r.ParticipantID); err != nil && !errors.Is(err, ivs.ErrNotFound) {
+			s.log.Warn("stopping replication of a removed stage", "stage", st.Arn, "participant", r.ParticipantID, "error", err)
 		}
 	}
 	if err := s.ivs.DeleteStage(ctx, st.Arn); err != nil && !errors.Is(err, ivs.ErrNotFound) {
-		// Keep the record (draining) so that the next pass tries again.
 		return false, err
 	}
 	if _, err := s.store.DeleteStage(ctx, st.Arn); err != nil && !errors.Is(err, store.ErrNotFound) {
 		return false, err
 	}
-	for key, r := range v.reps {
-		if key[1] == st.Arn {
-			if err := s.store.DeleteReplication(ctx, r.BroadcastID, r.ParticipantID, r.DestArn); err != nil && !errors.Is(err, store.ErrNotFound) {
-				return false, err
-			}
+	for _, r := range reps {
+		if err := s.store.DeleteReplication(ctx, r.BroadcastID, r.ParticipantID, r.DestArn); err != nil && !errors.Is(err, store.ErrNotFound) {
+			return false, err
 		}
 	}
 	s.provisionStart.Delete(st.Arn)
-	s.log.Info("replica stage deleted", "broadcast", v.broadcast.ID, "stage", st.Arn)
+	s.log.Info("stage deleted", "broadcast", st.BroadcastID, "stage", st.Arn, "role", st.Role)
 	return true, nil
 }

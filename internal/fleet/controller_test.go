@@ -376,3 +376,24 @@ func TestCreateStageBackoff(t *testing.T) {
 		t.Fatalf("%d replica stages after the back-off; want the warm pool of 1", n)
 	}
 }
+
+// Replication into a replica stage follows the hosts: a manual stop, which
+// the next pass would undo, is refused and IVS is not called.
+func TestManualStopRefusedOnReplica(t *testing.T) {
+	svc, st, f, _ := controlled(t, fleet.Config{StageCapacity: 50, ScaleUpThreshold: 45, MinIdleStages: 1})
+	svc.Step(t.Context(), fleet.DefaultBroadcast)
+	reps := replicaStages(t, st)
+	if len(reps) != 1 {
+		t.Fatalf("%d replica stages; want the warm pool of 1", len(reps))
+	}
+	err := svc.StopReplication(t.Context(), fleet.Replication{SourceArn: origin, DestArn: reps[0].Arn, ParticipantID: hostID})
+	if !errors.Is(err, fleet.ErrForbidden) {
+		t.Fatalf("manual stop into a replica stage: %v; want ErrForbidden", err)
+	}
+	if _, stops, _ := f.counts(); stops != 0 {
+		t.Fatalf("%d StopParticipantReplication calls; want none", stops)
+	}
+	if _, err := st.GetReplication(t.Context(), fleet.DefaultBroadcast, hostID, reps[0].Arn); err != nil {
+		t.Fatalf("the replication record is gone: %v", err)
+	}
+}

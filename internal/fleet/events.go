@@ -144,11 +144,7 @@ func (s *Service) refreshOrigin(ctx context.Context, origin store.Stage) error {
 	if err != nil {
 		return failWrap(ErrUnavailable, err, "listing hosts")
 	}
-	live := false
-	for _, h := range hosts {
-		live = live || h.Publishing
-	}
-	return s.setSeatable(ctx, origin, live, "host publishing")
+	return s.setSeatable(ctx, origin, anyPublishing(hosts), "host publishing")
 }
 
 func (s *Service) replicationEvent(ctx context.Context, dest store.Stage, ev Event, started bool) (EventResult, error) {
@@ -217,8 +213,9 @@ func (s *Service) refreshReplica(ctx context.Context, dest store.Stage) error {
 	return s.setSeatable(ctx, dest, active && !dest.Draining, "host replication active")
 }
 
-// setSeatable writes even when st already says so: st may be stale when
-// events about one broadcast are handled concurrently.
+// setSeatable writes even when st already says so: the broadcast's lock is
+// this instance's, and another instance may have changed the stage since st
+// was read.
 func (s *Service) setSeatable(ctx context.Context, st store.Stage, seatable bool, why string) error {
 	if err := s.store.SetSeatable(ctx, st.Arn, seatable); err != nil {
 		return failWrap(ErrUnavailable, err, "updating stage %s", st.Arn)

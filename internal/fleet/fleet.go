@@ -93,12 +93,8 @@ type Service struct {
 	freed   *signal
 
 	kicks          *kicker
-	joins          sync.Map // broadcast id -> *meter
-	waiters        sync.Map // broadcast id -> *atomic.Int64
-	createFails    sync.Map // broadcast id -> *atomic.Int64
-	createAfter    sync.Map // broadcast id -> time.Time: no CreateStage before
-	locks          sync.Map // broadcast id -> *sync.Mutex
-	provisioning   ewma     // stage created -> host replication active
+	locals         sync.Map // broadcast id -> *local
+	provisioning   *ewma    // stage created -> host replication active
 	provisionStart sync.Map // stage ARN -> time.Time
 }
 
@@ -126,10 +122,10 @@ func New(cfg Config, st store.Store, i IVS, tokens token.Issuer, log *slog.Logge
 		now:    now,
 		freed:  newSignal(),
 		kicks:  newKicker(),
+		// Until measured, assume IVS's usual: a few seconds from
+		// CreateStage to an active replica.
+		provisioning: newEWMA(3 * time.Second),
 	}
-	// Until measured, assume IVS's usual: a few seconds from CreateStage
-	// to an active replica.
-	s.provisioning.value = 3 * time.Second
 	return s
 }
 
@@ -153,9 +149,6 @@ func (s *Service) expireSeats(ctx context.Context) {
 		}
 	}
 }
-
-// Ping checks the store.
-func (s *Service) Ping(ctx context.Context) error { return s.store.Ping(ctx) }
 
 // origin returns the broadcast's origin stage, creating it (tagged) on first
 // use. Concurrent first uses in this process share one creation; across
@@ -248,6 +241,16 @@ func ivsFailure(err error, format string, args ...any) *Error {
 // newParticipantID returns a random id (base32, 26 characters) that fits
 // IVS's participant id pattern.
 func newParticipantID() string { return rand.Text() }
+
+// anyPublishing says whether a host publishes: the broadcast is live.
+func anyPublishing(hosts []store.Host) bool {
+	for _, h := range hosts {
+		if h.Publishing {
+			return true
+		}
+	}
+	return false
+}
 
 // signal wakes every waiter when something they may be waiting for
 // happened (a seat freed, a stage opened).

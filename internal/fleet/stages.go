@@ -80,10 +80,11 @@ func (s *Service) Stage(ctx context.Context, arn string) (StageView, error) {
 
 // UpdateStage renames one of stagefleet's stages.
 func (s *Service) UpdateStage(ctx context.Context, arn, name string) (StageView, error) {
-	rec, err := s.record(ctx, arn)
+	rec, unlock, err := s.lockedRecord(ctx, arn)
 	if err != nil {
 		return StageView{}, err
 	}
+	defer unlock()
 	st, err := s.ivs.UpdateStage(ctx, arn, name)
 	if err != nil {
 		return StageView{}, ivsFailure(err, "renaming stage %s", arn)
@@ -95,36 +96,48 @@ func (s *Service) UpdateStage(ctx context.Context, arn, name string) (StageView,
 	return StageView{Stage: rec, ActiveSessionID: st.ActiveSessionID, Tags: st.Tags}, nil
 }
 
-// DeleteStage deletes a stage of stagefleet's. It refuses the origin and a
-// stage with seated viewers.
+// DeleteStage deletes a stage of stagefleet's, the way the controller
+// removes one (drain, re-check, delete). It refuses the origin and a stage
+// with seated viewers.
 func (s *Service) DeleteStage(ctx context.Context, arn string) error {
-	rec, err := s.record(ctx, arn)
+	rec, unlock, err := s.lockedRecord(ctx, arn)
 	if err != nil {
 		return err
 	}
+	defer unlock()
 	if rec.Role == store.RoleOrigin {
 		return fail(ErrForbidden, "stage %s is the origin of broadcast %s and cannot be deleted", arn, rec.BroadcastID)
 	}
 	if rec.Seats > 0 {
 		return fail(ErrForbidden, "stage %s has %d seated viewers; it can be deleted once it is empty", arn, rec.Seats)
 	}
-	if err := s.ivs.DeleteStage(ctx, arn); err != nil && !errors.Is(err, ivs.ErrNotFound) {
-		return ivsFailure(err, "deleting stage %s", arn)
-	}
-	if _, err := s.store.DeleteStage(ctx, arn); err != nil && !errors.Is(err, store.ErrNotFound) {
-		return failWrap(ErrUnavailable, err, "dropping the record of stage %s", arn)
-	}
 	reps, err := s.replicationsInto(ctx, rec)
 	if err != nil {
 		return err
 	}
-	for _, r := range reps {
-		if err := s.store.DeleteReplication(ctx, r.BroadcastID, r.ParticipantID, r.DestArn); err != nil && !errors.Is(err, store.ErrNotFound) {
-			return failWrap(ErrUnavailable, err, "dropping replication record")
-		}
+	deleted, err := s.drainAndDelete(ctx, rec, reps, "deleted through the API")
+	switch {
+	case err != nil:
+		return ivsFailure(err, "deleting stage %s", arn)
+	case !deleted:
+		return fail(ErrForbidden, "a viewer was seated on stage %s while it was being deleted; it is kept", arn)
 	}
-	s.log.Info("stage deleted", "broadcast", rec.BroadcastID, "stage", arn, "role", rec.Role)
 	return nil
+}
+
+// lockedRecord reads a stage record under its broadcast's lock, so that a
+// manual change does not race the controller. The caller releases it.
+func (s *Service) lockedRecord(ctx context.Context, arn string) (store.Stage, func(), error) {
+	rec, err := s.record(ctx, arn)
+	if err != nil {
+		return store.Stage{}, nil, err
+	}
+	unlock := s.lock(rec.BroadcastID)
+	if rec, err = s.record(ctx, arn); err != nil {
+		unlock()
+		return store.Stage{}, nil, err
+	}
+	return rec, unlock, nil
 }
 
 func (s *Service) replicationsInto(ctx context.Context, st store.Stage) ([]store.Replication, error) {
@@ -226,8 +239,13 @@ func (s *Service) StartReplication(ctx context.Context, r Replication) (store.Re
 	return rec, nil
 }
 
-// StopReplication stops a host replication by hand.
+// StopReplication stops a host replication by hand. Replication into the
+// controller's replica stages is not stopped this way: the controller
+// would start it again.
 func (s *Service) StopReplication(ctx context.Context, r Replication) error {
+	if dest, err := s.store.GetStage(ctx, r.DestArn); err == nil && dest.Role == store.RoleReplica {
+		return fail(ErrForbidden, "stage %s is a replica stage stagefleet manages: it replicates every host while it exists; it is removed when it empties", r.DestArn)
+	}
 	b := s.broadcastOf(ctx, r)
 	err := s.ivs.StopReplication(ctx, r.SourceArn, r.DestArn, r.ParticipantID)
 	_, gerr := s.store.GetReplication(ctx, b, r.ParticipantID, r.DestArn)

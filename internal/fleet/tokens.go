@@ -86,7 +86,7 @@ func (s *Service) ViewerToken(ctx context.Context, broadcastID, userID, stageArn
 		return IssuedToken{}, err
 	}
 	if seat.ParticipantID == req.ParticipantID {
-		s.joinMeter(broadcastID).add(s.now())
+		s.local(broadcastID).joins.add(s.now())
 		s.kicks.kick(broadcastID)
 	}
 	tok, err := s.tokens.Issue(ctx, token.Request{
@@ -121,43 +121,19 @@ func (s *Service) ViewerToken(ctx context.Context, broadcastID, userID, stageArn
 // reserve takes a seat, waiting up to SeatWait while every seat is taken.
 func (s *Service) reserve(ctx context.Context, req store.SeatRequest) (store.Seat, error) {
 	deadline := s.now().Add(s.cfg.SeatWait)
-	counted := false
-	for {
-		wake := s.freed.wait()
-		req.Now = s.now()
-		seat, err := s.store.ReserveSeat(ctx, req)
-		switch {
-		case err == nil:
-			return seat, nil
-		case errors.Is(err, store.ErrNotLive):
-			return store.Seat{}, fail(ErrNotLive, "broadcast %s has no live host; try again when the host is publishing", req.BroadcastID)
-		case errors.Is(err, store.ErrNotFound):
-			return store.Seat{}, fail(ErrNotFound, "stage %s is not a stage of broadcast %s", req.StageArn, req.BroadcastID)
-		case errors.Is(err, store.ErrNotEligible):
-			return store.Seat{}, fail(ErrNotFound, "stage %s does not take viewers now (it is not the origin or a replica with an active host replication)", req.StageArn)
-		case !errors.Is(err, store.ErrFull):
-			return store.Seat{}, failWrap(ErrUnavailable, err, "taking a seat")
-		}
-		if !counted {
-			counted = true
-			s.waiting(req.BroadcastID).Add(1)
-			defer s.waiting(req.BroadcastID).Add(-1)
-		}
+	wake := s.freed.wait()
+	seat, full, err := s.tryReserve(ctx, req)
+	if !full {
+		return seat, err
+	}
+	waiting := &s.local(req.BroadcastID).waiting
+	waiting.Add(1)
+	defer waiting.Add(-1)
+	for full {
 		s.kicks.kick(req.BroadcastID)
 		left := deadline.Sub(s.now())
 		if left <= 0 {
-			if s.atStageLimit(ctx, req.BroadcastID) {
-				return store.Seat{}, &Error{
-					Kind:       ErrStageLimit,
-					Msg:        "broadcast " + req.BroadcastID + " is full and has reached its limit of stages (MAX_STAGES); try again later",
-					RetryAfter: max(s.cfg.SeatWait, time.Second),
-				}
-			}
-			return store.Seat{}, &Error{
-				Kind:       ErrStageFull,
-				Msg:        "every stage of broadcast " + req.BroadcastID + " is full; try again shortly",
-				RetryAfter: max(s.cfg.SeatWait, time.Second),
-			}
+			return store.Seat{}, s.noSeat(ctx, req.BroadcastID)
 		}
 		// Seats freed by another instance do not wake us: poll as well.
 		poll := time.NewTimer(min(left, 100*time.Millisecond))
@@ -169,6 +145,46 @@ func (s *Service) reserve(ctx context.Context, req store.SeatRequest) (store.Sea
 		case <-poll.C:
 		}
 		poll.Stop()
+		wake = s.freed.wait()
+		seat, full, err = s.tryReserve(ctx, req)
+	}
+	return seat, err
+}
+
+// tryReserve makes one attempt at a seat; full says every seat is taken.
+func (s *Service) tryReserve(ctx context.Context, req store.SeatRequest) (seat store.Seat, full bool, err error) {
+	req.Now = s.now()
+	seat, err = s.store.ReserveSeat(ctx, req)
+	switch {
+	case err == nil:
+		return seat, false, nil
+	case errors.Is(err, store.ErrFull):
+		return store.Seat{}, true, nil
+	case errors.Is(err, store.ErrNotLive):
+		return store.Seat{}, false, fail(ErrNotLive, "broadcast %s has no live host; try again when the host is publishing", req.BroadcastID)
+	case errors.Is(err, store.ErrNotFound):
+		return store.Seat{}, false, fail(ErrNotFound, "stage %s is not a stage of broadcast %s", req.StageArn, req.BroadcastID)
+	case errors.Is(err, store.ErrNotEligible):
+		return store.Seat{}, false, fail(ErrNotFound, "stage %s does not take viewers now (it is not the origin or a replica with an active host replication)", req.StageArn)
+	}
+	return store.Seat{}, false, failWrap(ErrUnavailable, err, "taking a seat")
+}
+
+// noSeat is the answer to a viewer that waited SeatWait in vain: the
+// broadcast is at MAX_STAGES, or every stage is full for now.
+func (s *Service) noSeat(ctx context.Context, broadcastID string) error {
+	retry := max(s.cfg.SeatWait, time.Second)
+	if stages, err := s.store.ListStages(ctx, broadcastID); err == nil && managed(stages) >= s.cfg.MaxStages {
+		return &Error{
+			Kind:       ErrStageLimit,
+			Msg:        "broadcast " + broadcastID + " is full and has reached its limit of stages (MAX_STAGES); try again later",
+			RetryAfter: retry,
+		}
+	}
+	return &Error{
+		Kind:       ErrStageFull,
+		Msg:        "every stage of broadcast " + broadcastID + " is full; try again shortly",
+		RetryAfter: retry,
 	}
 }
 
@@ -231,19 +247,4 @@ func (s *Service) Rejoin(ctx context.Context, broadcastID, userID, stageArn stri
 		return IssuedToken{}, failWrap(ErrUnavailable, err, "freeing the old seat")
 	}
 	return s.ViewerToken(ctx, broadcastID, userID, stageArn)
-}
-
-// atStageLimit says whether a broadcast has as many stages as it may.
-func (s *Service) atStageLimit(ctx context.Context, broadcastID string) bool {
-	stages, err := s.store.ListStages(ctx, broadcastID)
-	if err != nil {
-		return false
-	}
-	n := 0
-	for _, st := range stages {
-		if st.Role != store.RoleManual {
-			n++
-		}
-	}
-	return n >= s.cfg.MaxStages
 }
