@@ -547,103 +547,100 @@ func (s *server) publisherInfo(w http.ResponseWriter, r *http.Request) *apiError
 	return nil
 }
 
-// broadcastStats gathers every broadcast's stages, seats and hosts.
-func (s *server) broadcastStats(r *http.Request) ([]fleet.StageView, []store.Host, error) {
+// fleetStats is every broadcast's stages and hosts, for /api/stats*.
+type fleetStats struct {
+	broadcasts int
+	stages     []fleet.StageView
+	hosts      []store.Host
+	// publishing counts the hosts publishing now.
+	publishing int
+}
+
+func (s *server) fleetStats(r *http.Request) (fleetStats, error) {
 	bs, err := s.fleet.Broadcasts(r.Context())
 	if err != nil {
-		return nil, nil, err
+		return fleetStats{}, err
 	}
-	var stages []fleet.StageView
-	var hosts []store.Host
+	st := fleetStats{broadcasts: len(bs)}
 	for _, b := range bs {
 		v, err := s.fleet.Stages(r.Context(), b.ID)
 		if err != nil {
-			return nil, nil, err
+			return fleetStats{}, err
 		}
 		h, err := s.fleet.Hosts(r.Context(), b.ID)
 		if err != nil {
-			return nil, nil, err
+			return fleetStats{}, err
 		}
-		stages = append(stages, v...)
-		hosts = append(hosts, h...)
+		st.stages = append(st.stages, v...)
+		st.hosts = append(st.hosts, h...)
 	}
-	return stages, hosts, nil
+	for _, h := range st.hosts {
+		if h.Publishing {
+			st.publishing++
+		}
+	}
+	return st, nil
 }
 
 func (s *server) stats(w http.ResponseWriter, r *http.Request) *apiError {
-	stages, hosts, err := s.broadcastStats(r)
+	st, err := s.fleetStats(r)
 	if err != nil {
 		return s.fail(err)
 	}
-	bs, err := s.fleet.Broadcasts(r.Context())
-	if err != nil {
-		return s.fail(err)
-	}
-	viewers, capacity, publishing := 0, 0, 0
-	for _, st := range stages {
-		viewers += st.Seats
-		if st.Seatable {
-			capacity += st.Capacity
-		}
-	}
-	for _, h := range hosts {
-		if h.Publishing {
-			publishing++
+	viewers, capacity := 0, 0
+	for _, v := range st.stages {
+		viewers += v.Seats
+		if v.Seatable {
+			capacity += v.Capacity
 		}
 	}
 	ok(w, http.StatusOK, map[string]any{
-		"broadcasts":      len(bs),
-		"stages":          len(stages),
+		"broadcasts":      st.broadcasts,
+		"stages":          len(st.stages),
 		"viewers":         viewers,
 		"seatCapacity":    capacity,
-		"hosts":           len(hosts),
-		"publishingHosts": publishing,
+		"hosts":           len(st.hosts),
+		"publishingHosts": st.publishing,
 	}, "")
 	return nil
 }
 
 func (s *server) statsViewers(w http.ResponseWriter, r *http.Request) *apiError {
-	stages, _, err := s.broadcastStats(r)
+	st, err := s.fleetStats(r)
 	if err != nil {
 		return s.fail(err)
 	}
 	byStage := map[string]int{}
 	total := 0
-	for _, st := range stages {
-		byStage[st.Arn] = st.Seats
-		total += st.Seats
+	for _, v := range st.stages {
+		byStage[v.Arn] = v.Seats
+		total += v.Seats
 	}
 	ok(w, http.StatusOK, map[string]any{"total": total, "byStage": byStage}, "")
 	return nil
 }
 
 func (s *server) statsStages(w http.ResponseWriter, r *http.Request) *apiError {
-	stages, _, err := s.broadcastStats(r)
+	st, err := s.fleetStats(r)
 	if err != nil {
 		return s.fail(err)
 	}
 	byRole := map[store.Role]int{}
-	list := make([]stageData, len(stages))
-	for i, st := range stages {
-		byRole[st.Role]++
-		list[i] = stageOf(st)
+	list := make([]stageData, len(st.stages))
+	for i, v := range st.stages {
+		byRole[v.Role]++
+		list[i] = stageOf(v)
 	}
-	ok(w, http.StatusOK, map[string]any{"total": len(stages), "byRole": byRole, "stages": list}, "")
+	ok(w, http.StatusOK, map[string]any{"total": len(st.stages), "byRole": byRole, "stages": list}, "")
 	return nil
 }
 
 func (s *server) statsPublisher(w http.ResponseWriter, r *http.Request) *apiError {
-	_, hosts, err := s.broadcastStats(r)
+	st, err := s.fleetStats(r)
 	if err != nil {
 		return s.fail(err)
 	}
-	publishing := 0
-	for _, h := range hosts {
-		if h.Publishing {
-			publishing++
-		}
-	}
-	ok(w, http.StatusOK, map[string]any{"hosts": hostsOf(hosts), "total": len(hosts), "publishing": publishing}, "")
+	ok(w, http.StatusOK, map[string]any{"hosts": hostsOf(st.hosts), "total": len(st.hosts), "publishing": st.publishing}, "")
 	return nil
 }
 

@@ -9,10 +9,10 @@ import (
 	"unicode/utf8"
 
 	"github.com/stagefleet/stagefleet/internal/fleet"
+	"github.com/stagefleet/stagefleet/internal/ivs"
 )
 
 var (
-	stageArnPattern    = regexp.MustCompile(`^arn:aws:ivs:[a-z0-9-]+:[0-9]+:stage/[a-zA-Z0-9-]+$`)
 	broadcastIDPattern = regexp.MustCompile(`^[a-zA-Z0-9_-]{1,64}$`)
 	participantPattern = regexp.MustCompile(`^[a-zA-Z0-9-]{1,64}$`)
 	stageNamePattern   = regexp.MustCompile(`^[a-zA-Z0-9_-]{1,128}$`)
@@ -55,7 +55,7 @@ func (c *check) stageArn(name, v string, required bool) {
 	if v == "" && !required {
 		return
 	}
-	if c.required(name, v) && !stageArnPattern.MatchString(v) {
+	if c.required(name, v) && !ivs.StageArnPattern.MatchString(v) {
 		c.problem("%s must be a stage ARN such as arn:aws:ivs:us-east-1:123456789012:stage/AbCdEf123456", name)
 	}
 }
@@ -103,7 +103,7 @@ func pathArn(raw string) (string, *apiError) {
 		}
 		v = u
 	}
-	if !stageArnPattern.MatchString(v) {
+	if !ivs.StageArnPattern.MatchString(v) {
 		return "", badRequest("the path must end with a stage ARN such as arn:aws:ivs:us-east-1:123456789012:stage/AbCdEf123456 (raw or percent-encoded)")
 	}
 	return v, nil

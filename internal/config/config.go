@@ -16,6 +16,8 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
+
+	"github.com/stagefleet/stagefleet/internal/ivs"
 )
 
 // IVS modes.
@@ -105,14 +107,14 @@ var settings = []setting{
 			c.MasterStageArn = ""
 			return nil
 		}
-		return match(&c.MasterStageArn, v, stageArnPattern, "a stage ARN such as arn:aws:ivs:us-east-1:123456789012:stage/AbCdEf123456")
+		return match(&c.MasterStageArn, v, ivs.StageArnPattern, "a stage ARN such as arn:aws:ivs:us-east-1:123456789012:stage/AbCdEf123456")
 	}},
 	{"IVS_TOKEN_KEY_ARN", "", "ARN of the public key registered with ImportPublicKey for self-signed tokens (aws mode)", func(c *Config, v string) error {
 		if v == "" {
 			c.TokenKeyArn = ""
 			return nil
 		}
-		return match(&c.TokenKeyArn, v, publicKeyArnPattern, "a public key ARN such as arn:aws:ivs:us-east-1:123456789012:public-key/AbCdEf123456")
+		return match(&c.TokenKeyArn, v, ivs.PublicKeyArnPattern, "a public key ARN such as arn:aws:ivs:us-east-1:123456789012:public-key/AbCdEf123456")
 	}},
 	{"IVS_TOKEN_PRIVATE_KEY_FILE", "", "PEM file of the matching ECDSA P-384 private key (aws mode)", func(c *Config, v string) error { c.TokenPrivateKeyFile = v; return nil }},
 	{"PUBLISHER_TOKEN_TTL", "4h", "lifetime of host tokens", func(c *Config, v string) error {
@@ -172,11 +174,7 @@ var settings = []setting{
 	}},
 }
 
-var (
-	regionPattern       = regexp.MustCompile(`^[a-z]{2}(-[a-z]+)+-\d$`)
-	stageArnPattern     = regexp.MustCompile(`^arn:aws:ivs:[a-z0-9-]+:[0-9]+:stage/[a-zA-Z0-9-]+$`)
-	publicKeyArnPattern = regexp.MustCompile(`^arn:aws:ivs:[a-z0-9-]+:[0-9]+:public-key/[a-zA-Z0-9-]+$`)
-)
+var regionPattern = regexp.MustCompile(`^[a-z]{2}(-[a-z]+)+-\d$`)
 
 // serveOwned are embedded emulator flags that serve sets from its own
 // settings: accepting them would let them be silently overridden.

@@ -62,14 +62,17 @@ func (s *Service) reconcileBroadcast(ctx context.Context, b store.Broadcast, lis
 		}
 		freed, err := s.store.DeleteStage(ctx, st.Arn)
 		if err != nil && !errors.Is(err, store.ErrNotFound) {
-			return err
+			return fmt.Errorf("dropping the record of %s: %w", st.Arn, err)
 		}
 		s.log.Warn("stage gone from IVS; record dropped", "broadcast", b.ID, "stage", st.Arn, "role", st.Role, "seats_freed", len(freed))
 	}
 	if err := s.reconcileHosts(ctx, b); err != nil {
-		return err
+		return fmt.Errorf("reading hosts back from IVS: %w", err)
 	}
-	return s.reconcileReplications(ctx, b)
+	if err := s.reconcileReplications(ctx, b); err != nil {
+		return fmt.Errorf("reading replications back from IVS: %w", err)
+	}
+	return nil
 }
 
 // reconcileHosts reads the origin's participants: a host connected and

@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"regexp"
 	"strings"
 	"time"
 
@@ -19,6 +20,13 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/stagefleet/stagefleet/internal/token"
+)
+
+// The formats of IVS real-time's ARNs (the service model's patterns, in
+// full), for callers that validate input before it reaches IVS.
+var (
+	StageArnPattern     = regexp.MustCompile(`^arn:aws:ivs:[a-z0-9-]+:[0-9]+:stage/[a-zA-Z0-9-]+$`)
+	PublicKeyArnPattern = regexp.MustCompile(`^arn:aws:ivs:[a-z0-9-]+:[0-9]+:public-key/[a-zA-Z0-9-]+$`)
 )
 
 // Errors of IVS calls, for errors.Is.
