@@ -190,23 +190,50 @@ func TestConvergesWithoutEvents(t *testing.T) {
 	a.checkNoLeaks(t, "default")
 }
 
-// TestConvergesUnderFaults: with duplicated, reordered events, 20% of IVS
-// calls failing and default quotas throttling, the fleet still converges:
-// every replica stage has exactly one active replication of the host, and
-// no stage leaks.
+// TestConvergesUnderFaults: with duplicated, reordered events, 20% of all
+// IVS calls failing with errors the SDK retries, default quotas throttling,
+// and StartParticipantReplication failing with an error the SDK does not
+// retry (every call at first, then 20%), which the fleet must back off from
+// and retry, the fleet still converges: every replica stage has exactly one
+// active replication of the host, and no stage leaks.
 func TestConvergesUnderFaults(t *testing.T) {
 	t.Parallel()
 	a := startApp(t, map[string]string{
 		"MIN_IDLE_STAGES":    "3",
 		"RECONCILE_INTERVAL": "500ms",
 	})
-	host := a.goLive(t, "default", "host-1")
+	inject := func(f map[string]any) {
+		t.Helper()
+		if status, raw := a.emuPost(t, "/_emulator/faults", f); status != http.StatusOK {
+			t.Fatalf("inject fault %v: %d %s", f, status, raw)
+		}
+	}
 	if status, raw := a.emuPost(t, "/_emulator/events", map[string]any{"duplicateRate": 0.5, "reorderWindowMs": 300}); status != http.StatusOK {
 		t.Fatalf("perturb events: %d %s", status, raw)
 	}
-	if status, raw := a.emuPost(t, "/_emulator/faults", map[string]any{"operation": "*", "errorRate": 0.2, "errorType": "InternalServerException"}); status != http.StatusOK {
-		t.Fatalf("inject faults: %d %s", status, raw)
+	inject(map[string]any{"operation": "*", "errorRate": 0.2, "errorType": "InternalServerException"})
+	inject(map[string]any{"operation": "StartParticipantReplication", "errorRate": 1, "errorType": "AccessDeniedException"})
+	// The origin is created under the faults too: a client retries a 500.
+	var host tokenData
+	for attempt := 1; ; attempt++ {
+		r := a.call(t, "POST", "/api/token/publisher", map[string]any{"userId": "host-1"})
+		if r.Status == http.StatusOK {
+			host = dataOf[tokenData](t, r)
+			break
+		}
+		if attempt == 20 {
+			t.Fatalf("no host token in 20 attempts: %s", r)
+		}
 	}
+	j := a.join(t, host.Token)
+	a.publish(t, j.StageArn, j.ParticipantID)
+	a.waitLive(t, "default", host.StageArn)
+	eventually(t, 10*time.Second, func() (bool, string) {
+		n := a.emuState(t).Counters["StartParticipantReplication"].Faults
+		return n >= 3, fmt.Sprintf("%d failed replication starts; want one per warm replica stage", n)
+	})
+	inject(map[string]any{"operation": "StartParticipantReplication", "errorRate": 0.2, "errorType": "AccessDeniedException"})
+
 	a.waitReplicated(t, "default", host.ParticipantID, 3)
 	// Let the fleet settle with the faults still on, then check again.
 	time.Sleep(time.Second)

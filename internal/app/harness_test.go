@@ -431,6 +431,9 @@ type emuState struct {
 		Delivered int `json:"delivered"`
 		Failed    int `json:"failed"`
 	} `json:"events"`
+	Counters map[string]struct {
+		Faults int `json:"faults"`
+	} `json:"counters"`
 }
 
 func (a *testApp) emuState(t *testing.T) emuState {

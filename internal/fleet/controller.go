@@ -137,15 +137,23 @@ func (s *Service) lock(broadcastID string) func() {
 
 // Run does the fleet's background work until ctx ends: seat expiry, the
 // controller's passes on signals and on a short tick, and reconciliation
-// with IVS every ReconcileInterval.
+// with IVS every ReconcileInterval. Each runs in its own goroutine: reconciliation reads all of IVS and may
+// be slow (throttling, retries), and must not hold up scale-up.
 func (s *Service) Run(ctx context.Context) {
 	var wg sync.WaitGroup
 	defer wg.Wait()
-	wg.Go(func() { s.expireLoop(ctx) })
+	wg.Go(func() {
+		every(ctx, max(s.cfg.HeartbeatTimeout/10, 100*time.Millisecond), s.expireSeats)
+	})
+	wg.Go(func() {
+		every(ctx, s.cfg.ReconcileInterval, func(ctx context.Context) {
+			if err := s.Reconcile(ctx); err != nil && ctx.Err() == nil {
+				s.log.Warn("reconcile failed", "error", err)
+			}
+		})
+	})
 	scale := time.NewTicker(s.cfg.ScaleInterval)
 	defer scale.Stop()
-	reconcile := time.NewTicker(s.cfg.ReconcileInterval)
-	defer reconcile.Stop()
 	for {
 		select {
 		case <-ctx.Done():
@@ -156,23 +164,20 @@ func (s *Service) Run(ctx context.Context) {
 			}
 		case <-scale.C:
 			s.stepAll(ctx)
-		case <-reconcile.C:
-			if err := s.Reconcile(ctx); err != nil && ctx.Err() == nil {
-				s.log.Warn("reconcile failed", "error", err)
-			}
 		}
 	}
 }
 
-func (s *Service) expireLoop(ctx context.Context) {
-	t := time.NewTicker(max(s.cfg.HeartbeatTimeout/10, 100*time.Millisecond))
+// every runs f every interval until ctx ends.
+func every(ctx context.Context, interval time.Duration, f func(context.Context)) {
+	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			s.expireSeats(ctx)
+			f(ctx)
 		}
 	}
 }
@@ -347,7 +352,9 @@ func (s *Service) provision(ctx context.Context, v view) error {
 	if err != nil {
 		return err
 	}
-	rec := store.Stage{Arn: st.Arn, BroadcastID: b, Role: store.RoleReplica, Name: st.Name, Capacity: s.cfg.StageCapacity, CreatedAt: started}
+	// CreatedAt is when the stage is known to exist in IVS: reconcile
+	// trusts an IVS listing that began later to show it.
+	rec := store.Stage{Arn: st.Arn, BroadcastID: b, Role: store.RoleReplica, Name: st.Name, Capacity: s.cfg.StageCapacity, CreatedAt: s.now()}
 	if err := s.store.PutStage(ctx, rec); err != nil {
 		if derr := s.ivs.DeleteStage(context.WithoutCancel(ctx), st.Arn); derr != nil {
 			s.log.Error("deleting unrecorded replica stage", "stage", st.Arn, "error", derr)

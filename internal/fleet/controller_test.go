@@ -53,6 +53,9 @@ type fakeIVS struct {
 	deleteFails int
 	createErr   error
 	creates     int
+	// publishing holds the participants the origin's session shows as
+	// connected and published.
+	publishing map[string]bool
 }
 
 func newFakeIVS() *fakeIVS {
@@ -78,6 +81,9 @@ func (f *fakeIVS) GetStage(_ context.Context, arn string) (ivs.Stage, error) {
 	st, ok := f.stages[arn]
 	if !ok {
 		return ivs.Stage{}, &ivs.Error{Op: "GetStage", Kind: ivs.ErrNotFound, Err: errors.New("no such stage")}
+	}
+	if arn == origin && len(f.publishing) > 0 {
+		st.ActiveSessionID = "st-FakeSession01"
 	}
 	return st, nil
 }
@@ -142,7 +148,13 @@ func (f *fakeIVS) ListReplicas(_ context.Context, source, participantID string) 
 }
 
 func (f *fakeIVS) ListParticipants(context.Context, string, string) ([]ivs.Participant, error) {
-	return nil, nil
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var out []ivs.Participant
+	for id := range f.publishing {
+		out = append(out, ivs.Participant{ID: id, Connected: true, Published: true})
+	}
+	return out, nil
 }
 
 func (f *fakeIVS) counts() (starts, stops int, deletes []string) {
@@ -395,5 +407,53 @@ func TestManualStopRefusedOnReplica(t *testing.T) {
 	}
 	if _, err := st.GetReplication(t.Context(), fleet.DefaultBroadcast, hostID, reps[0].Arn); err != nil {
 		t.Fatalf("the replication record is gone: %v", err)
+	}
+}
+
+// With every event lost, one reconcile repairs it all: the host found
+// publishing in IVS, its replication started and read back active, the
+// origin and the replica taking viewers.
+func TestOneReconcileConverges(t *testing.T) {
+	svc, st, f, _ := controlled(t, fleet.Config{StageCapacity: 50, ScaleUpThreshold: 45, MinIdleStages: 1})
+	ctx := t.Context()
+	// The host is recorded as not publishing (its Published event lost),
+	// the origin not taking viewers.
+	h, err := st.GetHost(ctx, fleet.DefaultBroadcast, hostID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.Publishing = false
+	if err := st.PutHost(ctx, h); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.SetSeatable(ctx, origin, false); err != nil {
+		t.Fatal(err)
+	}
+	svc.Step(ctx, fleet.DefaultBroadcast)
+	reps := replicaStages(t, st)
+	if len(reps) != 1 {
+		t.Fatalf("%d replica stages; want the warm pool of 1", len(reps))
+	}
+	if starts, _, _ := f.counts(); starts != 0 {
+		t.Fatalf("%d replication starts for a host not known to publish", starts)
+	}
+	f.mu.Lock()
+	f.publishing = map[string]bool{hostID: true}
+	f.mu.Unlock()
+
+	if err := svc.Reconcile(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if h, _ := st.GetHost(ctx, fleet.DefaultBroadcast, hostID); !h.Publishing {
+		t.Error("the host publishing in IVS is not marked publishing")
+	}
+	r, err := st.GetReplication(ctx, fleet.DefaultBroadcast, hostID, reps[0].Arn)
+	if err != nil || r.State != store.ReplActive {
+		t.Errorf("replication after one reconcile: %+v, %v; want active", r, err)
+	}
+	for _, arn := range []string{origin, reps[0].Arn} {
+		if s, _ := st.GetStage(ctx, arn); !s.Seatable {
+			t.Errorf("stage %s does not take viewers after one reconcile", arn)
+		}
 	}
 }

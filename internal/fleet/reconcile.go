@@ -13,8 +13,8 @@ import (
 // Reconcile compares the store with IVS, the source of truth, and repairs
 // the store: records whose stage is gone are dropped (freeing their seats),
 // tagged stages without a record are adopted or deleted, hosts are marked
-// publishing or gone from the origin's participants, and replication states
-// are read back from IVS. Every broadcast then gets a controller pass.
+// publishing or gone from the origin's participants, a controller pass acts
+// on that, and replication states are read back from IVS.
 func (s *Service) Reconcile(ctx context.Context) error {
 	listed := s.now()
 	tagged, err := s.ivs.ListStages(ctx, func(st ivs.Stage) bool { return st.Tags[TagBroadcast] != "" })
@@ -38,25 +38,65 @@ func (s *Service) Reconcile(ctx context.Context) error {
 	for _, st := range tagged {
 		if !known[st.Arn] {
 			s.adopt(ctx, st)
+			s.kicks.kick(st.Tags[TagBroadcast])
 		}
-	}
-	for _, b := range bs {
-		s.kicks.kick(b.ID)
 	}
 	return nil
 }
 
+// reconcileBroadcast repairs one broadcast. IVS is read without the
+// broadcast's lock (a read may be slow under throttling or retries, and the
+// controller and the event handler must not wait for it); what it shows is
+// applied under the lock.
 func (s *Service) reconcileBroadcast(ctx context.Context, b store.Broadcast, listed time.Time, inIVS map[string]ivs.Stage, known map[string]bool) error {
+	if err := s.dropGone(ctx, b, listed, inIVS, known); err != nil {
+		return err
+	}
+	// What IVS shows is true as of before the calls: an event newer than
+	// that still wins.
+	seen := s.now()
+	present, err := s.originParticipants(ctx, b)
+	if err != nil {
+		return fmt.Errorf("reading hosts back from IVS: %w", err)
+	}
+	unlock := s.lock(b.ID)
+	err = s.applyHosts(ctx, b, present, seen)
+	if err == nil {
+		// Act on what was repaired (a host found publishing gets its
+		// replications started) before reading replications back, so
+		// that one reconcile converges where IVS is quick to answer.
+		err = s.step(ctx, b.ID)
+	}
+	unlock()
+	if err != nil {
+		return fmt.Errorf("repairing hosts: %w", err)
+	}
+	active, err := s.activeReplicas(ctx, b)
+	if err != nil {
+		return fmt.Errorf("reading replications back from IVS: %w", err)
+	}
+	unlock = s.lock(b.ID)
+	defer unlock()
+	if err := s.applyReplicas(ctx, b, active); err != nil {
+		return fmt.Errorf("repairing replications: %w", err)
+	}
+	return nil
+}
+
+// dropGone drops the records of the broadcast's stages that IVS no longer
+// has, freeing their seats, and notes every recorded stage in known.
+func (s *Service) dropGone(ctx context.Context, b store.Broadcast, listed time.Time, inIVS map[string]ivs.Stage, known map[string]bool) error {
 	unlock := s.lock(b.ID)
 	defer unlock()
 	stages, err := s.store.ListStages(ctx, b.ID)
 	if err != nil {
-		return err
+		return fmt.Errorf("listing stage records: %w", err)
 	}
 	for _, st := range stages {
 		known[st.Arn] = true
 		// A configured origin (MASTER_STAGE_ARN) carries no tags of ours;
-		// a stage recorded after IVS was listed is not in the listing.
+		// a stage recorded after the listing began (CreatedAt is set once
+		// CreateStage has returned) may be missing from it.
 		if _, ok := inIVS[st.Arn]; ok || st.Arn == s.cfg.OriginArn || st.CreatedAt.After(listed) {
 			continue
 		}
@@ -66,38 +106,36 @@ func (s *Service) reconcileBroadcast(ctx context.Context, b store.Broadcast, lis
 		}
 		s.log.Warn("stage gone from IVS; record dropped", "broadcast", b.ID, "stage", st.Arn, "role", st.Role, "seats_freed", len(freed))
 	}
-	if err := s.reconcileHosts(ctx, b); err != nil {
-		return fmt.Errorf("reading hosts back from IVS: %w", err)
-	}
-	if err := s.reconcileReplications(ctx, b); err != nil {
-		return fmt.Errorf("reading replications back from IVS: %w", err)
-	}
 	return nil
 }
 
-// reconcileHosts reads the origin's participants: a host connected and
-// published is publishing, one disconnected or absent is not. Lost
-// Published/Unpublished events are repaired here.
-func (s *Service) reconcileHosts(ctx context.Context, b store.Broadcast) error {
-	// What IVS shows is true as of before the calls: an event newer than
-	// that still wins.
-	seen := s.now()
+// originParticipants returns the non-replica participants of the origin's
+// active session, by id.
+func (s *Service) originParticipants(ctx context.Context, b store.Broadcast) (map[string]ivs.Participant, error) {
 	origin, err := s.ivs.GetStage(ctx, b.OriginArn)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	present := map[string]ivs.Participant{}
-	if origin.ActiveSessionID != "" {
-		ps, err := s.ivs.ListParticipants(ctx, b.OriginArn, origin.ActiveSessionID)
-		if err != nil {
-			return err
-		}
-		for _, p := range ps {
-			if !p.Replica {
-				present[p.ID] = p
-			}
+	if origin.ActiveSessionID == "" {
+		return present, nil
+	}
+	ps, err := s.ivs.ListParticipants(ctx, b.OriginArn, origin.ActiveSessionID)
+	if err != nil {
+		return nil, err
+	}
+	for _, p := range ps {
+		if !p.Replica {
+			present[p.ID] = p
 		}
 	}
+	return present, nil
+}
+
+// applyHosts marks a host connected and published in the origin as
+// publishing, one disconnected or absent as not: lost Published and
+// Unpublished events are repaired here.
+func (s *Service) applyHosts(ctx context.Context, b store.Broadcast, present map[string]ivs.Participant, seen time.Time) error {
 	hosts, err := s.store.ListHosts(ctx, b.ID)
 	if err != nil {
 		return err
@@ -105,10 +143,7 @@ func (s *Service) reconcileHosts(ctx context.Context, b store.Broadcast) error {
 	for _, h := range hosts {
 		p, ok := present[h.ParticipantID]
 		publishing := ok && p.Connected && p.Published
-		if publishing == h.Publishing {
-			continue
-		}
-		if h.EventTime.After(seen) {
+		if publishing == h.Publishing || h.EventTime.After(seen) {
 			continue
 		}
 		h.Publishing = publishing
@@ -125,44 +160,50 @@ func (s *Service) reconcileHosts(ctx context.Context, b store.Broadcast) error {
 	return s.refreshOrigin(ctx, rec)
 }
 
-// reconcileReplications reads each host's replicas back from IVS.
-func (s *Service) reconcileReplications(ctx context.Context, b store.Broadcast) error {
+// activeReplicas reads from IVS which replications of the broadcast's hosts
+// are active.
+func (s *Service) activeReplicas(ctx context.Context, b store.Broadcast) (map[replKey]bool, error) {
 	hosts, err := s.store.ListHosts(ctx, b.ID)
 	if err != nil {
-		return err
+		return nil, err
 	}
+	active := map[replKey]bool{}
+	for _, h := range hosts {
+		replicas, err := s.ivs.ListReplicas(ctx, b.OriginArn, h.ParticipantID)
+		if err != nil {
+			return nil, err
+		}
+		for _, r := range replicas {
+			if r.Active {
+				active[replKey{h.ParticipantID, r.DestArn}] = true
+			}
+		}
+	}
+	return active, nil
+}
+
+// applyReplicas sets each replication record to what IVS shows, and the
+// stages' seating with them.
+func (s *Service) applyReplicas(ctx context.Context, b store.Broadcast, active map[replKey]bool) error {
 	reps, err := s.store.ListReplications(ctx, b.ID)
 	if err != nil {
 		return err
 	}
-	for _, h := range hosts {
-		replicas, err := s.ivs.ListReplicas(ctx, b.OriginArn, h.ParticipantID)
-		if err != nil {
+	for _, r := range reps {
+		want := r.State
+		switch {
+		case active[replKey{r.ParticipantID, r.DestArn}]:
+			want = store.ReplActive
+		case r.State == store.ReplActive:
+			want = store.ReplStopped
+		}
+		if want == r.State {
+			continue
+		}
+		s.log.Info("replication state repaired from IVS", "broadcast", b.ID, "stage", r.DestArn, "participant", r.ParticipantID, "from", r.State, "to", want)
+		r.State, r.Reason, r.UpdatedAt = want, "", s.now()
+		if err := s.store.PutReplication(ctx, r); err != nil {
 			return err
-		}
-		active := map[string]bool{}
-		for _, r := range replicas {
-			active[r.DestArn] = active[r.DestArn] || r.Active
-		}
-		for _, r := range reps {
-			if r.ParticipantID != h.ParticipantID {
-				continue
-			}
-			want := r.State
-			switch {
-			case active[r.DestArn]:
-				want = store.ReplActive
-			case r.State == store.ReplActive:
-				want = store.ReplStopped
-			}
-			if want == r.State {
-				continue
-			}
-			s.log.Info("replication state repaired from IVS", "broadcast", b.ID, "stage", r.DestArn, "participant", r.ParticipantID, "from", r.State, "to", want)
-			r.State, r.Reason, r.UpdatedAt = want, "", s.now()
-			if err := s.store.PutReplication(ctx, r); err != nil {
-				return err
-			}
 		}
 	}
 	stages, err := s.store.ListStages(ctx, b.ID)

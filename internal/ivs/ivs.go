@@ -177,7 +177,9 @@ func New(o Options) *Client {
 		}
 		opts.Retryer = retry.NewStandard(func(so *retry.StandardOptions) {
 			so.MaxAttempts = o.MaxAttempts
-			so.MaxBackoff = 5 * time.Second
+			// Short: a caller that must wait longer (the controller)
+			// backs off itself, and a long SDK back-off would hold it.
+			so.MaxBackoff = time.Second
 			// Throttling is expected under a join storm; the client-side
 			// limiter paces calls, and retries must not run dry.
 			so.RateLimiter = ratelimit.None

@@ -54,8 +54,9 @@ type Stage struct {
 	Capacity    int    `json:"capacity"`
 	// Seatable says the stage takes viewers: an origin with a live host, a
 	// replica whose host replication is active. Kept by fleet.
-	Seatable  bool      `json:"seatable"`
-	Seats     int       `json:"seats"`
+	Seatable bool `json:"seatable"`
+	Seats    int  `json:"seats"`
+	// CreatedAt is when the stage was recorded, after IVS had created it.
 	CreatedAt time.Time `json:"createdAt"`
 	// EmptySince is when a replica stage last became empty (zero while it
 	// has seats); it is removed after the stabilization window.
