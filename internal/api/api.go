@@ -83,39 +83,45 @@ type server struct {
 type route struct {
 	method, path string
 	// open routes need no x-api-key.
-	open    bool
-	handler func(*server, http.ResponseWriter, *http.Request) *apiError
+	open bool
+	// unlimited routes are not counted by the per-client rate limit.
+	unlimited bool
+	handler   func(*server, http.ResponseWriter, *http.Request) *apiError
 }
 
-// eventsPath is the IVS events webhook, which the rate limit does not count.
+// eventsPath is the IVS events webhook. Events are not counted by the rate
+// limit: they come in bursts from a few addresses (EventBridge, or the
+// embedded emulator over loopback, the same address as local clients),
+// carry their own secret, and a refused event delays replication or is
+// dropped after retries.
 const eventsPath = "/api/events/ivs"
 
 var routes = []route{
-	{"GET", "/api/health", true, (*server).health},
-	{"GET", "/openapi.json", true, (*server).openAPI},
-	{"POST", eventsPath, true, (*server).ivsEvent},
-	{"POST", "/api/token/publisher", false, (*server).publisherToken},
-	{"POST", "/api/token/viewer", false, (*server).viewerToken},
-	{"POST", "/api/token/mediaserver", false, (*server).mediaServerToken},
-	{"GET", "/api/stage/list", false, (*server).stageList},
-	{"GET", "/api/stage/master/info", false, (*server).masterInfo},
-	{"POST", "/api/stage", false, (*server).createStage},
-	{"GET", "/api/stage/{stageArn...}", false, (*server).getStage},
-	{"PUT", "/api/stage/{stageArn...}", false, (*server).updateStage},
-	{"DELETE", "/api/stage/{stageArn...}", false, (*server).deleteStage},
-	{"POST", "/api/stage/replication/start", false, (*server).startReplication},
-	{"DELETE", "/api/stage/replication/stop", false, (*server).stopReplication},
-	{"GET", "/api/stage/replication/status/{stageArn...}", false, (*server).replicationStatus},
-	{"GET", "/api/stage/replication/publisher-info", false, (*server).publisherInfo},
-	{"POST", "/api/viewer/heartbeat", false, (*server).heartbeat},
-	{"POST", "/api/viewer/leave", false, (*server).leave},
-	{"POST", "/api/viewer/rejoin", false, (*server).rejoin},
-	{"GET", "/api/viewer/list/{stageArn...}", false, (*server).viewerList},
-	{"GET", "/api/viewer/duration", false, (*server).viewerDuration},
-	{"GET", "/api/stats", false, (*server).stats},
-	{"GET", "/api/stats/viewers", false, (*server).statsViewers},
-	{"GET", "/api/stats/stages", false, (*server).statsStages},
-	{"GET", "/api/stats/publisher", false, (*server).statsPublisher},
+	{"GET", "/api/health", true, false, (*server).health},
+	{"GET", "/openapi.json", true, false, (*server).openAPI},
+	{"POST", eventsPath, true, true, (*server).ivsEvent},
+	{"POST", "/api/token/publisher", false, false, (*server).publisherToken},
+	{"POST", "/api/token/viewer", false, false, (*server).viewerToken},
+	{"POST", "/api/token/mediaserver", false, false, (*server).mediaServerToken},
+	{"GET", "/api/stage/list", false, false, (*server).stageList},
+	{"GET", "/api/stage/master/info", false, false, (*server).masterInfo},
+	{"POST", "/api/stage", false, false, (*server).createStage},
+	{"GET", "/api/stage/{stageArn...}", false, false, (*server).getStage},
+	{"PUT", "/api/stage/{stageArn...}", false, false, (*server).updateStage},
+	{"DELETE", "/api/stage/{stageArn...}", false, false, (*server).deleteStage},
+	{"POST", "/api/stage/replication/start", false, false, (*server).startReplication},
+	{"DELETE", "/api/stage/replication/stop", false, false, (*server).stopReplication},
+	{"GET", "/api/stage/replication/status/{stageArn...}", false, false, (*server).replicationStatus},
+	{"GET", "/api/stage/replication/publisher-info", false, false, (*server).publisherInfo},
+	{"POST", "/api/viewer/heartbeat", false, false, (*server).heartbeat},
+	{"POST", "/api/viewer/leave", false, false, (*server).leave},
+	{"POST", "/api/viewer/rejoin", false, false, (*server).rejoin},
+	{"GET", "/api/viewer/list/{stageArn...}", false, false, (*server).viewerList},
+	{"GET", "/api/viewer/duration", false, false, (*server).viewerDuration},
+	{"GET", "/api/stats", false, false, (*server).stats},
+	{"GET", "/api/stats/viewers", false, false, (*server).statsViewers},
+	{"GET", "/api/stats/stages", false, false, (*server).statsStages},
+	{"GET", "/api/stats/publisher", false, false, (*server).statsPublisher},
 }
 
 // New returns the API's handler.
@@ -127,22 +133,25 @@ func New(opts Options, f Fleet) http.Handler {
 		opts.MaxBodyBytes = 64 << 10
 	}
 	s := &server{opts: opts, fleet: f, log: opts.Logger}
+	limit := func(h http.Handler) http.Handler { return h }
+	if opts.RateLimitMax > 0 {
+		limit = newRateLimiter(opts.RateLimitMax, opts.RateLimitWindow).middleware
+	}
 	mux := http.NewServeMux()
 	for _, rt := range routes {
 		var h http.Handler = s.adapt(rt.handler)
 		if !rt.open {
 			h = requireAPIKey(opts.APISecretKey, opts.SkipAuth, h)
 		}
+		if !rt.unlimited {
+			h = limit(h)
+		}
 		mux.Handle(rt.method+" "+rt.path, h)
 	}
-	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+	mux.Handle("/", limit(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, &apiError{status: http.StatusNotFound, code: CodeNotFound, message: "no route " + r.Method + " " + r.URL.Path})
-	})
-	var h http.Handler = mux
-	if opts.RateLimitMax > 0 {
-		h = newRateLimiter(opts.RateLimitMax, opts.RateLimitWindow).middleware(h)
-	}
-	h = limitBody(opts.MaxBodyBytes, h)
+	})))
+	h := limitBody(opts.MaxBodyBytes, mux)
 	return observe(opts.Logger, h)
 }
 

@@ -156,14 +156,6 @@ func (l *rateLimiter) allow(client string, now time.Time) (bool, time.Duration) 
 
 func (l *rateLimiter) middleware(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		// IVS events are not counted: they come in bursts from a few
-		// addresses (EventBridge, or the embedded emulator over loopback,
-		// the same address as local clients), carry their own secret, and a
-		// refused event delays replication or is dropped after retries.
-		if r.URL.Path == eventsPath {
-			next.ServeHTTP(w, r)
-			return
-		}
 		if allowed, wait := l.allow(clientIP(r), time.Now()); !allowed {
 			writeError(w, &apiError{status: http.StatusTooManyRequests, code: CodeRateLimited,
 				message: "too many requests from this client; slow down", retryAfter: wait})
