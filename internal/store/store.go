@@ -24,6 +24,11 @@ var (
 	ErrNotEligible = errors.New("stage does not take viewers")
 	// ErrExists: a create-if-absent found the record already there.
 	ErrExists = errors.New("already exists")
+	// ErrLeaseHeld: another holder has the lease.
+	ErrLeaseHeld = errors.New("lease held by another instance")
+	// ErrFenced: a write made under a lease that is no longer held (it
+	// expired, or another holder took it) was refused; nothing was written.
+	ErrFenced = errors.New("lease lost; write refused")
 )
 
 // Role is what a stage is to its broadcast.
@@ -126,12 +131,42 @@ type SeatRequest struct {
 	TTL           time.Duration
 }
 
+// Lease gives one holder (a stagefleet instance) a broadcast's work of one
+// kind until ExpiresAt, unless renewed. Token, the fencing token, grows with
+// every grant of the broadcast's leases, so a write fenced with an old grant
+// is refused even if its holder does not know it lost the lease.
+type Lease struct {
+	BroadcastID string
+	// Name tells the broadcast's leases apart, e.g. "control".
+	Name      string
+	Holder    string
+	Token     int64
+	ExpiresAt time.Time
+}
+
+type fenceKey struct{}
+
+// WithFence makes the writes to l's broadcast made with the returned
+// context conditional on l still being held: each such write checks the
+// lease in the same atomic step and fails with ErrFenced if it was lost.
+// Writes to other broadcasts and seat operations are not fenced.
+func WithFence(ctx context.Context, l Lease) context.Context {
+	return context.WithValue(ctx, fenceKey{}, l)
+}
+
+// FenceFor returns the fence ctx carries for writes to broadcastID.
+func FenceFor(ctx context.Context, broadcastID string) (Lease, bool) {
+	l, ok := ctx.Value(fenceKey{}).(Lease)
+	return l, ok && l.BroadcastID == broadcastID
+}
+
 // Store is stagefleet's state port. Every method is one atomic step. Lists
 // are ordered: stages by CreatedAt then ARN, hosts by JoinedAt then
 // participant id, replications by destination then participant, seats by
 // TakenAt then user. A seat's lease ends at ExpiresAt (expired when
-// ExpiresAt is not after now). The storetest package holds every
-// implementation to this.
+// ExpiresAt is not after now). The record writes (CreateBroadcast, Put*,
+// SetSeatable, Delete*) honour a fence in their context (WithFence). The
+// storetest package holds every implementation to this.
 type Store interface {
 	// CreateBroadcast records b unless the broadcast exists (ErrExists,
 	// with the existing one returned).
@@ -174,6 +209,15 @@ type Store interface {
 	// ExpireSeats frees every seat of the broadcast whose lease ended.
 	ExpireSeats(ctx context.Context, broadcastID string, now time.Time) ([]Seat, error)
 	ListSeats(ctx context.Context, broadcastID string) ([]Seat, error)
+
+	// AcquireLease grants the lease (broadcastID, name) to holder for ttl
+	// if it is free or expired, with a new token; held by holder already,
+	// it is renewed for ttl with its token kept. Held by another:
+	// ErrLeaseHeld, with that lease returned.
+	AcquireLease(ctx context.Context, broadcastID, name, holder string, ttl time.Duration) (Lease, error)
+	// ReleaseLease frees l if it is still held with l's token; otherwise
+	// it does nothing.
+	ReleaseLease(ctx context.Context, l Lease) error
 
 	// FirstSeen records an event id for ttl and reports whether it is new.
 	FirstSeen(ctx context.Context, eventID string, ttl time.Duration) (bool, error)

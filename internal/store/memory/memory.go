@@ -19,6 +19,8 @@ type hostKey struct{ broadcast, participant string }
 
 type seatKey struct{ broadcast, user string }
 
+type leaseKey struct{ broadcast, name string }
+
 // Store keeps everything in maps under one mutex: every method is one atomic
 // step, as the Redis store's scripts are.
 type Store struct {
@@ -29,7 +31,10 @@ type Store struct {
 	replications map[replKey]store.Replication
 	seats        map[seatKey]store.Seat
 	events       map[string]time.Time
-	now          func() time.Time
+	leases       map[leaseKey]store.Lease
+	// tokens is the last fencing token granted per broadcast.
+	tokens map[string]int64
+	now    func() time.Time
 }
 
 var _ store.Store = (*Store)(nil)
@@ -43,13 +48,18 @@ func New() *Store {
 		replications: map[replKey]store.Replication{},
 		seats:        map[seatKey]store.Seat{},
 		events:       map[string]time.Time{},
+		leases:       map[leaseKey]store.Lease{},
+		tokens:       map[string]int64{},
 		now:          time.Now,
 	}
 }
 
-func (s *Store) CreateBroadcast(_ context.Context, b store.Broadcast) (store.Broadcast, error) {
+func (s *Store) CreateBroadcast(ctx context.Context, b store.Broadcast) (store.Broadcast, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if err := s.fenced(ctx, b.ID); err != nil {
+		return store.Broadcast{}, err
+	}
 	if old, ok := s.broadcasts[b.ID]; ok {
 		return old, store.ErrExists
 	}
@@ -75,9 +85,12 @@ func (s *Store) ListBroadcasts(context.Context) ([]store.Broadcast, error) {
 	}), nil
 }
 
-func (s *Store) PutStage(_ context.Context, st store.Stage) error {
+func (s *Store) PutStage(ctx context.Context, st store.Stage) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if err := s.fenced(ctx, st.BroadcastID); err != nil {
+		return err
+	}
 	if old, ok := s.stages[st.Arn]; ok {
 		st.Seats = old.Seats
 	} else {
@@ -107,23 +120,30 @@ func (s *Store) ListStages(_ context.Context, broadcastID string) ([]store.Stage
 	}), nil
 }
 
-func (s *Store) SetSeatable(_ context.Context, arn string, seatable bool) error {
+func (s *Store) SetSeatable(ctx context.Context, arn string, seatable bool) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	st, ok := s.stages[arn]
 	if !ok {
 		return fmt.Errorf("stage %s: %w", arn, store.ErrNotFound)
 	}
+	if err := s.fenced(ctx, st.BroadcastID); err != nil {
+		return err
+	}
 	st.Seatable = seatable
 	s.stages[arn] = st
 	return nil
 }
 
-func (s *Store) DeleteStage(_ context.Context, arn string) ([]store.Seat, error) {
+func (s *Store) DeleteStage(ctx context.Context, arn string) ([]store.Seat, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if _, ok := s.stages[arn]; !ok {
+	st, ok := s.stages[arn]
+	if !ok {
 		return nil, fmt.Errorf("stage %s: %w", arn, store.ErrNotFound)
+	}
+	if err := s.fenced(ctx, st.BroadcastID); err != nil {
+		return nil, err
 	}
 	delete(s.stages, arn)
 	var freed []store.Seat
@@ -136,9 +156,12 @@ func (s *Store) DeleteStage(_ context.Context, arn string) ([]store.Seat, error)
 	return freed, nil
 }
 
-func (s *Store) PutHost(_ context.Context, h store.Host) error {
+func (s *Store) PutHost(ctx context.Context, h store.Host) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if err := s.fenced(ctx, h.BroadcastID); err != nil {
+		return err
+	}
 	s.hosts[hostKey{h.BroadcastID, h.ParticipantID}] = h
 	return nil
 }
@@ -161,9 +184,12 @@ func (s *Store) ListHosts(_ context.Context, broadcastID string) ([]store.Host, 
 	}), nil
 }
 
-func (s *Store) DeleteHost(_ context.Context, broadcastID, participantID string) error {
+func (s *Store) DeleteHost(ctx context.Context, broadcastID, participantID string) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if err := s.fenced(ctx, broadcastID); err != nil {
+		return err
+	}
 	k := hostKey{broadcastID, participantID}
 	if _, ok := s.hosts[k]; !ok {
 		return fmt.Errorf("host %s: %w", participantID, store.ErrNotFound)
@@ -172,9 +198,12 @@ func (s *Store) DeleteHost(_ context.Context, broadcastID, participantID string)
 	return nil
 }
 
-func (s *Store) PutReplication(_ context.Context, r store.Replication) error {
+func (s *Store) PutReplication(ctx context.Context, r store.Replication) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if err := s.fenced(ctx, r.BroadcastID); err != nil {
+		return err
+	}
 	s.replications[replKey{r.BroadcastID, r.ParticipantID, r.DestArn}] = r
 	return nil
 }
@@ -197,9 +226,12 @@ func (s *Store) ListReplications(_ context.Context, broadcastID string) ([]store
 	}), nil
 }
 
-func (s *Store) DeleteReplication(_ context.Context, broadcastID, participantID, destArn string) error {
+func (s *Store) DeleteReplication(ctx context.Context, broadcastID, participantID, destArn string) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if err := s.fenced(ctx, broadcastID); err != nil {
+		return err
+	}
 	k := replKey{broadcastID, participantID, destArn}
 	if _, ok := s.replications[k]; !ok {
 		return fmt.Errorf("replication of %s into %s: %w", participantID, destArn, store.ErrNotFound)
@@ -350,6 +382,48 @@ func (s *Store) ForgetEvent(_ context.Context, eventID string) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	delete(s.events, eventID)
+	return nil
+}
+
+func (s *Store) AcquireLease(_ context.Context, broadcastID, name, holder string, ttl time.Duration) (store.Lease, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	now := s.now()
+	k := leaseKey{broadcastID, name}
+	l, ok := s.leases[k]
+	switch {
+	case ok && l.ExpiresAt.After(now) && l.Holder != holder:
+		return l, fmt.Errorf("lease %s of broadcast %s: %w", name, broadcastID, store.ErrLeaseHeld)
+	case !ok || !l.ExpiresAt.After(now):
+		s.tokens[broadcastID]++
+		l = store.Lease{BroadcastID: broadcastID, Name: name, Holder: holder, Token: s.tokens[broadcastID]}
+	}
+	l.ExpiresAt = now.Add(ttl)
+	s.leases[k] = l
+	return l, nil
+}
+
+func (s *Store) ReleaseLease(_ context.Context, l store.Lease) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	k := leaseKey{l.BroadcastID, l.Name}
+	if cur, ok := s.leases[k]; ok && cur.Holder == l.Holder && cur.Token == l.Token {
+		delete(s.leases, k)
+	}
+	return nil
+}
+
+// fenced refuses a write to broadcastID when ctx's fence is no longer the
+// live lease.
+func (s *Store) fenced(ctx context.Context, broadcastID string) error {
+	f, ok := store.FenceFor(ctx, broadcastID)
+	if !ok {
+		return nil
+	}
+	cur, held := s.leases[leaseKey{f.BroadcastID, f.Name}]
+	if !held || !cur.ExpiresAt.After(s.now()) || cur.Holder != f.Holder || cur.Token != f.Token {
+		return fmt.Errorf("lease %s of broadcast %s (token %d): %w", f.Name, broadcastID, f.Token, store.ErrFenced)
+	}
 	return nil
 }
 

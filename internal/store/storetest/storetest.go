@@ -18,6 +18,10 @@
 //     renewed, whatever it asks for.
 //   - Times are kept to the millisecond at least; the suite uses whole
 //     milliseconds and compares instants, not locations.
+//   - Leases: one holder at a time per (broadcast, name); a grant's token is
+//     above every earlier grant's of the broadcast; a fenced write made
+//     after its lease was lost is refused with ErrFenced and changes
+//     nothing.
 //   - No stage ever holds more seats than its capacity, and a stage's Seats
 //     always equals the number of seats ListSeats shows on it, whatever the
 //     concurrency.
@@ -89,6 +93,10 @@ func Run(t *testing.T, newStore func(t *testing.T) store.Store) {
 		{name: "Concurrent/SameUser", run: testConcurrentSameUser},
 		{name: "Concurrent/ReserveRelease", run: testReserveReleaseStorm},
 		{name: "Concurrent/LeaseExpiry", run: testLeaseExpiryStorm},
+		{name: "Leases", run: testLeases},
+		{name: "Leases/Expiry", run: testLeaseExpiry},
+		{name: "Leases/Fence", run: testFence},
+		{name: "Concurrent/LeaseStorm", run: testLeaseStorm},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
