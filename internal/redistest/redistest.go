@@ -1,0 +1,134 @@
+// Package redistest starts real redis-server processes for tests, each on a
+// free loopback port, and stops them when the test ends.
+//
+// Without redis-server on the machine a test is skipped, except in CI (the
+// CI variable set), where it fails: scripts/test installs redis-server, so
+// a missing one there is a broken machine, not a reason to pass.
+package redistest
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"testing"
+	"time"
+
+	goredis "github.com/redis/go-redis/v9"
+)
+
+// Server is one redis-server.
+type Server struct {
+	t    testing.TB
+	bin  string
+	dir  string
+	port int
+	cmd  *exec.Cmd
+	done chan struct{}
+}
+
+// Start starts an empty redis-server with no persistence.
+func Start(t testing.TB) *Server {
+	t.Helper()
+	bin, err := exec.LookPath("redis-server")
+	if err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatalf("redis-server is not installed (scripts/test installs it): %v", err)
+		}
+		t.Skipf("redis-server is not installed; run scripts/test, which installs it: %v", err)
+	}
+	s := &Server{t: t, bin: bin, dir: t.TempDir()}
+	// A port found free may be taken before redis binds it: try again.
+	for attempt := 0; ; attempt++ {
+		s.port = freePort(t)
+		if err := s.start(); err == nil {
+			break
+		} else if attempt == 4 {
+			t.Fatalf("starting redis-server: %v", err)
+		}
+	}
+	t.Cleanup(s.Stop)
+	return s
+}
+
+func freePort(t testing.TB) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("finding a free port: %v", err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+func (s *Server) start() error {
+	s.cmd = exec.Command(s.bin,
+		"--bind", "127.0.0.1", "--port", strconv.Itoa(s.port),
+		"--save", "", "--appendonly", "no", "--dir", s.dir,
+		"--logfile", filepath.Join(s.dir, "redis.log"))
+	if err := s.cmd.Start(); err != nil {
+		return err
+	}
+	s.done = make(chan struct{})
+	go func(cmd *exec.Cmd, done chan struct{}) {
+		_ = cmd.Wait()
+		close(done)
+	}(s.cmd, s.done)
+	rdb := goredis.NewClient(&goredis.Options{Addr: s.Addr()})
+	defer rdb.Close()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		err := rdb.Ping(ctx).Err()
+		cancel()
+		if err == nil {
+			return nil
+		}
+		select {
+		case <-s.done:
+			log, _ := os.ReadFile(filepath.Join(s.dir, "redis.log"))
+			return fmt.Errorf("redis-server exited: %s", log)
+		default:
+		}
+		if time.Now().After(deadline) {
+			s.Stop()
+			return fmt.Errorf("redis-server on port %d did not answer: %w", s.port, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// Addr is host:port.
+func (s *Server) Addr() string { return net.JoinHostPort("127.0.0.1", strconv.Itoa(s.port)) }
+
+// URL is the server's redis:// URL.
+func (s *Server) URL() string { return "redis://" + s.Addr() }
+
+// Client returns a client of the server, closed when the test ends.
+func (s *Server) Client(t testing.TB) *goredis.Client {
+	rdb := goredis.NewClient(&goredis.Options{Addr: s.Addr()})
+	t.Cleanup(func() { rdb.Close() })
+	return rdb
+}
+
+// Stop kills the server and waits for it to exit.
+func (s *Server) Stop() {
+	if s.cmd == nil || s.cmd.Process == nil {
+		return
+	}
+	_ = s.cmd.Process.Kill()
+	<-s.done
+}
+
+// Restart kills the server and starts an empty one on the same port, as a
+// Redis without persistence comes back after a crash.
+func (s *Server) Restart() {
+	s.t.Helper()
+	s.Stop()
+	if err := s.start(); err != nil {
+		s.t.Fatalf("restarting redis-server: %v", err)
+	}
+}

@@ -1,0 +1,568 @@
+// Package redis is the Store shared by many stagefleet instances, kept in
+// Redis (standalone or Cluster) with go-redis.
+//
+// Every broadcast's keys share one hash tag, {broadcast id}, so that each
+// multi-key step is one Lua script on one slot: seats, fenced record writes
+// and leases are atomic in Redis, never read-then-write from Go. Three keys
+// are global (outside any broadcast): the set of broadcast ids, the index
+// from stage ARN to broadcast, and event ids. They are written in their own
+// commands, before the broadcast's script, and read tolerantly: an index
+// entry whose record is gone reads as not found.
+package redis
+
+import (
+	"cmp"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"strconv"
+	"time"
+
+	goredis "github.com/redis/go-redis/v9"
+
+	"github.com/stagefleet/stagefleet/internal/store"
+)
+
+// DefaultPrefix starts every key, so that one Redis can hold several
+// deployments (each with its own prefix) or other data.
+const DefaultPrefix = "stagefleet"
+
+// Store is the Redis store.
+type Store struct {
+	rdb    goredis.UniversalClient
+	prefix string
+}
+
+var _ store.Store = (*Store)(nil)
+
+// New returns a store on rdb, which it closes on Close. An empty prefix
+// means DefaultPrefix.
+func New(rdb goredis.UniversalClient, prefix string) *Store {
+	if prefix == "" {
+		prefix = DefaultPrefix
+	}
+	return &Store{rdb: rdb, prefix: prefix}
+}
+
+// keys names one broadcast's keys.
+type keys struct{ tag string }
+
+func (s *Store) bc(broadcastID string) keys {
+	return keys{tag: s.prefix + ":{" + broadcastID + "}:"}
+}
+
+func (k keys) broadcast() string        { return k.tag + "broadcast" }
+func (k keys) stages() string           { return k.tag + "stages" } // arn -> stage JSON
+func (k keys) open() string             { return k.tag + "open" }   // seatable arns
+func (k keys) rank() string             { return k.tag + "rank" }   // arn -> "capacity createdMicros"
+func (k keys) counts() string           { return k.tag + "counts" } // arn -> seats taken
+func (k keys) seats() string            { return k.tag + "seats" }  // user -> seat JSON
+func (k keys) expiry() string           { return k.tag + "expiry" } // user by ExpiresAt (micros)
+func (k keys) hosts() string            { return k.tag + "hosts" }
+func (k keys) replications() string     { return k.tag + "replications" }
+func (k keys) lease(name string) string { return k.tag + "lease:" + name }
+func (k keys) leaseTokens() string      { return k.tag + "lease-tokens" }
+
+func (s *Store) broadcastsKey() string     { return s.prefix + ":broadcasts" }
+func (s *Store) stageIndexKey() string     { return s.prefix + ":stage-index" }
+func (s *Store) eventKey(id string) string { return s.prefix + ":event:" + id }
+
+// fence returns the lease key and script arguments of ctx's fence for
+// writes to broadcastID ("" holder when there is none).
+func (s *Store) fence(ctx context.Context, broadcastID string) (string, []any) {
+	k := s.bc(broadcastID)
+	if f, ok := store.FenceFor(ctx, broadcastID); ok {
+		return k.lease(f.Name), []any{f.Holder, strconv.FormatInt(f.Token, 10)}
+	}
+	return k.lease("control"), []any{"", ""}
+}
+
+// run runs a script and splits its answer into status and payload.
+func (s *Store) run(ctx context.Context, sc *goredis.Script, keys []string, args ...any) (string, []any, error) {
+	res, err := sc.Run(ctx, s.rdb, keys, args...).Slice()
+	if err != nil {
+		return "", nil, err
+	}
+	if len(res) == 0 {
+		return "", nil, errors.New("redis script answered nothing")
+	}
+	status, _ := res[0].(string)
+	return status, res[1:], nil
+}
+
+// statusErr maps a script's status to the store's errors.
+func statusErr(status, what string) error {
+	switch status {
+	case "ok":
+		return nil
+	case "fenced":
+		return fmt.Errorf("%s: %w", what, store.ErrFenced)
+	case "notfound":
+		return fmt.Errorf("%s: %w", what, store.ErrNotFound)
+	case "exists":
+		return fmt.Errorf("%s: %w", what, store.ErrExists)
+	case "full":
+		return fmt.Errorf("%s: %w", what, store.ErrFull)
+	case "notlive":
+		return fmt.Errorf("%s: %w", what, store.ErrNotLive)
+	case "noteligible":
+		return fmt.Errorf("%s: %w", what, store.ErrNotEligible)
+	}
+	return fmt.Errorf("%s: unexpected answer %q from redis", what, status)
+}
+
+func (s *Store) CreateBroadcast(ctx context.Context, b store.Broadcast) (store.Broadcast, error) {
+	data, err := json.Marshal(b)
+	if err != nil {
+		return store.Broadcast{}, err
+	}
+	// Listed first: a broadcast listed but not recorded reads as absent.
+	if err := s.rdb.SAdd(ctx, s.broadcastsKey(), b.ID).Err(); err != nil {
+		return store.Broadcast{}, err
+	}
+	lease, fence := s.fence(ctx, b.ID)
+	status, out, err := s.run(ctx, createBroadcast, []string{lease, s.bc(b.ID).broadcast()}, append(fence, data)...)
+	if err != nil {
+		return store.Broadcast{}, err
+	}
+	if status == "exists" {
+		var old store.Broadcast
+		if err := decode(out, &old); err != nil {
+			return store.Broadcast{}, err
+		}
+		return old, statusErr(status, "broadcast "+b.ID)
+	}
+	return b, statusErr(status, "broadcast "+b.ID)
+}
+
+func (s *Store) GetBroadcast(ctx context.Context, id string) (store.Broadcast, error) {
+	var b store.Broadcast
+	data, err := s.rdb.Get(ctx, s.bc(id).broadcast()).Bytes()
+	if errors.Is(err, goredis.Nil) {
+		return b, fmt.Errorf("broadcast %s: %w", id, store.ErrNotFound)
+	}
+	if err != nil {
+		return b, err
+	}
+	return b, json.Unmarshal(data, &b)
+}
+
+func (s *Store) ListBroadcasts(ctx context.Context) ([]store.Broadcast, error) {
+	ids, err := s.rdb.SMembers(ctx, s.broadcastsKey()).Result()
+	if err != nil {
+		return nil, err
+	}
+	cmds := make([]*goredis.StringCmd, len(ids))
+	if _, err := s.rdb.Pipelined(ctx, func(p goredis.Pipeliner) error {
+		for i, id := range ids {
+			cmds[i] = p.Get(ctx, s.bc(id).broadcast())
+		}
+		return nil
+	}); err != nil && !errors.Is(err, goredis.Nil) {
+		return nil, err
+	}
+	var out []store.Broadcast
+	for _, c := range cmds {
+		data, err := c.Bytes()
+		if errors.Is(err, goredis.Nil) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		var b store.Broadcast
+		if err := json.Unmarshal(data, &b); err != nil {
+			return nil, err
+		}
+		out = append(out, b)
+	}
+	slices.SortFunc(out, func(a, b store.Broadcast) int { return cmp.Compare(a.ID, b.ID) })
+	return out, nil
+}
+
+func bit(b bool) string {
+	if b {
+		return "1"
+	}
+	return "0"
+}
+
+func (s *Store) PutStage(ctx context.Context, st store.Stage) error {
+	st.Seats = 0 // kept in the counts hash
+	data, err := json.Marshal(st)
+	if err != nil {
+		return err
+	}
+	if err := s.rdb.HSet(ctx, s.stageIndexKey(), st.Arn, st.BroadcastID).Err(); err != nil {
+		return err
+	}
+	k := s.bc(st.BroadcastID)
+	lease, fence := s.fence(ctx, st.BroadcastID)
+	rank := fmt.Sprintf("%d %d", st.Capacity, st.CreatedAt.UnixMicro())
+	status, _, err := s.run(ctx, putStage, []string{lease, k.stages(), k.open(), k.rank()},
+		append(fence, st.Arn, data, bit(st.Seatable), rank)...)
+	if err != nil {
+		return err
+	}
+	return statusErr(status, "stage "+st.Arn)
+}
+
+// broadcastOf finds the broadcast of a stage through the index.
+func (s *Store) broadcastOf(ctx context.Context, arn string) (string, error) {
+	b, err := s.rdb.HGet(ctx, s.stageIndexKey(), arn).Result()
+	if errors.Is(err, goredis.Nil) {
+		return "", fmt.Errorf("stage %s: %w", arn, store.ErrNotFound)
+	}
+	return b, err
+}
+
+func (s *Store) GetStage(ctx context.Context, arn string) (store.Stage, error) {
+	b, err := s.broadcastOf(ctx, arn)
+	if err != nil {
+		return store.Stage{}, err
+	}
+	k := s.bc(b)
+	var rec, count *goredis.StringCmd
+	var open *goredis.BoolCmd
+	if _, err := s.rdb.TxPipelined(ctx, func(p goredis.Pipeliner) error {
+		rec = p.HGet(ctx, k.stages(), arn)
+		count = p.HGet(ctx, k.counts(), arn)
+		open = p.SIsMember(ctx, k.open(), arn)
+		return nil
+	}); err != nil && !errors.Is(err, goredis.Nil) {
+		return store.Stage{}, err
+	}
+	data, err := rec.Bytes()
+	if errors.Is(err, goredis.Nil) {
+		return store.Stage{}, fmt.Errorf("stage %s: %w", arn, store.ErrNotFound)
+	}
+	if err != nil {
+		return store.Stage{}, err
+	}
+	var st store.Stage
+	if err := json.Unmarshal(data, &st); err != nil {
+		return store.Stage{}, err
+	}
+	st.Seats, _ = count.Int()
+	st.Seatable = open.Val()
+	return st, nil
+}
+
+func (s *Store) ListStages(ctx context.Context, broadcastID string) ([]store.Stage, error) {
+	if broadcastID == "" {
+		return s.listAllStages(ctx)
+	}
+	k := s.bc(broadcastID)
+	var recs, counts *goredis.MapStringStringCmd
+	var open *goredis.StringSliceCmd
+	if _, err := s.rdb.TxPipelined(ctx, func(p goredis.Pipeliner) error {
+		recs = p.HGetAll(ctx, k.stages())
+		counts = p.HGetAll(ctx, k.counts())
+		open = p.SMembers(ctx, k.open())
+		return nil
+	}); err != nil {
+		return nil, err
+	}
+	seatable := map[string]bool{}
+	for _, a := range open.Val() {
+		seatable[a] = true
+	}
+	out := make([]store.Stage, 0, len(recs.Val()))
+	for arn, data := range recs.Val() {
+		var st store.Stage
+		if err := json.Unmarshal([]byte(data), &st); err != nil {
+			return nil, fmt.Errorf("stage %s: %w", arn, err)
+		}
+		st.Seats, _ = strconv.Atoi(counts.Val()[arn])
+		st.Seatable = seatable[arn]
+		out = append(out, st)
+	}
+	slices.SortFunc(out, func(a, b store.Stage) int {
+		return cmp.Or(a.CreatedAt.Compare(b.CreatedAt), cmp.Compare(a.Arn, b.Arn))
+	})
+	return out, nil
+}
+
+// listAllStages lists the stages of every broadcast the index names.
+func (s *Store) listAllStages(ctx context.Context) ([]store.Stage, error) {
+	index, err := s.rdb.HVals(ctx, s.stageIndexKey()).Result()
+	if err != nil {
+		return nil, err
+	}
+	slices.Sort(index)
+	var out []store.Stage
+	for _, b := range slices.Compact(index) {
+		stages, err := s.ListStages(ctx, b)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, stages...)
+	}
+	slices.SortFunc(out, func(a, b store.Stage) int {
+		return cmp.Or(a.CreatedAt.Compare(b.CreatedAt), cmp.Compare(a.Arn, b.Arn))
+	})
+	return out, nil
+}
+
+func (s *Store) SetSeatable(ctx context.Context, arn string, seatable bool) error {
+	b, err := s.broadcastOf(ctx, arn)
+	if err != nil {
+		return err
+	}
+	k := s.bc(b)
+	lease, fence := s.fence(ctx, b)
+	status, _, err := s.run(ctx, setSeatable, []string{lease, k.stages(), k.open()}, append(fence, arn, bit(seatable))...)
+	if err != nil {
+		return err
+	}
+	return statusErr(status, "stage "+arn)
+}
+
+func (s *Store) DeleteStage(ctx context.Context, arn string) ([]store.Seat, error) {
+	b, err := s.broadcastOf(ctx, arn)
+	if err != nil {
+		return nil, err
+	}
+	k := s.bc(b)
+	lease, fence := s.fence(ctx, b)
+	status, out, err := s.run(ctx, deleteStage,
+		[]string{lease, k.stages(), k.open(), k.rank(), k.counts(), k.seats(), k.expiry()}, append(fence, arn)...)
+	if err != nil {
+		return nil, err
+	}
+	if err := statusErr(status, "stage "+arn); err != nil {
+		return nil, err
+	}
+	if err := s.rdb.HDel(ctx, s.stageIndexKey(), arn).Err(); err != nil {
+		return nil, err
+	}
+	return decodeAll[store.Seat](out)
+}
+
+func (s *Store) PutHost(ctx context.Context, h store.Host) error {
+	return s.hset(ctx, h.BroadcastID, s.bc(h.BroadcastID).hosts(), h.ParticipantID, h, "host "+h.ParticipantID)
+}
+
+func (s *Store) GetHost(ctx context.Context, broadcastID, participantID string) (store.Host, error) {
+	return hget[store.Host](ctx, s, s.bc(broadcastID).hosts(), participantID, "host "+participantID)
+}
+
+func (s *Store) ListHosts(ctx context.Context, broadcastID string) ([]store.Host, error) {
+	return hvals(ctx, s, s.bc(broadcastID).hosts(), func(a, b store.Host) int {
+		return cmp.Or(a.JoinedAt.Compare(b.JoinedAt), cmp.Compare(a.ParticipantID, b.ParticipantID))
+	})
+}
+
+func (s *Store) DeleteHost(ctx context.Context, broadcastID, participantID string) error {
+	return s.hdel(ctx, broadcastID, s.bc(broadcastID).hosts(), participantID, "host "+participantID)
+}
+
+// replField names a replication in the broadcast's replications hash; a
+// newline appears in neither participant ids nor ARNs.
+func replField(participantID, destArn string) string { return participantID + "\n" + destArn }
+
+func (s *Store) PutReplication(ctx context.Context, r store.Replication) error {
+	return s.hset(ctx, r.BroadcastID, s.bc(r.BroadcastID).replications(), replField(r.ParticipantID, r.DestArn), r,
+		"replication of "+r.ParticipantID+" into "+r.DestArn)
+}
+
+func (s *Store) GetReplication(ctx context.Context, broadcastID, participantID, destArn string) (store.Replication, error) {
+	return hget[store.Replication](ctx, s, s.bc(broadcastID).replications(), replField(participantID, destArn),
+		"replication of "+participantID+" into "+destArn)
+}
+
+func (s *Store) ListReplications(ctx context.Context, broadcastID string) ([]store.Replication, error) {
+	return hvals(ctx, s, s.bc(broadcastID).replications(), func(a, b store.Replication) int {
+		return cmp.Or(cmp.Compare(a.DestArn, b.DestArn), cmp.Compare(a.ParticipantID, b.ParticipantID))
+	})
+}
+
+func (s *Store) DeleteReplication(ctx context.Context, broadcastID, participantID, destArn string) error {
+	return s.hdel(ctx, broadcastID, s.bc(broadcastID).replications(), replField(participantID, destArn),
+		"replication of "+participantID+" into "+destArn)
+}
+
+func (s *Store) hset(ctx context.Context, broadcastID, key, field string, v any, what string) error {
+	data, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	lease, fence := s.fence(ctx, broadcastID)
+	status, _, err := s.run(ctx, fencedHSet, []string{lease, key}, append(fence, field, data)...)
+	if err != nil {
+		return err
+	}
+	return statusErr(status, what)
+}
+
+func (s *Store) hdel(ctx context.Context, broadcastID, key, field, what string) error {
+	lease, fence := s.fence(ctx, broadcastID)
+	status, _, err := s.run(ctx, fencedHDel, []string{lease, key}, append(fence, field)...)
+	if err != nil {
+		return err
+	}
+	return statusErr(status, what)
+}
+
+func hget[T any](ctx context.Context, s *Store, key, field, what string) (T, error) {
+	var v T
+	data, err := s.rdb.HGet(ctx, key, field).Bytes()
+	if errors.Is(err, goredis.Nil) {
+		return v, fmt.Errorf("%s: %w", what, store.ErrNotFound)
+	}
+	if err != nil {
+		return v, err
+	}
+	return v, json.Unmarshal(data, &v)
+}
+
+func hvals[T any](ctx context.Context, s *Store, key string, order func(a, b T) int) ([]T, error) {
+	vals, err := s.rdb.HVals(ctx, key).Result()
+	if err != nil {
+		return nil, err
+	}
+	out := make([]T, 0, len(vals))
+	for _, data := range vals {
+		var v T
+		if err := json.Unmarshal([]byte(data), &v); err != nil {
+			return nil, err
+		}
+		out = append(out, v)
+	}
+	slices.SortFunc(out, order)
+	return out, nil
+}
+
+// decode unmarshals the first element of a script's payload.
+func decode(out []any, v any) error {
+	if len(out) == 0 {
+		return errors.New("redis script answered no record")
+	}
+	data, ok := out[0].(string)
+	if !ok {
+		return fmt.Errorf("redis script answered %T, not a record", out[0])
+	}
+	return json.Unmarshal([]byte(data), v)
+}
+
+func decodeAll[T any](out []any) ([]T, error) {
+	res := make([]T, 0, len(out))
+	for i := range out {
+		var v T
+		if err := decode(out[i:], &v); err != nil {
+			return nil, err
+		}
+		res = append(res, v)
+	}
+	return res, nil
+}
+
+// seat times are written as Go writes them in JSON, so that a seat made in
+// Lua reads back as one made in Go.
+func rfc3339(t time.Time) string { return t.Format(time.RFC3339Nano) }
+
+func (s *Store) ReserveSeat(ctx context.Context, req store.SeatRequest) (store.Seat, error) {
+	k := s.bc(req.BroadcastID)
+	exp := req.Now.Add(req.TTL)
+	status, out, err := s.run(ctx, reserveSeat,
+		[]string{k.open(), k.counts(), k.rank(), k.seats(), k.expiry(), k.stages()},
+		req.UserID, req.StageArn, req.ParticipantID, rfc3339(req.Now), rfc3339(exp), exp.UnixMicro(), req.BroadcastID)
+	if err != nil {
+		return store.Seat{}, err
+	}
+	if status != "ok" {
+		what := "broadcast " + req.BroadcastID
+		if req.StageArn != "" {
+			what = "stage " + req.StageArn
+		}
+		return store.Seat{}, statusErr(status, what)
+	}
+	var seat store.Seat
+	return seat, decode(out, &seat)
+}
+
+func (s *Store) RenewSeat(ctx context.Context, broadcastID, userID string, now time.Time, ttl time.Duration) (store.Seat, error) {
+	k := s.bc(broadcastID)
+	exp := now.Add(ttl)
+	return s.seatScript(ctx, renewSeat, []string{k.seats(), k.expiry()}, userID, userID, rfc3339(exp), exp.UnixMicro())
+}
+
+func (s *Store) ReleaseSeat(ctx context.Context, broadcastID, userID string) (store.Seat, error) {
+	k := s.bc(broadcastID)
+	return s.seatScript(ctx, releaseSeat, []string{k.counts(), k.seats(), k.expiry()}, userID, userID)
+}
+
+func (s *Store) seatScript(ctx context.Context, sc *goredis.Script, keys []string, userID string, args ...any) (store.Seat, error) {
+	status, out, err := s.run(ctx, sc, keys, args...)
+	if err != nil {
+		return store.Seat{}, err
+	}
+	if err := statusErr(status, "seat of "+userID); err != nil {
+		return store.Seat{}, err
+	}
+	var seat store.Seat
+	return seat, decode(out, &seat)
+}
+
+func (s *Store) ExpireSeats(ctx context.Context, broadcastID string, now time.Time) ([]store.Seat, error) {
+	k := s.bc(broadcastID)
+	status, out, err := s.run(ctx, expireSeats, []string{k.counts(), k.seats(), k.expiry()}, now.UnixMicro())
+	if err != nil {
+		return nil, err
+	}
+	if err := statusErr(status, "expiring seats of "+broadcastID); err != nil {
+		return nil, err
+	}
+	return decodeAll[store.Seat](out)
+}
+
+func (s *Store) ListSeats(ctx context.Context, broadcastID string) ([]store.Seat, error) {
+	return hvals(ctx, s, s.bc(broadcastID).seats(), func(a, b store.Seat) int {
+		return cmp.Or(a.TakenAt.Compare(b.TakenAt), cmp.Compare(a.UserID, b.UserID))
+	})
+}
+
+func (s *Store) AcquireLease(ctx context.Context, broadcastID, name, holder string, ttl time.Duration) (store.Lease, error) {
+	k := s.bc(broadcastID)
+	status, out, err := s.run(ctx, acquireLease, []string{k.lease(name), k.leaseTokens()}, holder, ttl.Milliseconds())
+	if err != nil {
+		return store.Lease{}, err
+	}
+	if len(out) != 3 {
+		return store.Lease{}, fmt.Errorf("lease %s of broadcast %s: unexpected answer %v", name, broadcastID, out)
+	}
+	l := store.Lease{BroadcastID: broadcastID, Name: name}
+	l.Holder, _ = out[0].(string)
+	tok, _ := out[1].(string)
+	if l.Token, err = strconv.ParseInt(tok, 10, 64); err != nil {
+		return store.Lease{}, fmt.Errorf("lease %s of broadcast %s: token %q: %w", name, broadcastID, tok, err)
+	}
+	left, _ := out[2].(int64)
+	l.ExpiresAt = time.Now().Add(time.Duration(left) * time.Millisecond)
+	if status == "held" {
+		return l, fmt.Errorf("lease %s of broadcast %s: %w", name, broadcastID, store.ErrLeaseHeld)
+	}
+	return l, statusErr(status, "lease "+name)
+}
+
+func (s *Store) ReleaseLease(ctx context.Context, l store.Lease) error {
+	status, _, err := s.run(ctx, releaseLease, []string{s.bc(l.BroadcastID).lease(l.Name)}, l.Holder, strconv.FormatInt(l.Token, 10))
+	if err != nil {
+		return err
+	}
+	return statusErr(status, "lease "+l.Name)
+}
+
+func (s *Store) FirstSeen(ctx context.Context, eventID string, ttl time.Duration) (bool, error) {
+	return s.rdb.SetNX(ctx, s.eventKey(eventID), 1, ttl).Result()
+}
+
+func (s *Store) ForgetEvent(ctx context.Context, eventID string) error {
+	return s.rdb.Del(ctx, s.eventKey(eventID)).Err()
+}
+
+func (s *Store) Ping(ctx context.Context) error { return s.rdb.Ping(ctx).Err() }
+
+func (s *Store) Close() error { return s.rdb.Close() }

@@ -1,0 +1,100 @@
+package redis_test
+
+import (
+	"context"
+	"fmt"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	goredis "github.com/redis/go-redis/v9"
+
+	"github.com/stagefleet/stagefleet/internal/redistest"
+	"github.com/stagefleet/stagefleet/internal/store"
+	"github.com/stagefleet/stagefleet/internal/store/redis"
+	"github.com/stagefleet/stagefleet/internal/store/storetest"
+)
+
+func TestConformance(t *testing.T) {
+	srv := redistest.Start(t)
+	var n atomic.Int64
+	storetest.Run(t, func(t *testing.T) store.Store {
+		// Each store gets its own prefix: the subtests share one server.
+		rdb := goredis.NewClient(&goredis.Options{Addr: srv.Addr()})
+		return redis.New(rdb, fmt.Sprintf("test%d", n.Add(1)))
+	})
+}
+
+// countCommands counts the commands a client sends.
+type countCommands struct{ n atomic.Int64 }
+
+func (c *countCommands) DialHook(next goredis.DialHook) goredis.DialHook { return next }
+
+func (c *countCommands) ProcessHook(next goredis.ProcessHook) goredis.ProcessHook {
+	return func(ctx context.Context, cmd goredis.Cmder) error {
+		c.n.Add(1)
+		return next(ctx, cmd)
+	}
+}
+
+func (c *countCommands) ProcessPipelineHook(next goredis.ProcessPipelineHook) goredis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []goredis.Cmder) error {
+		c.n.Add(1)
+		return next(ctx, cmds)
+	}
+}
+
+func seatable(t *testing.T, st *redis.Store, arn string) {
+	t.Helper()
+	err := st.PutStage(t.Context(), store.Stage{Arn: arn, BroadcastID: "b", Role: store.RoleOrigin, Capacity: 1000, Seatable: true, CreatedAt: time.Now()})
+	if err != nil {
+		t.Fatalf("PutStage: %v", err)
+	}
+}
+
+// A join, new or repeated, is one round trip to Redis: one EVALSHA.
+func TestReserveSeatOneRoundTrip(t *testing.T) {
+	srv := redistest.Start(t)
+	rdb := srv.Client(t)
+	st := redis.New(rdb, "")
+	seatable(t, st, "arn:aws:ivs:us-east-1:123456789012:stage/origin")
+	counter := &countCommands{}
+	rdb.AddHook(counter)
+	req := store.SeatRequest{BroadcastID: "b", ParticipantID: "p", Now: time.Now(), TTL: time.Minute}
+	for i := range 100 {
+		req.UserID = fmt.Sprintf("viewer-%d", i%50) // half are repeats
+		if _, err := st.ReserveSeat(t.Context(), req); err != nil {
+			t.Fatalf("ReserveSeat: %v", err)
+		}
+	}
+	// The first call loads the script (EVALSHA answered NOSCRIPT, then
+	// EVAL); every later one is a single EVALSHA.
+	if got := counter.n.Load(); got != 100+1 {
+		t.Fatalf("100 joins sent %d commands, want 101 (100 EVALSHA and one EVAL loading the script)", got)
+	}
+}
+
+// After Redis loses its script cache (a restart, SCRIPT FLUSH), scripts are
+// sent again: no call fails with NOSCRIPT.
+func TestSurvivesScriptFlush(t *testing.T) {
+	srv := redistest.Start(t)
+	rdb := srv.Client(t)
+	st := redis.New(rdb, "")
+	seatable(t, st, "arn:aws:ivs:us-east-1:123456789012:stage/origin")
+	req := store.SeatRequest{BroadcastID: "b", UserID: "v1", ParticipantID: "p", Now: time.Now(), TTL: time.Minute}
+	if _, err := st.ReserveSeat(t.Context(), req); err != nil {
+		t.Fatalf("ReserveSeat: %v", err)
+	}
+	if err := rdb.ScriptFlush(t.Context()).Err(); err != nil {
+		t.Fatalf("SCRIPT FLUSH: %v", err)
+	}
+	req.UserID = "v2"
+	if _, err := st.ReserveSeat(t.Context(), req); err != nil {
+		t.Fatalf("ReserveSeat after SCRIPT FLUSH: %v", err)
+	}
+	srv.Restart()
+	seatable(t, st, "arn:aws:ivs:us-east-1:123456789012:stage/origin")
+	if _, err := st.ReserveSeat(t.Context(), req); err != nil {
+		t.Fatalf("ReserveSeat after a restart: %v", err)
+	}
+}

@@ -1,0 +1,207 @@
+package redis
+
+import (
+	goredis "github.com/redis/go-redis/v9"
+)
+
+// Every script touches the keys of one broadcast only, all under the
+// broadcast's hash tag, so it runs on Redis Cluster. Scripts answer a table
+// whose first element is a status ("ok", "fenced", "notfound", ...) and whose
+// rest is the payload, so that Go maps statuses to store errors in one place.
+//
+// Fenced writes take the lease key as KEYS[1] and the fence as ARGV[1]
+// (holder, "" for none) and ARGV[2] (token).
+const fenceCheck = `
+local function fenced()
+  if ARGV[1] == '' then return false end
+  local h = redis.call('HMGET', KEYS[1], 'holder', 'token')
+  return h[1] ~= ARGV[1] or h[2] ~= ARGV[2]
+end
+`
+
+// freeSeat drops a seat (decoded) of user and gives its place back to its
+// stage, if the stage is still there. KEYS: seats count hash, seat hash,
+// expiry zset (passed in).
+const freeSeat = `
+local function freeSeat(counts, seats, expiry, user, seat)
+  redis.call('HDEL', seats, user)
+  redis.call('ZREM', expiry, user)
+  local n = tonumber(redis.call('HGET', counts, seat.stageArn) or '0')
+  if n > 0 then redis.call('HINCRBY', counts, seat.stageArn, -1) end
+end
+`
+
+var (
+	// KEYS: lease, token counter. ARGV: holder, ttl ms.
+	acquireLease = goredis.NewScript(`
+local cur = redis.call('HMGET', KEYS[1], 'holder', 'token')
+if cur[1] and cur[1] ~= ARGV[1] then
+  return {'held', cur[1], cur[2], redis.call('PTTL', KEYS[1])}
+end
+local token = cur[2]
+if not cur[1] then
+  token = redis.call('INCR', KEYS[2])
+  redis.call('HSET', KEYS[1], 'holder', ARGV[1], 'token', token)
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return {'ok', ARGV[1], tostring(token), tonumber(ARGV[2])}
+`)
+
+	// KEYS: lease. ARGV: holder, token.
+	releaseLease = goredis.NewScript(`
+local cur = redis.call('HMGET', KEYS[1], 'holder', 'token')
+if cur[1] == ARGV[1] and cur[2] == ARGV[2] then redis.call('DEL', KEYS[1]) end
+return {'ok'}
+`)
+
+	// KEYS: lease, broadcast. ARGV: fence, json.
+	createBroadcast = goredis.NewScript(fenceCheck + `
+if fenced() then return {'fenced'} end
+local cur = redis.call('GET', KEYS[2])
+if cur then return {'exists', cur} end
+redis.call('SET', KEYS[2], ARGV[3])
+return {'ok'}
+`)
+
+	// KEYS: lease, stages, open, rank. ARGV: fence, arn, json, seatable
+	// ("1" or "0"), rank ("capacity createdMicros").
+	putStage = goredis.NewScript(fenceCheck + `
+if fenced() then return {'fenced'} end
+redis.call('HSET', KEYS[2], ARGV[3], ARGV[4])
+redis.call('HSET', KEYS[4], ARGV[3], ARGV[6])
+if ARGV[5] == '1' then redis.call('SADD', KEYS[3], ARGV[3]) else redis.call('SREM', KEYS[3], ARGV[3]) end
+return {'ok'}
+`)
+
+	// KEYS: lease, stages, open. ARGV: fence, arn, seatable.
+	setSeatable = goredis.NewScript(fenceCheck + `
+if redis.call('HEXISTS', KEYS[2], ARGV[3]) == 0 then return {'notfound'} end
+if fenced() then return {'fenced'} end
+if ARGV[4] == '1' then redis.call('SADD', KEYS[3], ARGV[3]) else redis.call('SREM', KEYS[3], ARGV[3]) end
+return {'ok'}
+`)
+
+	// KEYS: lease, stages, open, rank, counts, seats, expiry. ARGV: fence,
+	// arn. Answers the freed seats.
+	deleteStage = goredis.NewScript(fenceCheck + `
+local arn = ARGV[3]
+if redis.call('HEXISTS', KEYS[2], arn) == 0 then return {'notfound'} end
+if fenced() then return {'fenced'} end
+redis.call('HDEL', KEYS[2], arn)
+redis.call('HDEL', KEYS[4], arn)
+redis.call('SREM', KEYS[3], arn)
+local n = tonumber(redis.call('HGET', KEYS[5], arn) or '0')
+redis.call('HDEL', KEYS[5], arn)
+local out = {'ok'}
+if n > 0 then
+  local all = redis.call('HGETALL', KEYS[6])
+  for i = 1, #all, 2 do
+    local seat = cjson.decode(all[i+1])
+    if seat.stageArn == arn then
+      redis.call('HDEL', KEYS[6], all[i])
+      redis.call('ZREM', KEYS[7], all[i])
+      table.insert(out, all[i+1])
+    end
+  end
+end
+return out
+`)
+
+	// KEYS: lease, hash. ARGV: fence, field, value.
+	fencedHSet = goredis.NewScript(fenceCheck + `
+if fenced() then return {'fenced'} end
+redis.call('HSET', KEYS[2], ARGV[3], ARGV[4])
+return {'ok'}
+`)
+
+	// KEYS: lease, hash. ARGV: fence, field.
+	fencedHDel = goredis.NewScript(fenceCheck + `
+if fenced() then return {'fenced'} end
+if redis.call('HDEL', KEYS[2], ARGV[3]) == 0 then return {'notfound'} end
+return {'ok'}
+`)
+
+	// The join path's one round trip. KEYS: open, counts, rank, seats,
+	// expiry, stages. ARGV: user, asked-for stage ("" for any),
+	// participant id, now, expiresAt (RFC 3339), expiresAt (micros),
+	// broadcast id.
+	reserveSeat = goredis.NewScript(freeSeat + `
+local user, want = ARGV[1], ARGV[2]
+local cur = redis.call('HGET', KEYS[4], user)
+if cur then
+  local seat = cjson.decode(cur)
+  if redis.call('SISMEMBER', KEYS[1], seat.stageArn) == 1 then
+    seat.expiresAt = ARGV[5]
+    cur = cjson.encode(seat)
+    redis.call('HSET', KEYS[4], user, cur)
+    redis.call('ZADD', KEYS[5], ARGV[6], user)
+    return {'ok', cur}
+  end
+  -- Its stage no longer serves the show: seat the viewer again.
+  freeSeat(KEYS[2], KEYS[4], KEYS[5], user, seat)
+end
+local open = redis.call('SMEMBERS', KEYS[1])
+local best, bestN, bestCreated
+for _, arn in ipairs(open) do
+  if want == '' or arn == want then
+    local n = tonumber(redis.call('HGET', KEYS[2], arn) or '0')
+    local cap, created = string.match(redis.call('HGET', KEYS[3], arn) or '0 0', '^(%d+) (%-?%d+)$')
+    cap, created = tonumber(cap), tonumber(created)
+    -- store.Fuller: the fullest, then the oldest, then by ARN.
+    if n < cap and (best == nil or n > bestN or (n == bestN and (created < bestCreated or (created == bestCreated and arn < best)))) then
+      best, bestN, bestCreated = arn, n, created
+    end
+  end
+end
+if not best then
+  if want ~= '' then
+    if redis.call('HEXISTS', KEYS[6], want) == 0 then return {'notfound'} end
+    if redis.call('SISMEMBER', KEYS[1], want) == 0 then return {'noteligible'} end
+    return {'full'}
+  end
+  if #open == 0 then return {'notlive'} end
+  return {'full'}
+end
+redis.call('HINCRBY', KEYS[2], best, 1)
+local seat = cjson.encode({broadcastId = ARGV[7], userId = user, stageArn = best, participantId = ARGV[3], takenAt = ARGV[4], expiresAt = ARGV[5]})
+redis.call('HSET', KEYS[4], user, seat)
+redis.call('ZADD', KEYS[5], ARGV[6], user)
+return {'ok', seat}
+`)
+
+	// KEYS: seats, expiry. ARGV: user, expiresAt (RFC 3339), expiresAt
+	// (micros).
+	renewSeat = goredis.NewScript(`
+local cur = redis.call('HGET', KEYS[1], ARGV[1])
+if not cur then return {'notfound'} end
+local seat = cjson.decode(cur)
+seat.expiresAt = ARGV[2]
+cur = cjson.encode(seat)
+redis.call('HSET', KEYS[1], ARGV[1], cur)
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
+return {'ok', cur}
+`)
+
+	// KEYS: counts, seats, expiry. ARGV: user.
+	releaseSeat = goredis.NewScript(freeSeat + `
+local cur = redis.call('HGET', KEYS[2], ARGV[1])
+if not cur then return {'notfound'} end
+freeSeat(KEYS[1], KEYS[2], KEYS[3], ARGV[1], cjson.decode(cur))
+return {'ok', cur}
+`)
+
+	// KEYS: counts, seats, expiry. ARGV: now (micros). Answers the freed
+	// seats.
+	expireSeats = goredis.NewScript(freeSeat + `
+local out = {'ok'}
+for _, user in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', ARGV[1])) do
+  local cur = redis.call('HGET', KEYS[2], user)
+  redis.call('ZREM', KEYS[3], user)
+  if cur then
+    freeSeat(KEYS[1], KEYS[2], KEYS[3], user, cjson.decode(cur))
+    table.insert(out, cur)
+  end
+end
+return out
+`)
+)
