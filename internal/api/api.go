@@ -18,7 +18,7 @@ type Fleet interface {
 	PublisherToken(ctx context.Context, broadcastID, userID string) (fleet.IssuedToken, error)
 	ViewerToken(ctx context.Context, broadcastID, userID, stageArn string) (fleet.IssuedToken, error)
 	MediaServerToken(ctx context.Context, serverID, stageArn string) (fleet.IssuedToken, error)
-	Heartbeat(ctx context.Context, broadcastID, userID string) (store.Seat, error)
+	Heartbeat(ctx context.Context, broadcastID, userID, stageArn, participantID string) (store.Seat, error)
 	Leave(ctx context.Context, broadcastID, userID string) (store.Seat, error)
 	Rejoin(ctx context.Context, broadcastID, userID, stageArn string) (fleet.IssuedToken, error)
 

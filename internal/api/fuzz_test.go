@@ -103,7 +103,7 @@ func (f *fuzzFleet) MediaServerToken(context.Context, string, string) (fleet.Iss
 	return fuzzToken(fleet.CapPublish, fleet.CapSubscribe), f.call()
 }
 
-func (f *fuzzFleet) Heartbeat(context.Context, string, string) (store.Seat, error) {
+func (f *fuzzFleet) Heartbeat(context.Context, string, string, string, string) (store.Seat, error) {
 	return fuzzSeat(), f.call()
 }
 

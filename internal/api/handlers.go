@@ -64,6 +64,8 @@ type userRequest struct {
 	UserID      string `json:"userId"`
 	BroadcastID string `json:"broadcastId"`
 	StageArn    string `json:"stageArn"`
+	// ParticipantID (heartbeat only) is the viewer token's.
+	ParticipantID string `json:"participantId"`
 }
 
 func (s *server) publisherToken(w http.ResponseWriter, r *http.Request) *apiError {
@@ -96,6 +98,9 @@ func viewerRequest(r *http.Request) (userRequest, *apiError) {
 	c.userID("userId", in.UserID)
 	in.BroadcastID = c.broadcast(in.BroadcastID)
 	c.stageArn("stageArn", in.StageArn, false)
+	if in.ParticipantID != "" {
+		c.participantID("participantId", in.ParticipantID)
+	}
 	return in, c.err()
 }
 
@@ -160,7 +165,7 @@ func (s *server) heartbeat(w http.ResponseWriter, r *http.Request) *apiError {
 	if e != nil {
 		return e
 	}
-	seat, err := s.fleet.Heartbeat(r.Context(), in.BroadcastID, in.UserID)
+	seat, err := s.fleet.Heartbeat(r.Context(), in.BroadcastID, in.UserID, in.StageArn, in.ParticipantID)
 	if err != nil {
 		return s.fail(err)
 	}

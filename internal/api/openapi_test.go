@@ -291,7 +291,7 @@ func (f *oaFleet) ViewerToken(_ context.Context, b, u, _ string) (fleet.IssuedTo
 func (f *oaFleet) MediaServerToken(_ context.Context, s, arn string) (fleet.IssuedToken, error) {
 	return f.token("", s, arn, "PUBLISH", "SUBSCRIBE"), f.err
 }
-func (f *oaFleet) Heartbeat(_ context.Context, b, u string) (store.Seat, error) {
+func (f *oaFleet) Heartbeat(_ context.Context, b, u, _, _ string) (store.Seat, error) {
 	return f.seat(b, u), f.err
 }
 func (f *oaFleet) Leave(_ context.Context, b, u string) (store.Seat, error) {

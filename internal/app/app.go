@@ -8,17 +8,20 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	awsconfig "github.com/aws/aws-sdk-go-v2/config"
 	"github.com/aws/aws-sdk-go-v2/credentials"
+	goredis "github.com/redis/go-redis/v9"
 
 	"github.com/stagefleet/stagefleet/internal/api"
 	"github.com/stagefleet/stagefleet/internal/config"
@@ -27,6 +30,7 @@ import (
 	"github.com/stagefleet/stagefleet/internal/ivs"
 	"github.com/stagefleet/stagefleet/internal/store"
 	"github.com/stagefleet/stagefleet/internal/store/memory"
+	redisstore "github.com/stagefleet/stagefleet/internal/store/redis"
 	"github.com/stagefleet/stagefleet/internal/token"
 )
 
@@ -82,7 +86,9 @@ func New(ctx context.Context, cfg config.Config, emuCfg emulator.Config, log *sl
 	if err != nil {
 		return nil, err
 	}
-	a.store = memory.New()
+	if a.store, err = openStore(ctx, cfg); err != nil {
+		return nil, err
+	}
 	a.fleet = fleet.New(fleet.Config{
 		StageCapacity:    cfg.StageCapacity,
 		HeartbeatTimeout: cfg.HeartbeatTimeout,
@@ -99,6 +105,8 @@ func New(ctx context.Context, cfg config.Config, emuCfg emulator.Config, log *sl
 		MinIdleStages:          cfg.MinIdleStages,
 		ScaleDownStabilization: cfg.ScaleDownWindow,
 		ReconcileInterval:      cfg.ReconcileInterval,
+		InstanceID:             cfg.InstanceID,
+		LeaseTTL:               cfg.LeaseTTL,
 	}, a.store, client, issuer, log)
 	a.api = api.New(api.Options{
 		APISecretKey:    cfg.APISecretKey,
@@ -120,8 +128,55 @@ func New(ctx context.Context, cfg config.Config, emuCfg emulator.Config, log *sl
 	if a.emu != nil {
 		a.emu.AddEventsURL("http://" + loopback(a.apiLn.Addr()) + "/api/events/ivs")
 	}
-	log.Info("stagefleet ready", "api", a.apiLn.Addr().String(), "ivs_mode", cfg.Mode(), "ivs_endpoint", a.endpointName(), "store", "memory", "tokens", a.tokens)
+	log.Info("stagefleet ready", "api", a.apiLn.Addr().String(), "ivs_mode", cfg.Mode(), "ivs_endpoint", a.endpointName(), "store", cfg.StoreKind(), "tokens", a.tokens)
 	return a, nil
+}
+
+// openStore opens the configured store; Redis must answer at start, so that
+// a wrong address fails the start, not the first viewer.
+func openStore(ctx context.Context, cfg config.Config) (store.Store, error) {
+	if cfg.StoreKind() != config.StoreRedis {
+		return memory.New(), nil
+	}
+	opts, err := redisOptions(cfg)
+	if err != nil {
+		return nil, err
+	}
+	rdb := goredis.NewUniversalClient(opts)
+	pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if err := rdb.Ping(pctx).Err(); err != nil {
+		rdb.Close()
+		return nil, fmt.Errorf("redis at %s does not answer: %w", strings.Join(opts.Addrs, ","), err)
+	}
+	return redisstore.New(rdb, cfg.RedisKeyPrefix), nil
+}
+
+// redisOptions reads REDIS_URL, else REDIS_HOST and the settings with it.
+func redisOptions(cfg config.Config) (*goredis.UniversalOptions, error) {
+	if cfg.RedisURL != "" {
+		if cfg.RedisCluster {
+			o, err := goredis.ParseClusterURL(cfg.RedisURL)
+			if err != nil {
+				return nil, fmt.Errorf("REDIS_URL: %w", err)
+			}
+			return &goredis.UniversalOptions{Addrs: o.Addrs, Username: o.Username, Password: o.Password, TLSConfig: o.TLSConfig, IsClusterMode: true}, nil
+		}
+		o, err := goredis.ParseURL(cfg.RedisURL)
+		if err != nil {
+			return nil, fmt.Errorf("REDIS_URL: %w", err)
+		}
+		return &goredis.UniversalOptions{Addrs: []string{o.Addr}, Username: o.Username, Password: o.Password, DB: o.DB, TLSConfig: o.TLSConfig}, nil
+	}
+	opts := &goredis.UniversalOptions{
+		Addrs:         []string{net.JoinHostPort(cfg.RedisHost, fmt.Sprint(cfg.RedisPort))},
+		Password:      cfg.RedisPassword,
+		IsClusterMode: cfg.RedisCluster,
+	}
+	if cfg.RedisTLS {
+		opts.TLSConfig = &tls.Config{ServerName: cfg.RedisHost, MinVersion: tls.VersionTLS12}
+	}
+	return opts, nil
 }
 
 // startEmulator runs the embedded emulator on cfg.EmulatorAddr; it sends its
@@ -210,7 +265,7 @@ func loopback(addr net.Addr) string {
 func (a *App) health(ctx context.Context) api.Health {
 	h := api.Health{
 		IVS:        api.Component{Status: "ok", Mode: a.cfg.Mode(), Endpoint: a.endpointName(), Tokens: a.tokens},
-		Store:      api.Component{Status: "ok", Mode: "memory"},
+		Store:      api.Component{Status: "ok", Mode: a.cfg.StoreKind()},
 		Controller: api.Component{Status: "ok"},
 	}
 	if a.emu != nil {

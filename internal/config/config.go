@@ -63,7 +63,25 @@ type Config struct {
 	MaxBodyBytes         int64
 	ShutdownTimeout      time.Duration
 	LogLevel             string
+
+	Store          string
+	RedisURL       string
+	RedisHost      string
+	RedisPort      int
+	RedisPassword  string
+	RedisTLS       bool
+	RedisCluster   bool
+	RedisKeyPrefix string
+	LeaseTTL       time.Duration
+	InstanceID     string
 }
+
+// Stores.
+const (
+	StoreAuto   = "auto"
+	StoreMemory = "memory"
+	StoreRedis  = "redis"
+)
 
 // setting is one configuration item: its variable, default and parser.
 type setting struct {
@@ -169,6 +187,34 @@ var settings = []setting{
 		return nil
 	}},
 	{"SHUTDOWN_TIMEOUT", "10s", "how long SIGTERM waits for requests in flight", func(c *Config, v string) error { return duration(&c.ShutdownTimeout, v, 0, 5*time.Minute) }},
+	{"STORE", StoreAuto, "memory (one instance), redis (shared by every instance), or auto: redis when REDIS_URL or REDIS_HOST is set", func(c *Config, v string) error {
+		return oneOf(&c.Store, v, StoreAuto, StoreMemory, StoreRedis)
+	}},
+	{"REDIS_URL", "", "Redis to keep state in, as redis://[:password@]host:port[/db] or rediss:// for TLS; wins over REDIS_HOST", func(c *Config, v string) error {
+		if v != "" {
+			if u, err := url.Parse(v); err != nil || (u.Scheme != "redis" && u.Scheme != "rediss") || u.Host == "" {
+				return errors.New("must be a redis:// or rediss:// URL such as redis://127.0.0.1:6379/0")
+			}
+		}
+		c.RedisURL = v
+		return nil
+	}},
+	{"REDIS_HOST", "", "Redis host (the previous server's setting; REDIS_URL is preferred)", func(c *Config, v string) error { c.RedisHost = v; return nil }},
+	{"REDIS_PORT", "6379", "Redis port, with REDIS_HOST", func(c *Config, v string) error { return intRange(&c.RedisPort, v, 1, 65535) }},
+	{"REDIS_PASSWORD", "", "Redis password, with REDIS_HOST", func(c *Config, v string) error { c.RedisPassword = v; return nil }},
+	{"REDIS_TLS_ENABLED", "false", "true: connect to REDIS_HOST with TLS", func(c *Config, v string) error { return boolean(&c.RedisTLS, v) }},
+	{"REDIS_CLUSTER", "false", "true: the Redis is a Redis Cluster (the address is any of its nodes)", func(c *Config, v string) error { return boolean(&c.RedisCluster, v) }},
+	{"REDIS_KEY_PREFIX", "stagefleet", "prefix of every Redis key: deployments sharing one Redis need different prefixes", func(c *Config, v string) error {
+		if v == "" || strings.ContainsAny(v, "{} \t\n") {
+			return errors.New("must be non-empty, without braces or spaces")
+		}
+		c.RedisKeyPrefix = v
+		return nil
+	}},
+	{"LEASE_TTL", "10s", "how long an instance keeps a broadcast's control lease without renewing it: after a crash, another instance takes the broadcast over within this", func(c *Config, v string) error {
+		return duration(&c.LeaseTTL, v, 500*time.Millisecond, 5*time.Minute)
+	}},
+	{"INSTANCE_ID", "", "this instance's name in leases and logs (empty: host name, process id and a random suffix)", func(c *Config, v string) error { c.InstanceID = v; return nil }},
 	{"LOG_LEVEL", "info", "debug, info, warn or error", func(c *Config, v string) error {
 		return oneOf(&c.LogLevel, strings.ToLower(v), "debug", "info", "warn", "error")
 	}},
@@ -295,6 +341,9 @@ func (c Config) validate() error {
 			return fmt.Errorf("%s is in region %s but AWS_REGION is %s: they must match", a.name, region, c.AWSRegion)
 		}
 	}
+	if c.StoreKind() == StoreRedis && c.RedisURL == "" && c.RedisHost == "" {
+		return errors.New("STORE=redis needs REDIS_URL (or REDIS_HOST)")
+	}
 	if c.Mode() == ModeAWS && c.APISecretKey == "" && !(c.skipAuthSet && c.SkipAuth) {
 		return errors.New("API_SECRET_KEY is required when using AWS (set SKIP_AUTH=true explicitly to run without authentication)")
 	}
@@ -308,6 +357,26 @@ func arnRegion(arn string) string {
 		return ""
 	}
 	return parts[3]
+}
+
+func boolean(dst *bool, v string) error {
+	b, err := strconv.ParseBool(strings.TrimSpace(v))
+	if err != nil {
+		return errors.New("must be true or false")
+	}
+	*dst = b
+	return nil
+}
+
+// StoreKind resolves STORE auto.
+func (c Config) StoreKind() string {
+	if c.Store != StoreAuto {
+		return c.Store
+	}
+	if c.RedisURL != "" || c.RedisHost != "" {
+		return StoreRedis
+	}
+	return StoreMemory
 }
 
 func intRange(dst *int, v string, lo, hi int) error {

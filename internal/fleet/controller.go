@@ -128,13 +128,6 @@ func (s *Service) local(broadcastID string) *local {
 	return l.(*local)
 }
 
-// lock takes the broadcast's lock and returns its release.
-func (s *Service) lock(broadcastID string) func() {
-	l := s.local(broadcastID)
-	l.mu.Lock()
-	return l.mu.Unlock
-}
-
 // Run does the fleet's background work until ctx ends: seat expiry, the
 // controller's passes on signals and on a short tick, and reconciliation
 // with IVS every ReconcileInterval. Each runs in its own goroutine: reconciliation reads all of IVS and may
@@ -147,7 +140,7 @@ func (s *Service) Run(ctx context.Context) {
 	})
 	wg.Go(func() {
 		every(ctx, s.cfg.ReconcileInterval, func(ctx context.Context) {
-			if err := s.Reconcile(ctx); err != nil && ctx.Err() == nil {
+			if err := s.reconcileTurn(ctx); err != nil && ctx.Err() == nil {
 				s.log.Warn("reconcile failed", "error", err)
 			}
 		})
@@ -196,9 +189,17 @@ func (s *Service) stepAll(ctx context.Context) {
 // Step is one controller pass over a broadcast: scale up, replicate, scale
 // down.
 func (s *Service) Step(ctx context.Context, broadcastID string) {
-	unlock := s.lock(broadcastID)
+	held, unlock, ok, err := s.tryLock(ctx, broadcastID)
+	if err != nil {
+		s.log.Warn("controller pass: taking the broadcast failed", "broadcast", broadcastID, "error", err)
+		return
+	}
+	if !ok {
+		// Another instance is making its pass now.
+		return
+	}
 	defer unlock()
-	if err := s.step(ctx, broadcastID); err != nil && ctx.Err() == nil {
+	if err := s.step(held, broadcastID); err != nil && held.Err() == nil {
 		s.log.Warn("controller pass failed", "broadcast", broadcastID, "error", err)
 	}
 }

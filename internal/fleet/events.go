@@ -87,7 +87,10 @@ func (s *Service) applyEvent(ctx context.Context, ev Event) (EventResult, error)
 	if err != nil {
 		return "", failWrap(ErrUnavailable, err, "reading stage %s", ev.StageArn)
 	}
-	unlock := s.lock(st.BroadcastID)
+	ctx, unlock, err := s.lock(ctx, st.BroadcastID)
+	if err != nil {
+		return "", err
+	}
 	defer unlock()
 	defer s.kicks.kick(st.BroadcastID)
 	// Read again under the lock: the controller may have changed it.

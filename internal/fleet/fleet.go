@@ -78,16 +78,25 @@ type Config struct {
 	ScaleInterval time.Duration
 	// Now is the clock; nil means time.Now. Windows and back-offs use it.
 	Now func() time.Time
+
+	// InstanceID names this instance in leases; empty: host name, process
+	// id and a random suffix.
+	InstanceID string
+	// LeaseTTL is how long a broadcast's control lease lasts unless
+	// renewed: another instance takes over a crashed one's broadcasts
+	// within it.
+	LeaseTTL time.Duration
 }
 
 // Service is the fleet.
 type Service struct {
-	cfg    Config
-	store  store.Store
-	ivs    IVS
-	tokens token.Issuer
-	log    *slog.Logger
-	now    func() time.Time
+	cfg      Config
+	instance string
+	store    store.Store
+	ivs      IVS
+	tokens   token.Issuer
+	log      *slog.Logger
+	now      func() time.Time
 
 	origins singleflight.Group
 	freed   *signal
@@ -113,15 +122,22 @@ func New(cfg Config, st store.Store, i IVS, tokens token.Issuer, log *slog.Logge
 	if cfg.ScaleInterval <= 0 {
 		cfg.ScaleInterval = time.Second
 	}
+	if cfg.LeaseTTL <= 0 {
+		cfg.LeaseTTL = 10 * time.Second
+	}
+	if cfg.InstanceID == "" {
+		cfg.InstanceID = defaultInstanceID()
+	}
 	s := &Service{
-		cfg:    cfg,
-		store:  st,
-		ivs:    i,
-		tokens: tokens,
-		log:    log,
-		now:    now,
-		freed:  newSignal(),
-		kicks:  newKicker(),
+		cfg:      cfg,
+		instance: cfg.InstanceID,
+		store:    st,
+		ivs:      i,
+		tokens:   tokens,
+		log:      log,
+		now:      now,
+		freed:    newSignal(),
+		kicks:    newKicker(),
 		// Until measured, assume IVS's usual: a few seconds from
 		// CreateStage to an active replica.
 		provisioning: newEWMA(3 * time.Second),

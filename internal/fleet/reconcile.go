@@ -44,6 +44,24 @@ func (s *Service) Reconcile(ctx context.Context) error {
 	return nil
 }
 
+// reconcileTurn reconciles if it is this instance's turn. With many
+// instances, one reconciles at a time: the one holding the reconcile lease,
+// which it keeps from one reconcile to the next (so the work stays on one
+// instance) and which another takes over once it runs out.
+func (s *Service) reconcileTurn(ctx context.Context) error {
+	// Held past the holder's next tick, so that it renews in time; short
+	// enough that another instance takes over within two intervals.
+	ttl := s.cfg.ReconcileInterval + s.cfg.ReconcileInterval/2
+	_, err := s.store.AcquireLease(ctx, reconcileScope, reconcileLease, s.instance, ttl)
+	switch {
+	case errors.Is(err, store.ErrLeaseHeld):
+		return nil
+	case err != nil:
+		return fmt.Errorf("taking the reconcile lease: %w", err)
+	}
+	return s.Reconcile(ctx)
+}
+
 // reconcileBroadcast repairs one broadcast. IVS is read without the
 // broadcast's lock (a read may be slow under throttling or retries, and the
 // controller and the event handler must not wait for it); what it shows is
@@ -59,13 +77,16 @@ func (s *Service) reconcileBroadcast(ctx context.Context, b store.Broadcast, lis
 	if err != nil {
 		return fmt.Errorf("reading hosts back from IVS: %w", err)
 	}
-	unlock := s.lock(b.ID)
-	err = s.applyHosts(ctx, b, present, seen)
+	held, unlock, err := s.lock(ctx, b.ID)
+	if err != nil {
+		return err
+	}
+	err = s.applyHosts(held, b, present, seen)
 	if err == nil {
 		// Act on what was repaired (a host found publishing gets its
 		// replications started) before reading replications back, so
 		// that one reconcile converges where IVS is quick to answer.
-		err = s.step(ctx, b.ID)
+		err = s.step(held, b.ID)
 	}
 	unlock()
 	if err != nil {
@@ -75,9 +96,12 @@ func (s *Service) reconcileBroadcast(ctx context.Context, b store.Broadcast, lis
 	if err != nil {
 		return fmt.Errorf("reading replications back from IVS: %w", err)
 	}
-	unlock = s.lock(b.ID)
+	held, unlock, err = s.lock(ctx, b.ID)
+	if err != nil {
+		return err
+	}
 	defer unlock()
-	if err := s.applyReplicas(ctx, b, active); err != nil {
+	if err := s.applyReplicas(held, b, active); err != nil {
 		return fmt.Errorf("repairing replications: %w", err)
 	}
 	return nil
@@ -86,7 +110,10 @@ func (s *Service) reconcileBroadcast(ctx context.Context, b store.Broadcast, lis
 // dropGone drops the records of the broadcast's stages that IVS no longer
 // has, freeing their seats, and notes every recorded stage in known.
 func (s *Service) dropGone(ctx context.Context, b store.Broadcast, listed time.Time, inIVS map[string]ivs.Stage, known map[string]bool) error {
-	unlock := s.lock(b.ID)
+	ctx, unlock, err := s.lock(ctx, b.ID)
+	if err != nil {
+		return err
+	}
 	defer unlock()
 	stages, err := s.store.ListStages(ctx, b.ID)
 	if err != nil {
@@ -133,12 +160,30 @@ func (s *Service) originParticipants(ctx context.Context, b store.Broadcast) (ma
 }
 
 // applyHosts marks a host connected and published in the origin as
-// publishing, one disconnected or absent as not: lost Published and
-// Unpublished events are repaired here.
+// publishing, one disconnected or absent as not, and records a publishing
+// participant it has no record of: lost Published and Unpublished events,
+// and a lost store, are repaired here.
 func (s *Service) applyHosts(ctx context.Context, b store.Broadcast, present map[string]ivs.Participant, seen time.Time) error {
 	hosts, err := s.store.ListHosts(ctx, b.ID)
 	if err != nil {
 		return err
+	}
+	recorded := map[string]bool{}
+	for _, h := range hosts {
+		recorded[h.ParticipantID] = true
+	}
+	for _, p := range present {
+		// A host publishing without a record (the store was lost, or its
+		// Published event too): as with the event, publishing makes a
+		// host.
+		if recorded[p.ID] || !p.Connected || !p.Published {
+			continue
+		}
+		h := store.Host{BroadcastID: b.ID, ParticipantID: p.ID, UserID: p.UserID, StageArn: b.OriginArn, JoinedAt: seen, Publishing: true, EventTime: seen}
+		if err := s.store.PutHost(ctx, h); err != nil {
+			return err
+		}
+		s.log.Info("host restored from IVS", "broadcast", b.ID, "participant", p.ID, "user", p.UserID)
 	}
 	for _, h := range hosts {
 		p, ok := present[h.ParticipantID]
@@ -226,7 +271,11 @@ func (s *Service) applyReplicas(ctx context.Context, b store.Broadcast, active m
 func (s *Service) adopt(ctx context.Context, st ivs.Stage) {
 	b := st.Tags[TagBroadcast]
 	role := store.Role(st.Tags[TagRole])
-	unlock := s.lock(b)
+	ctx, unlock, err := s.lock(ctx, b)
+	if err != nil {
+		s.log.Warn("adopting stage", "stage", st.Arn, "error", err)
+		return
+	}
 	defer unlock()
 	rec := store.Stage{Arn: st.Arn, BroadcastID: b, Role: role, Name: st.Name, Capacity: s.cfg.StageCapacity, CreatedAt: s.now()}
 	bc, err := s.store.GetBroadcast(ctx, b)

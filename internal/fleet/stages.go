@@ -80,7 +80,7 @@ func (s *Service) Stage(ctx context.Context, arn string) (StageView, error) {
 
 // UpdateStage renames one of stagefleet's stages.
 func (s *Service) UpdateStage(ctx context.Context, arn, name string) (StageView, error) {
-	rec, unlock, err := s.lockedRecord(ctx, arn)
+	rec, ctx, unlock, err := s.lockedRecord(ctx, arn)
 	if err != nil {
 		return StageView{}, err
 	}
@@ -100,7 +100,7 @@ func (s *Service) UpdateStage(ctx context.Context, arn, name string) (StageView,
 // removes one (drain, re-check, delete). It refuses the origin and a stage
 // with seated viewers.
 func (s *Service) DeleteStage(ctx context.Context, arn string) error {
-	rec, unlock, err := s.lockedRecord(ctx, arn)
+	rec, ctx, unlock, err := s.lockedRecord(ctx, arn)
 	if err != nil {
 		return err
 	}
@@ -127,17 +127,20 @@ func (s *Service) DeleteStage(ctx context.Context, arn string) error {
 
 // lockedRecord reads a stage record under its broadcast's lock, so that a
 // manual change does not race the controller. The caller releases it.
-func (s *Service) lockedRecord(ctx context.Context, arn string) (store.Stage, func(), error) {
+func (s *Service) lockedRecord(ctx context.Context, arn string) (store.Stage, context.Context, func(), error) {
 	rec, err := s.record(ctx, arn)
 	if err != nil {
-		return store.Stage{}, nil, err
+		return store.Stage{}, nil, nil, err
 	}
-	unlock := s.lock(rec.BroadcastID)
-	if rec, err = s.record(ctx, arn); err != nil {
+	held, unlock, err := s.lock(ctx, rec.BroadcastID)
+	if err != nil {
+		return store.Stage{}, nil, nil, err
+	}
+	if rec, err = s.record(held, arn); err != nil {
 		unlock()
-		return store.Stage{}, nil, err
+		return store.Stage{}, nil, nil, err
 	}
-	return rec, unlock, nil
+	return rec, held, unlock, nil
 }
 
 func (s *Service) replicationsInto(ctx context.Context, st store.Stage) ([]store.Replication, error) {

@@ -214,9 +214,25 @@ func (s *Service) MediaServerToken(ctx context.Context, serverID, stageArn strin
 	}, nil
 }
 
-// Heartbeat renews a viewer's seat.
-func (s *Service) Heartbeat(ctx context.Context, broadcastID, userID string) (store.Seat, error) {
+// Heartbeat renews a viewer's seat. A viewer that names its stage and
+// participant id (those of its token) and whose seat is gone (Redis came
+// back empty, or the lease ran out) takes a seat on that stage again, if
+// it still takes viewers and has room: it goes on watching where it is.
+func (s *Service) Heartbeat(ctx context.Context, broadcastID, userID, stageArn, participantID string) (store.Seat, error) {
 	seat, err := s.store.RenewSeat(ctx, broadcastID, userID, s.now(), s.cfg.HeartbeatTimeout)
+	if errors.Is(err, store.ErrNotFound) && stageArn != "" && participantID != "" {
+		seat, err = s.store.ReserveSeat(ctx, store.SeatRequest{
+			BroadcastID: broadcastID, UserID: userID, StageArn: stageArn, ParticipantID: participantID,
+			Now: s.now(), TTL: s.cfg.HeartbeatTimeout,
+		})
+		switch {
+		case err == nil:
+			s.log.Info("seat re-established by heartbeat", "broadcast", broadcastID, "stage", stageArn, "user", userID)
+			return seat, nil
+		case errors.Is(err, store.ErrFull), errors.Is(err, store.ErrNotEligible), errors.Is(err, store.ErrNotFound), errors.Is(err, store.ErrNotLive):
+			return store.Seat{}, fail(ErrNotFound, "viewer %s has no seat in broadcast %s, and stage %s cannot take it back (%v); request a viewer token", userID, broadcastID, stageArn, err)
+		}
+	}
 	if errors.Is(err, store.ErrNotFound) {
 		return store.Seat{}, fail(ErrNotFound, "viewer %s has no seat in broadcast %s (expired or left); request a viewer token", userID, broadcastID)
 	}
