@@ -432,6 +432,7 @@ type emuState struct {
 		Failed    int `json:"failed"`
 	} `json:"events"`
 	Counters map[string]struct {
+		Calls  int `json:"calls"`
 		Faults int `json:"faults"`
 	} `json:"counters"`
 }

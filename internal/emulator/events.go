@@ -107,8 +107,8 @@ type EventStats struct {
 	Failed     int `json:"failed"`
 }
 
-// eventBus delivers events to the configured URLs, one at a time in the
-// order they became due.
+// eventBus delivers events to the configured URLs, one event at a time in
+// the order they became due, to all URLs in parallel.
 type eventBus struct {
 	log    *slog.Logger
 	client *http.Client
@@ -249,19 +249,25 @@ func (b *eventBus) run() {
 			b.log.Error("encoding event", "error", err)
 			continue
 		}
+		// To every URL at once: a slow or dead receiver holds up the
+		// others by no more than its own delivery.
+		var wg sync.WaitGroup
 		for _, url := range urls {
-			err := b.deliver(url, body, attempts)
-			b.mu.Lock()
-			if err != nil {
-				b.stats.Failed++
-			} else {
-				b.stats.Delivered++
-			}
-			b.mu.Unlock()
-			if err != nil && b.ctx.Err() == nil {
-				b.log.Warn("event not delivered", "url", url, "event", ev.Detail["event_name"], "error", err)
-			}
+			wg.Go(func() {
+				err := b.deliver(url, body, attempts)
+				b.mu.Lock()
+				if err != nil {
+					b.stats.Failed++
+				} else {
+					b.stats.Delivered++
+				}
+				b.mu.Unlock()
+				if err != nil && b.ctx.Err() == nil {
+					b.log.Warn("event not delivered", "url", url, "event", ev.Detail["event_name"], "error", err)
+				}
+			})
 		}
+		wg.Wait()
 	}
 }
 

@@ -20,6 +20,12 @@ import (
 // level-triggered: every pass compares what is with what should be, so a
 // lost or repeated signal costs a pass, never correctness.
 
+// passGap is the pause between kicked controller passes.
+const passGap = 50 * time.Millisecond
+
+// maxCreatesPerPass is IVS's default CreateStage quota (5 per second).
+const maxCreatesPerPass = 5
+
 // startTimeout is how long a replication may stay starting before it is
 // started again (IVS answers a duplicate start with a conflict, harmlessly).
 const startTimeout = 15 * time.Second
@@ -117,10 +123,16 @@ type local struct {
 	// waiting counts viewers waiting for a seat now: demand the controller
 	// meets on top of the headroom.
 	waiting atomic.Int64
+	queue   waitQueue
+	// reported: the last demand recorded in the store was not nil.
+	reported atomic.Bool
 	// createFails counts CreateStage failures in a row; no CreateStage is
 	// tried before createAfter. Both under mu.
 	createFails int
 	createAfter time.Time
+	// yieldUntil: this instance leaves the lease to others until then
+	// (under mu).
+	yieldUntil time.Time
 }
 
 func (s *Service) local(broadcastID string) *local {
@@ -138,6 +150,7 @@ func (s *Service) Run(ctx context.Context) {
 	wg.Go(func() {
 		every(ctx, max(s.cfg.HeartbeatTimeout/10, 100*time.Millisecond), s.expireSeats)
 	})
+	wg.Go(func() { s.watchSeats(ctx) })
 	wg.Go(func() {
 		every(ctx, s.cfg.ReconcileInterval, func(ctx context.Context) {
 			if err := s.reconcileTurn(ctx); err != nil && ctx.Err() == nil {
@@ -154,6 +167,15 @@ func (s *Service) Run(ctx context.Context) {
 		case <-s.kicks.wake:
 			for _, b := range s.kicks.take() {
 				s.Step(ctx, b)
+			}
+			// Waiting viewers kick all the time: without a pause this
+			// instance would take the broadcast's lease back the moment
+			// it let go, and other instances' events and passes would
+			// starve.
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(passGap):
 			}
 		case <-scale.C:
 			s.stepAll(ctx)
@@ -189,7 +211,10 @@ func (s *Service) stepAll(ctx context.Context) {
 // Step is one controller pass over a broadcast: scale up, replicate, scale
 // down.
 func (s *Service) Step(ctx context.Context, broadcastID string) {
-	held, unlock, ok, err := s.tryLock(ctx, broadcastID)
+	// Reported first, so that the audience this instance sees counts
+	// whichever instance makes the pass.
+	s.reportDemand(ctx, broadcastID, s.local(broadcastID))
+	held, unlock, ok, err := s.tryLock(ctx, broadcastID, "controller pass")
 	if err != nil {
 		s.log.Warn("controller pass: taking the broadcast failed", "broadcast", broadcastID, "error", err)
 		return
@@ -214,7 +239,16 @@ type view struct {
 	hosts     []store.Host
 	reps      map[replKey]store.Replication
 	live      bool
+	// waiting and joinRate are the audience's demand, summed over the
+	// instances that reported within demandWindow.
+	waiting  int
+	joinRate float64
 }
+
+// demandWindow is how recent an instance's demand must be to count. An
+// instance with demand reports it every seatWatch, and once more when it
+// has none; a stopped instance's is forgotten after this.
+func (s *Service) demandWindow() time.Duration { return 2 * time.Second }
 
 func (s *Service) load(ctx context.Context, broadcastID string) (view, error) {
 	var v view
@@ -237,6 +271,14 @@ func (s *Service) load(ctx context.Context, broadcastID string) (view, error) {
 		v.reps[replKey{r.ParticipantID, r.DestArn}] = r
 	}
 	v.live = anyPublishing(v.hosts)
+	demand, err := s.store.ListDemand(ctx, broadcastID, s.now().Add(-s.demandWindow()))
+	if err != nil {
+		return v, err
+	}
+	for _, d := range demand {
+		v.waiting += d.Waiting
+		v.joinRate += d.JoinRate
+	}
 	return v, nil
 }
 
@@ -286,13 +328,21 @@ func (s *Service) step(ctx context.Context, broadcastID string) error {
 	if v, err = s.load(ctx, broadcastID); err != nil {
 		return err
 	}
+	// Like CreateStage, StartParticipantReplication has a quota: a pass
+	// makes a few calls, and the next pass the rest.
+	calls := 0
 	for _, st := range v.stages {
 		if st.Role != store.RoleReplica || st.Draining {
 			continue
 		}
 		for _, h := range v.hosts {
-			s.ensureReplication(ctx, v.broadcast, st, h, v.reps[replKey{h.ParticipantID, st.Arn}])
+			if calls < maxCreatesPerPass && s.ensureReplication(ctx, v.broadcast, st, h, v.reps[replKey{h.ParticipantID, st.Arn}]) {
+				calls++
+			}
 		}
+	}
+	if calls == maxCreatesPerPass {
+		s.kicks.kick(broadcastID)
 	}
 	return s.scaleDown(ctx, v)
 }
@@ -306,21 +356,24 @@ func (s *Service) headroom(v view) int {
 		return 0
 	}
 	base := s.cfg.StageCapacity - s.cfg.ScaleUpThreshold
-	rate := s.local(v.broadcast.ID).joins.perSecond(s.now())
-	return max(base, int(math.Ceil(rate*s.provisioning.get().Seconds())))
+	return max(base, int(math.Ceil(v.joinRate*s.provisioning.get().Seconds())))
 }
 
 func (s *Service) scaleUp(ctx context.Context, v view) error {
 	l := s.local(v.broadcast.ID)
 	free, upcoming, idle := v.seats()
 	headroom := s.headroom(v)
-	waiting := int(l.waiting.Load())
+	waiting := v.waiting
 	n := 0
 	if short := headroom + waiting - free - upcoming; v.live && short > 0 {
 		n = (short + s.cfg.StageCapacity - 1) / s.cfg.StageCapacity
 	}
 	n = max(n, s.cfg.MinIdleStages-idle)
 	n = min(n, s.cfg.MaxStages-managed(v.stages))
+	// IVS creates stages no faster than its quota: more in one pass would
+	// only wait behind the client's limiter while the broadcast is held,
+	// and its events with it. The next pass makes the rest.
+	n = min(n, maxCreatesPerPass)
 	if n <= 0 || s.now().Before(l.createAfter) {
 		// Nothing to do, or CreateStage failed lately (quota, IVS
 		// trouble): back off.
@@ -371,25 +424,27 @@ func (s *Service) provision(ctx context.Context, v view) error {
 }
 
 // ensureReplication moves one (host, replica stage) replication toward its
-// desired state: active while the host publishes, pending while it does not.
-func (s *Service) ensureReplication(ctx context.Context, b store.Broadcast, dest store.Stage, h store.Host, r store.Replication) {
+// desired state: active while the host publishes, pending while it does
+// not. It reports whether it called IVS.
+func (s *Service) ensureReplication(ctx context.Context, b store.Broadcast, dest store.Stage, h store.Host, r store.Replication) (called bool) {
 	now := s.now()
 	if r.ParticipantID == "" {
 		r = store.Replication{BroadcastID: b.ID, ParticipantID: h.ParticipantID, SourceArn: b.OriginArn, DestArn: dest.Arn}
 	}
 	switch {
 	case r.State == store.ReplActive:
-		return
+		return false
 	case r.State == store.ReplStarting && now.Sub(r.UpdatedAt) < startTimeout:
-		return
+		return false
 	case !h.Publishing:
 		if r.State == store.ReplPending {
-			return
+			return false
 		}
 		r.State, r.Reason = store.ReplPending, "host not publishing"
 	case now.Before(r.RetryAt):
-		return
+		return false
 	default:
+		called = true
 		err := s.ivs.StartReplication(ctx, b.OriginArn, dest.Arn, h.ParticipantID, s.cfg.ReconnectWindow)
 		switch {
 		case err == nil, errors.Is(err, ivs.ErrConflict):
@@ -404,9 +459,10 @@ func (s *Service) ensureReplication(ctx context.Context, b store.Broadcast, dest
 	r.UpdatedAt = now
 	if err := s.store.PutReplication(ctx, r); err != nil {
 		s.log.Warn("recording replication", "broadcast", b.ID, "stage", dest.Arn, "participant", h.ParticipantID, "error", err)
-		return
+		return called
 	}
 	s.log.Info("replication", "broadcast", b.ID, "stage", dest.Arn, "participant", h.ParticipantID, "state", r.State, "reason", r.Reason, "attempts", r.Attempts)
+	return called
 }
 
 // backoff is exponential with full jitter: up to 500ms x 2^(attempts-1),

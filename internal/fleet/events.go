@@ -87,7 +87,7 @@ func (s *Service) applyEvent(ctx context.Context, ev Event) (EventResult, error)
 	if err != nil {
 		return "", failWrap(ErrUnavailable, err, "reading stage %s", ev.StageArn)
 	}
-	ctx, unlock, err := s.lock(ctx, st.BroadcastID)
+	ctx, unlock, err := s.lock(ctx, st.BroadcastID, "ivs event")
 	if err != nil {
 		return "", err
 	}
@@ -228,7 +228,7 @@ func (s *Service) setSeatable(ctx context.Context, st store.Stage, seatable bool
 	}
 	s.log.Info("stage seating changed", "broadcast", st.BroadcastID, "stage", st.Arn, "role", st.Role, "seatable", seatable, "reason", why)
 	if seatable {
-		s.freed.notify()
+		s.seatsChanged(st.BroadcastID)
 	}
 	return nil
 }

@@ -99,7 +99,8 @@ type Service struct {
 	now      func() time.Time
 
 	origins singleflight.Group
-	freed   *signal
+	// seatCheck asks the seat watcher to look now.
+	seatCheck chan struct{}
 
 	kicks          *kicker
 	locals         sync.Map // broadcast id -> *local
@@ -129,15 +130,15 @@ func New(cfg Config, st store.Store, i IVS, tokens token.Issuer, log *slog.Logge
 		cfg.InstanceID = defaultInstanceID()
 	}
 	s := &Service{
-		cfg:      cfg,
-		instance: cfg.InstanceID,
-		store:    st,
-		ivs:      i,
-		tokens:   tokens,
-		log:      log,
-		now:      now,
-		freed:    newSignal(),
-		kicks:    newKicker(),
+		cfg:       cfg,
+		instance:  cfg.InstanceID,
+		store:     st,
+		ivs:       i,
+		tokens:    tokens,
+		log:       log,
+		now:       now,
+		seatCheck: make(chan struct{}, 1),
+		kicks:     newKicker(),
 		// Until measured, assume IVS's usual: a few seconds from
 		// CreateStage to an active replica.
 		provisioning: newEWMA(3 * time.Second),
@@ -161,7 +162,7 @@ func (s *Service) expireSeats(ctx context.Context) {
 			s.log.Info("seat expired", "broadcast", b.ID, "stage", seat.StageArn, "user", seat.UserID)
 		}
 		if len(freed) > 0 {
-			s.freed.notify()
+			s.seatsChanged(b.ID)
 		}
 	}
 }
@@ -266,26 +267,4 @@ func anyPublishing(hosts []store.Host) bool {
 		}
 	}
 	return false
-}
-
-// signal wakes every waiter when something they may be waiting for
-// happened (a seat freed, a stage opened).
-type signal struct {
-	mu sync.Mutex
-	ch chan struct{}
-}
-
-func newSignal() *signal { return &signal{ch: make(chan struct{})} }
-
-func (s *signal) wait() <-chan struct{} {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.ch
-}
-
-func (s *signal) notify() {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	close(s.ch)
-	s.ch = make(chan struct{})
 }

@@ -26,6 +26,28 @@ const (
 	reconcileScope = ""
 )
 
+// yieldTurn is how long an instance leaves a broadcast's lease alone after
+// releasing it to a waiting instance: a few of the waiter's polls.
+const yieldTurn = 50 * time.Millisecond
+
+// yield waits out this instance's turn to leave the lease to others, under
+// l.mu. tryLock does not wait: ok false.
+func (l *local) yield(ctx context.Context, wait bool) bool {
+	d := time.Until(l.yieldUntil)
+	if d <= 0 {
+		return true
+	}
+	if !wait {
+		return false
+	}
+	select {
+	case <-ctx.Done():
+		return false
+	case <-time.After(d):
+		return true
+	}
+}
+
 // defaultInstanceID names this process uniquely among instances.
 func defaultInstanceID() string {
 	host, err := os.Hostname()
@@ -38,16 +60,20 @@ func defaultInstanceID() string {
 // lock takes the broadcast, waiting for this instance's mutex and then for
 // the control lease. The returned context carries the lease's fence and
 // ends if the lease is lost; unlock releases both.
-func (s *Service) lock(ctx context.Context, broadcastID string) (context.Context, func(), error) {
+func (s *Service) lock(ctx context.Context, broadcastID, work string) (context.Context, func(), error) {
 	l := s.local(broadcastID)
 	l.mu.Lock()
+	if !l.yield(ctx, true) {
+		l.mu.Unlock()
+		return nil, nil, failWrap(ErrUnavailable, ctx.Err(), "waiting for broadcast %s", broadcastID)
+	}
 	// A holder renews only while it works; one that keeps the broadcast
 	// longer than this is stuck, and the caller is better told so.
 	deadline := time.Now().Add(2 * s.cfg.LeaseTTL)
 	for {
 		lease, err := s.store.AcquireLease(ctx, broadcastID, controlLease, s.instance, s.cfg.LeaseTTL)
 		if err == nil {
-			held, unlock := s.hold(ctx, l, lease)
+			held, unlock := s.hold(ctx, l, lease, work)
 			return held, unlock, nil
 		}
 		if !errors.Is(err, store.ErrLeaseHeld) {
@@ -70,12 +96,19 @@ func (s *Service) lock(ctx context.Context, broadcastID string) (context.Context
 	}
 }
 
-// tryLock is lock for work that any instance may do, such as a controller
-// pass: it waits for this instance's mutex, but if another instance holds
-// the lease it answers ok false at once.
-func (s *Service) tryLock(ctx context.Context, broadcastID string) (_ context.Context, unlock func(), ok bool, err error) {
+// tryLock is lock for work that whoever holds the broadcast does anyway,
+// such as a controller pass: if this instance's mutex or the lease is held,
+// it answers ok false at once (the holder's own pass, or the next one,
+// does the work).
+func (s *Service) tryLock(ctx context.Context, broadcastID, work string) (_ context.Context, unlock func(), ok bool, err error) {
 	l := s.local(broadcastID)
-	l.mu.Lock()
+	if !l.mu.TryLock() {
+		return nil, nil, false, nil
+	}
+	if !l.yield(ctx, false) {
+		l.mu.Unlock()
+		return nil, nil, false, nil
+	}
 	lease, err := s.store.AcquireLease(ctx, broadcastID, controlLease, s.instance, s.cfg.LeaseTTL)
 	switch {
 	case errors.Is(err, store.ErrLeaseHeld):
@@ -85,12 +118,13 @@ func (s *Service) tryLock(ctx context.Context, broadcastID string) (_ context.Co
 		l.mu.Unlock()
 		return nil, nil, false, err
 	}
-	held, unlock := s.hold(ctx, l, lease)
+	held, unlock := s.hold(ctx, l, lease, work)
 	return held, unlock, true, nil
 }
 
 // hold keeps a lease renewed until unlock.
-func (s *Service) hold(ctx context.Context, l *local, lease store.Lease) (context.Context, func()) {
+func (s *Service) hold(ctx context.Context, l *local, lease store.Lease, work string) (context.Context, func()) {
+	start := time.Now()
 	held, cancel := context.WithCancel(store.WithFence(ctx, lease))
 	done := make(chan struct{})
 	renewed := make(chan struct{})
@@ -112,11 +146,21 @@ func (s *Service) hold(ctx context.Context, l *local, lease store.Lease) (contex
 		}
 	}()
 	unlock := func() {
+		// Other instances wait while the broadcast is held.
+		if took := time.Since(start); took > s.cfg.LeaseTTL/4 {
+			s.log.Warn("broadcast held long", "broadcast", lease.BroadcastID, "work", work, "took", took)
+		}
 		close(done)
 		<-renewed
 		cancel()
-		if err := s.store.ReleaseLease(context.WithoutCancel(ctx), lease); err != nil {
+		wanted, err := s.store.ReleaseLease(context.WithoutCancel(ctx), lease)
+		if err != nil {
 			s.log.Warn("releasing lease", "broadcast", lease.BroadcastID, "lease", lease.Name, "error", err)
+		}
+		if wanted {
+			// Another instance waits for the broadcast: let it have a
+			// turn before this one's next holder takes it back.
+			l.yieldUntil = time.Now().Add(yieldTurn)
 		}
 		l.mu.Unlock()
 	}

@@ -77,7 +77,7 @@ func (s *Service) reconcileBroadcast(ctx context.Context, b store.Broadcast, lis
 	if err != nil {
 		return fmt.Errorf("reading hosts back from IVS: %w", err)
 	}
-	held, unlock, err := s.lock(ctx, b.ID)
+	held, unlock, err := s.lock(ctx, b.ID, "reconcile: hosts")
 	if err != nil {
 		return err
 	}
@@ -96,7 +96,7 @@ func (s *Service) reconcileBroadcast(ctx context.Context, b store.Broadcast, lis
 	if err != nil {
 		return fmt.Errorf("reading replications back from IVS: %w", err)
 	}
-	held, unlock, err = s.lock(ctx, b.ID)
+	held, unlock, err = s.lock(ctx, b.ID, "reconcile: replications")
 	if err != nil {
 		return err
 	}
@@ -110,7 +110,7 @@ func (s *Service) reconcileBroadcast(ctx context.Context, b store.Broadcast, lis
 // dropGone drops the records of the broadcast's stages that IVS no longer
 // has, freeing their seats, and notes every recorded stage in known.
 func (s *Service) dropGone(ctx context.Context, b store.Broadcast, listed time.Time, inIVS map[string]ivs.Stage, known map[string]bool) error {
-	ctx, unlock, err := s.lock(ctx, b.ID)
+	ctx, unlock, err := s.lock(ctx, b.ID, "reconcile: gone stages")
 	if err != nil {
 		return err
 	}
@@ -271,12 +271,21 @@ func (s *Service) applyReplicas(ctx context.Context, b store.Broadcast, active m
 func (s *Service) adopt(ctx context.Context, st ivs.Stage) {
 	b := st.Tags[TagBroadcast]
 	role := store.Role(st.Tags[TagRole])
-	ctx, unlock, err := s.lock(ctx, b)
+	ctx, unlock, err := s.lock(ctx, b, "reconcile: adopt")
 	if err != nil {
 		s.log.Warn("adopting stage", "stage", st.Arn, "error", err)
 		return
 	}
 	defer unlock()
+	// Another instance may have recorded it since the listing (it was
+	// being created then).
+	if _, err := s.store.GetStage(ctx, st.Arn); err == nil {
+		return
+	}
+	// Or removed it since: the listing is older than the lock.
+	if _, err := s.ivs.GetStage(ctx, st.Arn); errors.Is(err, ivs.ErrNotFound) {
+		return
+	}
 	rec := store.Stage{Arn: st.Arn, BroadcastID: b, Role: role, Name: st.Name, Capacity: s.cfg.StageCapacity, CreatedAt: s.now()}
 	bc, err := s.store.GetBroadcast(ctx, b)
 	switch {

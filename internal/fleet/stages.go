@@ -132,7 +132,7 @@ func (s *Service) lockedRecord(ctx context.Context, arn string) (store.Stage, co
 	if err != nil {
 		return store.Stage{}, nil, nil, err
 	}
-	held, unlock, err := s.lock(ctx, rec.BroadcastID)
+	held, unlock, err := s.lock(ctx, rec.BroadcastID, "stage change")
 	if err != nil {
 		return store.Stage{}, nil, nil, err
 	}

@@ -81,12 +81,18 @@ func (s *Service) ViewerToken(ctx context.Context, broadcastID, userID, stageArn
 		ParticipantID: newParticipantID(),
 		TTL:           s.cfg.HeartbeatTimeout,
 	}
-	seat, err := s.reserve(ctx, req)
+	seat, waited, err := s.reserve(ctx, req)
 	if err != nil {
 		return IssuedToken{}, err
 	}
 	if seat.ParticipantID == req.ParticipantID {
-		s.local(broadcastID).joins.add(s.now())
+		// Only joins seated at once measure the arrival rate: those that
+		// waited were counted as waiting, and when a new stage opens
+		// they are seated in a burst that says how fast stages come, not
+		// viewers (counting them would feed scale-up on its own output).
+		if !waited {
+			s.local(broadcastID).joins.add(s.now())
+		}
 		s.kicks.kick(broadcastID)
 	}
 	tok, err := s.tokens.Issue(ctx, token.Request{
@@ -103,7 +109,7 @@ func (s *Service) ViewerToken(ctx context.Context, broadcastID, userID, stageArn
 			if _, rerr := s.store.ReleaseSeat(context.WithoutCancel(ctx), broadcastID, userID); rerr != nil {
 				s.log.Error("releasing seat after token failure", "broadcast", broadcastID, "user", userID, "error", rerr)
 			}
-			s.freed.notify()
+			s.seatsChanged(broadcastID)
 		}
 		return IssuedToken{}, failWrap(ErrToken, err, "could not generate the viewer token")
 	}
@@ -118,37 +124,38 @@ func (s *Service) ViewerToken(ctx context.Context, broadcastID, userID, stageArn
 	}, nil
 }
 
-// reserve takes a seat, waiting up to SeatWait while every seat is taken.
-func (s *Service) reserve(ctx context.Context, req store.SeatRequest) (store.Seat, error) {
+// reserve takes a seat, waiting up to SeatWait while every seat is taken;
+// waited says it had to.
+func (s *Service) reserve(ctx context.Context, req store.SeatRequest) (_ store.Seat, waited bool, _ error) {
 	deadline := s.now().Add(s.cfg.SeatWait)
-	wake := s.freed.wait()
 	seat, full, err := s.tryReserve(ctx, req)
 	if !full {
-		return seat, err
+		return seat, false, err
 	}
-	waiting := &s.local(req.BroadcastID).waiting
-	waiting.Add(1)
-	defer waiting.Add(-1)
+	l := s.local(req.BroadcastID)
+	l.waiting.Add(1)
+	defer l.waiting.Add(-1)
 	for full {
 		s.kicks.kick(req.BroadcastID)
 		left := deadline.Sub(s.now())
 		if left <= 0 {
-			return store.Seat{}, s.noSeat(ctx, req.BroadcastID)
+			return store.Seat{}, true, s.noSeat(ctx, req.BroadcastID)
 		}
-		// Seats freed by another instance do not wake us: poll as well.
-		poll := time.NewTimer(min(left, 100*time.Millisecond))
+		woken := l.queue.add()
+		timeout := time.NewTimer(left)
 		select {
 		case <-ctx.Done():
-			poll.Stop()
-			return store.Seat{}, failWrap(ErrUnavailable, ctx.Err(), "waiting for a seat")
-		case <-wake:
-		case <-poll.C:
+			timeout.Stop()
+			l.queue.remove(woken)
+			return store.Seat{}, true, failWrap(ErrUnavailable, ctx.Err(), "waiting for a seat")
+		case <-woken:
+		case <-timeout.C:
+			l.queue.remove(woken)
 		}
-		poll.Stop()
-		wake = s.freed.wait()
+		timeout.Stop()
 		seat, full, err = s.tryReserve(ctx, req)
 	}
-	return seat, err
+	return seat, true, err
 }
 
 // tryReserve makes one attempt at a seat; full says every seat is taken.
@@ -251,14 +258,14 @@ func (s *Service) Leave(ctx context.Context, broadcastID, userID string) (store.
 	if err != nil {
 		return store.Seat{}, failWrap(ErrUnavailable, err, "freeing the seat")
 	}
-	s.freed.notify()
+	s.seatsChanged(broadcastID)
 	return seat, nil
 }
 
 // Rejoin frees the viewer's seat, if any, and takes one again.
 func (s *Service) Rejoin(ctx context.Context, broadcastID, userID, stageArn string) (IssuedToken, error) {
 	if _, err := s.store.ReleaseSeat(ctx, broadcastID, userID); err == nil {
-		s.freed.notify()
+		s.seatsChanged(broadcastID)
 	} else if !errors.Is(err, store.ErrNotFound) {
 		return IssuedToken{}, failWrap(ErrUnavailable, err, "freeing the old seat")
 	}

@@ -144,6 +144,17 @@ type Lease struct {
 	ExpiresAt time.Time
 }
 
+// Demand is what one instance sees of a broadcast's audience now: viewers
+// waiting for a seat there, and the rate at which it seats new viewers.
+// The controller sums every instance's, so that whichever instance scales
+// sees the whole audience.
+type Demand struct {
+	Instance string    `json:"instance"`
+	Waiting  int       `json:"waiting"`
+	JoinRate float64   `json:"joinRate"`
+	At       time.Time `json:"at"`
+}
+
 type fenceKey struct{}
 
 // WithFence makes the writes to l's broadcast made with the returned
@@ -216,8 +227,17 @@ type Store interface {
 	// ErrLeaseHeld, with that lease returned.
 	AcquireLease(ctx context.Context, broadcastID, name, holder string, ttl time.Duration) (Lease, error)
 	// ReleaseLease frees l if it is still held with l's token; otherwise
-	// it does nothing.
-	ReleaseLease(ctx context.Context, l Lease) error
+	// it does nothing. Wanted reports that another holder asked for the
+	// lease while l held it, so that l's holder can let it have a turn
+	// before taking the lease again.
+	ReleaseLease(ctx context.Context, l Lease) (wanted bool, err error)
+
+	// PutDemand records an instance's demand for a broadcast, replacing
+	// its previous one.
+	PutDemand(ctx context.Context, broadcastID string, d Demand) error
+	// ListDemand returns the broadcast's demands recorded at since or
+	// later, one per instance, by instance; older ones may be dropped.
+	ListDemand(ctx context.Context, broadcastID string, since time.Time) ([]Demand, error)
 
 	// FirstSeen records an event id for ttl and reports whether it is new.
 	FirstSeen(ctx context.Context, eventID string, ttl time.Duration) (bool, error)

@@ -32,6 +32,8 @@ type Store struct {
 	seats        map[seatKey]store.Seat
 	events       map[string]time.Time
 	leases       map[leaseKey]store.Lease
+	wanted       map[leaseKey]bool
+	demand       map[string]map[string]store.Demand // broadcast -> instance
 	// tokens is the last fencing token granted per broadcast.
 	tokens map[string]int64
 	now    func() time.Time
@@ -49,6 +51,8 @@ func New() *Store {
 		seats:        map[seatKey]store.Seat{},
 		events:       map[string]time.Time{},
 		leases:       map[leaseKey]store.Lease{},
+		wanted:       map[leaseKey]bool{},
+		demand:       map[string]map[string]store.Demand{},
 		tokens:       map[string]int64{},
 		now:          time.Now,
 	}
@@ -393,24 +397,53 @@ func (s *Store) AcquireLease(_ context.Context, broadcastID, name, holder string
 	l, ok := s.leases[k]
 	switch {
 	case ok && l.ExpiresAt.After(now) && l.Holder != holder:
+		s.wanted[k] = true
 		return l, fmt.Errorf("lease %s of broadcast %s: %w", name, broadcastID, store.ErrLeaseHeld)
 	case !ok || !l.ExpiresAt.After(now):
 		s.tokens[broadcastID]++
 		l = store.Lease{BroadcastID: broadcastID, Name: name, Holder: holder, Token: s.tokens[broadcastID]}
+		delete(s.wanted, k)
 	}
 	l.ExpiresAt = now.Add(ttl)
 	s.leases[k] = l
 	return l, nil
 }
 
-func (s *Store) ReleaseLease(_ context.Context, l store.Lease) error {
+func (s *Store) ReleaseLease(_ context.Context, l store.Lease) (bool, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	k := leaseKey{l.BroadcastID, l.Name}
-	if cur, ok := s.leases[k]; ok && cur.Holder == l.Holder && cur.Token == l.Token {
-		delete(s.leases, k)
+	cur, ok := s.leases[k]
+	if !ok || cur.Holder != l.Holder || cur.Token != l.Token {
+		return false, nil
 	}
+	wanted := s.wanted[k]
+	delete(s.leases, k)
+	delete(s.wanted, k)
+	return wanted, nil
+}
+
+func (s *Store) PutDemand(_ context.Context, broadcastID string, d store.Demand) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.demand[broadcastID] == nil {
+		s.demand[broadcastID] = map[string]store.Demand{}
+	}
+	s.demand[broadcastID][d.Instance] = d
 	return nil
+}
+
+func (s *Store) ListDemand(_ context.Context, broadcastID string, since time.Time) ([]store.Demand, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for id, d := range s.demand[broadcastID] {
+		if d.At.Before(since) {
+			delete(s.demand[broadcastID], id)
+		}
+	}
+	return sorted(s.demand[broadcastID], func(store.Demand) bool { return true }, func(a, b store.Demand) int {
+		return cmp.Compare(a.Instance, b.Instance)
+	}), nil
 }
 
 // fenced refuses a write to broadcastID when ctx's fence is no longer the

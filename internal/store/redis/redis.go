@@ -62,6 +62,7 @@ func (k keys) seats() string            { return k.tag + "seats" }  // user -> s
 func (k keys) expiry() string           { return k.tag + "expiry" } // user by ExpiresAt (micros)
 func (k keys) hosts() string            { return k.tag + "hosts" }
 func (k keys) replications() string     { return k.tag + "replications" }
+func (k keys) demand() string           { return k.tag + "demand" } // instance -> demand JSON
 func (k keys) lease(name string) string { return k.tag + "lease:" + name }
 func (k keys) leaseTokens() string      { return k.tag + "lease-tokens" }
 
@@ -547,12 +548,45 @@ func (s *Store) AcquireLease(ctx context.Context, broadcastID, name, holder stri
 	return l, statusErr(status, "lease "+name)
 }
 
-func (s *Store) ReleaseLease(ctx context.Context, l store.Lease) error {
-	status, _, err := s.run(ctx, releaseLease, []string{s.bc(l.BroadcastID).lease(l.Name)}, l.Holder, strconv.FormatInt(l.Token, 10))
+func (s *Store) ReleaseLease(ctx context.Context, l store.Lease) (bool, error) {
+	status, out, err := s.run(ctx, releaseLease, []string{s.bc(l.BroadcastID).lease(l.Name)}, l.Holder, strconv.FormatInt(l.Token, 10))
+	if err != nil {
+		return false, err
+	}
+	wanted := len(out) > 0 && out[0] == "1"
+	return wanted, statusErr(status, "lease "+l.Name)
+}
+
+func (s *Store) PutDemand(ctx context.Context, broadcastID string, d store.Demand) error {
+	data, err := json.Marshal(d)
 	if err != nil {
 		return err
 	}
-	return statusErr(status, "lease "+l.Name)
+	return s.rdb.HSet(ctx, s.bc(broadcastID).demand(), d.Instance, data).Err()
+}
+
+func (s *Store) ListDemand(ctx context.Context, broadcastID string, since time.Time) ([]store.Demand, error) {
+	key := s.bc(broadcastID).demand()
+	all, err := hvals(ctx, s, key, func(a, b store.Demand) int { return cmp.Compare(a.Instance, b.Instance) })
+	if err != nil {
+		return nil, err
+	}
+	out := all[:0]
+	var stale []string
+	for _, d := range all {
+		if d.At.Before(since) {
+			stale = append(stale, d.Instance)
+			continue
+		}
+		out = append(out, d)
+	}
+	// Instances that stopped leave their last demand behind: drop it.
+	if len(stale) > 0 {
+		if err := s.rdb.HDel(ctx, key, stale...).Err(); err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
 }
 
 func (s *Store) FirstSeen(ctx context.Context, eventID string, ttl time.Duration) (bool, error) {

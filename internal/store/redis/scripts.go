@@ -36,6 +36,7 @@ var (
 	acquireLease = goredis.NewScript(`
 local cur = redis.call('HMGET', KEYS[1], 'holder', 'token')
 if cur[1] and cur[1] ~= ARGV[1] then
+  redis.call('HSET', KEYS[1], 'wanted', 1)
   return {'held', cur[1], cur[2], redis.call('PTTL', KEYS[1])}
 end
 local token = cur[2]
@@ -47,11 +48,15 @@ redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return {'ok', ARGV[1], tostring(token), tonumber(ARGV[2])}
 `)
 
-	// KEYS: lease. ARGV: holder, token.
+	// KEYS: lease. ARGV: holder, token. Answers whether another holder
+	// asked for the lease meanwhile.
 	releaseLease = goredis.NewScript(`
-local cur = redis.call('HMGET', KEYS[1], 'holder', 'token')
-if cur[1] == ARGV[1] and cur[2] == ARGV[2] then redis.call('DEL', KEYS[1]) end
-return {'ok'}
+local cur = redis.call('HMGET', KEYS[1], 'holder', 'token', 'wanted')
+if cur[1] == ARGV[1] and cur[2] == ARGV[2] then
+  redis.call('DEL', KEYS[1])
+  return {'ok', cur[3] or '0'}
+end
+return {'ok', '0'}
 `)
 
 	// KEYS: lease, broadcast. ARGV: fence, json.

@@ -46,17 +46,34 @@ func testLeases(t *testing.T, st store.Store) {
 	acquire(t, st, bcB, "control", "two", time.Hour)
 
 	// A release with a stale token or by another holder does nothing.
-	must(t, st.ReleaseLease(ctx, store.Lease{BroadcastID: bcA, Name: "control", Holder: "two", Token: a.Token}), "ReleaseLease by another holder")
-	must(t, st.ReleaseLease(ctx, store.Lease{BroadcastID: bcA, Name: "control", Holder: "one", Token: a.Token + 100}), "ReleaseLease with another token")
+	release(t, st, store.Lease{BroadcastID: bcA, Name: "control", Holder: "two", Token: a.Token})
+	release(t, st, store.Lease{BroadcastID: bcA, Name: "control", Holder: "one", Token: a.Token + 100})
 	_, err = st.AcquireLease(ctx, bcA, "control", "two", time.Hour)
 	wantErr(t, err, store.ErrLeaseHeld, "AcquireLease after releases that must do nothing")
 
-	must(t, st.ReleaseLease(ctx, a), "ReleaseLease")
-	must(t, st.ReleaseLease(ctx, a), "ReleaseLease again")
+	// Holder two asked while one held it: one is told, once.
+	if !release(t, st, a) {
+		t.Fatal("ReleaseLease did not report that another holder wanted the lease")
+	}
+	if release(t, st, a) {
+		t.Fatal("a second ReleaseLease reported the lease wanted")
+	}
 	b := acquire(t, st, bcA, "control", "two", time.Hour)
 	if b.Token <= a.Token || b.Token <= other.Token {
 		t.Fatalf("new grant has token %d, want more than every earlier grant of the broadcast (%d, %d)", b.Token, a.Token, other.Token)
 	}
+	// Nobody asked for b (nor for the other lease) meanwhile.
+	if release(t, st, b) || release(t, st, other) {
+		t.Fatal("ReleaseLease reported a lease wanted that nobody asked for")
+	}
+}
+
+// release releases l and returns whether it was wanted.
+func release(t *testing.T, st store.Store, l store.Lease) bool {
+	t.Helper()
+	wanted, err := st.ReleaseLease(testCtx(t), l)
+	must(t, err, "ReleaseLease %+v", l)
+	return wanted
 }
 
 func testLeaseExpiry(t *testing.T, st store.Store) {
@@ -90,7 +107,7 @@ func testFence(t *testing.T, st store.Store) {
 	ctx := testCtx(t)
 	putStages(t, st, stageRec("s1", bcA, 10, true, 0), stageRec("s2", bcA, 10, true, time.Second))
 	old := acquire(t, st, bcA, "control", "one", time.Hour)
-	must(t, st.ReleaseLease(ctx, old), "ReleaseLease")
+	release(t, st, old)
 	cur := acquire(t, st, bcA, "control", "two", time.Hour)
 	live, stale := store.WithFence(ctx, cur), store.WithFence(ctx, old)
 	// A fence on another broadcast does not apply.
@@ -174,6 +191,32 @@ func testLeaseStorm(t *testing.T, st store.Store) {
 			t.Fatalf("round %d: token %d after %d", round, won.Token, last)
 		}
 		last = won.Token
-		must(t, st.ReleaseLease(ctx, won), "ReleaseLease")
+		release(t, st, won)
 	}
+}
+
+func testDemand(t *testing.T, st store.Store) {
+	ctx := testCtx(t)
+	put := func(b string, d store.Demand) {
+		t.Helper()
+		must(t, st.PutDemand(ctx, b, d), "PutDemand %s %s", b, d.Instance)
+	}
+	put(bcA, store.Demand{Instance: "i2", Waiting: 3, JoinRate: 1.5, At: at(10 * time.Second)})
+	put(bcA, store.Demand{Instance: "i1", Waiting: 7, JoinRate: 20, At: at(9 * time.Second)})
+	put(bcA, store.Demand{Instance: "i3", Waiting: 100, At: at(time.Second)})
+	put(bcB, store.Demand{Instance: "i1", Waiting: 1, At: at(10 * time.Second)})
+	// A later report replaces the instance's earlier one.
+	put(bcA, store.Demand{Instance: "i1", Waiting: 8, JoinRate: 25, At: at(10 * time.Second)})
+
+	got, err := st.ListDemand(ctx, bcA, at(5*time.Second))
+	must(t, err, "ListDemand")
+	want := []store.Demand{
+		{Instance: "i1", Waiting: 8, JoinRate: 25, At: at(10 * time.Second)},
+		{Instance: "i2", Waiting: 3, JoinRate: 1.5, At: at(10 * time.Second)},
+	}
+	norm := func(d store.Demand) store.Demand { d.At = tm(d.At); return d }
+	eqList(t, "demand since 5s", got, want, norm)
+	got, err = st.ListDemand(ctx, bcA, at(11*time.Second))
+	must(t, err, "ListDemand")
+	eqList(t, "demand since 11s", got, nil, norm)
 }

@@ -97,6 +97,7 @@ func Run(t *testing.T, newStore func(t *testing.T) store.Store) {
 		{name: "Leases/Expiry", run: testLeaseExpiry},
 		{name: "Leases/Fence", run: testFence},
 		{name: "Concurrent/LeaseStorm", run: testLeaseStorm},
+		{name: "Demand", run: testDemand},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -1,0 +1,406 @@
+package app_test
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"encoding/pem"
+	"fmt"
+	"maps"
+	"math"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/credentials"
+
+	"github.com/stagefleet/stagefleet/internal/ivs"
+	"github.com/stagefleet/stagefleet/internal/redistest"
+	"github.com/stagefleet/stagefleet/internal/token"
+)
+
+// The tests here run stagefleet as it is deployed at scale: several
+// `stagefleet serve` processes sharing one Redis, in front of one
+// standalone `stagefleet emulator`, each a real process of the real binary.
+
+var (
+	buildOnce sync.Once
+	binPath   string
+	buildErr  error
+)
+
+// binary builds cmd/stagefleet once per test run.
+func binary(t *testing.T) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "stagefleet-bin")
+		if err != nil {
+			buildErr = err
+			return
+		}
+		binPath = filepath.Join(dir, "stagefleet")
+		out, err := exec.Command("go", "build", "-o", binPath, "github.com/stagefleet/stagefleet/cmd/stagefleet").CombinedOutput()
+		if err != nil {
+			buildErr = fmt.Errorf("go build: %v: %s", err, out)
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return binPath
+}
+
+func freePort(t *testing.T) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// process is one running stagefleet command.
+type process struct {
+	name string
+	cmd  *exec.Cmd
+	log  string
+	done chan struct{}
+}
+
+func startProcess(t *testing.T, name string, env []string, args ...string) *process {
+	t.Helper()
+	logPath := filepath.Join(t.TempDir(), name+".log")
+	logFile, err := os.Create(logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(binary(t), args...)
+	cmd.Env = append(os.Environ(), env...)
+	cmd.Stdout, cmd.Stderr = logFile, logFile
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("starting %s: %v", name, err)
+	}
+	p := &process{name: name, cmd: cmd, log: logPath, done: make(chan struct{})}
+	go func() {
+		_ = cmd.Wait()
+		logFile.Close()
+		close(p.done)
+	}()
+	t.Cleanup(func() {
+		p.signal(syscall.SIGTERM)
+		select {
+		case <-p.done:
+		case <-time.After(15 * time.Second):
+			p.signal(syscall.SIGKILL)
+			<-p.done
+		}
+		if t.Failed() {
+			if raw, err := os.ReadFile(logPath); err == nil {
+				tail := raw[max(0, len(raw)-4000):]
+				t.Logf("last lines of %s's log:\n%s", name, tail)
+			}
+		}
+	})
+	return p
+}
+
+func (p *process) signal(sig syscall.Signal) {
+	select {
+	case <-p.done:
+	default:
+		_ = p.cmd.Process.Signal(sig)
+	}
+}
+
+// cluster is N instances sharing one Redis and one emulator.
+type cluster struct {
+	redis     *redistest.Server
+	emu       *process
+	emuURL    string
+	instances []*testApp
+	procs     []*process
+}
+
+// startCluster starts the emulator (args: extra emulator flags), a Redis
+// and n instances configured by env on top of the defaults here.
+func startCluster(t *testing.T, n int, env map[string]string, emuArgs ...string) *cluster {
+	t.Helper()
+	c := &cluster{redis: redistest.Start(t)}
+	ports := make([]int, n)
+	for i := range ports {
+		ports[i] = freePort(t)
+	}
+	emuPort := freePort(t)
+	c.emuURL = fmt.Sprintf("http://127.0.0.1:%d", emuPort)
+	args := []string{"emulator", "--addr", fmt.Sprintf("127.0.0.1:%d", emuPort), "--events-secret", "events-secret", "--log-level", "warn"}
+	// EventBridge delivers each event once, to the load balancer: here,
+	// to every instance in turn would need one; each event goes to all of
+	// them instead, and the store's de-duplication must keep it to one.
+	for _, p := range ports {
+		args = append(args, "--events-url", fmt.Sprintf("http://127.0.0.1:%d/api/events/ivs", p))
+	}
+	c.emu = startProcess(t, "emulator", nil, append(args, emuArgs...)...)
+	client := &http.Client{Timeout: 60 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 256}}
+	waitHTTP(t, client, c.emuURL+"/_emulator/state")
+
+	keyFile, keyArn := tokenKey(t, c.emuURL)
+	base := map[string]string{
+		"AWS_ACCESS_KEY_ID":          "stagefleet",
+		"AWS_SECRET_ACCESS_KEY":      "emulator",
+		"AWS_REGION":                 "us-east-1",
+		"IVS_ENDPOINT":               c.emuURL,
+		"IVS_TOKEN_KEY_ARN":          keyArn,
+		"IVS_TOKEN_PRIVATE_KEY_FILE": keyFile,
+		"API_SECRET_KEY":             "api-secret",
+		"EVENTS_SECRET":              "events-secret",
+		"REDIS_URL":                  c.redis.URL(),
+		"API_HOST":                   "127.0.0.1",
+		"RATE_LIMIT_MAX_REQUESTS":    "0",
+		"LOG_LEVEL":                  "warn",
+	}
+	maps.Copy(base, env)
+	for i, port := range ports {
+		vars := maps.Clone(base)
+		vars["API_PORT"] = strconv.Itoa(port)
+		vars["INSTANCE_ID"] = fmt.Sprintf("instance-%d", i)
+		var list []string
+		for k, v := range vars {
+			list = append(list, k+"="+v)
+		}
+		c.procs = append(c.procs, startProcess(t, vars["INSTANCE_ID"], list, "serve"))
+		a := &testApp{base: fmt.Sprintf("http://127.0.0.1:%d", port), emu: c.emuURL, client: client, headers: http.Header{"X-Api-Key": {"api-secret"}}}
+		waitHTTP(t, client, a.base+"/api/health")
+		c.instances = append(c.instances, a)
+	}
+	return c
+}
+
+// waitHTTP waits until url answers 200.
+func waitHTTP(t *testing.T, client *http.Client, url string) {
+	t.Helper()
+	eventually(t, 30*time.Second, func() (bool, string) {
+		resp, err := client.Get(url)
+		if err != nil {
+			return false, fmt.Sprintf("%s: %v", url, err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK, fmt.Sprintf("%s answers %d", url, resp.StatusCode)
+	})
+}
+
+// tokenKey makes a signing key, imports its public half into the emulator
+// as an operator would with ImportPublicKey, and returns the private key's
+// file and the public key's ARN.
+func tokenKey(t *testing.T, emuURL string) (string, string) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P384(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	der, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	file := filepath.Join(t.TempDir(), "token.pem")
+	if err := os.WriteFile(file, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	pub, err := token.PublicKeyPEM(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	client := ivs.New(ivs.Options{
+		Config:   aws.Config{Region: "us-east-1", Credentials: credentials.NewStaticCredentialsProvider("stagefleet", "emulator", "")},
+		Endpoint: emuURL,
+	})
+	arn, err := client.ImportPublicKey(t.Context(), "multi-instance", pub)
+	if err != nil {
+		t.Fatalf("ImportPublicKey: %v", err)
+	}
+	return file, arn
+}
+
+// viewer is one seated viewer.
+type viewer struct {
+	user  string
+	token tokenData
+	wait  time.Duration
+}
+
+// seatAll asks for n viewer tokens at once, spread over the instances
+// (viewer i on instance i mod N, skipping those in skip), each retrying
+// 503s after Retry-After as a player does, until deadline.
+func (c *cluster) seatAll(t *testing.T, prefix string, n int, deadline time.Duration, skip ...int) []viewer {
+	t.Helper()
+	var live []*testApp
+	for i, a := range c.instances {
+		if !slices.Contains(skip, i) {
+			live = append(live, a)
+		}
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), deadline)
+	defer cancel()
+	out := make([]viewer, n)
+	errs := make(chan error, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() {
+			user := fmt.Sprintf("%s-%d", prefix, i)
+			start := time.Now()
+			for attempt := 0; ; attempt++ {
+				a := live[(i+attempt)%len(live)]
+				r, err := a.send(ctx, "POST", "/api/token/viewer", map[string]any{"userId": user}, nil)
+				switch {
+				case err != nil:
+					errs <- fmt.Errorf("viewer %s: %w", user, err)
+					return
+				case r.Status == http.StatusOK:
+					out[i] = viewer{user: user, token: dataOf[tokenData](t, r), wait: time.Since(start)}
+					return
+				case r.Status != http.StatusServiceUnavailable:
+					errs <- fmt.Errorf("viewer %s: %s", user, r)
+					return
+				}
+				wait, _ := strconv.Atoi(r.Header.Get("Retry-After"))
+				select {
+				case <-ctx.Done():
+					errs <- fmt.Errorf("viewer %s: no seat within %v: %s", user, deadline, r)
+					return
+				case <-time.After(time.Duration(max(wait, 1)) * time.Second):
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	failed := 0
+	for err := range errs {
+		if failed++; failed <= 5 {
+			t.Error(err)
+		}
+	}
+	if failed > 0 {
+		t.Fatalf("%d of %d viewers were not seated", failed, n)
+	}
+	return out
+}
+
+// joinAllEmu joins every viewer to the stage its token names, in the
+// emulator, as players do.
+func (c *cluster) joinAllEmu(t *testing.T, vs []viewer) {
+	t.Helper()
+	a := c.instances[0]
+	work := make(chan viewer)
+	var wg sync.WaitGroup
+	for range 32 {
+		wg.Go(func() {
+			for v := range work {
+				status, raw := a.emuPost(t, "/_emulator/participants/join", map[string]string{"token": v.token.Token})
+				if status != http.StatusOK {
+					t.Errorf("viewer %s could not join %s: %d %s", v.user, v.token.StageArn, status, raw)
+				}
+			}
+		})
+	}
+	for _, v := range vs {
+		work <- v
+	}
+	close(work)
+	wg.Wait()
+}
+
+// checkFleet checks the invariants in IVS (the emulator): no stage above
+// capacity, and every replica stage with exactly one ACTIVE replication of
+// the host. It returns the broadcast's stages in IVS.
+func (c *cluster) checkFleet(t *testing.T, hostID string, capacity int) []string {
+	t.Helper()
+	s := c.instances[0].emuState(t)
+	var arns []string
+	for _, st := range s.Stages {
+		if st.Tags["stagefleet:broadcast"] != "default" {
+			continue
+		}
+		arns = append(arns, st.Arn)
+		if st.MaxSubscribers > capacity {
+			t.Errorf("stage %s held %d subscribers at once; capacity is %d", st.Arn, st.MaxSubscribers, capacity)
+		}
+		if st.Tags["stagefleet:role"] == "replica" {
+			if n := activeIn(s, st.Arn, hostID); n != 1 {
+				t.Errorf("replica stage %s has %d ACTIVE replications of the host, want 1", st.Arn, n)
+			}
+		}
+	}
+	return arns
+}
+
+// TestMultiInstance: three instances, one Redis, one emulator; 3,000
+// viewers ask at once, spread over the three.
+func TestMultiInstance(t *testing.T) {
+	const viewers, capacity = 3000, 50
+	c := startCluster(t, 3, map[string]string{
+		"STAGE_CAPACITY":     strconv.Itoa(capacity),
+		"SCALE_UP_THRESHOLD": "45",
+		"MAX_STAGES":         "80",
+		"SEAT_WAIT":          "30s",
+		"RECONCILE_INTERVAL": "2s",
+		"LEASE_TTL":          "2s",
+		"HEARTBEAT_TIMEOUT":  "10m",
+	}, "--stage-capacity", strconv.Itoa(capacity), "--max-stages", "200",
+		"--latency", "CreateStage=300ms", "--replica-delay", "500ms")
+	host := c.instances[0].goLive(t, "default", "host-1")
+
+	start := time.Now()
+	vs := c.seatAll(t, "viewer", viewers, 3*time.Minute)
+	took := time.Since(start)
+	c.joinAllEmu(t, vs)
+
+	perStage := map[string]int{}
+	waits := make([]time.Duration, 0, len(vs))
+	for _, v := range vs {
+		perStage[v.token.StageArn]++
+		waits = append(waits, v.wait)
+	}
+	for arn, n := range perStage {
+		if n > capacity {
+			t.Errorf("stage %s was given %d viewers; capacity is %d", arn, n, capacity)
+		}
+	}
+	stages := c.checkFleet(t, host.ParticipantID, capacity)
+	// The policy asks for the audience's stages plus its headroom: at
+	// least STAGE_CAPACITY - SCALE_UP_THRESHOLD free seats, more while
+	// viewers join fast (join rate x provisioning time, here a few
+	// stages). Instances deciding alone would each add their own.
+	need := int(math.Ceil(float64(viewers) / capacity))
+	if len(stages) < need || len(stages) > need+3 {
+		t.Errorf("IVS has %d stages of the broadcast for %d viewers at capacity %d; the policy asks for %d to %d", len(stages), viewers, capacity, need, need+3)
+	}
+	if deleted := c.instances[0].emuState(t).Counters["DeleteStage"]; deleted.Calls > 0 {
+		t.Errorf("%d DeleteStage calls during a storm: stages were created and removed", deleted.Calls)
+	}
+	slices.Sort(waits)
+	t.Logf("%d viewers seated in %v over 3 instances on %d stages (%d used); time to seat p50 %v, p99 %v, max %v",
+		viewers, took.Round(time.Millisecond), len(stages), len(perStage), waits[len(waits)/2], waits[len(waits)*99/100], waits[len(waits)-1])
+	// Every instance sees the same fleet.
+	for i, a := range c.instances {
+		seats := 0
+		for _, st := range a.stages(t, "default") {
+			seats += st.Seats
+		}
+		if seats != viewers {
+			t.Errorf("instance %d counts %d seats, want %d", i, seats, viewers)
+		}
+	}
+	c.instances[0].checkNoLeaks(t, "default")
+}
