@@ -6,6 +6,7 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/x509"
+	"encoding/json"
 	"encoding/pem"
 	"fmt"
 	"maps"
@@ -18,6 +19,7 @@ import (
 	"slices"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -239,20 +241,22 @@ type viewer struct {
 	wait  time.Duration
 }
 
-// seatAll asks for n viewer tokens at once, spread over the instances
-// (viewer i on instance i mod N, skipping those in skip), each retrying
-// 503s after Retry-After as a player does, until deadline.
-func (c *cluster) seatAll(t *testing.T, prefix string, n int, deadline time.Duration, skip ...int) []viewer {
-	t.Helper()
-	var live []*testApp
-	for i, a := range c.instances {
-		if !slices.Contains(skip, i) {
-			live = append(live, a)
-		}
-	}
-	ctx, cancel := context.WithTimeout(t.Context(), deadline)
+// storm asks for n viewer tokens at once, spread over the instances
+// (viewer i on instance i mod N), each retrying as a player behind a load
+// balancer does: a 503 after Retry-After, a failed connection at once on
+// the next instance. It gives up at deadline. It does not touch t, so it
+// may run beside the test; the result tells what happened.
+type stormResult struct {
+	viewers []viewer
+	errs    []error
+	// connErrs counts requests that found their instance gone.
+	connErrs atomic.Int64
+}
+
+func (c *cluster) storm(ctx context.Context, prefix string, n int, deadline time.Duration) *stormResult {
+	ctx, cancel := context.WithTimeout(ctx, deadline)
 	defer cancel()
-	out := make([]viewer, n)
+	res := &stormResult{viewers: make([]viewer, n)}
 	errs := make(chan error, n)
 	var wg sync.WaitGroup
 	for i := range n {
@@ -260,41 +264,66 @@ func (c *cluster) seatAll(t *testing.T, prefix string, n int, deadline time.Dura
 			user := fmt.Sprintf("%s-%d", prefix, i)
 			start := time.Now()
 			for attempt := 0; ; attempt++ {
-				a := live[(i+attempt)%len(live)]
+				a := c.instances[(i+attempt)%len(c.instances)]
 				r, err := a.send(ctx, "POST", "/api/token/viewer", map[string]any{"userId": user}, nil)
+				wait := 0
 				switch {
+				case err != nil && ctx.Err() == nil:
+					res.connErrs.Add(1)
 				case err != nil:
-					errs <- fmt.Errorf("viewer %s: %w", user, err)
+					errs <- fmt.Errorf("viewer %s: no seat within %v: %w", user, deadline, err)
 					return
 				case r.Status == http.StatusOK:
-					out[i] = viewer{user: user, token: dataOf[tokenData](t, r), wait: time.Since(start)}
+					var tok tokenData
+					if err := json.Unmarshal(r.Env.Data, &tok); err != nil {
+						errs <- fmt.Errorf("viewer %s: %w", user, err)
+						return
+					}
+					res.viewers[i] = viewer{user: user, token: tok, wait: time.Since(start)}
 					return
 				case r.Status != http.StatusServiceUnavailable:
 					errs <- fmt.Errorf("viewer %s: %s", user, r)
 					return
+				default:
+					wait, _ = strconv.Atoi(r.Header.Get("Retry-After"))
+					wait = max(wait, 1)
 				}
-				wait, _ := strconv.Atoi(r.Header.Get("Retry-After"))
 				select {
 				case <-ctx.Done():
-					errs <- fmt.Errorf("viewer %s: no seat within %v: %s", user, deadline, r)
+					errs <- fmt.Errorf("viewer %s: no seat within %v", user, deadline)
 					return
-				case <-time.After(time.Duration(max(wait, 1)) * time.Second):
+				case <-time.After(time.Duration(wait) * time.Second):
 				}
 			}
 		})
 	}
 	wg.Wait()
 	close(errs)
-	failed := 0
 	for err := range errs {
-		if failed++; failed <= 5 {
-			t.Error(err)
+		res.errs = append(res.errs, err)
+	}
+	return res
+}
+
+// seatAll runs a storm and requires every viewer seated.
+func (c *cluster) seatAll(t *testing.T, prefix string, n int, deadline time.Duration) []viewer {
+	t.Helper()
+	res := c.storm(t.Context(), prefix, n, deadline)
+	requireSeated(t, res)
+	return res.viewers
+}
+
+func requireSeated(t *testing.T, res *stormResult) {
+	t.Helper()
+	for i, err := range res.errs {
+		if i == 5 {
+			break
 		}
+		t.Error(err)
 	}
-	if failed > 0 {
-		t.Fatalf("%d of %d viewers were not seated", failed, n)
+	if len(res.errs) > 0 {
+		t.Fatalf("%d of %d viewers were not seated", len(res.errs), len(res.viewers))
 	}
-	return out
 }
 
 // joinAllEmu joins every viewer to the stage its token names, in the
@@ -403,4 +432,178 @@ func TestMultiInstance(t *testing.T) {
 		}
 	}
 	c.instances[0].checkNoLeaks(t, "default")
+}
+
+// storeStages lists the broadcast's stage records as an instance shows
+// them, by ARN.
+func storeStages(t *testing.T, a *testApp) map[string]stageData {
+	t.Helper()
+	out := map[string]stageData{}
+	for _, s := range a.stages(t, "default") {
+		out[s.Arn] = s
+	}
+	return out
+}
+
+// ivsStages lists the broadcast's stages in the emulator.
+func (c *cluster) ivsStages(t *testing.T) []string {
+	t.Helper()
+	var out []string
+	for _, s := range c.instances[0].emuState(t).Stages {
+		if s.Tags["stagefleet:broadcast"] == "default" {
+			out = append(out, s.Arn)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+const controlLeaseKey = "stagefleet:{default}:lease:control"
+
+// TestMultiInstanceKill: the instance doing a scale-up is killed (SIGKILL)
+// in the middle of it; the other two finish the work, and nothing is left
+// behind: no stage without a record, no lease held by the dead instance
+// beyond LEASE_TTL.
+func TestMultiInstanceKill(t *testing.T) {
+	const viewers, capacity = 600, 50
+	const leaseTTL = 2 * time.Second
+	c := startCluster(t, 3, map[string]string{
+		"STAGE_CAPACITY":     strconv.Itoa(capacity),
+		"SCALE_UP_THRESHOLD": "45",
+		"MAX_STAGES":         "40",
+		"SEAT_WAIT":          "30s",
+		"RECONCILE_INTERVAL": "2s",
+		"LEASE_TTL":          leaseTTL.String(),
+		"HEARTBEAT_TIMEOUT":  "10m",
+	}, "--stage-capacity", strconv.Itoa(capacity),
+		// Slow creations, so that the kill lands in the middle of some.
+		"--latency", "CreateStage=1s", "--replica-delay", "500ms")
+	host := c.instances[0].goLive(t, "default", "host-1")
+	rdb := c.redis.Client(t)
+
+	done := make(chan *stormResult, 1)
+	go func() { done <- c.storm(context.Background(), "viewer", viewers, 2*time.Minute) }()
+
+	// Wait for a scale-up under way: a replica stage created and a pass
+	// holding the broadcast, then kill that pass's instance.
+	var victim int
+	eventually(t, 30*time.Second, func() (bool, string) {
+		holder, err := rdb.HGet(t.Context(), controlLeaseKey, "holder").Result()
+		if err != nil || len(c.ivsStages(t)) < 3 {
+			return false, fmt.Sprintf("no scale-up under way: lease holder %q (%v), %d stages", holder, err, len(c.ivsStages(t)))
+		}
+		_, err = fmt.Sscanf(holder, "instance-%d", &victim)
+		return err == nil, "lease holder " + holder
+	})
+	killedAt := time.Now()
+	c.procs[victim].signal(syscall.SIGKILL)
+	<-c.procs[victim].done
+	stagesAtKill := len(c.ivsStages(t))
+	t.Logf("killed instance-%d during the scale-up, with %d stages in IVS", victim, stagesAtKill)
+
+	// No lease of the dead instance's outlives LEASE_TTL.
+	eventually(t, leaseTTL+time.Second, func() (bool, string) {
+		holder, _ := rdb.HGet(t.Context(), controlLeaseKey, "holder").Result()
+		return holder != fmt.Sprintf("instance-%d", victim), fmt.Sprintf("the dead instance still holds the lease %v after the kill", time.Since(killedAt))
+	})
+
+	res := <-done
+	requireSeated(t, res)
+	t.Logf("%d viewers seated by the survivors; %d requests found the dead instance", viewers, res.connErrs.Load())
+	survivor := c.instances[(victim+1)%3]
+	// Its half-done work (a stage created but not yet recorded) is taken
+	// over by reconcile: every stage in IVS is recorded, none twice.
+	eventually(t, 10*time.Second, func() (bool, string) {
+		ivsArns := c.ivsStages(t)
+		recorded := slices.Sorted(maps.Keys(storeStages(t, survivor)))
+		return slices.Equal(ivsArns, recorded), fmt.Sprintf("IVS has %v, the store %v", ivsArns, recorded)
+	})
+	c.joinAllEmu(t, res.viewers)
+	c.checkFleet(t, host.ParticipantID, capacity)
+	// A stage's seats are the viewers given tokens for it.
+	perStage := map[string]int{}
+	for _, v := range res.viewers {
+		perStage[v.token.StageArn]++
+	}
+	for arn, st := range storeStages(t, survivor) {
+		if st.Seats != perStage[arn] {
+			t.Errorf("stage %s counts %d seats; %d viewers were given it", arn, st.Seats, perStage[arn])
+		}
+	}
+}
+
+// TestRedisRestart: Redis comes back empty (no persistence). Within about
+// one reconcile interval the fleet is rebuilt from IVS, no stage created
+// or lost; heartbeats then take every viewer's seat back on its stage.
+func TestRedisRestart(t *testing.T) {
+	const viewers, capacity = 300, 50
+	const reconcile = 2 * time.Second
+	c := startCluster(t, 2, map[string]string{
+		"STAGE_CAPACITY":     strconv.Itoa(capacity),
+		"SCALE_UP_THRESHOLD": "45",
+		"SEAT_WAIT":          "30s",
+		"RECONCILE_INTERVAL": reconcile.String(),
+		"LEASE_TTL":          "2s",
+		"HEARTBEAT_TIMEOUT":  "10m",
+	}, "--stage-capacity", strconv.Itoa(capacity), "--replica-delay", "200ms")
+	host := c.instances[0].goLive(t, "default", "host-1")
+	vs := c.seatAll(t, "viewer", viewers, time.Minute)
+	c.joinAllEmu(t, vs)
+	// Let the fleet settle: scale-up done, everything replicated.
+	eventually(t, 15*time.Second, func() (bool, string) {
+		st := storeStages(t, c.instances[0])
+		for _, s := range st {
+			if !s.Seatable {
+				return false, "stage " + s.Arn + " does not take viewers yet"
+			}
+		}
+		return len(st) == len(c.ivsStages(t)), "records and IVS differ"
+	})
+	before := storeStages(t, c.instances[0])
+	ivsBefore := c.ivsStages(t)
+
+	c.redis.Restart()
+	restarted := time.Now()
+	eventually(t, reconcile+3*time.Second, func() (bool, string) {
+		r, err := c.instances[1].send(t.Context(), "GET", "/api/stage/list?broadcastId=default", nil, nil)
+		if err != nil || r.Status != http.StatusOK {
+			return false, fmt.Sprintf("listing stages: %v %v", r, err)
+		}
+		now := storeStages(t, c.instances[1])
+		if !slices.Equal(slices.Sorted(maps.Keys(now)), ivsBefore) {
+			return false, fmt.Sprintf("records %v, IVS had %v", slices.Sorted(maps.Keys(now)), ivsBefore)
+		}
+		for arn, s := range now {
+			if !s.Seatable || s.Role != before[arn].Role {
+				return false, fmt.Sprintf("stage %s rebuilt as %+v, was %+v", arn, s, before[arn])
+			}
+		}
+		return true, ""
+	})
+	t.Logf("fleet rebuilt from IVS %v after Redis came back empty (RECONCILE_INTERVAL %v)", time.Since(restarted).Round(time.Millisecond), reconcile)
+
+	// Heartbeats, spread over both instances, re-establish every seat on
+	// the viewer's own stage.
+	for i, v := range vs {
+		r := c.instances[i%2].call(t, "POST", "/api/viewer/heartbeat", map[string]any{
+			"userId": v.user, "stageArn": v.token.StageArn, "participantId": v.token.ParticipantID,
+		})
+		if r.Status != http.StatusOK {
+			t.Fatalf("heartbeat of %s after the restart: %s", v.user, r)
+		}
+		seat := dataOf[seatData](t, r)
+		if seat.StageArn != v.token.StageArn {
+			t.Fatalf("heartbeat moved %s from %s to %s", v.user, v.token.StageArn, seat.StageArn)
+		}
+	}
+	after := storeStages(t, c.instances[0])
+	for arn, s := range before {
+		if after[arn].Seats != s.Seats {
+			t.Errorf("stage %s: %d seats after the heartbeats, %d before the restart", arn, after[arn].Seats, s.Seats)
+		}
+	}
+	if got := c.ivsStages(t); !slices.Equal(got, ivsBefore) {
+		t.Errorf("IVS has stages %v after the restart, had %v: created or lost", got, ivsBefore)
+	}
+	c.checkFleet(t, host.ParticipantID, capacity)
 }

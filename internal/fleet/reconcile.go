@@ -35,10 +35,28 @@ func (s *Service) Reconcile(ctx context.Context) error {
 			s.log.Warn("reconcile", "broadcast", b.ID, "error", err)
 		}
 	}
+	reconciled := map[string]bool{}
+	for _, b := range bs {
+		reconciled[b.ID] = true
+	}
 	for _, st := range tagged {
 		if !known[st.Arn] {
 			s.adopt(ctx, st)
 			s.kicks.kick(st.Tags[TagBroadcast])
+		}
+	}
+	// Broadcasts rebuilt by adoption (the store was lost) are repaired now,
+	// not one interval later: their hosts, replications and seating.
+	rebuilt, err := s.store.ListBroadcasts(ctx)
+	if err != nil {
+		return err
+	}
+	for _, b := range rebuilt {
+		if reconciled[b.ID] {
+			continue
+		}
+		if err := s.reconcileBroadcast(ctx, b, listed, inIVS, known); err != nil {
+			s.log.Warn("reconcile", "broadcast", b.ID, "error", err)
 		}
 	}
 	return nil
@@ -234,6 +252,28 @@ func (s *Service) applyReplicas(ctx context.Context, b store.Broadcast, active m
 	if err != nil {
 		return err
 	}
+	stages, err := s.store.ListStages(ctx, b.ID)
+	if err != nil {
+		return err
+	}
+	// An active replication without a record (the store was lost) is
+	// recorded as IVS shows it.
+	recorded := map[replKey]bool{}
+	for _, r := range reps {
+		recorded[replKey{r.ParticipantID, r.DestArn}] = true
+	}
+	for _, st := range stages {
+		for key := range active {
+			if key.dest != st.Arn || recorded[key] || st.Role != store.RoleReplica {
+				continue
+			}
+			r := store.Replication{BroadcastID: b.ID, ParticipantID: key.participant, SourceArn: b.OriginArn, DestArn: st.Arn, State: store.ReplActive, UpdatedAt: s.now()}
+			if err := s.store.PutReplication(ctx, r); err != nil {
+				return err
+			}
+			s.log.Info("replication restored from IVS", "broadcast", b.ID, "stage", st.Arn, "participant", key.participant)
+		}
+	}
 	for _, r := range reps {
 		want := r.State
 		switch {
@@ -250,10 +290,6 @@ func (s *Service) applyReplicas(ctx context.Context, b store.Broadcast, active m
 		if err := s.store.PutReplication(ctx, r); err != nil {
 			return err
 		}
-	}
-	stages, err := s.store.ListStages(ctx, b.ID)
-	if err != nil {
-		return err
 	}
 	for _, st := range stages {
 		if err := s.refreshReplica(ctx, st); err != nil {
