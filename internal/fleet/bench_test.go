@@ -14,10 +14,14 @@ import (
 	"testing"
 	"time"
 
+	goredis "github.com/redis/go-redis/v9"
+
 	"github.com/stagefleet/stagefleet/internal/cputime"
+	"github.com/stagefleet/stagefleet/internal/redistest"
 	"github.com/stagefleet/stagefleet/internal/fleet"
 	"github.com/stagefleet/stagefleet/internal/store"
 	"github.com/stagefleet/stagefleet/internal/store/memory"
+	redisstore "github.com/stagefleet/stagefleet/internal/store/redis"
 	"github.com/stagefleet/stagefleet/internal/token"
 )
 
@@ -61,14 +65,53 @@ func benchFleet(tb testing.TB, st store.Store) *fleet.Service {
 	}, st, noIVS{}, iss, slog.New(slog.DiscardHandler))
 }
 
-// BenchmarkViewerToken is the whole join below HTTP: seat a new viewer in
-// the memory store and sign its token, on every core at once.
+// BenchmarkViewerToken is the whole join below HTTP: seat a new viewer and
+// sign its token, on every core at once, with the memory store and with the
+// Redis store (a real redis-server on loopback, started by the benchmark).
+// For Redis it reports the commands sent per join.
 func BenchmarkViewerToken(b *testing.B) {
-	st := memory.New()
+	b.Run("memory", func(b *testing.B) { benchViewerToken(b, memory.New(), 1, func() {}) })
+	b.Run("redis", func(b *testing.B) {
+		rdb := redistest.Start(b).Client(b)
+		counter := &commandCounter{}
+		rdb.AddHook(counter)
+		st := redisstore.New(rdb, "")
+		benchViewerToken(b, st, 4, func() { counter.n.Store(0) })
+		b.ReportMetric(float64(counter.n.Load())/float64(b.N), "redis-cmds/op")
+	})
+}
+
+// commandCounter counts the commands (and pipelines) a Redis client sends
+// from the moment the benchmark's timer is reset.
+type commandCounter struct{ n atomic.Int64 }
+
+func (c *commandCounter) DialHook(next goredis.DialHook) goredis.DialHook { return next }
+
+func (c *commandCounter) ProcessHook(next goredis.ProcessHook) goredis.ProcessHook {
+	return func(ctx context.Context, cmd goredis.Cmder) error {
+		c.n.Add(1)
+		return next(ctx, cmd)
+	}
+}
+
+func (c *commandCounter) ProcessPipelineHook(next goredis.ProcessPipelineHook) goredis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []goredis.Cmder) error {
+		c.n.Add(1)
+		return next(ctx, cmds)
+	}
+}
+
+// benchViewerToken runs the join benchmark on st with parallelism joins in
+// flight per core; started is called as the timer starts. A networked
+// store needs several in flight per core, as an API server has, or the
+// cores sit idle while each join waits for its answer.
+func benchViewerToken(b *testing.B, st store.Store, parallelism int, started func()) {
 	svc := benchFleet(b, st)
 	ctx := context.Background()
 	var next atomic.Int64
 	b.ReportAllocs()
+	b.SetParallelism(parallelism)
+	started()
 	b.ResetTimer()
 	cpu := cputime.Now()
 	b.RunParallel(func(pb *testing.PB) {
