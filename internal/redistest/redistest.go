@@ -69,6 +69,7 @@ func (s *Server) start() error {
 		"--bind", "127.0.0.1", "--port", strconv.Itoa(s.port),
 		"--save", "", "--appendonly", "no", "--dir", s.dir,
 		"--logfile", filepath.Join(s.dir, "redis.log"))
+	BindToParent(s.cmd)
 	if err := s.cmd.Start(); err != nil {
 		return err
 	}
