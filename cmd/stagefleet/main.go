@@ -27,6 +27,7 @@ const usage = `usage: stagefleet <command> [flags]
 commands:
   serve      run the HTTP API (see stagefleet serve --help)
   emulator   run a local IVS real-time service (see stagefleet emulator --help)
+  loadtest   load a running serve with simulated viewers (see stagefleet loadtest --help)
   version    print the version
 `
 
@@ -51,6 +52,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return runServe(ctx, args[1:], stderr)
 	case "emulator":
 		return runEmulator(ctx, args[1:], stderr)
+	case "loadtest":
+		return runLoadtest(ctx, args[1:], stdout, stderr)
 	case "version":
 		fmt.Fprintln(stdout, "stagefleet", buildVersion())
 		return nil

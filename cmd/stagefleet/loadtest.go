@@ -1,0 +1,159 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/stagefleet/stagefleet/internal/loadtest"
+)
+
+// runLoadtest runs stagefleet loadtest: the report goes to stdout, progress
+// and warnings to stderr. It fails on a run that cannot start, and with
+// --strict on a missed target.
+func runLoadtest(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("stagefleet loadtest", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var cfg loadtest.Config
+	fs.StringVar(&cfg.API, "api", "http://127.0.0.1:3000", "stagefleet serve's URL (this machine only)")
+	fs.StringVar(&cfg.Emulator, "emulator", "", "the IVS emulator's URL (default: the one GET /api/health names, else "+loadtest.DefaultEmulator+")")
+	fs.StringVar(&cfg.APIKey, "api-key", os.Getenv("API_SECRET_KEY"), "x-api-key to send ($API_SECRET_KEY)")
+	scenario := fs.String("scenario", string(loadtest.Storm), "steady, storm, flap or drain")
+	fs.IntVar(&cfg.Viewers, "viewers", 0, "viewers over all broadcasts (default: steady 600, storm and drain 2000, flap capacity + (capacity - threshold) per broadcast)")
+	fs.Float64Var(&cfg.Rate, "rate", 0, "viewer arrivals per second over all broadcasts (default: steady 20, storm and drain 200, flap 10)")
+	fs.DurationVar(&cfg.Hold, "hold", 0, "how long a viewer stays once seated; in flap, the pause at each end of a wave (default: steady 10s, storm 30s, flap 5s, drain 10s)")
+	fs.DurationVar(&cfg.Heartbeat, "heartbeat", 15*time.Second, "how often a seated viewer sends a heartbeat")
+	fs.IntVar(&cfg.Broadcasts, "broadcasts", 1, "shows at once, each with its own host")
+	fs.IntVar(&cfg.Capacity, "capacity", 0, "the server's STAGE_CAPACITY (default: as the API reports it)")
+	fs.IntVar(&cfg.Threshold, "threshold", 0, "the server's SCALE_UP_THRESHOLD, which flap swings around (default: capacity - capacity/10, as serve's defaults)")
+	fs.IntVar(&cfg.Waves, "waves", 4, "flap: how many times the audience swings up and down")
+	fs.DurationVar(&cfg.Stabilization, "stabilization", 60*time.Second, "the server's SCALE_DOWN_STABILIZATION: the flap check's window")
+	fs.DurationVar(&cfg.DrainWait, "drain-wait", 0, "drain: how long to wait for the replica stages to go once everyone left (default: --stabilization + 10s)")
+	fs.DurationVar(&cfg.Timeout, "timeout", 0, "stop the run after this long, whatever it is doing (default: the scenario's length + hold + drain wait + 2m)")
+	asJSON := fs.Bool("json", false, "write the report as JSON")
+	chartFile := fs.String("chart", "", "write an SVG chart of viewers and stages over time to this file")
+	strict := fs.Bool("strict", false, "fail (exit status 2) when a target is missed")
+	logLevel := fs.String("log-level", "warn", "debug, info, warn or error")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected arguments: %v", fs.Args())
+	}
+	var err error
+	if cfg.Scenario, err = loadtest.ParseScenario(*scenario); err != nil {
+		return fmt.Errorf("--scenario: %w", err)
+	}
+
+	progress := &progressLine{w: stderr}
+	if isTerminal(stderr) {
+		cfg.Progress = progress.show
+	}
+	if cfg.Logger, err = newLogger(progress, *logLevel); err != nil {
+		return fmt.Errorf("--log-level: %w", err)
+	}
+	// The chart's file is created first, so that a path that cannot be
+	// written fails before the run rather than after it.
+	var chart *os.File
+	if *chartFile != "" {
+		if chart, err = os.Create(*chartFile); err != nil {
+			return fmt.Errorf("--chart: %w", err)
+		}
+		defer chart.Close()
+	}
+
+	rep, err := loadtest.Run(ctx, cfg)
+	progress.clear()
+	if err != nil {
+		if chart != nil {
+			chart.Close()
+			os.Remove(*chartFile)
+		}
+		return err
+	}
+	if *asJSON {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		err = enc.Encode(rep)
+	} else {
+		err = rep.WriteText(stdout)
+	}
+	if err != nil {
+		return fmt.Errorf("writing the report: %w", err)
+	}
+	if chart != nil {
+		if err := rep.WriteChart(chart); err != nil {
+			return err
+		}
+		if err := chart.Close(); err != nil {
+			return fmt.Errorf("--chart: %w", err)
+		}
+	}
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("interrupted: %w", err)
+	}
+	if *strict && !rep.Pass {
+		var missed []string
+		for _, t := range rep.Targets {
+			if !t.Pass {
+				missed = append(missed, t.Name)
+			}
+		}
+		return errors.New("targets missed: " + strings.Join(missed, ", "))
+	}
+	return nil
+}
+
+// isTerminal says whether w is a terminal, where a progress line that
+// rewrites itself makes sense.
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	fi, err := f.Stat()
+	return err == nil && fi.Mode()&os.ModeCharDevice != 0
+}
+
+// progressLine is one status line on a terminal, rewritten in place. Log
+// lines written through it clear the line first, so the two do not mix.
+type progressLine struct {
+	mu    sync.Mutex
+	w     io.Writer
+	shown bool
+}
+
+func (p *progressLine) show(pr loadtest.Progress) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	fmt.Fprintf(p.w, "\r\033[K%-10s %6.1fs  seated %d/%d  waiting %d  left %d  refused %d  stages %d",
+		pr.Phase, pr.Elapsed.Seconds(), pr.Seated, pr.Planned, pr.Waiting, pr.Left, pr.Refused, pr.Stages)
+	p.shown = true
+}
+
+func (p *progressLine) clear() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.clearLocked()
+}
+
+func (p *progressLine) clearLocked() {
+	if p.shown {
+		fmt.Fprint(p.w, "\r\033[K")
+		p.shown = false
+	}
+}
+
+func (p *progressLine) Write(b []byte) (int, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.clearLocked()
+	return p.w.Write(b)
+}
