@@ -410,11 +410,12 @@ func TestMultiInstance(t *testing.T) {
 	stages := c.checkFleet(t, host.ParticipantID, capacity)
 	// The policy asks for the audience's stages plus its headroom: at
 	// least STAGE_CAPACITY - SCALE_UP_THRESHOLD free seats, more while
-	// viewers join fast (join rate x provisioning time, here a few
-	// stages). Instances deciding alone would each add their own.
+	// viewers arrive fast (arrival rate x provisioning time: a few stages
+	// here). Instances scaling alone would each add their own, two to
+	// three times the audience's stages.
 	need := int(math.Ceil(float64(viewers) / capacity))
-	if len(stages) < need || len(stages) > need+3 {
-		t.Errorf("IVS has %d stages of the broadcast for %d viewers at capacity %d; the policy asks for %d to %d", len(stages), viewers, capacity, need, need+3)
+	if most := need + need/5; len(stages) < need || len(stages) > most {
+		t.Errorf("IVS has %d stages of the broadcast for %d viewers at capacity %d; the policy asks for %d to %d", len(stages), viewers, capacity, need, most)
 	}
 	if deleted := c.instances[0].emuState(t).Counters["DeleteStage"]; deleted.Calls > 0 {
 		t.Errorf("%d DeleteStage calls during a storm: stages were created and removed", deleted.Calls)

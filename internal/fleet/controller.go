@@ -81,10 +81,13 @@ func (m *meter) decayed(now time.Time) float64 {
 	return m.rate * math.Exp(-now.Sub(m.last).Seconds()/meterTau.Seconds())
 }
 
-func (m *meter) add(now time.Time) {
+// addAt counts an event that happened at t, as of now: it adds what the
+// event would have added at t, decayed since.
+func (m *meter) addAt(t, now time.Time) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	m.rate = m.decayed(now) + 1/meterTau.Seconds()
+	weight := math.Exp(-max(0, now.Sub(t).Seconds()) / meterTau.Seconds())
+	m.rate = m.decayed(now) + weight/meterTau.Seconds()
 	m.last = now
 }
 

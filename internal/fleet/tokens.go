@@ -81,18 +81,18 @@ func (s *Service) ViewerToken(ctx context.Context, broadcastID, userID, stageArn
 		ParticipantID: newParticipantID(),
 		TTL:           s.cfg.HeartbeatTimeout,
 	}
-	seat, waited, err := s.reserve(ctx, req)
+	arrived := s.now()
+	seat, err := s.reserve(ctx, req)
 	if err != nil {
 		return IssuedToken{}, err
 	}
 	if seat.ParticipantID == req.ParticipantID {
-		// Only joins seated at once measure the arrival rate: those that
-		// waited were counted as waiting, and when a new stage opens
-		// they are seated in a burst that says how fast stages come, not
-		// viewers (counting them would feed scale-up on its own output).
-		if !waited {
-			s.local(broadcastID).joins.add(s.now())
-		}
+		// The join rate measures arrivals, so a join counts as of when
+		// the viewer asked: one that waited for a stage counts for
+		// little, having been counted as waiting meanwhile. Counted when
+		// seated, the bursts that new stages seat would measure how fast
+		// stages come, not viewers, and feed scale-up on its own output.
+		s.local(broadcastID).joins.addAt(arrived, s.now())
 		s.kicks.kick(broadcastID)
 	}
 	tok, err := s.tokens.Issue(ctx, token.Request{
@@ -124,13 +124,12 @@ func (s *Service) ViewerToken(ctx context.Context, broadcastID, userID, stageArn
 	}, nil
 }
 
-// reserve takes a seat, waiting up to SeatWait while every seat is taken;
-// waited says it had to.
-func (s *Service) reserve(ctx context.Context, req store.SeatRequest) (_ store.Seat, waited bool, _ error) {
+// reserve takes a seat, waiting up to SeatWait while every seat is taken.
+func (s *Service) reserve(ctx context.Context, req store.SeatRequest) (store.Seat, error) {
 	deadline := s.now().Add(s.cfg.SeatWait)
 	seat, full, err := s.tryReserve(ctx, req)
 	if !full {
-		return seat, false, err
+		return seat, err
 	}
 	l := s.local(req.BroadcastID)
 	l.waiting.Add(1)
@@ -139,7 +138,7 @@ func (s *Service) reserve(ctx context.Context, req store.SeatRequest) (_ store.S
 		s.kicks.kick(req.BroadcastID)
 		left := deadline.Sub(s.now())
 		if left <= 0 {
-			return store.Seat{}, true, s.noSeat(ctx, req.BroadcastID)
+			return store.Seat{}, s.noSeat(ctx, req.BroadcastID)
 		}
 		woken := l.queue.add()
 		timeout := time.NewTimer(left)
@@ -147,7 +146,7 @@ func (s *Service) reserve(ctx context.Context, req store.SeatRequest) (_ store.S
 		case <-ctx.Done():
 			timeout.Stop()
 			l.queue.remove(woken)
-			return store.Seat{}, true, failWrap(ErrUnavailable, ctx.Err(), "waiting for a seat")
+			return store.Seat{}, failWrap(ErrUnavailable, ctx.Err(), "waiting for a seat")
 		case <-woken:
 		case <-timeout.C:
 			l.queue.remove(woken)
@@ -155,7 +154,7 @@ func (s *Service) reserve(ctx context.Context, req store.SeatRequest) (_ store.S
 		timeout.Stop()
 		seat, full, err = s.tryReserve(ctx, req)
 	}
-	return seat, true, err
+	return seat, err
 }
 
 // tryReserve makes one attempt at a seat; full says every seat is taken.
