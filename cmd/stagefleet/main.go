@@ -1,5 +1,5 @@
 // Command stagefleet fans one live IVS real-time host out to as many viewers
-// as come. Subcommands: serve, emulator, version.
+// as come. Subcommands: serve, emulator, loadtest, version.
 package main
 
 import (
