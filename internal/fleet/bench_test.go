@@ -17,8 +17,8 @@ import (
 	goredis "github.com/redis/go-redis/v9"
 
 	"github.com/stagefleet/stagefleet/internal/cputime"
-	"github.com/stagefleet/stagefleet/internal/redistest"
 	"github.com/stagefleet/stagefleet/internal/fleet"
+	"github.com/stagefleet/stagefleet/internal/redistest"
 	"github.com/stagefleet/stagefleet/internal/store"
 	"github.com/stagefleet/stagefleet/internal/store/memory"
 	redisstore "github.com/stagefleet/stagefleet/internal/store/redis"

@@ -251,7 +251,8 @@ type view struct {
 // demandWindow is how recent an instance's demand must be to count. An
 // instance with demand reports it every seatWatch, and once more when it
 // has none; a stopped instance's is forgotten after this.
-func (s *Service) demandWindow() time.Duration { return 2 * time.Second }
+// Instances' clocks must agree to well within it (NTP).
+const demandWindow = 2 * time.Second
 
 func (s *Service) load(ctx context.Context, broadcastID string) (view, error) {
 	var v view
@@ -274,7 +275,7 @@ func (s *Service) load(ctx context.Context, broadcastID string) (view, error) {
 		v.reps[replKey{r.ParticipantID, r.DestArn}] = r
 	}
 	v.live = anyPublishing(v.hosts)
-	demand, err := s.store.ListDemand(ctx, broadcastID, s.now().Add(-s.demandWindow()))
+	demand, err := s.store.ListDemand(ctx, broadcastID, s.now().Add(-demandWindow))
 	if err != nil {
 		return v, err
 	}
@@ -401,7 +402,8 @@ func (s *Service) scaleUp(ctx context.Context, v view) error {
 }
 
 // provision creates one replica stage and records it at once, so that it
-// cannot leak; replication into it follows in the same pass.
+// cannot leak; replication into it follows in the same pass, within the
+// pass's budget of StartParticipantReplication calls.
 func (s *Service) provision(ctx context.Context, v view) error {
 	b := v.broadcast.ID
 	started := s.now()
@@ -420,9 +422,6 @@ func (s *Service) provision(ctx context.Context, v view) error {
 	}
 	s.provisionStart.Store(st.Arn, started)
 	s.log.Info("replica stage created", "broadcast", b, "stage", st.Arn, "reason", "scale up")
-	for _, h := range v.hosts {
-		s.ensureReplication(ctx, v.broadcast, rec, h, store.Replication{})
-	}
 	return nil
 }
 

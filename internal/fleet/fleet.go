@@ -79,8 +79,8 @@ type Config struct {
 	// Now is the clock; nil means time.Now. Windows and back-offs use it.
 	Now func() time.Time
 
-	// InstanceID names this instance in leases; empty: host name, process
-	// id and a random suffix.
+	// InstanceID names this instance in leases and logs (a random suffix
+	// is added); empty: host name and process id.
 	InstanceID string
 	// LeaseTTL is how long a broadcast's control lease lasts unless
 	// renewed: another instance takes over a crashed one's broadcasts
@@ -129,9 +129,13 @@ func New(cfg Config, st store.Store, i IVS, tokens token.Issuer, log *slog.Logge
 	if cfg.InstanceID == "" {
 		cfg.InstanceID = defaultInstanceID()
 	}
+	// A lease holder must be unique, even if two instances were given
+	// the same INSTANCE_ID: leases held by "the same" holder are renewed,
+	// not refused, and both would work on a broadcast at once.
+	holder := cfg.InstanceID + "-" + newParticipantID()[:6]
 	s := &Service{
 		cfg:       cfg,
-		instance:  cfg.InstanceID,
+		instance:  holder,
 		store:     st,
 		ivs:       i,
 		tokens:    tokens,

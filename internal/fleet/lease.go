@@ -22,9 +22,14 @@ const (
 	controlLease   = "control"
 	reconcileLease = "reconcile"
 	// reconcileScope is the broadcast id of the reconcile lease, which
-	// covers every broadcast.
-	reconcileScope = ""
+	// covers every broadcast: no broadcast id has a '#' (the API's
+	// pattern), and it must not be empty, or Redis Cluster would hash the
+	// lease's keys to different slots.
+	reconcileScope = "#all"
 )
+
+// maxLockWait bounds how long lock waits for another instance's hold.
+const maxLockWait = 4 * time.Second
 
 // yieldTurn is how long an instance leaves a broadcast's lease alone after
 // releasing it to a waiting instance: a few of the waiter's polls.
@@ -54,7 +59,7 @@ func defaultInstanceID() string {
 	if err != nil {
 		host = "stagefleet"
 	}
-	return fmt.Sprintf("%s-%d-%s", host, os.Getpid(), newParticipantID()[:6])
+	return fmt.Sprintf("%s-%d", host, os.Getpid())
 }
 
 // lock takes the broadcast, waiting for this instance's mutex and then for
@@ -67,9 +72,11 @@ func (s *Service) lock(ctx context.Context, broadcastID, work string) (context.C
 		l.mu.Unlock()
 		return nil, nil, failWrap(ErrUnavailable, ctx.Err(), "waiting for broadcast %s", broadcastID)
 	}
-	// A holder renews only while it works; one that keeps the broadcast
-	// longer than this is stuck, and the caller is better told so.
-	deadline := time.Now().Add(2 * s.cfg.LeaseTTL)
+	// A holder keeps the broadcast for one pass or one event; one that
+	// keeps it longer than this is stuck, and the caller is better told so
+	// (an event's sender retries: EventBridge gives up on a delivery after
+	// about 5 s).
+	deadline := time.Now().Add(min(2*s.cfg.LeaseTTL, maxLockWait))
 	for {
 		lease, err := s.store.AcquireLease(ctx, broadcastID, controlLease, s.instance, s.cfg.LeaseTTL)
 		if err == nil {
@@ -103,6 +110,9 @@ func (s *Service) lock(ctx context.Context, broadcastID, work string) (context.C
 func (s *Service) tryLock(ctx context.Context, broadcastID, work string) (_ context.Context, unlock func(), ok bool, err error) {
 	l := s.local(broadcastID)
 	if !l.mu.TryLock() {
+		// This instance's own work on the broadcast (an event, reconcile)
+		// is in hand: ask again once it is done.
+		s.kicks.kick(broadcastID)
 		return nil, nil, false, nil
 	}
 	if !l.yield(ctx, false) {
@@ -137,7 +147,14 @@ func (s *Service) hold(ctx context.Context, l *local, lease store.Lease, work st
 			case <-done:
 				return
 			case <-t.C:
-				if _, err := s.store.AcquireLease(held, lease.BroadcastID, lease.Name, s.instance, s.cfg.LeaseTTL); err != nil {
+				renewed, err := s.store.AcquireLease(held, lease.BroadcastID, lease.Name, s.instance, s.cfg.LeaseTTL)
+				if err == nil && renewed.Token != lease.Token {
+					// It ran out and was granted again: the work in hand was
+					// fenced with the old grant, and its writes fail.
+					err = fmt.Errorf("lease ran out before it was renewed (token %d, now %d)", lease.Token, renewed.Token)
+					_, _ = s.store.ReleaseLease(context.WithoutCancel(ctx), renewed)
+				}
+				if err != nil {
 					s.log.Warn("lease lost; the work in hand stops", "broadcast", lease.BroadcastID, "lease", lease.Name, "error", err)
 					cancel()
 					return

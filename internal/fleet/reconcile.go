@@ -1,9 +1,11 @@
 package fleet
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/stagefleet/stagefleet/internal/ivs"
@@ -39,6 +41,12 @@ func (s *Service) Reconcile(ctx context.Context) error {
 	for _, b := range bs {
 		reconciled[b.ID] = true
 	}
+	// Origins first: a replica of a broadcast whose record was lost is
+	// adopted only once its origin has rebuilt the broadcast; before, it
+	// would look like an orphan.
+	slices.SortStableFunc(tagged, func(a, b ivs.Stage) int {
+		return cmp.Compare(originFirst(a), originFirst(b))
+	})
 	for _, st := range tagged {
 		if !known[st.Arn] {
 			s.adopt(ctx, st)
@@ -60,6 +68,13 @@ func (s *Service) Reconcile(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+func originFirst(st ivs.Stage) int {
+	if st.Tags[TagRole] == string(store.RoleOrigin) {
+		return 0
+	}
+	return 1
 }
 
 // reconcileTurn reconciles if it is this instance's turn. With many

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -173,13 +174,16 @@ func testLeaseStorm(t *testing.T, st store.Store) {
 	var last int64
 	for round := range rounds {
 		var winners atomic.Int64
+		var mu sync.Mutex
 		var won store.Lease
 		start(holders, func(i int) {
 			l, err := st.AcquireLease(ctx, bcA, "control", fmt.Sprintf("holder-%d", i), time.Hour)
 			switch {
 			case err == nil:
 				winners.Add(1)
+				mu.Lock()
 				won = l
+				mu.Unlock()
 			case !errors.Is(err, store.ErrLeaseHeld):
 				t.Errorf("round %d, holder %d: %v", round, i, err)
 			}
