@@ -14,8 +14,6 @@ import (
 	"testing"
 	"time"
 
-	goredis "github.com/redis/go-redis/v9"
-
 	"github.com/stagefleet/stagefleet/internal/cputime"
 	"github.com/stagefleet/stagefleet/internal/fleet"
 	"github.com/stagefleet/stagefleet/internal/redistest"
@@ -73,32 +71,12 @@ func BenchmarkViewerToken(b *testing.B) {
 	b.Run("memory", func(b *testing.B) { benchViewerToken(b, memory.New(), 1, func() {}) })
 	b.Run("redis", func(b *testing.B) {
 		rdb := redistest.Start(b).Client(b)
-		counter := &commandCounter{}
+		counter := &redistest.CommandCounter{}
 		rdb.AddHook(counter)
 		st := redisstore.New(rdb, "")
-		benchViewerToken(b, st, 4, func() { counter.n.Store(0) })
-		b.ReportMetric(float64(counter.n.Load())/float64(b.N), "redis-cmds/op")
+		benchViewerToken(b, st, 4, counter.Reset)
+		b.ReportMetric(float64(counter.Count())/float64(b.N), "redis-cmds/op")
 	})
-}
-
-// commandCounter counts the commands (and pipelines) a Redis client sends
-// from the moment the benchmark's timer is reset.
-type commandCounter struct{ n atomic.Int64 }
-
-func (c *commandCounter) DialHook(next goredis.DialHook) goredis.DialHook { return next }
-
-func (c *commandCounter) ProcessHook(next goredis.ProcessHook) goredis.ProcessHook {
-	return func(ctx context.Context, cmd goredis.Cmder) error {
-		c.n.Add(1)
-		return next(ctx, cmd)
-	}
-}
-
-func (c *commandCounter) ProcessPipelineHook(next goredis.ProcessPipelineHook) goredis.ProcessPipelineHook {
-	return func(ctx context.Context, cmds []goredis.Cmder) error {
-		c.n.Add(1)
-		return next(ctx, cmds)
-	}
 }
 
 // benchViewerToken runs the join benchmark on st with parallelism joins in

@@ -14,6 +14,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -131,5 +132,31 @@ func (s *Server) Restart() {
 	s.Stop()
 	if err := s.start(); err != nil {
 		s.t.Fatalf("restarting redis-server: %v", err)
+	}
+}
+
+// CommandCounter is a go-redis hook that counts the commands a client
+// sends (a pipeline counts once: one round trip).
+type CommandCounter struct{ n atomic.Int64 }
+
+// Count returns the commands counted so far.
+func (c *CommandCounter) Count() int64 { return c.n.Load() }
+
+// Reset starts counting again from zero.
+func (c *CommandCounter) Reset() { c.n.Store(0) }
+
+func (c *CommandCounter) DialHook(next goredis.DialHook) goredis.DialHook { return next }
+
+func (c *CommandCounter) ProcessHook(next goredis.ProcessHook) goredis.ProcessHook {
+	return func(ctx context.Context, cmd goredis.Cmder) error {
+		c.n.Add(1)
+		return next(ctx, cmd)
+	}
+}
+
+func (c *CommandCounter) ProcessPipelineHook(next goredis.ProcessPipelineHook) goredis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []goredis.Cmder) error {
+		c.n.Add(1)
+		return next(ctx, cmds)
 	}
 }

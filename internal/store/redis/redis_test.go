@@ -1,7 +1,6 @@
 package redis_test
 
 import (
-	"context"
 	"fmt"
 	"sync/atomic"
 	"testing"
@@ -25,25 +24,6 @@ func TestConformance(t *testing.T) {
 	})
 }
 
-// countCommands counts the commands a client sends.
-type countCommands struct{ n atomic.Int64 }
-
-func (c *countCommands) DialHook(next goredis.DialHook) goredis.DialHook { return next }
-
-func (c *countCommands) ProcessHook(next goredis.ProcessHook) goredis.ProcessHook {
-	return func(ctx context.Context, cmd goredis.Cmder) error {
-		c.n.Add(1)
-		return next(ctx, cmd)
-	}
-}
-
-func (c *countCommands) ProcessPipelineHook(next goredis.ProcessPipelineHook) goredis.ProcessPipelineHook {
-	return func(ctx context.Context, cmds []goredis.Cmder) error {
-		c.n.Add(1)
-		return next(ctx, cmds)
-	}
-}
-
 func seatable(t *testing.T, st *redis.Store, arn string) {
 	t.Helper()
 	err := st.PutStage(t.Context(), store.Stage{Arn: arn, BroadcastID: "b", Role: store.RoleOrigin, Capacity: 1000, Seatable: true, CreatedAt: time.Now()})
@@ -58,7 +38,7 @@ func TestReserveSeatOneRoundTrip(t *testing.T) {
 	rdb := srv.Client(t)
 	st := redis.New(rdb, "")
 	seatable(t, st, "arn:aws:ivs:us-east-1:123456789012:stage/origin")
-	counter := &countCommands{}
+	counter := &redistest.CommandCounter{}
 	rdb.AddHook(counter)
 	req := store.SeatRequest{BroadcastID: "b", ParticipantID: "p", Now: time.Now(), TTL: time.Minute}
 	for i := range 100 {
@@ -69,7 +49,7 @@ func TestReserveSeatOneRoundTrip(t *testing.T) {
 	}
 	// The first call loads the script (EVALSHA answered NOSCRIPT, then
 	// EVAL); every later one is a single EVALSHA.
-	if got := counter.n.Load(); got != 100+1 {
+	if got := counter.Count(); got != 100+1 {
 		t.Fatalf("100 joins sent %d commands, want 101 (100 EVALSHA and one EVAL loading the script)", got)
 	}
 }
