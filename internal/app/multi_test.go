@@ -522,6 +522,17 @@ func TestMultiInstanceKill(t *testing.T) {
 		return slices.Equal(ivsArns, recorded), fmt.Sprintf("IVS has %v, the store %v", ivsArns, recorded)
 	})
 	c.joinAllEmu(t, res.viewers)
+	// A stage the dead instance created but had not recorded is adopted
+	// by reconcile, and replicated by the pass after.
+	eventually(t, 15*time.Second, func() (bool, string) {
+		s := c.instances[0].emuState(t)
+		for _, st := range s.Stages {
+			if st.Tags["stagefleet:role"] == "replica" && activeIn(s, st.Arn, host.ParticipantID) != 1 {
+				return false, fmt.Sprintf("replica stage %s has %d ACTIVE replications of the host", st.Arn, activeIn(s, st.Arn, host.ParticipantID))
+			}
+		}
+		return true, ""
+	})
 	c.checkFleet(t, host.ParticipantID, capacity)
 	// A stage's seats are the viewers given tokens for it.
 	perStage := map[string]int{}

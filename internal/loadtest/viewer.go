@@ -53,7 +53,13 @@ func (v *viewer) play(ctx context.Context, start time.Time, settle func(), leave
 		v.rec.gaveUp(false)
 		return
 	}
-	if !v.join(ctx, token) {
+	// A join cut short by the run's stop may still complete in the
+	// emulator, leaving a participant nobody removes: let it finish (for
+	// at most the clean-up time), so that the viewer can leave.
+	jctx, jcancel := afterStop(ctx)
+	joined := v.join(jctx, token)
+	jcancel()
+	if !joined {
 		v.rec.gaveUp(false)
 		lctx, cancel := afterStop(ctx)
 		defer cancel()
