@@ -14,6 +14,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -27,21 +28,34 @@ type Server struct {
 	bin  string
 	dir  string
 	port int
+	args []string
 	cmd  *exec.Cmd
 	done chan struct{}
+}
+
+// lookPath finds a Redis program, skipping the test without it (failing it
+// in CI).
+func lookPath(t testing.TB, name string) string {
+	t.Helper()
+	bin, err := exec.LookPath(name)
+	if err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatalf("%s is not installed (scripts/test installs it): %v", name, err)
+		}
+		t.Skipf("%s is not installed; run scripts/test, which installs it: %v", name, err)
+	}
+	return bin
 }
 
 // Start starts an empty redis-server with no persistence.
 func Start(t testing.TB) *Server {
 	t.Helper()
-	bin, err := exec.LookPath("redis-server")
-	if err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatalf("redis-server is not installed (scripts/test installs it): %v", err)
-		}
-		t.Skipf("redis-server is not installed; run scripts/test, which installs it: %v", err)
-	}
-	s := &Server{t: t, bin: bin, dir: t.TempDir()}
+	return start(t)
+}
+
+func start(t testing.TB, args ...string) *Server {
+	t.Helper()
+	s := &Server{t: t, bin: lookPath(t, "redis-server"), dir: t.TempDir(), args: args}
 	// A port found free may be taken before redis binds it: try again.
 	for attempt := 0; ; attempt++ {
 		s.port = freePort(t)
@@ -66,10 +80,10 @@ func freePort(t testing.TB) int {
 }
 
 func (s *Server) start() error {
-	s.cmd = exec.Command(s.bin,
+	s.cmd = exec.Command(s.bin, append([]string{
 		"--bind", "127.0.0.1", "--port", strconv.Itoa(s.port),
 		"--save", "", "--appendonly", "no", "--dir", s.dir,
-		"--logfile", filepath.Join(s.dir, "redis.log"))
+		"--logfile", filepath.Join(s.dir, "redis.log")}, s.args...)...)
 	BindToParent(s.cmd)
 	if err := s.cmd.Start(); err != nil {
 		return err
@@ -160,3 +174,39 @@ func (c *CommandCounter) ProcessPipelineHook(next goredis.ProcessPipelineHook) g
 		return next(ctx, cmds)
 	}
 }
+
+// StartCluster starts a Redis Cluster of three masters (no replicas) on
+// free loopback ports and returns their addresses once every slot is
+// served.
+func StartCluster(t testing.TB) []string {
+	t.Helper()
+	cli := lookPath(t, "redis-cli")
+	var addrs []string
+	for range 3 {
+		s := start(t, "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "2000")
+		addrs = append(addrs, s.Addr())
+	}
+	args := append([]string{"--cluster", "create"}, addrs...)
+	out, err := exec.Command(cli, append(args, "--cluster-replicas", "0", "--cluster-yes")...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("redis-cli --cluster create: %v: %s", err, out)
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for _, addr := range addrs {
+		rdb := goredis.NewClient(&goredis.Options{Addr: addr})
+		for {
+			info, err := rdb.ClusterInfo(context.Background()).Result()
+			if err == nil && strings.Contains(info, "cluster_state:ok") {
+				break
+			}
+			if time.Now().After(deadline) {
+				rdb.Close()
+				t.Fatalf("cluster node %s did not come up: %v %s", addr, err, info)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		rdb.Close()
+	}
+	return addrs
+}
+

@@ -32,6 +32,18 @@ func seatable(t *testing.T, st *redis.Store, arn string) {
 	}
 }
 
+// TestConformanceCluster runs the suite on a Redis Cluster of three masters:
+// every script must keep to one slot (CROSSSLOT otherwise), and the global
+// keys and pipelines must work across nodes.
+func TestConformanceCluster(t *testing.T) {
+	addrs := redistest.StartCluster(t)
+	var n atomic.Int64
+	storetest.Run(t, func(t *testing.T) store.Store {
+		rdb := goredis.NewClusterClient(&goredis.ClusterOptions{Addrs: addrs})
+		return redis.New(rdb, fmt.Sprintf("cluster%d", n.Add(1)))
+	})
+}
+
 // A join, new or repeated, is one round trip to Redis: one EVALSHA.
 func TestReserveSeatOneRoundTrip(t *testing.T) {
 	srv := redistest.Start(t)
