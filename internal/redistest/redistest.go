@@ -209,4 +209,3 @@ func StartCluster(t testing.TB) []string {
 	}
 	return addrs
 }
-
