@@ -254,6 +254,15 @@ func TestLoadRejects(t *testing.T) {
 		{"warm pool fills every stage", map[string]string{"MAX_STAGES": "3", "MIN_IDLE_STAGES": "3"}, nil, "MIN_IDLE_STAGES"},
 		{"stabilization", map[string]string{"SCALE_DOWN_STABILIZATION": "-1s"}, nil, "SCALE_DOWN_STABILIZATION"},
 		{"reconcile interval", map[string]string{"RECONCILE_INTERVAL": "1ms"}, nil, "RECONCILE_INTERVAL"},
+		{"store", map[string]string{"STORE": "postgres"}, nil, "STORE"},
+		{"redis store without redis", map[string]string{"STORE": "redis"}, nil, "REDIS_URL"},
+		{"redis url scheme", map[string]string{"REDIS_URL": "http://127.0.0.1:6379"}, nil, "REDIS_URL"},
+		{"redis url without host", map[string]string{"REDIS_URL": "redis://"}, nil, "REDIS_URL"},
+		{"redis port", map[string]string{"REDIS_HOST": "r", "REDIS_PORT": "0"}, nil, "REDIS_PORT"},
+		{"redis tls", map[string]string{"REDIS_TLS_ENABLED": "yes please"}, nil, "REDIS_TLS_ENABLED"},
+		{"redis cluster", map[string]string{"REDIS_CLUSTER": "2"}, nil, "REDIS_CLUSTER"},
+		{"redis key prefix with a brace", map[string]string{"REDIS_KEY_PREFIX": "a{b"}, nil, "REDIS_KEY_PREFIX"},
+		{"lease ttl", map[string]string{"LEASE_TTL": "10ms"}, nil, "LEASE_TTL"},
 		{"aws mode without key", map[string]string{"IVS_MODE": "aws"}, nil, "API_SECRET_KEY"},
 		{"endpoint without key", map[string]string{"IVS_ENDPOINT": "http://127.0.0.1:4566"}, nil, "API_SECRET_KEY"},
 		{"aws mode with skip auth false", map[string]string{"IVS_MODE": "aws", "SKIP_AUTH": "false"}, nil, "API_SECRET_KEY"},
@@ -282,6 +291,31 @@ func TestLoadRejects(t *testing.T) {
 			}
 			if !reflect.ValueOf(c).IsZero() {
 				t.Errorf("Load returned a config with its error: %+v", c)
+			}
+		})
+	}
+}
+
+func TestStoreKind(t *testing.T) {
+	tests := []struct {
+		name string
+		env  map[string]string
+		want string
+	}{
+		{"default", nil, StoreMemory},
+		{"redis url", map[string]string{"REDIS_URL": "redis://127.0.0.1:6379/0"}, StoreRedis},
+		{"tls redis url", map[string]string{"REDIS_URL": "rediss://:pw@redis.internal:6380"}, StoreRedis},
+		{"previous server's host", map[string]string{"REDIS_HOST": "redis.internal"}, StoreRedis},
+		{"memory wins when asked", map[string]string{"STORE": "memory", "REDIS_URL": "redis://127.0.0.1:6379"}, StoreMemory},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := Load(nil, func(k string) string { return tc.env[k] }, io.Discard, nil)
+			if err != nil {
+				t.Fatalf("Load: %v", err)
+			}
+			if got := c.StoreKind(); got != tc.want {
+				t.Errorf("StoreKind() = %q, want %q", got, tc.want)
 			}
 		})
 	}
