@@ -230,7 +230,7 @@ func (s *Service) setSeatable(ctx context.Context, st store.Stage, seatable bool
 	}
 	s.log.Info("stage seating changed", "broadcast", st.BroadcastID, "stage", st.Arn, "role", st.Role, "seatable", seatable, "reason", why)
 	if seatable {
-		s.seatsChanged(st.BroadcastID)
+		s.seatsChanged()
 	}
 	return nil
 }

@@ -166,7 +166,7 @@ func (s *Service) expireSeats(ctx context.Context) {
 			s.log.Info("seat expired", "broadcast", b.ID, "stage", seat.StageArn, "user", seat.UserID)
 		}
 		if len(freed) > 0 {
-			s.seatsChanged(b.ID)
+			s.seatsChanged()
 		}
 	}
 }

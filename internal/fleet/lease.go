@@ -53,7 +53,7 @@ func (l *local) yield(ctx context.Context, wait bool) bool {
 	}
 }
 
-// defaultInstanceID names this process uniquely among instances.
+// defaultInstanceID names this process: host name and process id.
 func defaultInstanceID() string {
 	host, err := os.Hostname()
 	if err != nil {

@@ -56,9 +56,9 @@ func (w *waitQueue) wake(n int) {
 	w.q = slices.Delete(w.q, 0, n)
 }
 
-// seatsChanged says seats of a broadcast may be free now: the watcher looks
-// at once (at every broadcast with waiters; one read each).
-func (s *Service) seatsChanged(string) {
+// seatsChanged says seats may be free now (one freed, a stage opened): the
+// watcher looks at once at every broadcast with waiters.
+func (s *Service) seatsChanged() {
 	select {
 	case s.seatCheck <- struct{}{}:
 	default:

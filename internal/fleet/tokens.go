@@ -109,7 +109,7 @@ func (s *Service) ViewerToken(ctx context.Context, broadcastID, userID, stageArn
 			if _, rerr := s.store.ReleaseSeat(context.WithoutCancel(ctx), broadcastID, userID); rerr != nil {
 				s.log.Error("releasing seat after token failure", "broadcast", broadcastID, "user", userID, "error", rerr)
 			}
-			s.seatsChanged(broadcastID)
+			s.seatsChanged()
 		}
 		return IssuedToken{}, failWrap(ErrToken, err, "could not generate the viewer token")
 	}
@@ -257,14 +257,14 @@ func (s *Service) Leave(ctx context.Context, broadcastID, userID string) (store.
 	if err != nil {
 		return store.Seat{}, failWrap(ErrUnavailable, err, "freeing the seat")
 	}
-	s.seatsChanged(broadcastID)
+	s.seatsChanged()
 	return seat, nil
 }
 
 // Rejoin frees the viewer's seat, if any, and takes one again.
 func (s *Service) Rejoin(ctx context.Context, broadcastID, userID, stageArn string) (IssuedToken, error) {
 	if _, err := s.store.ReleaseSeat(ctx, broadcastID, userID); err == nil {
-		s.seatsChanged(broadcastID)
+		s.seatsChanged()
 	} else if !errors.Is(err, store.ErrNotFound) {
 		return IssuedToken{}, failWrap(ErrUnavailable, err, "freeing the old seat")
 	}
