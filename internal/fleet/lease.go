@@ -132,22 +132,47 @@ func (s *Service) tryLock(ctx context.Context, broadcastID, work string) (_ cont
 	return held, unlock, true, nil
 }
 
-// hold keeps a lease renewed until unlock.
+// hold keeps a control lease renewed until unlock; writes made with the
+// returned context are fenced with it.
 func (s *Service) hold(ctx context.Context, l *local, lease store.Lease, work string) (context.Context, func()) {
 	start := time.Now()
-	held, cancel := context.WithCancel(store.WithFence(ctx, lease))
+	held, stop := s.keep(store.WithFence(ctx, lease), lease, s.cfg.LeaseTTL)
+	unlock := func() {
+		// Other instances wait while the broadcast is held.
+		if took := time.Since(start); took > s.cfg.LeaseTTL/4 {
+			s.log.Warn("broadcast held long", "broadcast", lease.BroadcastID, "work", work, "took", took)
+		}
+		stop()
+		wanted, err := s.store.ReleaseLease(context.WithoutCancel(ctx), lease)
+		if err != nil {
+			s.log.Warn("releasing lease", "broadcast", lease.BroadcastID, "lease", lease.Name, "error", err)
+		}
+		if wanted {
+			// Another instance waits for the broadcast: let it have a
+			// turn before this one's next holder takes it back.
+			l.yieldUntil = time.Now().Add(yieldTurn)
+		}
+		l.mu.Unlock()
+	}
+	return held, unlock
+}
+
+// keep renews lease every ttl/3 until stop. The returned context ends if
+// the lease is lost, so that the work under it stops.
+func (s *Service) keep(ctx context.Context, lease store.Lease, ttl time.Duration) (context.Context, func()) {
+	held, cancel := context.WithCancel(ctx)
 	done := make(chan struct{})
-	renewed := make(chan struct{})
+	renewing := make(chan struct{})
 	go func() {
-		defer close(renewed)
-		t := time.NewTicker(s.cfg.LeaseTTL / 3)
+		defer close(renewing)
+		t := time.NewTicker(ttl / 3)
 		defer t.Stop()
 		for {
 			select {
 			case <-done:
 				return
 			case <-t.C:
-				renewed, err := s.store.AcquireLease(held, lease.BroadcastID, lease.Name, s.instance, s.cfg.LeaseTTL)
+				renewed, err := s.store.AcquireLease(held, lease.BroadcastID, lease.Name, s.instance, ttl)
 				if err == nil && renewed.Token != lease.Token {
 					// It ran out and was granted again: the work in hand was
 					// fenced with the old grant, and its writes fail.
@@ -162,24 +187,9 @@ func (s *Service) hold(ctx context.Context, l *local, lease store.Lease, work st
 			}
 		}
 	}()
-	unlock := func() {
-		// Other instances wait while the broadcast is held.
-		if took := time.Since(start); took > s.cfg.LeaseTTL/4 {
-			s.log.Warn("broadcast held long", "broadcast", lease.BroadcastID, "work", work, "took", took)
-		}
+	return held, func() {
 		close(done)
-		<-renewed
+		<-renewing
 		cancel()
-		wanted, err := s.store.ReleaseLease(context.WithoutCancel(ctx), lease)
-		if err != nil {
-			s.log.Warn("releasing lease", "broadcast", lease.BroadcastID, "lease", lease.Name, "error", err)
-		}
-		if wanted {
-			// Another instance waits for the broadcast: let it have a
-			// turn before this one's next holder takes it back.
-			l.yieldUntil = time.Now().Add(yieldTurn)
-		}
-		l.mu.Unlock()
 	}
-	return held, unlock
 }

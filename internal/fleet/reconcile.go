@@ -83,16 +83,21 @@ func originFirst(st ivs.Stage) int {
 // instance) and which another takes over once it runs out.
 func (s *Service) reconcileTurn(ctx context.Context) error {
 	// Held past the holder's next tick, so that it renews in time; short
-	// enough that another instance takes over within two intervals.
+	// enough that another instance takes over within two intervals. Kept
+	// renewed while a reconcile runs (a long one, under throttling, must
+	// not overlap another instance's), and not released after it, so that
+	// the work stays on this instance.
 	ttl := s.cfg.ReconcileInterval + s.cfg.ReconcileInterval/2
-	_, err := s.store.AcquireLease(ctx, reconcileScope, reconcileLease, s.instance, ttl)
+	lease, err := s.store.AcquireLease(ctx, reconcileScope, reconcileLease, s.instance, ttl)
 	switch {
 	case errors.Is(err, store.ErrLeaseHeld):
 		return nil
 	case err != nil:
 		return fmt.Errorf("taking the reconcile lease: %w", err)
 	}
-	return s.Reconcile(ctx)
+	held, stop := s.keep(ctx, lease, ttl)
+	defer stop()
+	return s.Reconcile(held)
 }
 
 // reconcileBroadcast repairs one broadcast. IVS is read without the
