@@ -139,6 +139,11 @@ type local struct {
 }
 
 func (s *Service) local(broadcastID string) *local {
+	// Load first: the join path calls this, and LoadOrStore would
+	// allocate a local every time.
+	if l, ok := s.locals.Load(broadcastID); ok {
+		return l.(*local)
+	}
 	l, _ := s.locals.LoadOrStore(broadcastID, &local{})
 	return l.(*local)
 }
@@ -295,7 +300,7 @@ func (v view) seats() (free, upcoming, idle int) {
 		}
 		switch {
 		case st.Seatable:
-			free += st.Capacity - st.Seats
+			free += max(0, st.Capacity-st.Seats)
 		case st.Role == store.RoleReplica:
 			upcoming += st.Capacity
 		}
@@ -548,11 +553,8 @@ func (s *Service) remove(ctx context.Context, v view, st store.Stage) (bool, err
 // The caller holds the broadcast's lock. A failure leaves the record
 // draining, and the next controller pass finishes the removal.
 func (s *Service) drainAndDelete(ctx context.Context, st store.Stage, reps []store.Replication, reason string) (bool, error) {
-	st.Draining = true
+	st.Draining, st.Seatable = true, false
 	if err := s.store.PutStage(ctx, st); err != nil {
-		return false, err
-	}
-	if err := s.store.SetSeatable(ctx, st.Arn, false); err != nil {
 		return false, err
 	}
 	cur, err := s.store.GetStage(ctx, st.Arn)

@@ -196,6 +196,15 @@ func (s *Service) refreshReplica(ctx context.Context, dest store.Stage) error {
 	if err != nil {
 		return failWrap(ErrUnavailable, err, "listing hosts")
 	}
+	return s.seatReplica(ctx, dest, rs, hosts)
+}
+
+// seatReplica is refreshReplica on the broadcast's replications and hosts
+// already read.
+func (s *Service) seatReplica(ctx context.Context, dest store.Stage, rs []store.Replication, hosts []store.Host) error {
+	if dest.Role != store.RoleReplica {
+		return nil
+	}
 	replicated := map[string]bool{}
 	for _, r := range rs {
 		if r.DestArn == dest.Arn && r.State == store.ReplActive {

@@ -311,8 +311,16 @@ func (s *Service) applyReplicas(ctx context.Context, b store.Broadcast, active m
 			return err
 		}
 	}
+	// Read once more for all the stages: the records were just written.
+	if reps, err = s.store.ListReplications(ctx, b.ID); err != nil {
+		return err
+	}
+	hosts, err := s.store.ListHosts(ctx, b.ID)
+	if err != nil {
+		return err
+	}
 	for _, st := range stages {
-		if err := s.refreshReplica(ctx, st); err != nil {
+		if err := s.seatReplica(ctx, st, reps, hosts); err != nil {
 			return err
 		}
 	}

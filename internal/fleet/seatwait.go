@@ -116,11 +116,6 @@ func (s *Service) freeSeats(ctx context.Context, broadcastID string) (int, error
 	if err != nil {
 		return 0, err
 	}
-	free := 0
-	for _, st := range stages {
-		if st.Seatable && st.Role != store.RoleManual {
-			free += max(0, st.Capacity-st.Seats)
-		}
-	}
+	free, _, _ := view{stages: stages}.seats()
 	return free, nil
 }

@@ -216,7 +216,13 @@ func (s *Service) StartReplication(ctx context.Context, r Replication) (store.Re
 	if r.SourceArn == r.DestArn {
 		return store.Replication{}, fail(ErrInvalid, "sourceStageArn and destinationStageArn must be different stages")
 	}
-	err := s.ivs.StartReplication(ctx, r.SourceArn, r.DestArn, r.ParticipantID, s.cfg.ReconnectWindow)
+	b := s.broadcastOf(ctx, r)
+	ctx, unlock, err := s.lock(ctx, b, "manual replication")
+	if err != nil {
+		return store.Replication{}, err
+	}
+	defer unlock()
+	err = s.ivs.StartReplication(ctx, r.SourceArn, r.DestArn, r.ParticipantID, s.cfg.ReconnectWindow)
 	var ie *ivs.Error
 	switch {
 	case errors.Is(err, ivs.ErrNotPublishing) && errors.As(err, &ie):
@@ -226,7 +232,6 @@ func (s *Service) StartReplication(ctx context.Context, r Replication) (store.Re
 	case err != nil:
 		return store.Replication{}, ivsFailure(err, "starting replication of %s into %s", r.ParticipantID, r.DestArn)
 	}
-	b := s.broadcastOf(ctx, r)
 	rec, gerr := s.store.GetReplication(ctx, b, r.ParticipantID, r.DestArn)
 	if gerr != nil && !errors.Is(gerr, store.ErrNotFound) {
 		return store.Replication{}, failWrap(ErrUnavailable, gerr, "reading replication")
@@ -250,7 +255,12 @@ func (s *Service) StopReplication(ctx context.Context, r Replication) error {
 		return fail(ErrForbidden, "stage %s is a replica stage stagefleet manages: it replicates every host while it exists; it is removed when it empties", r.DestArn)
 	}
 	b := s.broadcastOf(ctx, r)
-	err := s.ivs.StopReplication(ctx, r.SourceArn, r.DestArn, r.ParticipantID)
+	ctx, unlock, err := s.lock(ctx, b, "manual replication")
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	err = s.ivs.StopReplication(ctx, r.SourceArn, r.DestArn, r.ParticipantID)
 	_, gerr := s.store.GetReplication(ctx, b, r.ParticipantID, r.DestArn)
 	switch {
 	case errors.Is(err, ivs.ErrNotFound) && errors.Is(gerr, store.ErrNotFound):

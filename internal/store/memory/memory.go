@@ -118,7 +118,7 @@ func (s *Store) ListStages(_ context.Context, broadcastID string) ([]store.Stage
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return sorted(s.stages, func(st store.Stage) bool {
-		return broadcastID == "" || st.BroadcastID == broadcastID
+		return st.BroadcastID == broadcastID
 	}, func(a, b store.Stage) int {
 		return cmp.Or(a.CreatedAt.Compare(b.CreatedAt), cmp.Compare(a.Arn, b.Arn))
 	}), nil

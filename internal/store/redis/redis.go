@@ -252,9 +252,6 @@ func (s *Store) GetStage(ctx context.Context, arn string) (store.Stage, error) {
 }
 
 func (s *Store) ListStages(ctx context.Context, broadcastID string) ([]store.Stage, error) {
-	if broadcastID == "" {
-		return s.listAllStages(ctx)
-	}
 	k := s.bc(broadcastID)
 	var recs, counts *goredis.MapStringStringCmd
 	var open *goredis.StringSliceCmd
@@ -279,27 +276,6 @@ func (s *Store) ListStages(ctx context.Context, broadcastID string) ([]store.Sta
 		st.Seats, _ = strconv.Atoi(counts.Val()[arn])
 		st.Seatable = seatable[arn]
 		out = append(out, st)
-	}
-	slices.SortFunc(out, func(a, b store.Stage) int {
-		return cmp.Or(a.CreatedAt.Compare(b.CreatedAt), cmp.Compare(a.Arn, b.Arn))
-	})
-	return out, nil
-}
-
-// listAllStages lists the stages of every broadcast the index names.
-func (s *Store) listAllStages(ctx context.Context) ([]store.Stage, error) {
-	index, err := s.rdb.HVals(ctx, s.stageIndexKey()).Result()
-	if err != nil {
-		return nil, err
-	}
-	slices.Sort(index)
-	var out []store.Stage
-	for _, b := range slices.Compact(index) {
-		stages, err := s.ListStages(ctx, b)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, stages...)
 	}
 	slices.SortFunc(out, func(a, b store.Stage) int {
 		return cmp.Or(a.CreatedAt.Compare(b.CreatedAt), cmp.Compare(a.Arn, b.Arn))
