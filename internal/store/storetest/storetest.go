@@ -1075,15 +1075,16 @@ func testExpireSeats(t *testing.T, st store.Store) {
 	eqList(t, "another broadcast's expired seat is not freed", listSeats(t, st, bcB), []store.Seat{u4}, normSeat)
 	wantSeats(t, st, sb.Arn, 1)
 
-	// A renewed lease is not expired; the renewal's end is.
+	// A renewed lease is not expired; the renewal's end (now + ttl, not
+	// the old end + ttl nor the take + ttl) is, to the millisecond.
 	_, err = st.RenewSeat(ctx, bcA, "u3", at(25*time.Second), time.Minute)
 	must(t, err, "RenewSeat")
-	freed, err = st.ExpireSeats(ctx, bcA, at(50*time.Second))
+	freed, err = st.ExpireSeats(ctx, bcA, at(85*time.Second-time.Millisecond))
 	must(t, err, "ExpireSeats")
 	if len(freed) != 0 {
-		t.Fatalf("ExpireSeats freed a renewed seat: %+v", freed)
+		t.Fatalf("ExpireSeats freed a renewed seat before its lease ended: %+v", freed)
 	}
-	freed, err = st.ExpireSeats(ctx, bcA, at(90*time.Second))
+	freed, err = st.ExpireSeats(ctx, bcA, at(85*time.Second))
 	must(t, err, "ExpireSeats")
 	if len(freed) != 1 || freed[0].UserID != "u3" {
 		t.Fatalf("ExpireSeats after the renewed lease freed %+v, want u3's seat", freed)
@@ -1215,6 +1216,16 @@ func watchCapacity(t *testing.T, st store.Store, arns []string, stop <-chan stru
 	return polls
 }
 
+// stopWatch stops a capacity watcher, failing the test if it never looked:
+// a storm the watcher did not see checks nothing.
+func stopWatch(t *testing.T, stop chan struct{}, polls <-chan int) {
+	t.Helper()
+	close(stop)
+	if n := <-polls; n == 0 {
+		t.Errorf("the capacity watcher never polled")
+	}
+}
+
 func testReserveStorm(t *testing.T, st store.Store) {
 	ctx := testCtx(t)
 	const (
@@ -1246,8 +1257,7 @@ func testReserveStorm(t *testing.T, st store.Store) {
 			t.Errorf("viewer %d: %v", i, err)
 		}
 	})
-	close(stop)
-	<-polls
+	stopWatch(t, stop, polls)
 
 	if seated.Load() != 3*perStage || full.Load() != viewers-3*perStage {
 		t.Fatalf("%d seated and %d refused as full, want %d and %d", seated.Load(), full.Load(), 3*perStage, viewers-3*perStage)
@@ -1351,10 +1361,7 @@ func testReserveReleaseStorm(t *testing.T, st store.Store) {
 			}
 		}
 	})
-	close(stop)
-	if n := <-polls; n == 0 {
-		t.Errorf("the capacity watcher never polled")
-	}
+	stopWatch(t, stop, polls)
 	if seated.Load() == 0 || full.Load() == 0 || released.Load() == 0 {
 		t.Fatalf("the storm did not contend: %d seated, %d full, %d released", seated.Load(), full.Load(), released.Load())
 	}
@@ -1462,9 +1469,8 @@ func testLeaseExpiryStorm(t *testing.T, st store.Store) {
 			}
 		}
 	})
-	close(stop)
+	stopWatch(t, stop, polls)
 	<-expirerDone
-	<-polls
 	if expiries.Load() == 0 {
 		t.Fatal("ExpireSeats never ran during the storm")
 	}
