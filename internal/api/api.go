@@ -157,10 +157,9 @@ func New(opts Options, f Fleet) http.Handler {
 
 func (s *server) adapt(h func(*server, http.ResponseWriter, *http.Request) *apiError) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		// A 5xx's cause is logged where it is known (fail), and the
+		// request itself by the access log.
 		if e := h(s, w, r); e != nil {
-			if e.status >= 500 {
-				s.log.Error("request failed", "path", r.URL.Path, "code", e.code, "message", e.message)
-			}
 			writeError(w, e)
 		}
 	})

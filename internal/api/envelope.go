@@ -1,13 +1,13 @@
 package api
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/stagefleet/stagefleet/internal/fleet"
@@ -124,7 +124,7 @@ func decode(r *http.Request, v any) *apiError {
 		}
 		return badRequest("reading request body: %v", err)
 	}
-	if strings.TrimSpace(string(raw)) == "" {
+	if len(bytes.TrimSpace(raw)) == 0 {
 		raw = []byte("{}")
 	}
 	if err := json.Unmarshal(raw, v); err != nil {

@@ -110,10 +110,7 @@ func parseOpenAPI(t *testing.T) (oaDoc, map[string]oaOperation) {
 func openAPIPath(p string) string { return strings.ReplaceAll(p, "...}", "}") }
 
 func TestOpenAPIIsValidJSON(t *testing.T) {
-	if !json.Valid(openAPIDoc) {
-		t.Fatal("openapi.json is not valid JSON")
-	}
-	doc, _ := parseOpenAPI(t)
+	doc, _ := parseOpenAPI(t) // stops the test on invalid JSON
 	if doc.OpenAPI != "3.0.3" {
 		t.Errorf("openapi = %q, want 3.0.3", doc.OpenAPI)
 	}

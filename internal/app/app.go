@@ -138,35 +138,36 @@ func openStore(ctx context.Context, cfg config.Config) (store.Store, error) {
 	if cfg.StoreKind() != config.StoreRedis {
 		return memory.New(), nil
 	}
-	opts, err := redisOptions(cfg)
+	rdb, where, err := redisClient(cfg)
 	if err != nil {
 		return nil, err
 	}
-	rdb := goredis.NewUniversalClient(opts)
 	pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	if err := rdb.Ping(pctx).Err(); err != nil {
 		rdb.Close()
-		return nil, fmt.Errorf("redis at %s does not answer: %w", strings.Join(opts.Addrs, ","), err)
+		return nil, fmt.Errorf("redis at %s does not answer: %w", where, err)
 	}
 	return redisstore.New(rdb, cfg.RedisKeyPrefix), nil
 }
 
-// redisOptions reads REDIS_URL, else REDIS_HOST and the settings with it.
-func redisOptions(cfg config.Config) (*goredis.UniversalOptions, error) {
-	if cfg.RedisURL != "" {
-		if cfg.RedisCluster {
-			o, err := goredis.ParseClusterURL(cfg.RedisURL)
-			if err != nil {
-				return nil, fmt.Errorf("REDIS_URL: %w", err)
-			}
-			return &goredis.UniversalOptions{Addrs: o.Addrs, Username: o.Username, Password: o.Password, TLSConfig: o.TLSConfig, IsClusterMode: true}, nil
+// redisClient makes the client REDIS_URL describes, with every option the
+// URL carries (go-redis parses it), else the one REDIS_HOST and the
+// settings with it describe. where names it for errors, without secrets.
+func redisClient(cfg config.Config) (rdb goredis.UniversalClient, where string, err error) {
+	switch {
+	case cfg.RedisURL != "" && cfg.RedisCluster:
+		o, err := goredis.ParseClusterURL(cfg.RedisURL)
+		if err != nil {
+			return nil, "", fmt.Errorf("REDIS_URL: %w", err)
 		}
+		return goredis.NewClusterClient(o), strings.Join(o.Addrs, ","), nil
+	case cfg.RedisURL != "":
 		o, err := goredis.ParseURL(cfg.RedisURL)
 		if err != nil {
-			return nil, fmt.Errorf("REDIS_URL: %w", err)
+			return nil, "", fmt.Errorf("REDIS_URL: %w", err)
 		}
-		return &goredis.UniversalOptions{Addrs: []string{o.Addr}, Username: o.Username, Password: o.Password, DB: o.DB, TLSConfig: o.TLSConfig}, nil
+		return goredis.NewClient(o), o.Addr, nil
 	}
 	opts := &goredis.UniversalOptions{
 		Addrs:         []string{net.JoinHostPort(cfg.RedisHost, fmt.Sprint(cfg.RedisPort))},
@@ -176,7 +177,7 @@ func redisOptions(cfg config.Config) (*goredis.UniversalOptions, error) {
 	if cfg.RedisTLS {
 		opts.TLSConfig = &tls.Config{ServerName: cfg.RedisHost, MinVersion: tls.VersionTLS12}
 	}
-	return opts, nil
+	return goredis.NewUniversalClient(opts), opts.Addrs[0], nil
 }
 
 // startEmulator runs the embedded emulator on cfg.EmulatorAddr; it sends its

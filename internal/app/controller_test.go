@@ -1,6 +1,7 @@
 package app_test
 
 import (
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"slices"
@@ -33,13 +34,7 @@ func (a *testApp) replicas(t *testing.T, broadcastID string) []stageData {
 
 // activeIn counts the ACTIVE replications into stage arn in the emulator.
 func activeIn(s emuState, arn, participantID string) int {
-	n := 0
-	for _, r := range s.Replications {
-		if r.DestinationStageArn == arn && r.ParticipantID == participantID && r.State == "ACTIVE" {
-			n++
-		}
-	}
-	return n
+	return emuReplications(s, participantID, arn, "ACTIVE")
 }
 
 // waitReplicated waits until every replica stage of the broadcast has an
@@ -288,7 +283,11 @@ func TestJoinStorm(t *testing.T) {
 			}
 			res := result{status: r.Status, wait: time.Since(start)}
 			if r.Status == http.StatusOK {
-				d := dataOf[tokenData](t, r)
+				// Not dataOf: it would stop the test from this goroutine.
+				var d tokenData
+				if err := json.Unmarshal(r.Env.Data, &d); err != nil {
+					t.Errorf("viewer %d: %v: %s", i, err, r.Env.Data)
+				}
 				res.stage, res.token = d.StageArn, d.Token
 			}
 			results <- res

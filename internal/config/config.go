@@ -17,6 +17,8 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/aws/aws-sdk-go-v2/aws/arn"
+
 	"github.com/stagefleet/stagefleet/internal/ivs"
 )
 
@@ -55,7 +57,6 @@ type Config struct {
 	SeatWait             time.Duration
 	APISecretKey         string
 	SkipAuth             bool
-	skipAuthSet          bool
 	InternalSecret       string
 	EventsSecret         string
 	RateLimitWindow      time.Duration
@@ -160,12 +161,7 @@ var settings = []setting{
 		if v == "" {
 			return nil
 		}
-		b, err := strconv.ParseBool(v)
-		if err != nil {
-			return errors.New("must be true or false")
-		}
-		c.SkipAuth, c.skipAuthSet = b, true
-		return nil
+		return boolean(&c.SkipAuth, v)
 	}},
 	{"INTERNAL_SECRET", "", "value the x-internal-secret header must carry for media server tokens", func(c *Config, v string) error { c.InternalSecret = v; return nil }},
 	{"EVENTS_SECRET", "", "value the x-stagefleet-events-secret header must carry on POST /api/events/ivs", func(c *Config, v string) error { c.EventsSecret = v; return nil }},
@@ -337,26 +333,17 @@ func (c Config) validate() error {
 		return errors.New("IVS_TOKEN_KEY_ARN is set but IVS_MODE=emulator signs tokens with a key generated at start; unset it, or use IVS_MODE=aws (or auto)")
 	}
 	for _, a := range []struct{ name, arn string }{{"MASTER_STAGE_ARN", c.MasterStageArn}, {"IVS_TOKEN_KEY_ARN", c.TokenKeyArn}} {
-		if region := arnRegion(a.arn); region != "" && region != c.AWSRegion {
-			return fmt.Errorf("%s is in region %s but AWS_REGION is %s: they must match", a.name, region, c.AWSRegion)
+		if parsed, err := arn.Parse(a.arn); err == nil && parsed.Region != c.AWSRegion {
+			return fmt.Errorf("%s is in region %s but AWS_REGION is %s: they must match", a.name, parsed.Region, c.AWSRegion)
 		}
 	}
 	if c.StoreKind() == StoreRedis && c.RedisURL == "" && c.RedisHost == "" {
 		return errors.New("STORE=redis needs REDIS_URL (or REDIS_HOST)")
 	}
-	if c.Mode() == ModeAWS && c.APISecretKey == "" && !(c.skipAuthSet && c.SkipAuth) {
+	if c.Mode() == ModeAWS && c.APISecretKey == "" && !c.SkipAuth {
 		return errors.New("API_SECRET_KEY is required when using AWS (set SKIP_AUTH=true explicitly to run without authentication)")
 	}
 	return nil
-}
-
-// arnRegion returns the region field of an ARN ("" for none).
-func arnRegion(arn string) string {
-	parts := strings.SplitN(arn, ":", 5)
-	if len(parts) < 5 {
-		return ""
-	}
-	return parts[3]
 }
 
 func boolean(dst *bool, v string) error {

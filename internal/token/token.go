@@ -89,12 +89,11 @@ func (s *SelfSigned) Issue(_ context.Context, req Request) (Token, error) {
 		return Token{}, err
 	}
 	now := s.now()
-	exp := now.Add(req.TTL)
 	c := claims{
 		RegisteredClaims: jwt.RegisteredClaims{
 			ID:        req.ParticipantID,
 			IssuedAt:  jwt.NewNumericDate(now),
-			ExpiresAt: jwt.NewNumericDate(exp),
+			ExpiresAt: jwt.NewNumericDate(now.Add(req.TTL)),
 		},
 		Resource:     req.StageArn,
 		Topic:        stageID,
@@ -111,7 +110,7 @@ func (s *SelfSigned) Issue(_ context.Context, req Request) (Token, error) {
 	if err != nil {
 		return Token{}, fmt.Errorf("sign participant token: %w", err)
 	}
-	return Token{Token: signed, ParticipantID: req.ParticipantID, ExpiresAt: jwt.NewNumericDate(exp).Time}, nil
+	return Token{Token: signed, ParticipantID: req.ParticipantID, ExpiresAt: c.ExpiresAt.Time}, nil
 }
 
 // StageID returns the id part of a stage ARN.
