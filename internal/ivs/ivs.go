@@ -12,11 +12,13 @@ import (
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
+	awsmiddleware "github.com/aws/aws-sdk-go-v2/aws/middleware"
 	"github.com/aws/aws-sdk-go-v2/aws/ratelimit"
 	"github.com/aws/aws-sdk-go-v2/aws/retry"
 	"github.com/aws/aws-sdk-go-v2/service/ivsrealtime"
 	"github.com/aws/aws-sdk-go-v2/service/ivsrealtime/types"
 	"github.com/aws/smithy-go"
+	"github.com/aws/smithy-go/middleware"
 	"golang.org/x/time/rate"
 
 	"github.com/stagefleet/stagefleet/internal/token"
@@ -159,8 +161,7 @@ type Options struct {
 
 // Client calls IVS real-time.
 type Client struct {
-	api      *ivsrealtime.Client
-	limiters map[string]*rate.Limiter
+	api *ivsrealtime.Client
 }
 
 // New returns a client.
@@ -170,6 +171,17 @@ func New(o Options) *Client {
 	}
 	if o.MaxAttempts <= 0 {
 		o.MaxAttempts = 5
+	}
+	limiters := pacer{}
+	for op, tps := range o.Quotas {
+		if tps > 0 {
+			// A burst one short of the service's (a bucket of tps
+			// tokens): a client that spends all of it and then paces at
+			// exactly tps leaves the service's bucket empty, so any
+			// jitter in the calls' arrival is throttled. The spare token
+			// absorbs up to 1/tps of jitter.
+			limiters[op] = rate.NewLimiter(rate.Limit(tps), max(1, int(tps)-1))
+		}
 	}
 	api := ivsrealtime.NewFromConfig(o.Config, func(opts *ivsrealtime.Options) {
 		if o.Endpoint != "" {
@@ -184,29 +196,29 @@ func New(o Options) *Client {
 			// limiter paces calls, and retries must not run dry.
 			so.RateLimiter = ratelimit.None
 		})
+		// After the retryer: every attempt is paced, retries included,
+		// not only the first.
+		opts.APIOptions = append(opts.APIOptions, func(st *middleware.Stack) error {
+			return st.Finalize.Insert(limiters, "Retry", middleware.After)
+		})
 	})
-	limiters := map[string]*rate.Limiter{}
-	for op, tps := range o.Quotas {
-		if tps > 0 {
-			// A burst one short of the service's (a bucket of tps
-			// tokens): a client that spends all of it and then paces at
-			// exactly tps leaves the service's bucket empty, so any
-			// jitter in the calls' arrival is throttled. The spare token
-			// absorbs up to 1/tps of jitter.
-			limiters[op] = rate.NewLimiter(rate.Limit(tps), max(1, int(tps)-1))
-		}
-	}
-	return &Client{api: api, limiters: limiters}
+	return &Client{api: api}
 }
 
-// wait blocks until op may be called within its quota.
-func (c *Client) wait(ctx context.Context, op string) error {
-	if l, ok := c.limiters[op]; ok {
+// pacer holds each attempt of an operation to the operation's quota: a
+// finalize middleware, keyed by operation name.
+type pacer map[string]*rate.Limiter
+
+func (pacer) ID() string { return "stagefleet/QuotaPacer" }
+
+func (p pacer) HandleFinalize(ctx context.Context, in middleware.FinalizeInput, next middleware.FinalizeHandler) (middleware.FinalizeOutput, middleware.Metadata, error) {
+	op := awsmiddleware.GetOperationName(ctx)
+	if l, ok := p[op]; ok {
 		if err := l.Wait(ctx); err != nil {
-			return &Error{Op: op, Kind: ErrThrottled, Err: err}
+			return middleware.FinalizeOutput{}, middleware.Metadata{}, &Error{Op: op, Kind: ErrThrottled, Err: err}
 		}
 	}
-	return nil
+	return next.HandleFinalize(ctx, in)
 }
 
 // Stage is an IVS stage.
@@ -224,9 +236,6 @@ func stageOf(s *types.Stage) Stage {
 // CreateStage creates a stage with tags.
 func (c *Client) CreateStage(ctx context.Context, name string, tags map[string]string) (Stage, error) {
 	const op = "CreateStage"
-	if err := c.wait(ctx, op); err != nil {
-		return Stage{}, err
-	}
 	out, err := c.api.CreateStage(ctx, &ivsrealtime.CreateStageInput{Name: aws.String(name), Tags: tags})
 	if err != nil {
 		return Stage{}, wrap(op, err)
@@ -237,9 +246,6 @@ func (c *Client) CreateStage(ctx context.Context, name string, tags map[string]s
 // GetStage returns one stage.
 func (c *Client) GetStage(ctx context.Context, arn string) (Stage, error) {
 	const op = "GetStage"
-	if err := c.wait(ctx, op); err != nil {
-		return Stage{}, err
-	}
 	out, err := c.api.GetStage(ctx, &ivsrealtime.GetStageInput{Arn: aws.String(arn)})
 	if err != nil {
 		return Stage{}, wrap(op, err)
@@ -250,9 +256,6 @@ func (c *Client) GetStage(ctx context.Context, arn string) (Stage, error) {
 // UpdateStage renames a stage.
 func (c *Client) UpdateStage(ctx context.Context, arn, name string) (Stage, error) {
 	const op = "UpdateStage"
-	if err := c.wait(ctx, op); err != nil {
-		return Stage{}, err
-	}
 	out, err := c.api.UpdateStage(ctx, &ivsrealtime.UpdateStageInput{Arn: aws.String(arn), Name: aws.String(name)})
 	if err != nil {
 		return Stage{}, wrap(op, err)
@@ -263,9 +266,6 @@ func (c *Client) UpdateStage(ctx context.Context, arn, name string) (Stage, erro
 // DeleteStage deletes a stage.
 func (c *Client) DeleteStage(ctx context.Context, arn string) error {
 	const op = "DeleteStage"
-	if err := c.wait(ctx, op); err != nil {
-		return err
-	}
 	_, err := c.api.DeleteStage(ctx, &ivsrealtime.DeleteStageInput{Arn: aws.String(arn)})
 	return wrap(op, err)
 }
@@ -292,13 +292,11 @@ type pager[O any] interface {
 	NextPage(ctx context.Context, optFns ...func(*ivsrealtime.Options)) (O, error)
 }
 
-// allPages reads every page of a list operation within its quota.
+// allPages reads every page of a list operation (each paced to the
+// operation's quota, like every call).
 func allPages[O, T any](ctx context.Context, c *Client, op string, p pager[O], items func(O) []T) ([]T, error) {
 	var out []T
 	for p.HasMorePages() {
-		if err := c.wait(ctx, op); err != nil {
-			return nil, err
-		}
 		page, err := p.NextPage(ctx)
 		if err != nil {
 			return nil, wrap(op, err)
@@ -311,9 +309,6 @@ func allPages[O, T any](ctx context.Context, c *Client, op string, p pager[O], i
 // StartReplication replicates a publishing participant into another stage.
 func (c *Client) StartReplication(ctx context.Context, sourceArn, destArn, participantID string, reconnectWindow time.Duration) error {
 	const op = "StartParticipantReplication"
-	if err := c.wait(ctx, op); err != nil {
-		return err
-	}
 	_, err := c.api.StartParticipantReplication(ctx, &ivsrealtime.StartParticipantReplicationInput{
 		SourceStageArn:         aws.String(sourceArn),
 		DestinationStageArn:    aws.String(destArn),
@@ -326,9 +321,6 @@ func (c *Client) StartReplication(ctx context.Context, sourceArn, destArn, parti
 // StopReplication stops one replication.
 func (c *Client) StopReplication(ctx context.Context, sourceArn, destArn, participantID string) error {
 	const op = "StopParticipantReplication"
-	if err := c.wait(ctx, op); err != nil {
-		return err
-	}
 	_, err := c.api.StopParticipantReplication(ctx, &ivsrealtime.StopParticipantReplicationInput{
 		SourceStageArn:      aws.String(sourceArn),
 		DestinationStageArn: aws.String(destArn),
@@ -399,9 +391,6 @@ func (c *Client) ListParticipants(ctx context.Context, stageArn, sessionID strin
 // its ARN.
 func (c *Client) ImportPublicKey(ctx context.Context, name, pemKey string) (string, error) {
 	const op = "ImportPublicKey"
-	if err := c.wait(ctx, op); err != nil {
-		return "", err
-	}
 	out, err := c.api.ImportPublicKey(ctx, &ivsrealtime.ImportPublicKeyInput{Name: aws.String(name), PublicKeyMaterial: aws.String(pemKey)})
 	if err != nil {
 		return "", wrap(op, err)
@@ -413,9 +402,6 @@ func (c *Client) ImportPublicKey(ctx context.Context, name, pemKey string) (stri
 // signing key is configured. IVS picks the participant id.
 func (c *Client) Issue(ctx context.Context, req token.Request) (token.Token, error) {
 	const op = "CreateParticipantToken"
-	if err := c.wait(ctx, op); err != nil {
-		return token.Token{}, err
-	}
 	var caps []types.ParticipantTokenCapability
 	if req.Publish {
 		caps = append(caps, types.ParticipantTokenCapabilityPublish)

@@ -723,6 +723,28 @@ func TestLimiterWaitCancelled(t *testing.T) {
 	}
 }
 
+// TestLimiterPacesRetries: a retry is held to the quota like a first call.
+// With one GetStage per 10 s and the first answer throttled, the retry must
+// wait for the limiter, which the caller's 3 s deadline does not allow: the
+// service sees one call, not two. (Unpaced, the retry would go out after the
+// SDK's back-off, at most 1 s.)
+func TestLimiterPacesRetries(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, quiet())
+	ctx := testCtx(t)
+	s := mustStage(t, ctx, e.client(noQuotas, 1), "paced")
+	e.fault("GetStage", "ThrottlingException", 1)
+	c := e.client(map[string]float64{"GetStage": 0.1}, 2)
+	dctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	if _, err := c.GetStage(dctx, s.Arn); err == nil {
+		t.Fatal("GetStage succeeded against a fault on every call")
+	}
+	if n := e.emu.Snapshot().Counters["GetStage"].Calls; n != 1 {
+		t.Errorf("emulator saw %d GetStage calls, want 1: the retry went out without waiting for the quota", n)
+	}
+}
+
 func arns(ss []ivs.Stage) []string {
 	out := make([]string, len(ss))
 	for i, s := range ss {
