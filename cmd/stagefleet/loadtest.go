@@ -10,7 +10,6 @@ import (
 	"os"
 	"strings"
 	"sync"
-	"time"
 
 	"github.com/stagefleet/stagefleet/internal/loadtest"
 )
@@ -29,12 +28,13 @@ func runLoadtest(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	fs.IntVar(&cfg.Viewers, "viewers", 0, "viewers over all broadcasts (default: steady 600, storm and drain 2000, flap capacity + (capacity - threshold) per broadcast)")
 	fs.Float64Var(&cfg.Rate, "rate", 0, "viewer arrivals per second over all broadcasts (default: steady 20, storm and drain 200, flap 10)")
 	fs.DurationVar(&cfg.Hold, "hold", 0, "how long a viewer stays once seated; in flap, the pause at each end of a wave (default: steady 10s, storm 30s, flap 5s, drain 10s)")
-	fs.DurationVar(&cfg.Heartbeat, "heartbeat", 15*time.Second, "how often a seated viewer sends a heartbeat")
-	fs.IntVar(&cfg.Broadcasts, "broadcasts", 1, "shows at once, each with its own host")
+	// Zero defaults: loadtest.Config's own (named in the help) apply.
+	fs.DurationVar(&cfg.Heartbeat, "heartbeat", 0, "how often a seated viewer sends a heartbeat (default 15s)")
+	fs.IntVar(&cfg.Broadcasts, "broadcasts", 0, "shows at once, each with its own host (default 1)")
 	fs.IntVar(&cfg.Capacity, "capacity", 0, "the server's STAGE_CAPACITY (default: as the API reports it)")
 	fs.IntVar(&cfg.Threshold, "threshold", 0, "the server's SCALE_UP_THRESHOLD, which flap swings around (default: capacity - capacity/10, as serve's defaults)")
-	fs.IntVar(&cfg.Waves, "waves", 4, "flap: how many times the audience swings up and down")
-	fs.DurationVar(&cfg.Stabilization, "stabilization", 60*time.Second, "the server's SCALE_DOWN_STABILIZATION: the flap check's window")
+	fs.IntVar(&cfg.Waves, "waves", 0, "flap: how many times the audience swings up and down (default 4)")
+	fs.DurationVar(&cfg.Stabilization, "stabilization", 0, "the server's SCALE_DOWN_STABILIZATION: the flap check's window (default 1m0s)")
 	fs.DurationVar(&cfg.DrainWait, "drain-wait", 0, "drain: how long to wait for the replica stages to go once everyone left (default: --stabilization + 10s)")
 	fs.DurationVar(&cfg.Timeout, "timeout", 0, "stop the run after this long, whatever it is doing (default: the scenario's length + hold + drain wait + 2m)")
 	asJSON := fs.Bool("json", false, "write the report as JSON")
@@ -90,6 +90,8 @@ func runLoadtest(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	}
 	if chart != nil {
 		if err := rep.WriteChart(chart); err != nil {
+			chart.Close()
+			os.Remove(*chartFile) // nothing half-written
 			return err
 		}
 		if err := chart.Close(); err != nil {
@@ -100,13 +102,7 @@ func runLoadtest(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		return fmt.Errorf("interrupted: %w", err)
 	}
 	if *strict && !rep.Pass {
-		var missed []string
-		for _, t := range rep.Targets {
-			if !t.Pass {
-				missed = append(missed, t.Name)
-			}
-		}
-		return errors.New("targets missed: " + strings.Join(missed, ", "))
+		return errors.New("targets missed: " + strings.Join(rep.Missed(), ", "))
 	}
 	return nil
 }

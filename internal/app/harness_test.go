@@ -412,30 +412,8 @@ func (a *testApp) publish(t *testing.T, stageArn, participantID string) {
 	}
 }
 
-// emuState is the part of GET /_emulator/state the tests read.
-type emuState struct {
-	Stages []struct {
-		Arn            string            `json:"arn"`
-		Tags           map[string]string `json:"tags"`
-		Subscribers    int               `json:"subscribers"`
-		Publishers     int               `json:"publishers"`
-		MaxSubscribers int               `json:"maxSubscribers"`
-	} `json:"stages"`
-	Replications []struct {
-		ParticipantID       string `json:"participantId"`
-		SourceStageArn      string `json:"sourceStageArn"`
-		DestinationStageArn string `json:"destinationStageArn"`
-		State               string `json:"state"`
-	} `json:"replications"`
-	Events struct {
-		Delivered int `json:"delivered"`
-		Failed    int `json:"failed"`
-	} `json:"events"`
-	Counters map[string]struct {
-		Calls  int `json:"calls"`
-		Faults int `json:"faults"`
-	} `json:"counters"`
-}
+// emuState is GET /_emulator/state.
+type emuState = emulator.State
 
 func (a *testApp) emuState(t *testing.T) emuState {
 	t.Helper()

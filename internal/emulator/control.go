@@ -120,15 +120,15 @@ func (e *Emulator) controlParticipant(act func(*Emulator, *stage, *participant) 
 
 // State is the whole emulated account, as GET /_emulator/state shows it.
 type State struct {
-	Region       string                `json:"region"`
-	AccountID    string                `json:"accountId"`
-	Limits       Limits                `json:"limits"`
-	Quotas       map[string]float64    `json:"quotas"`
-	Stages       []StageState          `json:"stages"`
-	Replications []ReplicationState    `json:"replications"`
-	PublicKeys   []publicKeyJSON       `json:"publicKeys"`
-	Counters     map[string]*opCounter `json:"counters"`
-	Events       EventStats            `json:"events"`
+	Region       string               `json:"region"`
+	AccountID    string               `json:"accountId"`
+	Limits       Limits               `json:"limits"`
+	Quotas       map[string]float64   `json:"quotas"`
+	Stages       []StageState         `json:"stages"`
+	Replications []ReplicationState   `json:"replications"`
+	PublicKeys   []publicKeyJSON      `json:"publicKeys"`
+	Counters     map[string]OpCounter `json:"counters"`
+	Events       EventStats           `json:"events"`
 }
 
 // Limits are the per-stage and per-account limits in force.
@@ -202,7 +202,7 @@ func (e *Emulator) Snapshot() State {
 		Stages:       []StageState{},
 		Replications: []ReplicationState{},
 		PublicKeys:   []publicKeyJSON{},
-		Counters:     map[string]*opCounter{},
+		Counters:     map[string]OpCounter{},
 		Events:       stats,
 	}
 	for _, s := range e.stageOrder() {
@@ -248,8 +248,7 @@ func (e *Emulator) Snapshot() State {
 		out.PublicKeys = append(out.PublicKeys, k.json(false))
 	}
 	for op, c := range e.counters {
-		cc := *c
-		out.Counters[op] = &cc
+		out.Counters[op] = *c
 	}
 	return out
 }

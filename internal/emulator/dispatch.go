@@ -42,8 +42,8 @@ var operations = map[string]operation{
 	"ListTagsForResource":         (*Emulator).listTagsForResource,
 }
 
-// opCounter counts what happened to the calls of one operation.
-type opCounter struct {
+// OpCounter counts what happened to the calls of one operation.
+type OpCounter struct {
 	Calls     int `json:"calls"`
 	Throttled int `json:"throttled"`
 	Faults    int `json:"faults"`
@@ -199,10 +199,10 @@ func (e *Emulator) run(op string, input map[string]any, pre *apiError, fault *Fa
 	return operations[op](e, body)
 }
 
-func (e *Emulator) counter(op string) *opCounter {
+func (e *Emulator) counter(op string) *OpCounter {
 	c, ok := e.counters[op]
 	if !ok {
-		c = &opCounter{}
+		c = &OpCounter{}
 		e.counters[op] = c
 	}
 	return c

@@ -103,7 +103,7 @@ type Emulator struct {
 	st       *state
 	limiters map[string]*rate.Limiter
 	faults   map[string]Fault
-	counters map[string]*opCounter
+	counters map[string]*OpCounter
 }
 
 // New builds an emulator from cfg, filling unset fields from DefaultConfig.
@@ -142,7 +142,7 @@ func New(cfg Config) (*Emulator, error) {
 		st:       newState(),
 		limiters: newLimiters(cfg.Quotas),
 		faults:   map[string]Fault{},
-		counters: map[string]*opCounter{},
+		counters: map[string]*OpCounter{},
 	}
 	e.events = newEventBus(cfg.EventsURLs, cfg.EventsSecret, cfg.Delivery, cfg.Logger)
 	return e, nil

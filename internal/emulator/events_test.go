@@ -489,7 +489,7 @@ func TestFaults(t *testing.T) {
 		if failed < 60 || failed > 140 {
 			t.Errorf("%d of 200 calls failed at errorRate 0.5", failed)
 		}
-		if c := env.state(t).Counters["GetStage"]; c == nil || c.Calls != 200 || c.Faults != failed {
+		if c := env.state(t).Counters["GetStage"]; c.Calls != 200 || c.Faults != failed {
 			t.Errorf("GetStage counters %+v, want 200 calls and %d faults", c, failed)
 		}
 	})
@@ -624,7 +624,7 @@ func TestState(t *testing.T) {
 	}
 
 	for op, calls := range map[string]int{"CreateStage": 2, "CreateParticipantToken": 3, "StartParticipantReplication": 1} {
-		if c := st.Counters[op]; c == nil || *c != (opCounter{Calls: calls}) {
+		if c := st.Counters[op]; c != (OpCounter{Calls: calls}) {
 			t.Errorf("counters of %s: %+v, want %d calls and nothing else", op, c, calls)
 		}
 	}

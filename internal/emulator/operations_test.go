@@ -1158,7 +1158,7 @@ func TestThrottling(t *testing.T) {
 		t.Fatalf("%d GetStage calls at a quota of 5 TPS: none throttled", calls)
 	}
 	c := env.emu.Snapshot().Counters["GetStage"]
-	if c == nil || c.Calls != calls || c.Throttled != throttled {
+	if c.Calls != calls || c.Throttled != throttled {
 		t.Errorf("GetStage counters = %+v, want %d calls, %d throttled", c, calls, throttled)
 	}
 }
@@ -1184,7 +1184,7 @@ func TestThrottlingRetried(t *testing.T) {
 			t.Fatalf("%d calls at a quota of 50 TPS: none throttled", n)
 		}
 	}
-	before := *env.emu.Snapshot().Counters["CreateParticipantToken"]
+	before := env.emu.Snapshot().Counters["CreateParticipantToken"]
 
 	const calls = 60
 	client := newRetryingClient(env.url)

@@ -254,16 +254,7 @@ func connectedViewers(t *testing.T, emu string) int {
 		t.Fatal(err)
 	}
 	defer resp.Body.Close()
-	var st struct {
-		Stages []struct {
-			Sessions []struct {
-				Participants []struct {
-					UserID string `json:"userId"`
-					State  string `json:"state"`
-				} `json:"participants"`
-			} `json:"sessions"`
-		} `json:"stages"`
-	}
+	var st emulator.State
 	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
 		t.Fatal(err)
 	}

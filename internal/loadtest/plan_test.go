@@ -158,13 +158,16 @@ func TestFlapLastInFirstOut(t *testing.T) {
 }
 
 func TestParseScenario(t *testing.T) {
-	for _, s := range Scenarios {
-		if got, err := ParseScenario(string(s)); err != nil || got != s {
-			t.Errorf("ParseScenario(%q) = %q, %v", s, got, err)
+	// The names the command line and the docs use.
+	for name, want := range map[string]Scenario{"steady": Steady, "storm": Storm, "flap": Flap, "drain": Drain} {
+		if got, err := ParseScenario(name); err != nil || got != want {
+			t.Errorf("ParseScenario(%q) = %q, %v; want %q", name, got, err, want)
 		}
 	}
-	if _, err := ParseScenario("hurricane"); err == nil {
-		t.Error("ParseScenario(hurricane) = nil error")
+	for _, name := range []string{"hurricane", "", "Storm "} {
+		if _, err := ParseScenario(name); err == nil {
+			t.Errorf("ParseScenario(%q) = nil error", name)
+		}
 	}
 }
 

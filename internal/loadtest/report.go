@@ -293,10 +293,10 @@ func (r *run) report(viewersStart, allLeft time.Time, drained *time.Duration) *R
 	rec := r.rec
 	rec.mu.Lock()
 	rep.Viewers = ViewerCounts{
-		Planned: rec.planned, Requested: rec.asked, Seated: rec.seatedTotal, Left: rec.leftTotal, StoppedWaiting: rec.stopped,
+		Planned: rec.planned, Requested: rec.asked, Seated: len(rec.timeToSeat), Left: rec.leftTotal, StoppedWaiting: rec.stopped,
 	}
-	if span := rec.lastSeat.Sub(rec.firstAsk); rec.seatedTotal > 0 && span > 0 {
-		rep.Viewers.JoinsPerSecond = math.Round(float64(rec.seatedTotal)/span.Seconds()*10) / 10
+	if span := rec.lastSeat.Sub(rec.firstAsk); len(rec.timeToSeat) > 0 && span > 0 {
+		rep.Viewers.JoinsPerSecond = math.Round(float64(len(rec.timeToSeat))/span.Seconds()*10) / 10
 	}
 	rep.TokenLatency = distribution(rec.tokenLatency)
 	rep.TimeToSeat = distribution(rec.timeToSeat)

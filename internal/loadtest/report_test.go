@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/stagefleet/stagefleet/internal/emulator"
 )
 
 func TestPercentile(t *testing.T) {
@@ -101,7 +103,7 @@ func TestFlapCheck(t *testing.T) {
 func TestPeakRate(t *testing.T) {
 	ms := func(n int) time.Duration { return time.Duration(n) * time.Millisecond }
 	at := func(d time.Duration, calls int) sample {
-		return sample{at: d, counters: map[string]opCount{"CreateStage": {Calls: calls}}}
+		return sample{at: d, counters: map[string]emulator.OpCounter{"CreateStage": {Calls: calls}}}
 	}
 	// 4 calls/s for a second, then a burst of 10 in the next second.
 	samples := []sample{at(0, 0), at(ms(500), 2), at(ms(1000), 4), at(ms(1500), 9), at(ms(2000), 14)}

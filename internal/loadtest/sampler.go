@@ -9,33 +9,12 @@ import (
 	"slices"
 	"sync"
 	"time"
+
+	"github.com/stagefleet/stagefleet/internal/emulator"
 )
 
-// emuState is the part of the emulator's GET /_emulator/state the load test
-// reads.
-type emuState struct {
-	Quotas map[string]float64 `json:"quotas"`
-	Stages []struct {
-		Arn            string            `json:"arn"`
-		Tags           map[string]string `json:"tags"`
-		Subscribers    int               `json:"subscribers"`
-		MaxSubscribers int               `json:"maxSubscribers"`
-	} `json:"stages"`
-	Replications []struct {
-		DestinationStageArn string `json:"destinationStageArn"`
-		State               string `json:"state"`
-	} `json:"replications"`
-	Counters map[string]opCount `json:"counters"`
-}
-
-type opCount struct {
-	Calls     int `json:"calls"`
-	Throttled int `json:"throttled"`
-	Faults    int `json:"faults"`
-	Errors    int `json:"errors"`
-}
-
-// Tags stagefleet puts on its stages.
+// Tags stagefleet puts on its stages (fleet.TagBroadcast, fleet.TagRole):
+// written here, as the load test knows the service only from outside.
 const (
 	tagBroadcast = "stagefleet:broadcast"
 	tagRole      = "stagefleet:role"
@@ -59,7 +38,7 @@ type stageTrack struct {
 type sample struct {
 	at       time.Duration
 	point    Sample
-	counters map[string]opCount
+	counters map[string]emulator.OpCounter
 }
 
 // sampler polls the emulator's state for the run's stages, their seats and
@@ -77,8 +56,6 @@ type sampler struct {
 	samples  []sample
 	stages   map[string]*stageTrack
 	quotas   map[string]float64
-	replicas int       // the run's replica stages at the last sample
-	lastAt   time.Time // when the last sample was taken
 	failures int
 }
 
@@ -120,7 +97,7 @@ func (s *sampler) run(ctx context.Context) {
 
 // sample takes one sample.
 func (s *sampler) sample(ctx context.Context) error {
-	var st emuState
+	var st emulator.State
 	res, err := s.c.callEmulator(ctx, http.MethodGet, "/_emulator/state", nil, &st)
 	if err != nil {
 		return err
@@ -144,7 +121,7 @@ func (s *sampler) sample(ctx context.Context) error {
 }
 
 // observe records one state; s.mu is held.
-func (s *sampler) observe(now time.Time, st emuState, c counts) Sample {
+func (s *sampler) observe(now time.Time, st emulator.State, c counts) Sample {
 	at := now.Sub(s.start)
 	p := Sample{Seconds: at.Seconds(), Seated: c.seatedNow, Waiting: c.waiting}
 	present := map[string]bool{}
@@ -178,7 +155,6 @@ func (s *sampler) observe(now time.Time, st emuState, c counts) Sample {
 	}
 	s.samples = append(s.samples, sample{at: at, point: p, counters: st.Counters})
 	s.quotas = st.Quotas
-	s.replicas, s.lastAt = p.Replicas, now
 	return p
 }
 
@@ -187,7 +163,11 @@ func (s *sampler) observe(now time.Time, st emuState, c counts) Sample {
 func (s *sampler) replicasNow() (int, time.Time) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.replicas, s.lastAt
+	if len(s.samples) == 0 {
+		return 0, time.Time{}
+	}
+	last := s.samples[len(s.samples)-1]
+	return last.point.Replicas, s.start.Add(last.at)
 }
 
 // tracks returns the stages seen, oldest first.

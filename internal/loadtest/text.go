@@ -67,11 +67,10 @@ func (rep *Report) WriteText(w io.Writer) error {
 
 	b.WriteString("\ntargets:\n")
 	tw = tabwriter.NewWriter(&b, 0, 4, 2, ' ', 0)
-	missed := 0
 	for _, t := range rep.Targets {
 		verdict := "PASS"
 		if !t.Pass {
-			verdict, missed = "FAIL", missed+1
+			verdict = "FAIL"
 		}
 		line := fmt.Sprintf("  %s\t%s\t%s (want %s)", verdict, t.Name, t.Got, t.Want)
 		if t.Miss != "" {
@@ -85,7 +84,7 @@ func (rep *Report) WriteText(w io.Writer) error {
 	if rep.Pass {
 		b.WriteString("result: PASS\n")
 	} else {
-		fmt.Fprintf(&b, "result: FAIL (%d of %d targets missed)\n", missed, len(rep.Targets))
+		fmt.Fprintf(&b, "result: FAIL (%d of %d targets missed)\n", len(rep.Missed()), len(rep.Targets))
 	}
 	_, err := io.WriteString(w, b.String())
 	return err
@@ -127,4 +126,15 @@ func fmtSeries(series []Sample) string {
 		parts = append(parts, fmt.Sprintf("%.1fs %d", series[i].Seconds, series[i].Stages))
 	}
 	return strings.Join(parts, ", ")
+}
+
+// Missed names the targets the run missed.
+func (rep *Report) Missed() []string {
+	var out []string
+	for _, t := range rep.Targets {
+		if !t.Pass {
+			out = append(out, t.Name)
+		}
+	}
+	return out
 }

@@ -227,17 +227,15 @@ type recorder struct {
 	planned      int
 	asked        int
 	waiting      int
-	seatedNow    int
-	seatedTotal  int
 	leftTotal    int
-	refusedTotal int
 	firstAsk     time.Time
 	lastSeat     time.Time
 	tokenLatency []time.Duration
-	timeToSeat   []time.Duration
-	refused      map[string]int
-	errors       map[string]int
-	stopped      int // still waiting for a seat when the run was stopped
+	// timeToSeat has one entry per viewer seated.
+	timeToSeat []time.Duration
+	refused    map[string]int
+	errors     map[string]int
+	stopped    int // still waiting for a seat when the run was stopped
 }
 
 func newRecorder(log *slog.Logger) *recorder {
@@ -277,7 +275,6 @@ func (r *recorder) refuse(code string, status int) {
 		code = http.StatusText(status)
 	}
 	r.refused[code]++
-	r.refusedTotal++
 	if code == "RATE_LIMITED" && r.refused[code] == 1 {
 		r.log.Warn("the API rate-limits the load generator: start stagefleet serve with RATE_LIMIT_MAX_REQUESTS=0")
 	}
@@ -288,8 +285,6 @@ func (r *recorder) seated(d time.Duration) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.waiting--
-	r.seatedNow++
-	r.seatedTotal++
 	r.lastSeat = now
 	r.timeToSeat = append(r.timeToSeat, d)
 }
@@ -308,7 +303,6 @@ func (r *recorder) gaveUp(stopped bool) {
 func (r *recorder) left() {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.seatedNow--
 	r.leftTotal++
 }
 
@@ -325,11 +319,15 @@ func (r *recorder) fail(kind string, err error) {
 
 // counts is a snapshot for samples and progress.
 type counts struct {
-	planned, asked, waiting, seatedNow, seatedTotal, left, refused int
+	planned, asked, waiting, seatedNow, left, refused int
 }
 
 func (r *recorder) counts() counts {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return counts{r.planned, r.asked, r.waiting, r.seatedNow, r.seatedTotal, r.leftTotal, r.refusedTotal}
+	refused := 0
+	for _, n := range r.refused {
+		refused += n
+	}
+	return counts{r.planned, r.asked, r.waiting, len(r.timeToSeat) - r.leftTotal, r.leftTotal, refused}
 }
