@@ -59,10 +59,10 @@ type Event struct {
 }
 
 // emit sends an IVS Stage Update event about participant p of stage s.
-func (e *Emulator) emit(s *stage, ss *session, name string, p *participant, extra map[string]any) {
+func (e *Emulator) emit(s *stage, name string, p *participant, extra map[string]any) {
 	sessionID := ""
-	if ss != nil {
-		sessionID = ss.id
+	if s.active != nil {
+		sessionID = s.active.id
 	}
 	if p.replicationType == replReplica && extra == nil {
 		extra = map[string]any{"replica": true}

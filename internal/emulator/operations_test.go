@@ -236,7 +236,7 @@ func TestCreateStage(t *testing.T) {
 	for i, want := range tests {
 		tok := out.ParticipantTokens[i]
 		id := aws.ToString(tok.ParticipantId)
-		if !participantIDPattern.MatchString(id) || ids[id] {
+		if !validParticipantID(id) || ids[id] {
 			t.Errorf("token %d: participantId %q is not a fresh valid id", i, id)
 		}
 		ids[id] = true

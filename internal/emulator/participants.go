@@ -58,7 +58,7 @@ func (e *Emulator) join(g *grant) (*stage, *participant, *apiError) {
 	if subs, _ := ss.counts(); subs > s.maxSubscribers {
 		s.maxSubscribers = subs
 	}
-	e.emit(s, ss, evJoined, p, nil)
+	e.emit(s, evJoined, p, nil)
 	return s, p, nil
 }
 
@@ -84,16 +84,16 @@ func (e *Emulator) publish(s *stage, p *participant) *apiError {
 		return newError(errConflict, "participant %s is a replica; it publishes what its source publishes", p.id)
 	}
 	if !p.canPublish {
-		e.emit(s, s.active, evPublishError, p, map[string]any{"error_code": "INSUFFICIENT_CAPABILITIES"})
+		e.emit(s, evPublishError, p, map[string]any{"error_code": "INSUFFICIENT_CAPABILITIES"})
 		return newError(errAccessDenied, "participant %s has a token without the PUBLISH capability", p.id)
 	}
 	if _, pubs := s.active.counts(); pubs >= e.cfg.MaxPublishers {
-		e.emit(s, s.active, evPublishError, p, map[string]any{"error_code": "QUOTA_EXCEEDED"})
+		e.emit(s, evPublishError, p, map[string]any{"error_code": "QUOTA_EXCEEDED"})
 		return newError(errQuota, "stage %s already has %d publishers, the most a stage holds", s.arn, pubs)
 	}
 	p.publishing = true
 	p.everPublished = true
-	e.emit(s, s.active, evPublished, p, nil)
+	e.emit(s, evPublished, p, nil)
 	e.sourceResumed(s, p)
 	return nil
 }
@@ -103,7 +103,7 @@ func (e *Emulator) unpublish(s *stage, p *participant) {
 		return
 	}
 	p.publishing = false
-	e.emit(s, s.active, evUnpublished, p, nil)
+	e.emit(s, evUnpublished, p, nil)
 	e.sourceStopped(s, p, false)
 }
 
@@ -112,7 +112,7 @@ func (e *Emulator) leave(s *stage, p *participant) {
 	ss := s.active
 	e.unpublish(s, p)
 	p.state = stateDisconnected
-	e.emit(s, ss, evLeft, p, nil)
+	e.emit(s, evLeft, p, nil)
 	for _, q := range ss.participants {
 		if q.connected() {
 			return

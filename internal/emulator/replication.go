@@ -137,7 +137,7 @@ func (e *Emulator) activate(r *replication) {
 	replica.sourceSessionID = r.sourceSession
 	r.destSession = ds.id
 	r.state = replActive
-	e.emit(dst, ds, evReplicationStarted, replica, r.eventDetail())
+	e.emit(dst, evReplicationStarted, replica, r.eventDetail())
 	e.log.Info("replication active", "participant", r.participantID, "source", r.sourceArn, "destination", r.destArn)
 }
 

@@ -30,10 +30,7 @@ const (
 )
 
 func (s *stage) json(full bool) stageJSON {
-	out := stageJSON{Arn: s.arn, Name: s.name, Tags: maps.Clone(s.tags)}
-	if out.Tags == nil {
-		out.Tags = map[string]string{}
-	}
+	out := stageJSON{Arn: s.arn, Name: s.name, Tags: cloneTags(s.tags)}
 	if s.active != nil {
 		out.ActiveSessionID = s.active.id
 	}
@@ -290,10 +287,7 @@ func (e *Emulator) tagResource(body []byte) (any, *apiError) {
 	if aerr != nil {
 		return nil, aerr
 	}
-	merged := maps.Clone(*tags)
-	if merged == nil {
-		merged = map[string]string{}
-	}
+	merged := cloneTags(*tags)
 	maps.Copy(merged, in.Tags)
 	if len(merged) > maxTags {
 		return nil, validationError("resource would have %d tags; at most %d are allowed", len(merged), maxTags)
@@ -331,9 +325,13 @@ func (e *Emulator) listTagsForResource(body []byte) (any, *apiError) {
 	if aerr != nil {
 		return nil, aerr
 	}
-	out := maps.Clone(*tags)
-	if out == nil {
-		out = map[string]string{}
+	return map[string]any{"tags": cloneTags(*tags)}, nil
+}
+
+// cloneTags copies tags, never nil: AWS answers "tags": {} for none.
+func cloneTags(tags map[string]string) map[string]string {
+	if tags == nil {
+		return map[string]string{}
 	}
-	return map[string]any{"tags": out}, nil
+	return maps.Clone(tags)
 }

@@ -10,7 +10,6 @@ import (
 	"errors"
 	"fmt"
 	"maps"
-	"regexp"
 	"slices"
 	"strings"
 	"time"
@@ -128,7 +127,11 @@ type grant struct {
 	caps          tokenCapabilities
 }
 
-var participantIDPattern = regexp.MustCompile(`^[a-zA-Z0-9-]{1,64}$`)
+// validParticipantID checks an id against the API model's ParticipantId
+// shape (and not empty): the model stays the one source of the rule.
+func validParticipantID(id string) bool {
+	return id != "" && checkShape("ParticipantId", "jti", id) == nil
+}
 
 // verifyToken checks a participant token as the service does when it is used
 // to join: signature by the service or an imported key, expiry, stage.
@@ -145,7 +148,7 @@ func (e *Emulator) verifyToken(raw string) (*grant, *apiError) {
 	case err != nil:
 		return nil, newError(errAccessDenied, "token rejected: %v", err)
 	}
-	if !participantIDPattern.MatchString(claims.ID) {
+	if !validParticipantID(claims.ID) {
 		return nil, newError(errAccessDenied, "token jti %q is not a valid participant id", claims.ID)
 	}
 	s, ok := e.st.stages[claims.Resource]
@@ -185,10 +188,7 @@ type publicKeyJSON struct {
 }
 
 func (k *publicKey) json(full bool) publicKeyJSON {
-	out := publicKeyJSON{Arn: k.arn, Name: k.name, Tags: maps.Clone(k.tags)}
-	if out.Tags == nil {
-		out.Tags = map[string]string{}
-	}
+	out := publicKeyJSON{Arn: k.arn, Name: k.name, Tags: cloneTags(k.tags)}
 	if full {
 		out.PublicKeyMaterial = k.material
 		out.Fingerprint = k.fingerprint
