@@ -309,7 +309,8 @@ func TestJoinStorm(t *testing.T) {
 	slices.Sort(waits)
 	if len(waits) > 0 {
 		pct := func(p float64) time.Duration { return waits[int(p*float64(len(waits)-1))] }
-		t.Logf("time to seat: p50 %v, p95 %v, p99 %v, max %v; %d stages", pct(0.50), pct(0.95), pct(0.99), waits[len(waits)-1], len(perStage))
+		t.Logf("time to seat: p50 %v, p95 %v, p99 %v, max %v; %d stages seated viewers, %d stages in IVS",
+			pct(0.50), pct(0.95), pct(0.99), waits[len(waits)-1], len(perStage), len(a.emuState(t).Stages))
 	}
 	for arn, n := range perStage {
 		if n > 50 {

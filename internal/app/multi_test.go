@@ -518,6 +518,7 @@ func TestMultiInstanceKill(t *testing.T) {
 		holder, _ := rdb.HGet(t.Context(), controlLeaseKey, "holder").Result()
 		return !strings.HasPrefix(holder, fmt.Sprintf("instance-%d-", victim)), fmt.Sprintf("the dead instance still holds the lease %v after the kill", time.Since(killedAt))
 	})
+	t.Logf("the dead instance's lease was gone %v after the kill (LEASE_TTL %v)", time.Since(killedAt).Round(time.Millisecond), leaseTTL)
 
 	res := <-done
 	requireSeated(t, res)
@@ -614,7 +615,8 @@ func TestRedisRestart(t *testing.T) {
 		}
 		return true, ""
 	})
-	t.Logf("fleet rebuilt from IVS %v after Redis came back empty (RECONCILE_INTERVAL %v)", time.Since(restarted).Round(time.Millisecond), reconcile)
+	t.Logf("%d viewers on %d stages; fleet rebuilt from IVS %v after Redis came back empty (RECONCILE_INTERVAL %v)",
+		viewers, len(ivsBefore), time.Since(restarted).Round(time.Millisecond), reconcile)
 
 	// Heartbeats, spread over both instances, re-establish every seat on
 	// the viewer's own stage.
