@@ -331,29 +331,44 @@ func (s *Service) step(ctx context.Context, broadcastID string) error {
 	if err != nil {
 		return err
 	}
-	if err := s.scaleUp(ctx, v); err != nil {
+	// Like CreateStage, StartParticipantReplication has a quota: a pass
+	// makes a few calls (new stages' first), and the next pass the rest.
+	starts := &budget{}
+	starts.left.Store(maxCreatesPerPass)
+	if err := s.scaleUp(ctx, v, starts); err != nil {
 		return err
 	}
 	if v, err = s.load(ctx, broadcastID); err != nil {
 		return err
 	}
-	// Like CreateStage, StartParticipantReplication has a quota: a pass
-	// makes a few calls, and the next pass the rest.
-	calls := 0
 	for _, st := range v.stages {
 		if st.Role != store.RoleReplica || st.Draining {
 			continue
 		}
 		for _, h := range v.hosts {
-			if calls < maxCreatesPerPass && s.ensureReplication(ctx, v.broadcast, st, h, v.reps[replKey{h.ParticipantID, st.Arn}]) {
-				calls++
-			}
+			s.replicateWithin(ctx, starts, v.broadcast, st, h, v.reps[replKey{h.ParticipantID, st.Arn}])
 		}
 	}
-	if calls == maxCreatesPerPass {
+	if starts.left.Load() <= 0 {
 		s.kicks.kick(broadcastID)
 	}
 	return s.scaleDown(ctx, v)
+}
+
+// budget is a pass's allowance of IVS calls of one kind, shared by the
+// goroutines of the pass.
+type budget struct{ left atomic.Int64 }
+
+// replicateWithin is ensureReplication when the pass can still afford a
+// StartParticipantReplication call; a transition that made no call gives
+// the allowance back.
+func (s *Service) replicateWithin(ctx context.Context, b *budget, bc store.Broadcast, dest store.Stage, h store.Host, r store.Replication) {
+	if b.left.Add(-1) < 0 {
+		return
+	}
+	if !s.ensureReplication(ctx, bc, dest, h, r) {
+		b.left.Add(1)
+	}
 }
 
 // headroom is the number of free seats the controller keeps ahead of the
@@ -368,7 +383,7 @@ func (s *Service) headroom(v view) int {
 	return max(base, int(math.Ceil(v.joinRate*s.provisioning.get().Seconds())))
 }
 
-func (s *Service) scaleUp(ctx context.Context, v view) error {
+func (s *Service) scaleUp(ctx context.Context, v view, starts *budget) error {
 	l := s.local(v.broadcast.ID)
 	free, upcoming, idle := v.seats()
 	headroom := s.headroom(v)
@@ -392,7 +407,7 @@ func (s *Service) scaleUp(ctx context.Context, v view) error {
 	errs := make([]error, n)
 	var wg sync.WaitGroup
 	for i := range n {
-		wg.Go(func() { errs[i] = s.provision(ctx, v) })
+		wg.Go(func() { errs[i] = s.provision(ctx, v, starts) })
 	}
 	wg.Wait()
 	if err := errors.Join(errs...); err != nil {
@@ -407,9 +422,8 @@ func (s *Service) scaleUp(ctx context.Context, v view) error {
 }
 
 // provision creates one replica stage and records it at once, so that it
-// cannot leak; replication into it follows in the same pass, within the
-// pass's budget of StartParticipantReplication calls.
-func (s *Service) provision(ctx context.Context, v view) error {
+// cannot leak, and starts replicating the hosts into it.
+func (s *Service) provision(ctx context.Context, v view, starts *budget) error {
 	b := v.broadcast.ID
 	started := s.now()
 	st, err := s.ivs.CreateStage(ctx, stageName(b, store.RoleReplica)+"-"+newParticipantID()[:8], stageTags(b, store.RoleReplica))
@@ -427,6 +441,11 @@ func (s *Service) provision(ctx context.Context, v view) error {
 	}
 	s.provisionStart.Store(st.Arn, started)
 	s.log.Info("replica stage created", "broadcast", b, "stage", st.Arn, "reason", "scale up")
+	// Replicated at once, within the pass's allowance: a stage takes
+	// viewers only once its replication is active.
+	for _, h := range v.hosts {
+		s.replicateWithin(ctx, starts, v.broadcast, rec, h, store.Replication{})
+	}
 	return nil
 }
 
