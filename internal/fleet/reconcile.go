@@ -41,17 +41,37 @@ func (s *Service) Reconcile(ctx context.Context) error {
 	for _, b := range bs {
 		reconciled[b.ID] = true
 	}
+	var unknown []ivs.Stage
+	for _, st := range tagged {
+		if !known[st.Arn] {
+			unknown = append(unknown, st)
+		}
+	}
+	if len(unknown) > 0 {
+		// Listed again, so that a stage removed while the broadcasts were
+		// reconciled is not adopted back: one listing, not one read per
+		// stage (after a lost store, every stage is unknown). One removed
+		// between this listing and its adoption leaves a record that the
+		// next reconcile drops.
+		still, err := s.ivs.ListStages(ctx, func(st ivs.Stage) bool { return st.Tags[TagBroadcast] != "" })
+		if err != nil {
+			return fmt.Errorf("listing tagged stages again: %w", err)
+		}
+		present := map[string]bool{}
+		for _, st := range still {
+			present[st.Arn] = true
+		}
+		unknown = slices.DeleteFunc(unknown, func(st ivs.Stage) bool { return !present[st.Arn] })
+	}
 	// Origins first: a replica of a broadcast whose record was lost is
 	// adopted only once its origin has rebuilt the broadcast; before, it
 	// would look like an orphan.
-	slices.SortStableFunc(tagged, func(a, b ivs.Stage) int {
+	slices.SortStableFunc(unknown, func(a, b ivs.Stage) int {
 		return cmp.Compare(originFirst(a), originFirst(b))
 	})
-	for _, st := range tagged {
-		if !known[st.Arn] {
-			s.adopt(ctx, st)
-			s.kicks.kick(st.Tags[TagBroadcast])
-		}
+	for _, st := range unknown {
+		s.adopt(ctx, st)
+		s.kicks.kick(st.Tags[TagBroadcast])
 	}
 	// Broadcasts rebuilt by adoption (the store was lost) are repaired now,
 	// not one interval later: their hosts, replications and seating.
@@ -344,10 +364,6 @@ func (s *Service) adopt(ctx context.Context, st ivs.Stage) {
 	// Another instance may have recorded it since the listing (it was
 	// being created then).
 	if _, err := s.store.GetStage(ctx, st.Arn); err == nil {
-		return
-	}
-	// Or removed it since: the listing is older than the lock.
-	if _, err := s.ivs.GetStage(ctx, st.Arn); errors.Is(err, ivs.ErrNotFound) {
 		return
 	}
 	rec := store.Stage{Arn: st.Arn, BroadcastID: b, Role: role, Name: st.Name, Capacity: s.cfg.StageCapacity, CreatedAt: s.now()}
