@@ -437,7 +437,7 @@ func TestImportPublicKey(t *testing.T) {
 
 func TestErrors(t *testing.T) {
 	t.Parallel()
-	type call func(t *testing.T, ctx context.Context, e *env) (err error, wantMsg string)
+	type call func(t *testing.T, ctx context.Context, e *env) (wantMsg string, err error)
 	tests := []struct {
 		name      string
 		cfg       func(*emulator.Config)
@@ -448,26 +448,26 @@ func TestErrors(t *testing.T) {
 	}{
 		{
 			name: "GetStage unknown",
-			call: func(t *testing.T, ctx context.Context, e *env) (error, string) {
+			call: func(t *testing.T, ctx context.Context, e *env) (string, error) {
 				_, err := e.client(noQuotas, 0).GetStage(ctx, unknownStage)
-				return err, "Stage not found: " + unknownStage
+				return "Stage not found: " + unknownStage, err
 			},
 			kind: ivs.ErrNotFound, op: "GetStage", code: "ResourceNotFoundException",
 		},
 		{
 			name: "StartReplication not publishing",
-			call: func(t *testing.T, ctx context.Context, e *env) (error, string) {
+			call: func(t *testing.T, ctx context.Context, e *env) (string, error) {
 				c := e.client(noQuotas, 0)
 				src, dst := mustStage(t, ctx, c, "src"), mustStage(t, ctx, c, "dst")
 				h := e.host(ctx, c, src.Arn, false)
 				err := c.StartReplication(ctx, src.Arn, dst.Arn, h.ParticipantID, 0)
-				return err, h.ParticipantID + " is not publishing"
+				return h.ParticipantID + " is not publishing", err
 			},
 			kind: ivs.ErrNotPublishing, op: "StartParticipantReplication", code: "ValidationException",
 		},
 		{
 			name: "StartReplication twice",
-			call: func(t *testing.T, ctx context.Context, e *env) (error, string) {
+			call: func(t *testing.T, ctx context.Context, e *env) (string, error) {
 				c := e.client(noQuotas, 0)
 				src, dst := mustStage(t, ctx, c, "src"), mustStage(t, ctx, c, "dst")
 				h := e.host(ctx, c, src.Arn, true)
@@ -475,42 +475,42 @@ func TestErrors(t *testing.T) {
 					t.Fatalf("first StartReplication: %v", err)
 				}
 				err := c.StartReplication(ctx, src.Arn, dst.Arn, h.ParticipantID, 0)
-				return err, fmt.Sprintf("participant %s is already being replicated from %s to %s", h.ParticipantID, src.Arn, dst.Arn)
+				return fmt.Sprintf("participant %s is already being replicated from %s to %s", h.ParticipantID, src.Arn, dst.Arn), err
 			},
 			kind: ivs.ErrConflict, op: "StartParticipantReplication", code: "ConflictException",
 		},
 		{
 			name: "StopReplication unknown",
-			call: func(t *testing.T, ctx context.Context, e *env) (error, string) {
+			call: func(t *testing.T, ctx context.Context, e *env) (string, error) {
 				c := e.client(noQuotas, 0)
 				src, dst := mustStage(t, ctx, c, "src"), mustStage(t, ctx, c, "dst")
 				err := c.StopReplication(ctx, src.Arn, dst.Arn, "nobody")
-				return err, fmt.Sprintf("participant nobody is not being replicated from %s to %s", src.Arn, dst.Arn)
+				return fmt.Sprintf("participant nobody is not being replicated from %s to %s", src.Arn, dst.Arn), err
 			},
 			kind: ivs.ErrNotFound, op: "StopParticipantReplication", code: "ResourceNotFoundException",
 		},
 		{
 			name: "stage quota",
 			cfg:  func(c *emulator.Config) { c.MaxStages = 1 },
-			call: func(t *testing.T, ctx context.Context, e *env) (error, string) {
+			call: func(t *testing.T, ctx context.Context, e *env) (string, error) {
 				c := e.client(noQuotas, 0)
 				mustStage(t, ctx, c, "first")
 				_, err := c.CreateStage(ctx, "second", nil)
-				return err, "Stages per account quota of 1 exceeded"
+				return "Stages per account quota of 1 exceeded", err
 			},
 			kind: ivs.ErrQuota, op: "CreateStage", code: "ServiceQuotaExceededException",
 		},
 		{
 			name: "bad stage name",
-			call: func(t *testing.T, ctx context.Context, e *env) (error, string) {
+			call: func(t *testing.T, ctx context.Context, e *env) (string, error) {
 				_, err := e.client(noQuotas, 0).CreateStage(ctx, "bad name!", nil)
-				return err, "1 validation error detected: Value 'bad name!' at 'name' failed to satisfy constraint:"
+				return "1 validation error detected: Value 'bad name!' at 'name' failed to satisfy constraint:", err
 			},
 			kind: ivs.ErrValidation, op: "CreateStage", code: "ValidationException", msgPrefix: true,
 		},
 		{
 			name: "public key imported twice",
-			call: func(t *testing.T, ctx context.Context, e *env) (error, string) {
+			call: func(t *testing.T, ctx context.Context, e *env) (string, error) {
 				c := e.client(noQuotas, 0)
 				key := p384PEM(t)
 				arn, err := c.ImportPublicKey(ctx, "k1", key)
@@ -518,34 +518,34 @@ func TestErrors(t *testing.T) {
 					t.Fatalf("first ImportPublicKey: %v", err)
 				}
 				_, err = c.ImportPublicKey(ctx, "k2", key)
-				return err, "public key already imported as " + arn
+				return "public key already imported as " + arn, err
 			},
 			kind: ivs.ErrConflict, op: "ImportPublicKey", code: "ConflictException",
 		},
 		{
 			name: "injected AccessDeniedException",
-			call: func(t *testing.T, ctx context.Context, e *env) (error, string) {
+			call: func(t *testing.T, ctx context.Context, e *env) (string, error) {
 				e.fault("GetStage", "AccessDeniedException", 1)
 				_, err := e.client(noQuotas, 0).GetStage(ctx, unknownStage)
-				return err, "injected fault for GetStage"
+				return "injected fault for GetStage", err
 			},
 			kind: ivs.ErrAccessDenied, op: "GetStage", code: "AccessDeniedException",
 		},
 		{
 			name: "injected InternalServerException, no retries",
-			call: func(t *testing.T, ctx context.Context, e *env) (error, string) {
+			call: func(t *testing.T, ctx context.Context, e *env) (string, error) {
 				e.fault("GetStage", "InternalServerException", 1)
 				_, err := e.client(noQuotas, 1).GetStage(ctx, unknownStage)
-				return err, "injected fault for GetStage"
+				return "injected fault for GetStage", err
 			},
 			kind: ivs.ErrUnavailable, op: "GetStage", code: "InternalServerException",
 		},
 		{
 			name: "injected ThrottlingException, no retries",
-			call: func(t *testing.T, ctx context.Context, e *env) (error, string) {
+			call: func(t *testing.T, ctx context.Context, e *env) (string, error) {
 				e.fault("CreateParticipantToken", "ThrottlingException", 1)
 				_, err := e.client(noQuotas, 1).Issue(ctx, token.Request{StageArn: unknownStage, Subscribe: true, TTL: time.Hour})
-				return err, "injected fault for CreateParticipantToken"
+				return "injected fault for CreateParticipantToken", err
 			},
 			kind: ivs.ErrThrottled, op: "CreateParticipantToken", code: "ThrottlingException",
 		},
@@ -560,7 +560,7 @@ func TestErrors(t *testing.T) {
 				tt.cfg(&cfg)
 			}
 			e := newEnv(t, cfg)
-			err, wantMsg := tt.call(t, testCtx(t), e)
+			wantMsg, err := tt.call(t, testCtx(t), e)
 			if err == nil {
 				t.Fatal("no error")
 			}
