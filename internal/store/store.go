@@ -29,7 +29,16 @@ var (
 	// ErrFenced: a write made under a lease that is no longer held (it
 	// expired, or another holder took it) was refused; nothing was written.
 	ErrFenced = errors.New("lease lost; write refused")
+	// ErrNotOwner: the seat exists but belongs to another participant or
+	// stage than the caller named; it was left as it was.
+	ErrNotOwner = errors.New("seat held by another participant")
 )
+
+// EventLogLimit is the most event ids a store remembers for
+// de-duplication at once (per store, whatever their TTL): past it the ids
+// closest to expiry are forgotten first, so a flood of events cannot grow
+// the store without bound. Implementations may take a lower limit.
+const EventLogLimit = 100_000
 
 // Role is what a stage is to its broadcast.
 type Role string
@@ -48,6 +57,15 @@ type Broadcast struct {
 	ID        string    `json:"id"`
 	OriginArn string    `json:"originArn"`
 	CreatedAt time.Time `json:"createdAt"`
+	// IdleSince is when the broadcast last had neither a publishing host
+	// nor a seat (zero while it has either); it ends after
+	// BROADCAST_IDLE_TIMEOUT of that.
+	IdleSince time.Time `json:"idleSince,omitzero"`
+	// OriginReplacedAt is when the origin was last recreated because IVS no
+	// longer had it (zero if never): hosts need new tokens since then.
+	OriginReplacedAt time.Time `json:"originReplacedAt,omitzero"`
+	// ReplacedOriginArn is the origin that IVS lost.
+	ReplacedOriginArn string `json:"replacedOriginArn,omitempty"`
 }
 
 // Stage is stagefleet's record of one IVS stage.
@@ -131,6 +149,15 @@ type SeatRequest struct {
 	TTL           time.Duration
 }
 
+// SeatOwner names whose seat a renewal is for: the participant id of the
+// viewer's token and, when not empty, the stage it watches. A renewal
+// whose owner does not match the seat is refused (ErrNotOwner), so that
+// nobody renews, or learns of, a seat that is not theirs.
+type SeatOwner struct {
+	ParticipantID string
+	StageArn      string
+}
+
 // Lease gives one holder (a stagefleet instance) a broadcast's work of one
 // kind until ExpiresAt, unless renewed. Token, the fencing token, grows with
 // every grant of the broadcast's leases, so a write fenced with an old grant
@@ -184,6 +211,13 @@ type Store interface {
 	CreateBroadcast(ctx context.Context, b Broadcast) (Broadcast, error)
 	GetBroadcast(ctx context.Context, id string) (Broadcast, error)
 	ListBroadcasts(ctx context.Context) ([]Broadcast, error)
+	// PutBroadcast replaces an existing broadcast's record (ErrNotFound if
+	// there is none): its origin, idle time and the like.
+	PutBroadcast(ctx context.Context, b Broadcast) error
+	// DeleteBroadcast drops the broadcast and everything recorded under
+	// it: stages, hosts, replications, seats (returned) and demand.
+	// Leases are left to expire. ErrNotFound if there is no broadcast.
+	DeleteBroadcast(ctx context.Context, id string) ([]Seat, error)
 
 	// PutStage creates or updates a stage record; Seats is kept as stored.
 	PutStage(ctx context.Context, s Stage) error
@@ -213,8 +247,9 @@ type Store interface {
 	// never beyond capacity. ErrNotLive, ErrFull, ErrNotEligible,
 	// ErrNotFound.
 	ReserveSeat(ctx context.Context, req SeatRequest) (Seat, error)
-	// RenewSeat extends a seat's lease (ErrNotFound if there is none).
-	RenewSeat(ctx context.Context, broadcastID, userID string, now time.Time, ttl time.Duration) (Seat, error)
+	// RenewSeat extends a seat's lease if owner matches it (ErrNotOwner
+	// otherwise, with nothing changed; ErrNotFound if there is no seat).
+	RenewSeat(ctx context.Context, broadcastID, userID string, owner SeatOwner, now time.Time, ttl time.Duration) (Seat, error)
 	// ReleaseSeat frees a seat (ErrNotFound if there is none).
 	ReleaseSeat(ctx context.Context, broadcastID, userID string) (Seat, error)
 	// ExpireSeats frees every seat of the broadcast whose lease ended.
@@ -240,6 +275,7 @@ type Store interface {
 	ListDemand(ctx context.Context, broadcastID string, since time.Time) ([]Demand, error)
 
 	// FirstSeen records an event id for ttl and reports whether it is new.
+	// At most EventLogLimit ids (or the store's lower limit) are kept.
 	FirstSeen(ctx context.Context, eventID string, ttl time.Duration) (bool, error)
 	// ForgetEvent drops an event id, so that a retry of an event that
 	// failed to apply is applied.
