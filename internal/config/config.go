@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"net/url"
 	"regexp"
 	"strconv"
@@ -65,6 +66,23 @@ type Config struct {
 	ShutdownTimeout      time.Duration
 	LogLevel             string
 
+	// Safe defaults: what bounds a hostile or broken client.
+	SkipEventsAuth       bool
+	EmulatorAllowRemote  bool
+	EventMaxSkew         time.Duration
+	DeploymentID         string
+	MaxBroadcasts        int
+	StageQuota           int
+	BroadcastIdleTimeout time.Duration
+	SeatKeySecret        string
+	HTTPReadTimeout      time.Duration
+	HTTPWriteTimeout     time.Duration
+	HTTPIdleTimeout      time.Duration
+	HTTPMaxHeaderBytes   int
+	HTTPMaxConnections   int
+	TrustedProxies       []netip.Prefix
+	AccessLogPerSecond   int
+
 	Store          string
 	RedisURL       string
 	RedisHost      string
@@ -97,7 +115,7 @@ func (s setting) flagName() string {
 }
 
 var settings = []setting{
-	{"API_HOST", "", "address to listen on (empty: every interface)", func(c *Config, v string) error { c.APIHost = v; return nil }},
+	{"API_HOST", "", "address to listen on (empty: every interface when API_SECRET_KEY is set, else loopback only)", func(c *Config, v string) error { c.APIHost = v; return nil }},
 	{"API_PORT", "3000", "port of the HTTP API (0: any free port)", func(c *Config, v string) error { return intRange(&c.APIPort, v, 0, 65535) }},
 	{"IVS_MODE", ModeAuto, "emulator (embedded IVS emulator), aws, or auto: aws when IVS_ENDPOINT, MASTER_STAGE_ARN or IVS_TOKEN_KEY_ARN is set", func(c *Config, v string) error {
 		return oneOf(&c.IVSMode, v, ModeAuto, ModeEmulator, ModeAWS)
@@ -114,12 +132,15 @@ var settings = []setting{
 	{"AWS_REGION", "us-east-1", "AWS region of the IVS stages", func(c *Config, v string) error {
 		return match(&c.AWSRegion, v, regionPattern, "an AWS region such as us-east-1")
 	}},
-	{"EMULATOR_ADDR", "127.0.0.1:4566", "where the embedded emulator listens (emulator mode)", func(c *Config, v string) error {
+	{"EMULATOR_ADDR", "127.0.0.1:4566", "where the embedded emulator listens (emulator mode); a non-loopback address needs EMULATOR_ALLOW_REMOTE=true", func(c *Config, v string) error {
 		if _, _, err := net.SplitHostPort(v); err != nil {
 			return errors.New("must be host:port")
 		}
 		c.EmulatorAddr = v
 		return nil
+	}},
+	{"EMULATOR_ALLOW_REMOTE", "false", "true: let the embedded emulator listen on a non-loopback EMULATOR_ADDR (it takes any credentials, and its control API resets everything)", func(c *Config, v string) error {
+		return boolean(&c.EmulatorAllowRemote, v)
 	}},
 	{"MASTER_STAGE_ARN", "", "existing stage to use as the default broadcast's origin (else it is created)", func(c *Config, v string) error {
 		if v == "" {
@@ -164,7 +185,56 @@ var settings = []setting{
 		return boolean(&c.SkipAuth, v)
 	}},
 	{"INTERNAL_SECRET", "", "value the x-internal-secret header must carry for media server tokens", func(c *Config, v string) error { c.InternalSecret = v; return nil }},
-	{"EVENTS_SECRET", "", "value the x-stagefleet-events-secret header must carry on POST /api/events/ivs", func(c *Config, v string) error { c.EventsSecret = v; return nil }},
+	{"EVENTS_SECRET", "", "value the x-stagefleet-events-secret header must carry on POST /api/events/ivs (emulator mode: made at start when unset)", func(c *Config, v string) error { c.EventsSecret = v; return nil }},
+	{"SKIP_EVENTS_AUTH", "", "true: take IVS events without EVENTS_SECRET in aws mode (only behind a network that nothing else reaches)", func(c *Config, v string) error {
+		if v == "" {
+			return nil
+		}
+		return boolean(&c.SkipEventsAuth, v)
+	}},
+	{"EVENT_MAX_SKEW", "30s", "an IVS event dated further ahead of this server's clock counts as received now", func(c *Config, v string) error {
+		return duration(&c.EventMaxSkew, v, 0, time.Hour)
+	}},
+	{"DEPLOYMENT_ID", "default", "tag value that tells this deployment's stages from another's in the same AWS account (e.g. staging, production)", func(c *Config, v string) error {
+		return match(&c.DeploymentID, v, deploymentPattern, "1 to 64 letters, digits, '.', '_' or '-'")
+	}},
+	{"MAX_BROADCASTS", "20", "most broadcasts at once; a host token for one more: 503 STAGE_LIMIT_REACHED naming this limit", func(c *Config, v string) error { return intRange(&c.MaxBroadcasts, v, 1, 10000) }},
+	{"STAGE_QUOTA", "100", "stages this deployment may hold in the account and region, all broadcasts together (IVS's default quota is 100)", func(c *Config, v string) error {
+		return intRange(&c.StageQuota, v, 1, 100000)
+	}},
+	{"BROADCAST_IDLE_TIMEOUT", "1h", "a broadcast with no host publishing and no viewer seated for this long ends (0: never)", func(c *Config, v string) error {
+		return duration(&c.BroadcastIdleTimeout, v, 0, 30*24*time.Hour)
+	}},
+	{"SEAT_KEY_SECRET", "", "key of the seat keys that prove a seat to a heartbeat after the store lost it; instances sharing a store need the same (empty: derived from API_SECRET_KEY, else made at start)", func(c *Config, v string) error {
+		c.SeatKeySecret = v
+		return nil
+	}},
+	{"HTTP_READ_TIMEOUT", "15s", "longest time to read a request, body included", func(c *Config, v string) error {
+		return duration(&c.HTTPReadTimeout, v, time.Second, 10*time.Minute)
+	}},
+	{"HTTP_WRITE_TIMEOUT", "30s", "longest time to answer a request; must exceed SEAT_WAIT", func(c *Config, v string) error {
+		return duration(&c.HTTPWriteTimeout, v, time.Second, 10*time.Minute)
+	}},
+	{"HTTP_IDLE_TIMEOUT", "60s", "how long an idle keep-alive connection is kept open", func(c *Config, v string) error {
+		return duration(&c.HTTPIdleTimeout, v, time.Second, time.Hour)
+	}},
+	{"HTTP_MAX_HEADER_BYTES", "16384", "largest request header accepted", func(c *Config, v string) error {
+		return intRange(&c.HTTPMaxHeaderBytes, v, 1024, 1<<20)
+	}},
+	{"HTTP_MAX_CONNECTIONS", "4096", "most connections open at once; more wait to be accepted", func(c *Config, v string) error {
+		return intRange(&c.HTTPMaxConnections, v, 1, 1<<20)
+	}},
+	{"TRUSTED_PROXIES", "", "comma-separated addresses or CIDRs of proxies whose X-Forwarded-For names the client (for the rate limit and logs)", func(c *Config, v string) error {
+		ps, err := prefixes(v)
+		if err != nil {
+			return err
+		}
+		c.TrustedProxies = ps
+		return nil
+	}},
+	{"ACCESS_LOG_PER_SECOND", "50", "most access-log lines per second for 2xx and 4xx answers, at debug level (0: none); 5xx are always logged", func(c *Config, v string) error {
+		return intRange(&c.AccessLogPerSecond, v, 0, 1<<20)
+	}},
 	{"RATE_LIMIT_WINDOW_MS", "60000", "rate limit window in milliseconds", func(c *Config, v string) error {
 		var ms int
 		if err := intRange(&ms, v, 1, 24*3600*1000); err != nil {
@@ -216,7 +286,31 @@ var settings = []setting{
 	}},
 }
 
-var regionPattern = regexp.MustCompile(`^[a-z]{2}(-[a-z]+)+-\d$`)
+var (
+	regionPattern     = regexp.MustCompile(`^[a-z]{2}(-[a-z]+)+-\d$`)
+	deploymentPattern = regexp.MustCompile(`^[A-Za-z0-9._-]{1,64}$`)
+)
+
+// prefixes parses a comma-separated list of addresses and CIDRs.
+func prefixes(v string) ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for f := range strings.SplitSeq(v, ",") {
+		f = strings.TrimSpace(f)
+		if f == "" {
+			continue
+		}
+		if p, err := netip.ParsePrefix(f); err == nil {
+			out = append(out, p.Masked())
+			continue
+		}
+		a, err := netip.ParseAddr(f)
+		if err != nil {
+			return nil, fmt.Errorf("%q is neither an address nor a CIDR such as 10.0.0.0/8", f)
+		}
+		out = append(out, netip.PrefixFrom(a.Unmap(), a.Unmap().BitLen()))
+	}
+	return out, nil
+}
 
 // serveOwned are embedded emulator flags that serve sets from its own
 // settings: accepting them would let them be silently overridden.
@@ -343,7 +437,44 @@ func (c Config) validate() error {
 	if c.Mode() == ModeAWS && c.APISecretKey == "" && !c.SkipAuth {
 		return errors.New("API_SECRET_KEY is required when using AWS (set SKIP_AUTH=true explicitly to run without authentication)")
 	}
+	if c.Mode() == ModeAWS && !c.AuthDisabled() && c.EventsSecret == "" && !c.SkipEventsAuth {
+		return errors.New("EVENTS_SECRET is required when using AWS: without it anyone can post IVS events that take a broadcast off the air. Set it, and send it from the EventBridge connection as header x-stagefleet-events-secret (or set SKIP_EVENTS_AUTH=true explicitly)")
+	}
+	if c.Mode() == ModeEmulator && !c.EmulatorAllowRemote && !isLoopback(c.EmulatorAddr) {
+		return fmt.Errorf("EMULATOR_ADDR %s is not a loopback address: the emulator takes any credentials and its control API resets everything. Use 127.0.0.1, or set EMULATOR_ALLOW_REMOTE=true", c.EmulatorAddr)
+	}
+	if c.HTTPWriteTimeout <= c.SeatWait+time.Second {
+		return fmt.Errorf("HTTP_WRITE_TIMEOUT (%v) must exceed SEAT_WAIT (%v) by more than a second: a viewer waiting for a seat would be cut off", c.HTTPWriteTimeout, c.SeatWait)
+	}
 	return nil
+}
+
+// isLoopback says whether a host:port names a loopback address only
+// (localhost, 127.0.0.0/8, ::1); an empty or unspecified host is every
+// interface.
+func isLoopback(hostport string) bool {
+	host, _, err := net.SplitHostPort(hostport)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	a, err := netip.ParseAddr(host)
+	return err == nil && a.Unmap().IsLoopback()
+}
+
+// ListenHost is the address the API listens on: API_HOST when set, else
+// every interface only when the API needs a key, and loopback otherwise,
+// so that an unprotected server is never reachable from the network.
+func (c Config) ListenHost() string {
+	switch {
+	case c.APIHost != "":
+		return c.APIHost
+	case c.AuthDisabled():
+		return "127.0.0.1"
+	}
+	return ""
 }
 
 func boolean(dst *bool, v string) error {

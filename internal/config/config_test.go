@@ -70,6 +70,21 @@ func TestLoadDefaults(t *testing.T) {
 		{"MaxBodyBytes", c.MaxBodyBytes, int64(64 << 10)},
 		{"ShutdownTimeout", c.ShutdownTimeout, 10 * time.Second},
 		{"LogLevel", c.LogLevel, "info"},
+		{"ListenHost()", c.ListenHost(), "127.0.0.1"}, // no key: loopback only
+		{"SkipEventsAuth", c.SkipEventsAuth, false},
+		{"EmulatorAllowRemote", c.EmulatorAllowRemote, false},
+		{"EventMaxSkew", c.EventMaxSkew, 30 * time.Second},
+		{"DeploymentID", c.DeploymentID, "default"},
+		{"MaxBroadcasts", c.MaxBroadcasts, 20},
+		{"StageQuota", c.StageQuota, 100},
+		{"BroadcastIdleTimeout", c.BroadcastIdleTimeout, time.Hour},
+		{"HTTPReadTimeout", c.HTTPReadTimeout, 15 * time.Second},
+		{"HTTPWriteTimeout", c.HTTPWriteTimeout, 30 * time.Second},
+		{"HTTPIdleTimeout", c.HTTPIdleTimeout, time.Minute},
+		{"HTTPMaxHeaderBytes", c.HTTPMaxHeaderBytes, 16384},
+		{"HTTPMaxConnections", c.HTTPMaxConnections, 4096},
+		{"len(TrustedProxies)", len(c.TrustedProxies), 0},
+		{"AccessLogPerSecond", c.AccessLogPerSecond, 50},
 	}
 	for _, ch := range checks {
 		if ch.got != ch.want {
@@ -155,7 +170,7 @@ func TestLoadOverrides(t *testing.T) {
 		},
 		{
 			name: "aws mode with key and token key pair",
-			env: map[string]string{"IVS_MODE": "aws", "API_SECRET_KEY": "s3cret", "MASTER_STAGE_ARN": testStageArn,
+			env: map[string]string{"IVS_MODE": "aws", "API_SECRET_KEY": "s3cret", "EVENTS_SECRET": "e", "MASTER_STAGE_ARN": testStageArn,
 				"IVS_TOKEN_KEY_ARN": testKeyArn, "IVS_TOKEN_PRIVATE_KEY_FILE": "/etc/stagefleet/key.pem"},
 			check: func(t *testing.T, c Config) {
 				if c.Mode() != ModeAWS || c.AuthDisabled() || c.MasterStageArn != testStageArn || c.TokenKeyArn != testKeyArn {
@@ -165,7 +180,7 @@ func TestLoadOverrides(t *testing.T) {
 		},
 		{
 			name: "auto is aws with an endpoint",
-			env:  map[string]string{"IVS_ENDPOINT": "http://127.0.0.1:4566", "API_SECRET_KEY": "k"},
+			env:  map[string]string{"IVS_ENDPOINT": "http://127.0.0.1:4566", "API_SECRET_KEY": "k", "EVENTS_SECRET": "e"},
 			check: func(t *testing.T, c Config) {
 				if c.Mode() != ModeAWS || c.IVSEndpoint != "http://127.0.0.1:4566" {
 					t.Errorf("mode %s endpoint %q", c.Mode(), c.IVSEndpoint)
@@ -264,6 +279,16 @@ func TestLoadRejects(t *testing.T) {
 		{"redis key prefix with a brace", map[string]string{"REDIS_KEY_PREFIX": "a{b"}, nil, "REDIS_KEY_PREFIX"},
 		{"lease ttl", map[string]string{"LEASE_TTL": "10ms"}, nil, "LEASE_TTL"},
 		{"aws mode without key", map[string]string{"IVS_MODE": "aws"}, nil, "API_SECRET_KEY"},
+		{"aws mode without events secret", map[string]string{"IVS_MODE": "aws", "API_SECRET_KEY": "k"}, nil, "EVENTS_SECRET"},
+		{"emulator on every interface", map[string]string{"EMULATOR_ADDR": "0.0.0.0:4566"}, nil, "EMULATOR_ALLOW_REMOTE"},
+		{"emulator on an empty host", map[string]string{"EMULATOR_ADDR": ":4566"}, nil, "EMULATOR_ALLOW_REMOTE"},
+		{"emulator on a LAN address", map[string]string{"EMULATOR_ADDR": "192.168.1.5:4566"}, nil, "EMULATOR_ALLOW_REMOTE"},
+		{"write timeout below seat wait", map[string]string{"SEAT_WAIT": "20s", "HTTP_WRITE_TIMEOUT": "20s"}, nil, "HTTP_WRITE_TIMEOUT"},
+		{"deployment id", map[string]string{"DEPLOYMENT_ID": "prod/eu"}, nil, "DEPLOYMENT_ID"},
+		{"trusted proxies", map[string]string{"TRUSTED_PROXIES": "10.0.0.0/8,nope"}, nil, "TRUSTED_PROXIES"},
+		{"max broadcasts", map[string]string{"MAX_BROADCASTS": "0"}, nil, "MAX_BROADCASTS"},
+		{"read timeout", map[string]string{"HTTP_READ_TIMEOUT": "0s"}, nil, "HTTP_READ_TIMEOUT"},
+		{"max connections", map[string]string{"HTTP_MAX_CONNECTIONS": "0"}, nil, "HTTP_MAX_CONNECTIONS"},
 		{"endpoint without key", map[string]string{"IVS_ENDPOINT": "http://127.0.0.1:4566"}, nil, "API_SECRET_KEY"},
 		{"aws mode with skip auth false", map[string]string{"IVS_MODE": "aws", "SKIP_AUTH": "false"}, nil, "API_SECRET_KEY"},
 		{"only the key arn", map[string]string{"IVS_TOKEN_KEY_ARN": testKeyArn, "API_SECRET_KEY": "k"}, nil, "IVS_TOKEN_PRIVATE_KEY_FILE"},
@@ -271,7 +296,7 @@ func TestLoadRejects(t *testing.T) {
 		{"endpoint in emulator mode", map[string]string{"IVS_MODE": "emulator", "IVS_ENDPOINT": "http://127.0.0.1:4566"}, nil, "IVS_ENDPOINT"},
 		{"master stage in emulator mode", map[string]string{"IVS_MODE": "emulator", "MASTER_STAGE_ARN": testStageArn}, nil, "MASTER_STAGE_ARN"},
 		{"token key in emulator mode", map[string]string{"IVS_MODE": "emulator", "IVS_TOKEN_KEY_ARN": testKeyArn, "IVS_TOKEN_PRIVATE_KEY_FILE": "k.pem"}, nil, "IVS_TOKEN_KEY_ARN"},
-		{"master stage in another region", map[string]string{"MASTER_STAGE_ARN": testStageArn, "AWS_REGION": "eu-west-1", "API_SECRET_KEY": "k"}, nil, "MASTER_STAGE_ARN"},
+		{"master stage in another region", map[string]string{"MASTER_STAGE_ARN": testStageArn, "AWS_REGION": "eu-west-1", "API_SECRET_KEY": "k", "EVENTS_SECRET": "e"}, nil, "MASTER_STAGE_ARN"},
 		{"bad flag value", nil, []string{"--api-port=abc"}, "api-port"},
 		{"bad flag despite good env", map[string]string{"STAGE_CAPACITY": "10", "SCALE_UP_THRESHOLD": "5"}, []string{"--stage-capacity=0"}, "stage-capacity"},
 		{"unknown flag", nil, []string{"--nope"}, "nope"},
@@ -338,6 +363,50 @@ func TestAWSModeSkipAuth(t *testing.T) {
 	// The flag counts as setting it explicitly.
 	if _, _, err := load([]string{"--skip-auth=true"}, map[string]string{"IVS_MODE": "aws"}); err != nil {
 		t.Errorf("IVS_MODE=aws --skip-auth=true: %v", err)
+	}
+}
+
+// TestSafeDefaults: a server reachable from the network needs a key, and an
+// API that needs a key needs an events secret too.
+func TestSafeDefaults(t *testing.T) {
+	tests := []struct {
+		name       string
+		env        map[string]string
+		listenHost string
+	}{
+		{"no key: loopback", nil, "127.0.0.1"},
+		{"key: every interface", map[string]string{"API_SECRET_KEY": "k"}, ""},
+		{"no key, host set explicitly", map[string]string{"API_HOST": "0.0.0.0"}, "0.0.0.0"},
+		{"aws with skip auth: loopback", map[string]string{"IVS_MODE": "aws", "SKIP_AUTH": "true"}, "127.0.0.1"},
+		{"aws with key and events secret", map[string]string{"IVS_MODE": "aws", "API_SECRET_KEY": "k", "EVENTS_SECRET": "e"}, ""},
+		{"aws with events auth skipped explicitly", map[string]string{"IVS_MODE": "aws", "API_SECRET_KEY": "k", "SKIP_EVENTS_AUTH": "true"}, ""},
+		{"remote emulator allowed explicitly", map[string]string{"EMULATOR_ADDR": "0.0.0.0:4566", "EMULATOR_ALLOW_REMOTE": "true"}, "127.0.0.1"},
+		{"emulator on localhost", map[string]string{"EMULATOR_ADDR": "localhost:4566"}, "127.0.0.1"},
+		{"emulator on ::1", map[string]string{"EMULATOR_ADDR": "[::1]:4566"}, "127.0.0.1"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c, _, err := load(nil, tt.env)
+			if err != nil {
+				t.Fatalf("Load(%v): %v", tt.env, err)
+			}
+			if got := c.ListenHost(); got != tt.listenHost {
+				t.Errorf("ListenHost() = %q, want %q", got, tt.listenHost)
+			}
+		})
+	}
+	c, _, err := load(nil, map[string]string{"TRUSTED_PROXIES": " 10.0.0.0/8, 192.168.1.7 ,::1"})
+	if err != nil {
+		t.Fatalf("TRUSTED_PROXIES: %v", err)
+	}
+	want := []string{"10.0.0.0/8", "192.168.1.7/32", "::1/128"}
+	if len(c.TrustedProxies) != len(want) {
+		t.Fatalf("TrustedProxies = %v, want %v", c.TrustedProxies, want)
+	}
+	for i, p := range c.TrustedProxies {
+		if p.String() != want[i] {
+			t.Errorf("TrustedProxies[%d] = %s, want %s", i, p, want[i])
+		}
 	}
 }
 
