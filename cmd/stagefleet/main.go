@@ -82,7 +82,8 @@ func runEmulator(ctx context.Context, args []string, stderr io.Writer) error {
 	fs := flag.NewFlagSet("stagefleet emulator", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	cfg := emulator.DefaultConfig()
-	addr := fs.String("addr", "127.0.0.1:4566", "address to listen on")
+	addr := fs.String("addr", "127.0.0.1:4566", "address to listen on (loopback unless --allow-remote)")
+	allowRemote := fs.Bool("allow-remote", false, "allow an --addr that other machines can reach")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	cfg.RegisterFlags(fs, "")
 	if err := fs.Parse(args); err != nil {
@@ -91,9 +92,20 @@ func runEmulator(ctx context.Context, args []string, stderr io.Writer) error {
 	if fs.NArg() > 0 {
 		return fmt.Errorf("unexpected arguments: %v", fs.Args())
 	}
+	// The emulator accepts any credentials and its control API can reset
+	// everything, so anyone who reaches it can do anything with it: listening
+	// beyond this machine has to be asked for.
+	remote := !emulator.IsLoopbackAddr(*addr)
+	if remote && !*allowRemote {
+		return fmt.Errorf("--addr %s is not a loopback address: the emulator accepts any credentials and its control API "+
+			"can reset everything, so anyone who can reach it can use it; listen on 127.0.0.1, or pass --allow-remote", *addr)
+	}
 	log, err := newLogger(stderr, *logLevel)
 	if err != nil {
 		return fmt.Errorf("-log-level: %w", err)
+	}
+	if remote {
+		log.Warn("listening beyond loopback: anyone who reaches this address can call and reset the emulator", "addr", *addr)
 	}
 	cfg.Logger = log
 	emu, err := emulator.New(cfg)

@@ -123,6 +123,9 @@ func TestCommandErrors(t *testing.T) {
 		{"unknown command", []string{"frobnicate"}, "frobnicate"},
 		{"unknown quota operation", []string{"emulator", "--quota", "Nope=1"}, "Nope"},
 		{"stray argument", []string{"emulator", "extra"}, "extra"},
+		{"all interfaces", []string{"emulator", "--addr", "0.0.0.0:4566"}, "--allow-remote"},
+		{"empty host", []string{"emulator", "--addr", ":4566"}, "not a loopback address"},
+		{"remote host", []string{"emulator", "--addr", "example.com:4566"}, "accepts any credentials"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -139,5 +142,19 @@ func TestCommandErrors(t *testing.T) {
 				t.Errorf("run(%q) = %q, want it to name %q", tt.args, err, tt.mention)
 			}
 		})
+	}
+}
+
+func TestEmulatorAllowRemote(t *testing.T) {
+	// Cancelled at once: the command must get past the address check and
+	// shut down without serving.
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	var stdout, stderr bytes.Buffer
+	if err := run(ctx, []string{"emulator", "--allow-remote", "--addr", ":0"}, &stdout, &stderr); err != nil {
+		t.Fatalf("emulator --allow-remote --addr :0 = %v, want nil", err)
+	}
+	if !strings.Contains(stderr.String(), "listening beyond loopback") {
+		t.Errorf("stderr does not warn that the emulator is reachable from other machines:\n%s", stderr.String())
 	}
 }

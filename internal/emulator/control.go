@@ -4,7 +4,9 @@ import (
 	"cmp"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"maps"
+	"mime"
 	"net/http"
 	"slices"
 )
@@ -13,15 +15,16 @@ import (
 // stages (participants joining and publishing) and steers the emulator. It is
 // not part of AWS: no quotas or faults apply to it.
 func (e *Emulator) registerControl(mux *http.ServeMux) {
-	mux.HandleFunc("POST /_emulator/participants/join", e.controlJoin)
-	mux.HandleFunc("POST /_emulator/participants/publish", e.controlParticipant(func(e *Emulator, s *stage, p *participant) *apiError {
+	post := func(path string, h http.HandlerFunc) { mux.HandleFunc("POST "+path, requireJSON(h)) }
+	post("/_emulator/participants/join", e.controlJoin)
+	post("/_emulator/participants/publish", e.controlParticipant(func(e *Emulator, s *stage, p *participant) *apiError {
 		return e.publish(s, p)
 	}))
-	mux.HandleFunc("POST /_emulator/participants/unpublish", e.controlParticipant(func(e *Emulator, s *stage, p *participant) *apiError {
+	post("/_emulator/participants/unpublish", e.controlParticipant(func(e *Emulator, s *stage, p *participant) *apiError {
 		e.unpublish(s, p)
 		return nil
 	}))
-	mux.HandleFunc("POST /_emulator/participants/leave", e.controlParticipant(func(e *Emulator, s *stage, p *participant) *apiError {
+	post("/_emulator/participants/leave", e.controlParticipant(func(e *Emulator, s *stage, p *participant) *apiError {
 		if p.replicationType == replReplica {
 			return newError(errConflict, "participant %s is a replica; stop its replication instead", p.id)
 		}
@@ -30,11 +33,32 @@ func (e *Emulator) registerControl(mux *http.ServeMux) {
 	}))
 	mux.HandleFunc("GET /_emulator/state", e.controlState)
 	mux.HandleFunc("GET /_emulator/faults", e.controlListFaults)
-	mux.HandleFunc("POST /_emulator/faults", e.controlSetFault)
+	post("/_emulator/faults", e.controlSetFault)
 	mux.HandleFunc("DELETE /_emulator/faults", e.controlClearFaults)
 	mux.HandleFunc("GET /_emulator/events", e.controlEvents)
-	mux.HandleFunc("POST /_emulator/events", e.controlSetDelivery)
-	mux.HandleFunc("POST /_emulator/reset", e.controlReset)
+	post("/_emulator/events", e.controlSetDelivery)
+	post("/_emulator/reset", e.controlReset)
+}
+
+// errUnsupportedMediaType is not in the model: the control API answers it to
+// a POST whose body is not declared as JSON.
+const errUnsupportedMediaType = "UnsupportedMediaTypeException"
+
+// requireJSON refuses a POST unless its Content-Type is application/json. A
+// web page can make a browser send a cross-site POST with text/plain or a
+// form encoding without asking first, but not one with application/json
+// (that needs a CORS preflight, which the emulator never grants), so this
+// keeps any site the user visits from joining participants or resetting the
+// emulator. The control API's requests are JSON anyway.
+func requireJSON(h http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type")); err != nil || mt != "application/json" {
+			writeErrorStatus(w, http.StatusUnsupportedMediaType, newError(errUnsupportedMediaType,
+				"send Content-Type: application/json; the control API accepts no other type, so that web pages cannot post to it"))
+			return
+		}
+		h(w, r)
+	}
 }
 
 // readControl decodes a control request strictly: an unknown field is most
@@ -266,8 +290,8 @@ func (e *Emulator) SetFault(f Fault) error {
 	if f.ErrorRate < 0 || f.ErrorRate > 1 {
 		return errors.New("errorRate must be between 0 and 1")
 	}
-	if f.LatencyMS < 0 {
-		return errors.New("latencyMs must not be negative")
+	if f.LatencyMS < 0 || f.LatencyMS > int(maxLatency.Milliseconds()) {
+		return fmt.Errorf("latencyMs must be between 0 and %d", maxLatency.Milliseconds())
 	}
 	if _, ok := errorStatus[f.ErrorType]; f.ErrorType != "" && !ok {
 		return errors.New("errorType must be one of the IVS error names, e.g. InternalServerException or ThrottlingException")

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"math/rand/v2"
 	"net/http"
@@ -208,8 +209,8 @@ func (e *Emulator) counter(op string) *OpCounter {
 	return c
 }
 
-// faultFor returns the latency to add to op and the fault that applies to it:
-// its own, else the "*" one.
+// faultFor returns the latency to add to op, at most maxLatency, and the
+// fault that applies to it: its own, else the "*" one.
 func (e *Emulator) faultFor(op string) (time.Duration, *Fault) {
 	delay, ok := e.cfg.Latency[op]
 	if !ok {
@@ -223,9 +224,20 @@ func (e *Emulator) faultFor(op string) (time.Duration, *Fault) {
 		return delay, nil
 	}
 	if f.LatencyMS > 0 {
-		delay += time.Duration(f.LatencyMS) * time.Millisecond
+		delay = min(delay+time.Duration(f.LatencyMS)*time.Millisecond, maxLatency)
 	}
 	return delay, &f
+}
+
+// checkLatency refuses latency that is negative or more than maxLatency.
+func checkLatency(d time.Duration) error {
+	if d < 0 {
+		return errors.New("latency must not be negative")
+	}
+	if d > maxLatency {
+		return fmt.Errorf("latency %v is more than the %v allowed (the server's write timeout must leave room for it)", d, maxLatency)
+	}
+	return nil
 }
 
 // decode unmarshals a validated request body into the operation's input type.

@@ -39,7 +39,9 @@ type Config struct {
 	// operation that is absent or has 0 is not limited.
 	Quotas map[string]float64
 	// Latency is added before each operation is served; key "*" applies to
-	// every operation that has no entry of its own.
+	// every operation that has no entry of its own. None may exceed 20 s
+	// (New refuses it), nor may it with an injected fault's latency added
+	// (the sum is capped), so that answers fit in the server's WriteTimeout.
 	Latency map[string]time.Duration
 	// ReplicaDelay is how long a started replication takes to become ACTIVE.
 	ReplicaDelay time.Duration
@@ -130,6 +132,11 @@ func New(cfg Config) (*Emulator, error) {
 	if err := cfg.Delivery.validate(); err != nil {
 		return nil, err
 	}
+	for op, d := range cfg.Latency {
+		if err := checkLatency(d); err != nil {
+			return nil, fmt.Errorf("latency of %s: %w", op, err)
+		}
+	}
 	signer, err := ecdsa.GenerateKey(elliptic.P384(), rand.Reader)
 	if err != nil {
 		return nil, fmt.Errorf("generate token signing key: %w", err)
@@ -180,9 +187,11 @@ func (e *Emulator) Handler() http.Handler {
 	return mux
 }
 
-// ListenAndServe serves Handler on addr until ctx is done.
+// ListenAndServe serves Handler on addr, with NewHTTPServer's limits, until
+// ctx is done.
 func (e *Emulator) ListenAndServe(ctx context.Context, addr string) error {
-	srv := &http.Server{Addr: addr, Handler: e.Handler(), ReadHeaderTimeout: 10 * time.Second}
+	srv := NewHTTPServer(e.Handler())
+	srv.Addr = addr
 	errc := make(chan error, 1)
 	go func() { errc <- srv.ListenAndServe() }()
 	select {

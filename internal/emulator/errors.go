@@ -65,6 +65,12 @@ func writeError(w http.ResponseWriter, e *apiError) {
 	if !ok {
 		status = http.StatusInternalServerError
 	}
+	writeErrorStatus(w, status, e)
+}
+
+// writeErrorStatus is writeError with a status of the caller's choosing, for
+// the control API's errors that IVS does not have.
+func writeErrorStatus(w http.ResponseWriter, status int, e *apiError) {
 	setSecurityHeaders(w.Header())
 	w.Header().Set("x-amzn-ErrorType", e.Type)
 	w.Header().Set("Content-Type", "application/json")

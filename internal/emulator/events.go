@@ -107,48 +107,78 @@ type EventStats struct {
 	Failed     int `json:"failed"`
 }
 
-// eventBus delivers events to the configured URLs, one event at a time in
-// the order they became due, to all URLs in parallel.
+// eventQueueSize bounds the events waiting for one URL, so that a receiver
+// that is down for long costs bounded memory.
+const eventQueueSize = 10000
+
+// eventBus delivers events to the configured URLs. Like EventBridge, which
+// delivers to each target on its own, every URL has its own queue and
+// goroutine: a receiver that is slow or down delays only its own events.
 type eventBus struct {
 	log    *slog.Logger
 	client *http.Client
 	ctx    context.Context
 	cancel context.CancelFunc
-	done   chan struct{}
-	wake   chan struct{}
+	// running counts the targets' goroutines, which close waits for.
+	running sync.WaitGroup
 
 	mu       sync.Mutex
-	urls     []string
+	targets  []*target
 	secret   string
 	delivery Delivery
-	queue    []Event
 	recent   []Event
 	stats    EventStats
-	// gen changes on reset, so that events held back before it are dropped.
+	// queueLimit is how many events wait for one URL at most; when one more
+	// comes, the oldest waiting is given up (eventQueueSize but in tests).
+	queueLimit int
+	// gen changes on reset, so that events held back before it are dropped
+	// and deliveries under way are not counted in the new statistics.
 	gen int
+}
+
+// target is one events URL and the events, encoded, waiting to be posted to
+// it in the order they became due. Its queue is guarded by eventBus.mu.
+type target struct {
+	url   string
+	queue []queuedEvent
+	// wake is signalled when the queue gets an event.
+	wake chan struct{}
+}
+
+type queuedEvent struct {
+	name string // the event_name, for logs
+	body []byte
 }
 
 func newEventBus(urls []string, secret string, d Delivery, log *slog.Logger) *eventBus {
 	ctx, cancel := context.WithCancel(context.Background())
 	b := &eventBus{
-		log:      log,
-		client:   &http.Client{Timeout: 5 * time.Second},
-		ctx:      ctx,
-		cancel:   cancel,
-		done:     make(chan struct{}),
-		wake:     make(chan struct{}, 1),
-		urls:     append([]string(nil), urls...),
-		secret:   secret,
-		delivery: d,
+		log:        log,
+		client:     &http.Client{Timeout: 5 * time.Second},
+		ctx:        ctx,
+		cancel:     cancel,
+		secret:     secret,
+		delivery:   d,
+		queueLimit: eventQueueSize,
 	}
-	go b.run()
+	for _, url := range urls {
+		b.addURL(url)
+	}
 	return b
 }
 
 func (b *eventBus) addURL(url string) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	b.urls = append(b.urls, url)
+	// Checked under mu, which close holds to cancel, so that no goroutine is
+	// added to running once close waits for it.
+	if b.ctx.Err() != nil {
+		return
+	}
+	t := &target{url: url, wake: make(chan struct{}, 1)}
+	b.targets = append(b.targets, t)
+	b.running.Add(1)
+	go b.run(t)
 }
 
 func (b *eventBus) setDelivery(d Delivery) {
@@ -166,7 +196,9 @@ func (b *eventBus) snapshot() (Delivery, EventStats, []Event) {
 func (b *eventBus) reset(d Delivery) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	b.queue = nil
+	for _, t := range b.targets {
+		t.queue = nil
+	}
 	b.recent = nil
 	b.stats = EventStats{}
 	b.delivery = d
@@ -212,62 +244,67 @@ func (b *eventBus) publish(ev Event) {
 	}
 }
 
+// enqueueLocked queues ev for every URL.
 func (b *eventBus) enqueueLocked(ev Event) {
-	if b.ctx.Err() != nil {
+	if b.ctx.Err() != nil || len(b.targets) == 0 {
 		return
 	}
-	b.queue = append(b.queue, ev)
-	select {
-	case b.wake <- struct{}{}:
-	default:
+	body, err := json.Marshal(ev)
+	if err != nil {
+		b.log.Error("encoding event", "error", err)
+		return
+	}
+	name, _ := ev.Detail["event_name"].(string)
+	q := queuedEvent{name: name, body: body}
+	for _, t := range b.targets {
+		if len(t.queue) >= b.queueLimit {
+			t.queue = t.queue[1:]
+			b.stats.Failed++
+		}
+		t.queue = append(t.queue, q)
+		select {
+		case t.wake <- struct{}{}:
+		default:
+		}
 	}
 }
 
-func (b *eventBus) run() {
-	defer close(b.done)
+// run delivers t's events one at a time, in order, until the bus is closed.
+func (b *eventBus) run(t *target) {
+	defer b.running.Done()
 	for {
 		b.mu.Lock()
-		var ev Event
-		ok := len(b.queue) > 0
+		var ev queuedEvent
+		ok := len(t.queue) > 0
 		if ok {
-			ev = b.queue[0]
-			b.queue = b.queue[1:]
+			ev = t.queue[0]
+			t.queue = t.queue[1:]
 		}
-		urls := append([]string(nil), b.urls...)
 		attempts := b.delivery.MaxAttempts
+		gen := b.gen
 		b.mu.Unlock()
 		if !ok {
 			select {
-			case <-b.wake:
+			case <-t.wake:
 				continue
 			case <-b.ctx.Done():
 				return
 			}
 		}
-		body, err := json.Marshal(ev)
-		if err != nil {
-			b.log.Error("encoding event", "error", err)
-			continue
+		err := b.deliver(t.url, ev.body, attempts)
+		b.mu.Lock()
+		switch {
+		case gen != b.gen:
+			// Reset while it was on its way: the statistics start afresh.
+		case err != nil:
+			b.stats.Failed++
+		default:
+			b.stats.Delivered++
 		}
-		// To every URL at once: a slow or dead receiver holds up the
-		// others by no more than its own delivery.
-		var wg sync.WaitGroup
-		for _, url := range urls {
-			wg.Go(func() {
-				err := b.deliver(url, body, attempts)
-				b.mu.Lock()
-				if err != nil {
-					b.stats.Failed++
-				} else {
-					b.stats.Delivered++
-				}
-				b.mu.Unlock()
-				if err != nil && b.ctx.Err() == nil {
-					b.log.Warn("event not delivered", "url", url, "event", ev.Detail["event_name"], "error", err)
-				}
-			})
+		b.mu.Unlock()
+		if err != nil && b.ctx.Err() == nil {
+			b.log.Warn("event not delivered", "url", t.url, "event", ev.name, "error", err)
 		}
-		wg.Wait()
 	}
 }
 
@@ -315,6 +352,8 @@ func (b *eventBus) post(url string, body []byte) error {
 }
 
 func (b *eventBus) close() {
+	b.mu.Lock()
 	b.cancel()
-	<-b.done
+	b.mu.Unlock()
+	b.running.Wait()
 }

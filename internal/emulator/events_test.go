@@ -5,8 +5,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -641,6 +643,13 @@ var controlRoutes = []string{
 	"/_emulator/reset",
 }
 
+// jsonRequest is a POST of body to path, declared as JSON.
+func jsonRequest(path string, body []byte) *http.Request {
+	r := httptest.NewRequest(http.MethodPost, path, bytes.NewReader(body))
+	r.Header.Set("Content-Type", "application/json")
+	return r
+}
+
 // serveJSON calls h with a JSON body and decodes a 200 answer into out.
 func serveJSON(t *testing.T, h http.Handler, path string, in, out any) {
 	t.Helper()
@@ -649,7 +658,7 @@ func serveJSON(t *testing.T, h http.Handler, path string, in, out any) {
 		t.Fatal(err)
 	}
 	rec := httptest.NewRecorder()
-	h.ServeHTTP(rec, httptest.NewRequest(http.MethodPost, path, bytes.NewReader(b)))
+	h.ServeHTTP(rec, jsonRequest(path, b))
 	if rec.Code != http.StatusOK {
 		t.Fatalf("POST %s: status %d: %s", path, rec.Code, rec.Body)
 	}
@@ -708,10 +717,190 @@ func FuzzControlAPI(f *testing.F) {
 		).Replace(string(body)))
 		for _, route := range controlRoutes {
 			rec := httptest.NewRecorder()
-			h.ServeHTTP(rec, httptest.NewRequest(http.MethodPost, route, bytes.NewReader(body)))
+			h.ServeHTTP(rec, jsonRequest(route, body))
 			if rec.Code >= 500 {
 				t.Errorf("POST %s %q: status %d: %s", route, body, rec.Code, rec.Body)
 			}
+		}
+	})
+}
+
+// stuckSink is an events endpoint that takes requests but answers none until
+// released: a receiver that hangs rather than refusing connections.
+type stuckSink struct {
+	url string
+	// arrived gets the id of each event as its request comes in.
+	arrived chan string
+	release chan struct{}
+
+	mu sync.Mutex
+	// answered are the ids of the events answered 200, in order.
+	answered []string
+}
+
+// newStuckSink serves a stuck sink until the test ends, when it is released
+// so that its server can close. Start it before the emulator that posts to it.
+func newStuckSink(t *testing.T) *stuckSink {
+	s := &stuckSink{arrived: make(chan string, 100), release: make(chan struct{})}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var ev bridgeEvent
+		if err := json.NewDecoder(r.Body).Decode(&ev); err != nil {
+			t.Errorf("stuck sink: undecodable event: %v", err)
+		}
+		select {
+		case s.arrived <- ev.ID:
+		default:
+		}
+		select {
+		case <-s.release:
+		case <-r.Context().Done():
+			return
+		}
+		s.mu.Lock()
+		s.answered = append(s.answered, ev.ID)
+		s.mu.Unlock()
+	}))
+	t.Cleanup(srv.Close)
+	t.Cleanup(s.unstick)
+	s.url = srv.URL
+	return s
+}
+
+func (s *stuckSink) unstick() {
+	select {
+	case <-s.release:
+	default:
+		close(s.release)
+	}
+}
+
+func (s *stuckSink) answeredIDs() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]string(nil), s.answered...)
+}
+
+// TestEventDeliveryPerURL checks that a receiver that hangs holds up no
+// other: each post to it takes the client's 5 s timeout, times 5 attempts,
+// so were deliveries shared the healthy receiver would get one event in
+// about 25 s.
+func TestEventDeliveryPerURL(t *testing.T) {
+	t.Parallel()
+	stuck := newStuckSink(t)
+	healthy := newEventSink(t, 0)
+	cfg := quiet()
+	cfg.EventsURLs = []string{stuck.url, healthy.url}
+	env := newTestEnv(t, cfg)
+
+	stage, pid := env.host(t, "per-url")
+	for range 4 {
+		env.mustAct(t, "unpublish", stage, pid)
+		env.mustAct(t, "publish", stage, pid)
+	}
+	const n = 10 // joined, published, then 4 × (unpublished, published)
+	eventually(t, 5*time.Second, fmt.Sprintf("%d events at the healthy receiver", n), func() bool { return len(healthy.events()) >= n })
+	emitted := env.eventLog(t).Events
+	got := healthy.events()
+	if len(got) != n || len(emitted) != n {
+		t.Fatalf("healthy receiver got %d events of %d emitted, want %d", len(got), len(emitted), n)
+	}
+	for i, ev := range got {
+		if ev.ID != emitted[i].ID {
+			t.Errorf("healthy receiver's event %d is %s, want %s: events to one URL go in order", i, ev.ID, emitted[i].ID)
+		}
+	}
+	if stats := env.eventLog(t).Stats; stats.Delivered != n || stats.Failed != 0 {
+		t.Errorf("stats %+v, want %d delivered (the healthy receiver's) and none failed yet", stats, n)
+	}
+	// The stuck receiver has the first event on its way and no other: one
+	// URL still gets one event at a time.
+	select {
+	case id := <-stuck.arrived:
+		if id != emitted[0].ID {
+			t.Errorf("stuck receiver was sent %s first, want %s", id, emitted[0].ID)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("stuck receiver was sent nothing within 5s")
+	}
+	select {
+	case id := <-stuck.arrived:
+		t.Errorf("stuck receiver was sent %s while the first event was unanswered", id)
+	default:
+	}
+}
+
+// TestEventQueuePerURL checks a URL's queue as its receiver hangs: it keeps
+// the newest events up to its bound, and a reset empties it.
+func TestEventQueuePerURL(t *testing.T) {
+	t.Parallel()
+	event := func(id string) Event {
+		return Event{ID: id, Detail: map[string]any{"event_name": "Participant Joined"}}
+	}
+	newBus := func(t *testing.T, url string, limit int) *eventBus {
+		b := newEventBus([]string{url}, "", Delivery{}, slog.New(slog.DiscardHandler))
+		t.Cleanup(b.close)
+		b.mu.Lock()
+		b.queueLimit = limit
+		b.mu.Unlock()
+		return b
+	}
+	// firstInFlight publishes event 1 and waits until its post has arrived,
+	// so that what follows is queued behind it.
+	firstInFlight := func(t *testing.T, b *eventBus, s *stuckSink) {
+		b.publish(event("1"))
+		select {
+		case <-s.arrived:
+		case <-time.After(5 * time.Second):
+			t.Fatal("event 1 not posted within 5s")
+		}
+	}
+
+	t.Run("overflow drops the oldest", func(t *testing.T) {
+		t.Parallel()
+		stuck := newStuckSink(t)
+		b := newBus(t, stuck.url, 2)
+		firstInFlight(t, b, stuck)
+		for _, id := range []string{"2", "3", "4", "5"} {
+			b.publish(event(id))
+		}
+		if _, stats, _ := b.snapshot(); stats.Failed != 2 {
+			t.Errorf("stats %+v with 4 events queued behind a bound of 2, want 2 failed", stats)
+		}
+		stuck.unstick()
+		eventually(t, 5*time.Second, "3 events answered", func() bool { return len(stuck.answeredIDs()) >= 3 })
+		if got := stuck.answeredIDs(); !slices.Equal(got, []string{"1", "4", "5"}) {
+			t.Errorf("receiver got %v, want [1 4 5]: the one on its way and the newest two", got)
+		}
+		eventually(t, 5*time.Second, "3 deliveries counted", func() bool {
+			_, stats, _ := b.snapshot()
+			return stats.Delivered == 3
+		})
+		if _, stats, _ := b.snapshot(); stats != (EventStats{Emitted: 5, Delivered: 3, Failed: 2}) {
+			t.Errorf("stats %+v, want 5 emitted, 3 delivered, 2 failed", stats)
+		}
+	})
+
+	t.Run("reset empties the queue", func(t *testing.T) {
+		t.Parallel()
+		stuck := newStuckSink(t)
+		b := newBus(t, stuck.url, eventQueueSize)
+		firstInFlight(t, b, stuck)
+		b.publish(event("2"))
+		b.publish(event("3"))
+		b.reset(Delivery{})
+		stuck.unstick()
+		b.publish(event("4"))
+		eventually(t, 5*time.Second, "2 events answered", func() bool { return len(stuck.answeredIDs()) >= 2 })
+		if got := stuck.answeredIDs(); !slices.Equal(got, []string{"1", "4"}) {
+			t.Errorf("receiver got %v, want [1 4]: the one on its way at the reset and the one after", got)
+		}
+		eventually(t, 5*time.Second, "the delivery after the reset counted", func() bool {
+			_, stats, _ := b.snapshot()
+			return stats.Delivered == 1
+		})
+		// Event 1's delivery was under way at the reset: it is not counted.
+		if _, stats, _ := b.snapshot(); stats != (EventStats{Emitted: 1, Delivered: 1}) {
+			t.Errorf("stats %+v, want 1 emitted and 1 delivered since the reset", stats)
 		}
 	})
 }

@@ -43,11 +43,11 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet, prefix string) {
 		c.Quotas = map[string]float64{}
 		return nil
 	})
-	fs.Func(prefix+"latency", "per-operation latency, e.g. CreateStage=300ms,*=20ms", func(s string) error {
+	fs.Func(prefix+"latency", "per-operation latency, e.g. CreateStage=300ms,*=20ms (at most 20s)", func(s string) error {
 		l, err := parseList(s, func(v string) (time.Duration, error) {
 			d, err := time.ParseDuration(v)
-			if err == nil && d < 0 {
-				err = fmt.Errorf("must not be negative")
+			if err == nil {
+				err = checkLatency(d)
 			}
 			return d, err
 		})

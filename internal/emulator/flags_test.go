@@ -67,6 +67,8 @@ func TestRegisterFlagsRejects(t *testing.T) {
 		{[]string{"-quota", "CreateStage=-1"}, "CreateStage: must not be negative"},
 		{[]string{"-latency", "CreateStage=fast"}, `CreateStage: time: invalid duration "fast"`},
 		{[]string{"-latency", "x"}, `"x" is not Operation=value`},
+		{[]string{"-latency", "CreateStage=21s"}, "CreateStage: latency 21s is more than the 20s allowed"},
+		{[]string{"-latency", "*=-1ms"}, "*: latency must not be negative"},
 	} {
 		_, err := parseFlags("", c.args...)
 		if err == nil || !strings.Contains(err.Error(), c.want) {

@@ -122,8 +122,8 @@ func errorMessage(err error) string {
 	return err.Error()
 }
 
-// control calls the /_emulator/ API and decodes the answer into out (may be
-// nil). It returns the HTTP status.
+// control calls the /_emulator/ API, declaring POST bodies as JSON, and
+// decodes the answer into out (may be nil). It returns the HTTP status.
 func (env *testEnv) control(t *testing.T, method, path string, in, out any) int {
 	t.Helper()
 	var body io.Reader
@@ -137,6 +137,9 @@ func (env *testEnv) control(t *testing.T, method, path string, in, out any) int 
 	req, err := http.NewRequest(method, env.url+path, body)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if method == http.MethodPost {
+		req.Header.Set("Content-Type", "application/json")
 	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
