@@ -4,8 +4,10 @@ package memory
 
 import (
 	"cmp"
+	"container/heap"
 	"context"
 	"fmt"
+	"maps"
 	"slices"
 	"sync"
 	"time"
@@ -30,7 +32,7 @@ type Store struct {
 	hosts        map[hostKey]store.Host
 	replications map[replKey]store.Replication
 	seats        map[seatKey]store.Seat
-	events       map[string]time.Time
+	events       eventLog
 	leases       map[leaseKey]store.Lease
 	wanted       map[leaseKey]bool
 	demand       map[string]map[string]store.Demand // broadcast -> instance
@@ -41,21 +43,38 @@ type Store struct {
 
 var _ store.Store = (*Store)(nil)
 
+// Option changes how New makes a store.
+type Option func(*Store)
+
+// WithEventLimit makes the store remember at most n event ids at once
+// instead of store.EventLogLimit, so that tests can reach the limit. It
+// panics unless 0 < n <= store.EventLogLimit.
+func WithEventLimit(n int) Option {
+	if n <= 0 || n > store.EventLogLimit {
+		panic(fmt.Sprintf("memory.WithEventLimit(%d): want 1 to %d", n, store.EventLogLimit))
+	}
+	return func(s *Store) { s.events.limit = n }
+}
+
 // New returns an empty store.
-func New() *Store {
-	return &Store{
+func New(opts ...Option) *Store {
+	s := &Store{
 		broadcasts:   map[string]store.Broadcast{},
 		stages:       map[string]store.Stage{},
 		hosts:        map[hostKey]store.Host{},
 		replications: map[replKey]store.Replication{},
 		seats:        map[seatKey]store.Seat{},
-		events:       map[string]time.Time{},
+		events:       eventLog{limit: store.EventLogLimit, byID: map[string]*event{}},
 		leases:       map[leaseKey]store.Lease{},
 		wanted:       map[leaseKey]bool{},
 		demand:       map[string]map[string]store.Demand{},
 		tokens:       map[string]int64{},
 		now:          time.Now,
 	}
+	for _, o := range opts {
+		o(s)
+	}
+	return s
 }
 
 func (s *Store) CreateBroadcast(ctx context.Context, b store.Broadcast) (store.Broadcast, error) {
@@ -87,6 +106,46 @@ func (s *Store) ListBroadcasts(context.Context) ([]store.Broadcast, error) {
 	return sorted(s.broadcasts, func(store.Broadcast) bool { return true }, func(a, b store.Broadcast) int {
 		return cmp.Compare(a.ID, b.ID)
 	}), nil
+}
+
+func (s *Store) PutBroadcast(ctx context.Context, b store.Broadcast) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, ok := s.broadcasts[b.ID]; !ok {
+		return fmt.Errorf("broadcast %s: %w", b.ID, store.ErrNotFound)
+	}
+	if err := s.fenced(ctx, b.ID); err != nil {
+		return err
+	}
+	s.broadcasts[b.ID] = b
+	return nil
+}
+
+func (s *Store) DeleteBroadcast(ctx context.Context, id string) ([]store.Seat, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, ok := s.broadcasts[id]; !ok {
+		return nil, fmt.Errorf("broadcast %s: %w", id, store.ErrNotFound)
+	}
+	if err := s.fenced(ctx, id); err != nil {
+		return nil, err
+	}
+	delete(s.broadcasts, id)
+	maps.DeleteFunc(s.stages, func(_ string, st store.Stage) bool { return st.BroadcastID == id })
+	maps.DeleteFunc(s.hosts, func(k hostKey, _ store.Host) bool { return k.broadcast == id })
+	maps.DeleteFunc(s.replications, func(k replKey, _ store.Replication) bool { return k.broadcast == id })
+	var freed []store.Seat
+	for k, seat := range s.seats {
+		if k.broadcast == id {
+			delete(s.seats, k)
+			freed = append(freed, seat)
+		}
+	}
+	delete(s.demand, id)
+	// The leases and the last token granted stay: a lease runs out on its
+	// own, and a broadcast made again with this id must never grant a
+	// token that an earlier holder may still write with.
+	return freed, nil
 }
 
 func (s *Store) PutStage(ctx context.Context, st store.Stage) error {
@@ -309,13 +368,17 @@ func (s *Store) noSeat(req store.SeatRequest, anySeatable bool) error {
 	return fmt.Errorf("broadcast %s: %w", req.BroadcastID, store.ErrFull)
 }
 
-func (s *Store) RenewSeat(_ context.Context, broadcastID, userID string, now time.Time, ttl time.Duration) (store.Seat, error) {
+func (s *Store) RenewSeat(_ context.Context, broadcastID, userID string, owner store.SeatOwner, now time.Time, ttl time.Duration) (store.Seat, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	k := seatKey{broadcastID, userID}
 	seat, ok := s.seats[k]
 	if !ok {
 		return store.Seat{}, fmt.Errorf("seat of %s: %w", userID, store.ErrNotFound)
+	}
+	if (owner.ParticipantID != "" && owner.ParticipantID != seat.ParticipantID) ||
+		(owner.StageArn != "" && owner.StageArn != seat.StageArn) {
+		return store.Seat{}, fmt.Errorf("seat of %s: %w", userID, store.ErrNotOwner)
 	}
 	seat.ExpiresAt = now.Add(ttl)
 	s.seats[k] = seat
@@ -366,27 +429,79 @@ func (s *Store) ListSeats(_ context.Context, broadcastID string) ([]store.Seat, 
 func (s *Store) FirstSeen(_ context.Context, eventID string, ttl time.Duration) (bool, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	now := s.now()
-	if exp, ok := s.events[eventID]; ok && exp.After(now) {
-		return false, nil
-	}
-	// Forget expired ids now and then, so the map does not grow forever.
-	if len(s.events) > 10000 {
-		for id, exp := range s.events {
-			if !exp.After(now) {
-				delete(s.events, id)
-			}
-		}
-	}
-	s.events[eventID] = now.Add(ttl)
-	return true, nil
+	return s.events.first(eventID, s.now(), ttl), nil
 }
 
 func (s *Store) ForgetEvent(_ context.Context, eventID string) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	delete(s.events, eventID)
+	s.events.forget(eventID)
 	return nil
+}
+
+// eventLog remembers event ids until they expire, at most limit of them:
+// a heap by expiry puts the ids to forget first, expired or not, on top.
+type eventLog struct {
+	limit int
+	byID  map[string]*event
+	heap  eventHeap
+}
+
+type event struct {
+	id        string
+	expiresAt time.Time
+	index     int // in the heap, kept by eventHeap
+}
+
+// first records id until now+ttl unless it is remembered, and reports
+// whether it was new. A new id is recorded even when it is the closest to
+// expiry; past the limit it is then the one forgotten.
+func (l *eventLog) first(id string, now time.Time, ttl time.Duration) bool {
+	for len(l.heap) > 0 && !l.heap[0].expiresAt.After(now) {
+		delete(l.byID, heap.Pop(&l.heap).(*event).id)
+	}
+	if _, ok := l.byID[id]; ok {
+		return false
+	}
+	e := &event{id: id, expiresAt: now.Add(ttl)}
+	heap.Push(&l.heap, e)
+	l.byID[id] = e
+	if len(l.heap) > l.limit {
+		delete(l.byID, heap.Pop(&l.heap).(*event).id)
+	}
+	return true
+}
+
+func (l *eventLog) forget(id string) {
+	if e, ok := l.byID[id]; ok {
+		heap.Remove(&l.heap, e.index)
+		delete(l.byID, id)
+	}
+}
+
+// eventHeap is a container/heap of events, the earliest expiry first.
+type eventHeap []*event
+
+func (h eventHeap) Len() int           { return len(h) }
+func (h eventHeap) Less(i, j int) bool { return h[i].expiresAt.Before(h[j].expiresAt) }
+
+func (h eventHeap) Swap(i, j int) {
+	h[i], h[j] = h[j], h[i]
+	h[i].index, h[j].index = i, j
+}
+
+func (h *eventHeap) Push(x any) {
+	e := x.(*event)
+	e.index = len(*h)
+	*h = append(*h, e)
+}
+
+func (h *eventHeap) Pop() any {
+	old := *h
+	e := old[len(old)-1]
+	old[len(old)-1] = nil
+	*h = old[:len(old)-1]
+	return e
 }
 
 func (s *Store) AcquireLease(_ context.Context, broadcastID, name, holder string, ttl time.Duration) (store.Lease, error) {

@@ -9,5 +9,7 @@ import (
 )
 
 func TestConformance(t *testing.T) {
-	storetest.Run(t, func(*testing.T) store.Store { return memory.New() })
+	storetest.Run(t, func(_ *testing.T, eventLimit int) store.Store {
+		return memory.New(memory.WithEventLimit(eventLimit))
+	})
 }

@@ -5,14 +5,17 @@
 // multi-key step is one Lua script on one slot: seats, fenced record writes
 // and leases are atomic in Redis, never read-then-write from Go. Three keys
 // are global (outside any broadcast): the set of broadcast ids, the index
-// from stage ARN to broadcast, and event ids. They are written in their own
-// commands, before the broadcast's script, and read tolerantly: an index
-// entry whose record is gone reads as not found.
+// from stage ARN to broadcast, and the event ids. The set and the index are
+// written in their own commands, apart from the broadcast's script: an entry
+// is added before its record is written and removed after it is dropped,
+// and read tolerantly (an entry whose record is gone reads as not found).
+// The event ids are one sorted set, which a script of its own keeps.
 package redis
 
 import (
 	"cmp"
 	"context"
+	"crypto/sha256"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -31,19 +34,37 @@ const DefaultPrefix = "stagefleet"
 
 // Store is the Redis store.
 type Store struct {
-	rdb    goredis.UniversalClient
-	prefix string
+	rdb        goredis.UniversalClient
+	prefix     string
+	eventLimit int
 }
 
 var _ store.Store = (*Store)(nil)
 
+// Option changes how New makes a store.
+type Option func(*Store)
+
+// WithEventLimit makes the store remember at most n event ids at once
+// instead of store.EventLogLimit, so that tests can reach the limit. It
+// panics unless 0 < n <= store.EventLogLimit.
+func WithEventLimit(n int) Option {
+	if n <= 0 || n > store.EventLogLimit {
+		panic(fmt.Sprintf("redis.WithEventLimit(%d): want 1 to %d", n, store.EventLogLimit))
+	}
+	return func(s *Store) { s.eventLimit = n }
+}
+
 // New returns a store on rdb, which it closes on Close. An empty prefix
 // means DefaultPrefix.
-func New(rdb goredis.UniversalClient, prefix string) *Store {
+func New(rdb goredis.UniversalClient, prefix string, opts ...Option) *Store {
 	if prefix == "" {
 		prefix = DefaultPrefix
 	}
-	return &Store{rdb: rdb, prefix: prefix}
+	s := &Store{rdb: rdb, prefix: prefix, eventLimit: store.EventLogLimit}
+	for _, o := range opts {
+		o(s)
+	}
+	return s
 }
 
 // keys names one broadcast's keys.
@@ -66,9 +87,17 @@ func (k keys) demand() string           { return k.tag + "demand" } // instance 
 func (k keys) lease(name string) string { return k.tag + "lease:" + name }
 func (k keys) leaseTokens() string      { return k.tag + "lease-tokens" }
 
-func (s *Store) broadcastsKey() string     { return s.prefix + ":broadcasts" }
-func (s *Store) stageIndexKey() string     { return s.prefix + ":stage-index" }
-func (s *Store) eventKey(id string) string { return s.prefix + ":event:" + id }
+func (s *Store) broadcastsKey() string { return s.prefix + ":broadcasts" }
+func (s *Store) stageIndexKey() string { return s.prefix + ":stage-index" }
+func (s *Store) eventsKey() string     { return s.prefix + ":events" } // event id by expiry (ms)
+
+// eventMember is how an event id is kept in the events set: 16 bytes of its
+// SHA-256, whatever its length (up to 256 bytes), so that a full set stays
+// small. Two ids taken for one would need a 128-bit collision.
+func eventMember(id string) string {
+	sum := sha256.Sum256([]byte(id))
+	return string(sum[:16])
+}
 
 // fence returns the lease key and script arguments of ctx's fence for
 // writes to broadcastID ("" holder when there is none).
@@ -110,6 +139,8 @@ func statusErr(status, what string) error {
 		return fmt.Errorf("%s: %w", what, store.ErrNotLive)
 	case "noteligible":
 		return fmt.Errorf("%s: %w", what, store.ErrNotEligible)
+	case "notowner":
+		return fmt.Errorf("%s: %w", what, store.ErrNotOwner)
 	}
 	return fmt.Errorf("%s: unexpected answer %q from redis", what, status)
 }
@@ -127,6 +158,15 @@ func (s *Store) CreateBroadcast(ctx context.Context, b store.Broadcast) (store.B
 	status, out, err := s.run(ctx, createBroadcast, []string{lease, s.bc(b.ID).broadcast()}, append(fence, data)...)
 	if err != nil {
 		return store.Broadcast{}, err
+	}
+	if status == "ok" {
+		// Listed again: a DeleteBroadcast of the same id may have taken it
+		// off the list after the first SADD and before the record was
+		// written. DeleteBroadcast looks for the record after taking it
+		// off, so one of the two puts it back.
+		if err := s.rdb.SAdd(ctx, s.broadcastsKey(), b.ID).Err(); err != nil {
+			return store.Broadcast{}, err
+		}
 	}
 	if status == "exists" {
 		var old store.Broadcast
@@ -181,6 +221,73 @@ func (s *Store) ListBroadcasts(ctx context.Context) ([]store.Broadcast, error) {
 	}
 	slices.SortFunc(out, func(a, b store.Broadcast) int { return cmp.Compare(a.ID, b.ID) })
 	return out, nil
+}
+
+func (s *Store) PutBroadcast(ctx context.Context, b store.Broadcast) error {
+	data, err := json.Marshal(b)
+	if err != nil {
+		return err
+	}
+	lease, fence := s.fence(ctx, b.ID)
+	status, _, err := s.run(ctx, putBroadcast, []string{lease, s.bc(b.ID).broadcast()}, append(fence, data)...)
+	if err != nil {
+		return err
+	}
+	return statusErr(status, "broadcast "+b.ID)
+}
+
+// DeleteBroadcast drops the broadcast's records in one script, atomically.
+// Taking the broadcast off the list of broadcasts and its stages out of the
+// stage index (keys on other slots) is not atomic with it: it comes after
+// the script, as in DeleteStage, so that from the script on the broadcast
+// reads as gone everywhere (entries left behind by a failure in between
+// read as absent). A CreateBroadcast of the same id racing the delete stays
+// listed: see the SADD it makes after its record. A PutStage of one of the
+// deleted stages racing the delete may be left out of the stage index, as
+// with DeleteStage.
+func (s *Store) DeleteBroadcast(ctx context.Context, id string) ([]store.Seat, error) {
+	k := s.bc(id)
+	lease, fence := s.fence(ctx, id)
+	status, out, err := s.run(ctx, deleteBroadcast, []string{
+		lease, k.broadcast(), k.stages(), k.seats(),
+		k.open(), k.rank(), k.counts(), k.expiry(), k.hosts(), k.replications(), k.demand(),
+	}, fence...)
+	if err != nil {
+		return nil, err
+	}
+	if err := statusErr(status, "broadcast "+id); err != nil {
+		return nil, err
+	}
+	if len(out) != 2 {
+		return nil, fmt.Errorf("broadcast %s: unexpected answer %v from redis", id, out)
+	}
+	arns, _ := out[0].([]any)
+	seats, _ := out[1].([]any)
+	if len(arns) > 0 {
+		fields := make([]string, 0, len(arns))
+		for _, a := range arns {
+			arn, _ := a.(string)
+			fields = append(fields, arn)
+		}
+		if err := s.rdb.HDel(ctx, s.stageIndexKey(), fields...).Err(); err != nil {
+			return nil, err
+		}
+	}
+	if err := s.rdb.SRem(ctx, s.broadcastsKey(), id).Err(); err != nil {
+		return nil, err
+	}
+	// A CreateBroadcast of the same id may have listed it (its first SADD)
+	// before the SREM and written its record since: list it again.
+	again, err := s.rdb.Exists(ctx, k.broadcast()).Result()
+	if err != nil {
+		return nil, err
+	}
+	if again > 0 {
+		if err := s.rdb.SAdd(ctx, s.broadcastsKey(), id).Err(); err != nil {
+			return nil, err
+		}
+	}
+	return decodeAll[store.Seat](seats)
 }
 
 func bit(b bool) string {
@@ -460,10 +567,11 @@ func (s *Store) ReserveSeat(ctx context.Context, req store.SeatRequest) (store.S
 	return seat, decode(out, &seat)
 }
 
-func (s *Store) RenewSeat(ctx context.Context, broadcastID, userID string, now time.Time, ttl time.Duration) (store.Seat, error) {
+func (s *Store) RenewSeat(ctx context.Context, broadcastID, userID string, owner store.SeatOwner, now time.Time, ttl time.Duration) (store.Seat, error) {
 	k := s.bc(broadcastID)
 	exp := now.Add(ttl)
-	return s.seatScript(ctx, renewSeat, []string{k.seats(), k.expiry()}, userID, userID, rfc3339(exp), exp.UnixMicro())
+	return s.seatScript(ctx, renewSeat, []string{k.seats(), k.expiry()}, userID,
+		userID, owner.ParticipantID, owner.StageArn, rfc3339(exp), exp.UnixMicro())
 }
 
 func (s *Store) ReleaseSeat(ctx context.Context, broadcastID, userID string) (store.Seat, error) {
@@ -566,11 +674,21 @@ func (s *Store) ListDemand(ctx context.Context, broadcastID string, since time.T
 }
 
 func (s *Store) FirstSeen(ctx context.Context, eventID string, ttl time.Duration) (bool, error) {
-	return s.rdb.SetNX(ctx, s.eventKey(eventID), 1, ttl).Result()
+	status, _, err := s.run(ctx, firstSeen, []string{s.eventsKey()}, eventMember(eventID), ttl.Milliseconds(), s.eventLimit)
+	if err != nil {
+		return false, err
+	}
+	switch status {
+	case "new":
+		return true, nil
+	case "seen":
+		return false, nil
+	}
+	return false, statusErr(status, "event "+eventID)
 }
 
 func (s *Store) ForgetEvent(ctx context.Context, eventID string) error {
-	return s.rdb.Del(ctx, s.eventKey(eventID)).Err()
+	return s.rdb.ZRem(ctx, s.eventsKey(), eventMember(eventID)).Err()
 }
 
 func (s *Store) Ping(ctx context.Context) error { return s.rdb.Ping(ctx).Err() }

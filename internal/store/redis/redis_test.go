@@ -2,6 +2,7 @@ package redis_test
 
 import (
 	"fmt"
+	"slices"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -17,10 +18,10 @@ import (
 func TestConformance(t *testing.T) {
 	srv := redistest.Start(t)
 	var n atomic.Int64
-	storetest.Run(t, func(t *testing.T) store.Store {
+	storetest.Run(t, func(_ *testing.T, eventLimit int) store.Store {
 		// Each store gets its own prefix: the subtests share one server.
 		rdb := goredis.NewClient(&goredis.Options{Addr: srv.Addr()})
-		return redis.New(rdb, fmt.Sprintf("test%d", n.Add(1)))
+		return redis.New(rdb, fmt.Sprintf("test%d", n.Add(1)), redis.WithEventLimit(eventLimit))
 	})
 }
 
@@ -38,9 +39,9 @@ func seatable(t *testing.T, st *redis.Store, arn string) {
 func TestConformanceCluster(t *testing.T) {
 	addrs := redistest.StartCluster(t)
 	var n atomic.Int64
-	storetest.Run(t, func(t *testing.T) store.Store {
+	storetest.Run(t, func(_ *testing.T, eventLimit int) store.Store {
 		rdb := goredis.NewClusterClient(&goredis.ClusterOptions{Addrs: addrs})
-		return redis.New(rdb, fmt.Sprintf("cluster%d", n.Add(1)))
+		return redis.New(rdb, fmt.Sprintf("cluster%d", n.Add(1)), redis.WithEventLimit(eventLimit))
 	})
 }
 
@@ -88,5 +89,49 @@ func TestSurvivesScriptFlush(t *testing.T) {
 	seatable(t, st, "arn:aws:ivs:us-east-1:123456789012:stage/origin")
 	if _, err := st.ReserveSeat(t.Context(), req); err != nil {
 		t.Fatalf("ReserveSeat after a restart: %v", err)
+	}
+}
+
+// DeleteBroadcast leaves nothing of the broadcast in Redis but its leases,
+// not even in the global keys, which the conformance suite cannot see into
+// (their stale entries read as absent).
+func TestDeleteBroadcastLeavesNoKeys(t *testing.T) {
+	srv := redistest.Start(t)
+	rdb := srv.Client(t)
+	st := redis.New(rdb, "")
+	ctx := t.Context()
+	origin := "arn:aws:ivs:us-east-1:123456789012:stage/origin"
+	if _, err := st.CreateBroadcast(ctx, store.Broadcast{ID: "b", OriginArn: origin, CreatedAt: time.Now()}); err != nil {
+		t.Fatalf("CreateBroadcast: %v", err)
+	}
+	seatable(t, st, origin)
+	if err := st.PutHost(ctx, store.Host{BroadcastID: "b", ParticipantID: "h", StageArn: origin}); err != nil {
+		t.Fatalf("PutHost: %v", err)
+	}
+	if err := st.PutReplication(ctx, store.Replication{BroadcastID: "b", ParticipantID: "h", DestArn: origin}); err != nil {
+		t.Fatalf("PutReplication: %v", err)
+	}
+	if err := st.PutDemand(ctx, "b", store.Demand{Instance: "i", Waiting: 1, At: time.Now()}); err != nil {
+		t.Fatalf("PutDemand: %v", err)
+	}
+	if _, err := st.ReserveSeat(ctx, store.SeatRequest{BroadcastID: "b", UserID: "v", Now: time.Now(), TTL: time.Minute}); err != nil {
+		t.Fatalf("ReserveSeat: %v", err)
+	}
+	l, err := st.AcquireLease(ctx, "b", "control", "me", time.Minute)
+	if err != nil {
+		t.Fatalf("AcquireLease: %v", err)
+	}
+	if _, err := st.DeleteBroadcast(store.WithFence(ctx, l), "b"); err != nil {
+		t.Fatalf("DeleteBroadcast: %v", err)
+	}
+
+	keys, err := rdb.Keys(ctx, "*").Result()
+	if err != nil {
+		t.Fatalf("KEYS: %v", err)
+	}
+	slices.Sort(keys)
+	want := []string{"stagefleet:{b}:lease-tokens", "stagefleet:{b}:lease:control"}
+	if !slices.Equal(keys, want) {
+		t.Fatalf("keys after DeleteBroadcast: %q, want the leases' only %q", keys, want)
 	}
 }

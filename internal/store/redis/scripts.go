@@ -5,9 +5,10 @@ import (
 )
 
 // Every script touches the keys of one broadcast only, all under the
-// broadcast's hash tag, so it runs on Redis Cluster. Scripts answer a table
-// whose first element is a status ("ok", "fenced", "notfound", ...) and whose
-// rest is the payload, so that Go maps statuses to store errors in one place.
+// broadcast's hash tag, or the one key of event ids, so it runs on one slot
+// of a Redis Cluster. Scripts answer a table whose first element is a status
+// ("ok", "fenced", "notfound", ...) and whose rest is the payload, so that
+// Go maps statuses to store errors in one place.
 //
 // Fenced writes take the lease key as KEYS[1] and the fence as ARGV[1]
 // (holder, "" for none) and ARGV[2] (token).
@@ -66,6 +67,27 @@ local cur = redis.call('GET', KEYS[2])
 if cur then return {'exists', cur} end
 redis.call('SET', KEYS[2], ARGV[3])
 return {'ok'}
+`)
+
+	// KEYS: lease, broadcast. ARGV: fence, json.
+	putBroadcast = goredis.NewScript(fenceCheck + `
+if redis.call('EXISTS', KEYS[2]) == 0 then return {'notfound'} end
+if fenced() then return {'fenced'} end
+redis.call('SET', KEYS[2], ARGV[3])
+return {'ok'}
+`)
+
+	// KEYS: lease, broadcast, stages, seats, then the broadcast's other
+	// keys but its leases (open, rank, counts, expiry, hosts, replications,
+	// demand). ARGV: fence. Answers the ARNs of the stages dropped (for the
+	// stage index, on another slot) and the seats freed.
+	deleteBroadcast = goredis.NewScript(fenceCheck + `
+if redis.call('EXISTS', KEYS[2]) == 0 then return {'notfound'} end
+if fenced() then return {'fenced'} end
+local arns = redis.call('HKEYS', KEYS[3])
+local seats = redis.call('HVALS', KEYS[4])
+redis.call('DEL', unpack(KEYS, 2))
+return {'ok', arns, seats}
 `)
 
 	// KEYS: lease, stages, open, rank. ARGV: fence, arn, json, seatable
@@ -174,16 +196,19 @@ redis.call('ZADD', KEYS[5], ARGV[6], user)
 return {'ok', seat}
 `)
 
-	// KEYS: seats, expiry. ARGV: user, expiresAt (RFC 3339), expiresAt
-	// (micros).
+	// KEYS: seats, expiry. ARGV: user, owner's participant id and stage
+	// ("" for any), expiresAt (RFC 3339), expiresAt (micros).
 	renewSeat = goredis.NewScript(`
 local cur = redis.call('HGET', KEYS[1], ARGV[1])
 if not cur then return {'notfound'} end
 local seat = cjson.decode(cur)
-seat.expiresAt = ARGV[2]
+if (ARGV[2] ~= '' and seat.participantId ~= ARGV[2]) or (ARGV[3] ~= '' and seat.stageArn ~= ARGV[3]) then
+  return {'notowner'}
+end
+seat.expiresAt = ARGV[4]
 cur = cjson.encode(seat)
 redis.call('HSET', KEYS[1], ARGV[1], cur)
-redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
+redis.call('ZADD', KEYS[2], ARGV[5], ARGV[1])
 return {'ok', cur}
 `)
 
@@ -208,5 +233,20 @@ for _, user in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', ARGV[1])) do
   end
 end
 return out
+`)
+
+	// KEYS: events (event ids by expiry, in ms of Redis's clock). ARGV:
+	// id, ttl (ms), limit. Answers "new" or "seen". Redis's clock, not
+	// the caller's, so that instances whose clocks differ agree on expiry.
+	firstSeen = goredis.NewScript(`
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if redis.call('ZSCORE', KEYS[1], ARGV[1]) then return {'seen'} end
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+-- Past the limit, the ids closest to expiry go, even the one just added.
+local over = redis.call('ZCARD', KEYS[1]) - tonumber(ARGV[3])
+if over > 0 then redis.call('ZREMRANGEBYRANK', KEYS[1], 0, over - 1) end
+return {'new'}
 `)
 )

@@ -113,6 +113,12 @@ func testFence(t *testing.T, st store.Store) {
 	live, stale := store.WithFence(ctx, cur), store.WithFence(ctx, old)
 	// A fence on another broadcast does not apply.
 	otherB := store.WithFence(ctx, store.Lease{BroadcastID: bcB, Name: "control", Holder: "x", Token: 1})
+	// Seats are never fenced: the join path holds no lease. The seat and
+	// the demand are also there for a refused DeleteBroadcast to keep.
+	if _, err := st.ReserveSeat(stale, seatReq(bcA, "v1", "")); err != nil {
+		t.Fatalf("ReserveSeat with a stale fence: %v", err)
+	}
+	must(t, st.PutDemand(ctx, bcA, store.Demand{Instance: "i1", Waiting: 1, At: at(0)}), "PutDemand")
 
 	host := store.Host{BroadcastID: bcA, ParticipantID: "p1", JoinedAt: at(0)}
 	repl := store.Replication{BroadcastID: bcA, ParticipantID: "p1", SourceArn: arn("s1"), DestArn: arn("s2"), State: store.ReplActive}
@@ -124,6 +130,9 @@ func testFence(t *testing.T, st store.Store) {
 			_, err := st.CreateBroadcast(c, store.Broadcast{ID: bcA, OriginArn: arn("s1"), CreatedAt: at(0)})
 			return err
 		}},
+		{"PutBroadcast", func(c context.Context) error {
+			return st.PutBroadcast(c, store.Broadcast{ID: bcA, OriginArn: arn("s1"), CreatedAt: at(0), IdleSince: at(time.Second)})
+		}},
 		{"PutStage", func(c context.Context) error { return st.PutStage(c, stageRec("s3", bcA, 10, true, 2*time.Second)) }},
 		{"SetSeatable", func(c context.Context) error { return st.SetSeatable(c, arn("s2"), false) }},
 		{"PutHost", func(c context.Context) error { return st.PutHost(c, host) }},
@@ -131,6 +140,7 @@ func testFence(t *testing.T, st store.Store) {
 		{"DeleteReplication", func(c context.Context) error { return st.DeleteReplication(c, bcA, "p1", arn("s2")) }},
 		{"DeleteHost", func(c context.Context) error { return st.DeleteHost(c, bcA, "p1") }},
 		{"DeleteStage", func(c context.Context) error { _, err := st.DeleteStage(c, arn("s3")); return err }},
+		{"DeleteBroadcast", func(c context.Context) error { _, err := st.DeleteBroadcast(c, bcA); return err }},
 	}
 	for _, w := range writes {
 		before := snapshot(t, st, bcA)
@@ -145,10 +155,6 @@ func testFence(t *testing.T, st store.Store) {
 	// Unfenced writes and writes fenced for another broadcast go through.
 	must(t, st.PutHost(ctx, host), "PutHost without a fence")
 	must(t, st.PutHost(otherB, host), "PutHost with another broadcast's fence")
-	// Seats are never fenced: the join path holds no lease.
-	if _, err := st.ReserveSeat(stale, seatReq(bcA, "v1", "")); err != nil {
-		t.Fatalf("ReserveSeat with a stale fence: %v", err)
-	}
 }
 
 // snapshot renders what a broadcast holds, to compare before and after.
@@ -162,8 +168,11 @@ func snapshot(t *testing.T, st store.Store, broadcast string) string {
 	must(t, err, "ListHosts")
 	reps, err := st.ListReplications(ctx, broadcast)
 	must(t, err, "ListReplications")
-	return fmt.Sprintf("broadcast %v %v; stages %v; hosts %v; replications %v",
-		normBroadcast(b), berr != nil, normAll(stages, normStage), normAll(hosts, normHost), normAll(reps, normRepl))
+	demand, err := st.ListDemand(ctx, broadcast, time.Time{})
+	must(t, err, "ListDemand")
+	return fmt.Sprintf("broadcast %v %v; stages %v; hosts %v; replications %v; seats %v; demand %v",
+		normBroadcast(b), berr != nil, normAll(stages, normStage), normAll(hosts, normHost), normAll(reps, normRepl),
+		normAll(listSeats(t, st, broadcast), normSeat), normAll(demand, normDemand))
 }
 
 // testLeaseStorm: many holders race for one lease, again and again; each
@@ -218,9 +227,8 @@ func testDemand(t *testing.T, st store.Store) {
 		{Instance: "i1", Waiting: 8, JoinRate: 25, At: at(10 * time.Second)},
 		{Instance: "i2", Waiting: 3, JoinRate: 1.5, At: at(10 * time.Second)},
 	}
-	norm := func(d store.Demand) store.Demand { d.At = tm(d.At); return d }
-	eqList(t, "demand since 5s", got, want, norm)
+	eqList(t, "demand since 5s", got, want, normDemand)
 	got, err = st.ListDemand(ctx, bcA, at(11*time.Second))
 	must(t, err, "ListDemand")
-	eqList(t, "demand since 11s", got, nil, norm)
+	eqList(t, "demand since 11s", got, nil, normDemand)
 }

@@ -7,7 +7,8 @@
 //     by CreatedAt, then ARN; ListHosts by JoinedAt, then ParticipantID
 //     (fleet's Publisher relies on it); ListReplications by DestArn, then
 //     ParticipantID; ListSeats by TakenAt, then UserID. Seats that
-//     DeleteStage or ExpireSeats return may come in any order.
+//     DeleteStage, DeleteBroadcast or ExpireSeats return may come in any
+//     order.
 //   - A seat's lease ends at ExpiresAt: ExpireSeats(now) frees the seats
 //     whose ExpiresAt is not after now.
 //   - ReserveSeat asked for a stage answers ErrNotFound for an unknown stage
@@ -25,6 +26,9 @@
 //   - No stage ever holds more seats than its capacity, and a stage's Seats
 //     always equals the number of seats ListSeats shows on it, whatever the
 //     concurrency.
+//   - FirstSeen keeps at most the store's limit of event ids: past it, the
+//     ids closest to expiry are forgotten first, the one just recorded
+//     included. Event ids of 256 bytes are told apart by their last byte.
 package storetest
 
 import (
@@ -46,11 +50,12 @@ import (
 
 // Run runs the suite. Every subtest gets a store of its own from newStore,
 // empty, and closes it when it ends (checking Close's error): newStore must
-// not close it itself.
-func Run(t *testing.T, newStore func(t *testing.T) store.Store) {
-	open := func(t *testing.T) store.Store {
+// not close it itself. The store is to remember at most eventLimit event
+// ids at once: store.EventLogLimit, or fewer for the test of that limit.
+func Run(t *testing.T, newStore func(t *testing.T, eventLimit int) store.Store) {
+	openLimited := func(t *testing.T, eventLimit int) store.Store {
 		t.Helper()
-		st := newStore(t)
+		st := newStore(t, eventLimit)
 		if st == nil {
 			t.Fatal("newStore returned nil")
 		}
@@ -61,14 +66,22 @@ func Run(t *testing.T, newStore func(t *testing.T) store.Store) {
 		})
 		return st
 	}
+	open := func(t *testing.T) store.Store {
+		t.Helper()
+		return openLimited(t, store.EventLogLimit)
+	}
 	// Each test gets a store; those given open make one per case.
 	type test struct {
 		name  string
 		run   func(t *testing.T, st store.Store)
 		cases func(t *testing.T, open func(*testing.T) store.Store)
+		// eventLimit, if not 0, replaces store.EventLogLimit.
+		eventLimit int
 	}
 	tests := []test{
 		{name: "Broadcasts", run: testBroadcasts},
+		{name: "PutBroadcast", run: testPutBroadcast},
+		{name: "DeleteBroadcast", run: testDeleteBroadcast},
 		{name: "Stages", run: testStages},
 		{name: "SetSeatable", run: testSetSeatable},
 		{name: "DeleteStage", run: testDeleteStage},
@@ -83,10 +96,12 @@ func Run(t *testing.T, newStore func(t *testing.T) store.Store) {
 		{name: "ReserveSeat/SeatFields", run: testReserveSeatFields},
 		{name: "ReserveSeat/StageStoppedServing", run: testReserveMovesOffUnseatable},
 		{name: "RenewSeat", run: testRenewSeat},
+		{name: "RenewSeat/Owner", cases: testRenewSeatOwner},
 		{name: "ReleaseSeat", run: testReleaseSeat},
 		{name: "ExpireSeats", run: testExpireSeats},
 		{name: "ListSeats", run: testListSeats},
 		{name: "FirstSeen", run: testFirstSeen},
+		{name: "FirstSeen/Limit", run: testEventLimit, eventLimit: smallEventLimit},
 		{name: "ForgetEvent", run: testForgetEvent},
 		{name: "Ping", run: testPing},
 		{name: "Concurrent/ReserveStorm", run: testReserveStorm},
@@ -105,7 +120,7 @@ func Run(t *testing.T, newStore func(t *testing.T) store.Store) {
 				tc.cases(t, open)
 				return
 			}
-			tc.run(t, open(t))
+			tc.run(t, openLimited(t, cmp.Or(tc.eventLimit, store.EventLogLimit)))
 		})
 	}
 }
@@ -150,7 +165,10 @@ func tm(x time.Time) time.Time { return x.Round(0).UTC() }
 
 func normStage(s store.Stage) store.Stage { s.CreatedAt = tm(s.CreatedAt); return s }
 
-func normBroadcast(b store.Broadcast) store.Broadcast { b.CreatedAt = tm(b.CreatedAt); return b }
+func normBroadcast(b store.Broadcast) store.Broadcast {
+	b.CreatedAt, b.IdleSince, b.OriginReplacedAt = tm(b.CreatedAt), tm(b.IdleSince), tm(b.OriginReplacedAt)
+	return b
+}
 
 func normHost(h store.Host) store.Host {
 	h.JoinedAt, h.EventTime = tm(h.JoinedAt), tm(h.EventTime)
@@ -166,6 +184,8 @@ func normSeat(s store.Seat) store.Seat {
 	s.TakenAt, s.ExpiresAt = tm(s.TakenAt), tm(s.ExpiresAt)
 	return s
 }
+
+func normDemand(d store.Demand) store.Demand { d.At = tm(d.At); return d }
 
 func normAll[T any](xs []T, norm func(T) T) []T {
 	out := make([]T, len(xs))
@@ -226,6 +246,9 @@ func seatReq(broadcast, user, stageArn string) store.SeatRequest {
 		TTL:           ttl,
 	}
 }
+
+// owner names the owner of the seat seatReq asks for.
+func owner(user string) store.SeatOwner { return store.SeatOwner{ParticipantID: "p-" + user} }
 
 func reserve(t *testing.T, st store.Store, broadcast, user, stageArn string) store.Seat {
 	t.Helper()
@@ -451,7 +474,7 @@ func testDeleteStage(t *testing.T, st store.Store) {
 	wantSeats(t, st, s3.Arn, 1)
 	_, err = st.ReleaseSeat(ctx, bcA, "u1")
 	wantErr(t, err, store.ErrNotFound, "ReleaseSeat of a seat freed by DeleteStage")
-	_, err = st.RenewSeat(ctx, bcA, "u2", base, ttl)
+	_, err = st.RenewSeat(ctx, bcA, "u2", owner("u2"), base, ttl)
 	wantErr(t, err, store.ErrNotFound, "RenewSeat of a seat freed by DeleteStage")
 
 	// The viewer can take a new seat, with a new participant id.
@@ -967,18 +990,18 @@ func testReserveSeatFields(t *testing.T, st store.Store) {
 
 func testRenewSeat(t *testing.T, st store.Store) {
 	ctx := testCtx(t)
-	_, err := st.RenewSeat(ctx, bcA, "u1", base, ttl)
+	_, err := st.RenewSeat(ctx, bcA, "u1", owner("u1"), base, ttl)
 	wantErr(t, err, store.ErrNotFound, "RenewSeat without a seat")
 	s := stageRec("s", bcA, 10, true, 0)
 	putStages(t, st, s, stageRec("b", bcB, 10, true, 0))
 	seat := reserve(t, st, bcA, "u1", "")
 	other := reserve(t, st, bcA, "u2", "")
-	_, err = st.RenewSeat(ctx, bcB, "u1", base, ttl)
+	_, err = st.RenewSeat(ctx, bcB, "u1", owner("u1"), base, ttl)
 	wantErr(t, err, store.ErrNotFound, "RenewSeat in a broadcast where the user has no seat")
 
 	for _, d := range []time.Duration{time.Minute, 10 * time.Second, 2 * time.Hour} {
 		now := at(30 * time.Second)
-		got, err := st.RenewSeat(ctx, bcA, "u1", now, d)
+		got, err := st.RenewSeat(ctx, bcA, "u1", owner("u1"), now, d)
 		must(t, err, "RenewSeat")
 		want := seat
 		want.ExpiresAt = now.Add(d)
@@ -990,9 +1013,68 @@ func testRenewSeat(t *testing.T, st store.Store) {
 	}
 	_, err = st.ReleaseSeat(ctx, bcA, "u1")
 	must(t, err, "ReleaseSeat")
-	_, err = st.RenewSeat(ctx, bcA, "u1", base, ttl)
+	_, err = st.RenewSeat(ctx, bcA, "u1", owner("u1"), base, ttl)
 	wantErr(t, err, store.ErrNotFound, "RenewSeat after ReleaseSeat")
 	wantSeats(t, st, s.Arn, 1)
+}
+
+// testRenewSeatOwner renews u1's seat (participant p-u1 on stage s) in the
+// name of various owners, while u2 (p-u2) is seated on stage t.
+func testRenewSeatOwner(t *testing.T, open func(*testing.T) store.Store) {
+	tests := []struct {
+		name  string
+		owner store.SeatOwner
+		err   error
+	}{
+		{"its participant", store.SeatOwner{ParticipantID: "p-u1"}, nil},
+		{"its participant on its stage", store.SeatOwner{ParticipantID: "p-u1", StageArn: arn("s")}, nil},
+		{"its stage, any participant", store.SeatOwner{StageArn: arn("s")}, nil},
+		{"nobody in particular", store.SeatOwner{}, nil},
+		{"another participant", store.SeatOwner{ParticipantID: "p-u2"}, store.ErrNotOwner},
+		{"another participant on its stage", store.SeatOwner{ParticipantID: "p-u2", StageArn: arn("s")}, store.ErrNotOwner},
+		{"its participant on another stage", store.SeatOwner{ParticipantID: "p-u1", StageArn: arn("t")}, store.ErrNotOwner},
+		{"another stage, any participant", store.SeatOwner{StageArn: arn("t")}, store.ErrNotOwner},
+		{"another participant on another stage", store.SeatOwner{ParticipantID: "p-u2", StageArn: arn("t")}, store.ErrNotOwner},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			st := open(t)
+			putStages(t, st, stageRec("s", bcA, 10, true, 0), stageRec("t", bcA, 10, true, time.Second))
+			seat := reserve(t, st, bcA, "u1", arn("s"))
+			other := reserve(t, st, bcA, "u2", arn("t"))
+			// A renewal to a lease end before both seats' (base+ttl), so
+			// that ExpireSeats tells where u1's lease ends.
+			now, d := at(time.Minute), 30*time.Minute
+			got, err := st.RenewSeat(testCtx(t), bcA, "u1", tc.owner, now, d)
+			want := seat
+			if tc.err != nil {
+				wantErr(t, err, tc.err, "RenewSeat for %+v", tc.owner)
+				if got != (store.Seat{}) {
+					t.Fatalf("a refused RenewSeat told of the seat: %+v", got)
+				}
+			} else {
+				must(t, err, "RenewSeat for %+v", tc.owner)
+				want.ExpiresAt = now.Add(d)
+				if normSeat(got) != normSeat(want) {
+					t.Fatalf("RenewSeat = %+v, want %+v", got, want)
+				}
+			}
+			eqList(t, "ListSeats after RenewSeat", listSeats(t, st, bcA), []store.Seat{want, other}, normSeat)
+			// The lease ends where RenewSeat left it, not before.
+			freed, err := st.ExpireSeats(testCtx(t), bcA, want.ExpiresAt.Add(-time.Millisecond))
+			must(t, err, "ExpireSeats")
+			if len(freed) != 0 {
+				t.Fatalf("ExpireSeats before the seats' leases ended freed %+v", freed)
+			}
+			wantSeats(t, st, arn("s"), 1)
+			wantSeats(t, st, arn("t"), 1)
+			freed, err = st.ExpireSeats(testCtx(t), bcA, want.ExpiresAt)
+			must(t, err, "ExpireSeats")
+			if !slices.ContainsFunc(freed, func(s store.Seat) bool { return s.UserID == "u1" }) {
+				t.Fatalf("ExpireSeats at the end of u1's lease freed %+v, not u1's seat", freed)
+			}
+		})
+	}
 }
 
 func testReleaseSeat(t *testing.T, st store.Store) {
@@ -1077,7 +1159,7 @@ func testExpireSeats(t *testing.T, st store.Store) {
 
 	// A renewed lease is not expired; the renewal's end (now + ttl, not
 	// the old end + ttl nor the take + ttl) is, to the millisecond.
-	_, err = st.RenewSeat(ctx, bcA, "u3", at(25*time.Second), time.Minute)
+	_, err = st.RenewSeat(ctx, bcA, "u3", owner("u3"), at(25*time.Second), time.Minute)
 	must(t, err, "RenewSeat")
 	freed, err = st.ExpireSeats(ctx, bcA, at(85*time.Second-time.Millisecond))
 	must(t, err, "ExpireSeats")
@@ -1145,6 +1227,10 @@ func testFirstSeen(t *testing.T, st store.Store) {
 		{"e2", short, true},
 		{"long", time.Hour, true},
 		{"long", time.Hour, false},
+		// Ids of the most bytes the API takes, alike but for the last.
+		{strings.Repeat("x", 255) + "a", time.Hour, true},
+		{strings.Repeat("x", 255) + "b", time.Hour, true},
+		{strings.Repeat("x", 255) + "a", time.Hour, false},
 	}
 	for i, s := range steps {
 		if got := seen(s.id, s.ttl); got != s.want {
@@ -1167,6 +1253,55 @@ func testFirstSeen(t *testing.T, st store.Store) {
 			t.Fatalf("after the ttl, step %d: FirstSeen(%s) = %v, want %v", i, s.id, got, s.want)
 		}
 	}
+}
+
+// smallEventLimit is the event limit of testEventLimit's store.
+const smallEventLimit = 10
+
+// testEventLimit records more event ids than the store keeps, in a
+// shuffled order, each with a TTL longer than the id before it by far more
+// than the test takes: the ids expiring last are kept, the others are
+// forgotten (new again) whatever order they came in.
+func testEventLimit(t *testing.T, st store.Store) {
+	ctx := testCtx(t)
+	seen := func(id string, d time.Duration) bool {
+		t.Helper()
+		first, err := st.FirstSeen(ctx, id, d)
+		must(t, err, "FirstSeen %s", id)
+		return first
+	}
+	const n = 3 * smallEventLimit
+	id := func(i int) string { return fmt.Sprintf("limited-%02d", i) }
+	life := func(i int) time.Duration { return time.Hour + time.Duration(i)*time.Minute }
+	for _, i := range rand.New(rand.NewPCG(3, 5)).Perm(n) {
+		if !seen(id(i), life(i)) {
+			t.Fatalf("FirstSeen(%s): a new id reported seen", id(i))
+		}
+	}
+	// kept checks that id(from) to id(to-1) are remembered.
+	kept := func(from, to int) {
+		t.Helper()
+		for i := from; i < to; i++ {
+			if seen(id(i), life(i)) {
+				t.Fatalf("FirstSeen(%s) = true: one of the %d ids expiring last was forgotten", id(i), smallEventLimit)
+			}
+		}
+	}
+	kept(n-smallEventLimit, n)
+	// Each forgotten id is new again and, expiring first, forgotten at once:
+	// it pushes none of the kept ones out.
+	for i := range n - smallEventLimit {
+		if !seen(id(i), life(i)) {
+			t.Fatalf("FirstSeen(%s) = false past the limit of %d ids, though it expires before %d others", id(i), smallEventLimit, smallEventLimit)
+		}
+	}
+	kept(n-smallEventLimit, n)
+	// A forgotten id leaves room, even for one expiring before all others.
+	must(t, st.ForgetEvent(ctx, id(n-1)), "ForgetEvent")
+	if !seen("short", time.Hour) || seen("short", time.Hour) {
+		t.Fatal("an id recorded once there was room is not remembered")
+	}
+	kept(n-smallEventLimit, n-1)
 }
 
 func testPing(t *testing.T, st store.Store) {
@@ -1460,7 +1595,7 @@ func testLeaseExpiryStorm(t *testing.T, st store.Store) {
 				t.Errorf("ReleaseSeat %s: %v", user, err)
 			}
 		case 2:
-			if _, err := st.RenewSeat(ctx, bcA, user, base, time.Hour); err == nil {
+			if _, err := st.RenewSeat(ctx, bcA, user, owner(user), base, time.Hour); err == nil {
 				mu.Lock()
 				renewed[user] = true
 				mu.Unlock()
