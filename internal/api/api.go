@@ -7,6 +7,7 @@ import (
 	"context"
 	"log/slog"
 	"net/http"
+	"net/netip"
 	"time"
 
 	"github.com/stagefleet/stagefleet/internal/fleet"
@@ -18,9 +19,10 @@ type Fleet interface {
 	PublisherToken(ctx context.Context, broadcastID, userID string) (fleet.IssuedToken, error)
 	ViewerToken(ctx context.Context, broadcastID, userID, stageArn string) (fleet.IssuedToken, error)
 	MediaServerToken(ctx context.Context, serverID, stageArn string) (fleet.IssuedToken, error)
-	Heartbeat(ctx context.Context, broadcastID, userID, stageArn, participantID string) (store.Seat, error)
-	Leave(ctx context.Context, broadcastID, userID string) (store.Seat, error)
-	Rejoin(ctx context.Context, broadcastID, userID, stageArn string) (fleet.IssuedToken, error)
+	Heartbeat(ctx context.Context, broadcastID, userID string, proof fleet.SeatProof) (store.Seat, error)
+	Leave(ctx context.Context, broadcastID, userID string) (store.Seat, bool, error)
+	Rejoin(ctx context.Context, broadcastID, userID, stageArn, participantID string) (fleet.IssuedToken, error)
+	EndBroadcast(ctx context.Context, broadcastID, reason string) (fleet.Ended, error)
 
 	CreateStage(ctx context.Context, broadcastID, name string, tags map[string]string) (fleet.StageView, error)
 	Stage(ctx context.Context, arn string) (fleet.StageView, error)
@@ -37,6 +39,7 @@ type Fleet interface {
 	Publisher(ctx context.Context, broadcastID string) (store.Host, bool, error)
 	Seats(ctx context.Context, broadcastID, stageArn string) ([]store.Seat, error)
 	Broadcasts(ctx context.Context) ([]store.Broadcast, error)
+	Broadcast(ctx context.Context, id string) (store.Broadcast, error)
 	HandleEvent(ctx context.Context, ev fleet.Event) (fleet.EventResult, error)
 	Now() time.Time
 }
@@ -68,8 +71,15 @@ type Options struct {
 	// RateLimitMax requests per client per window; 0 turns the limit off.
 	RateLimitMax int
 	MaxBodyBytes int64
-	Health       func(context.Context) Health
-	Logger       *slog.Logger
+	// TrustedProxies are the load balancers whose X-Forwarded-For names
+	// the client (for the rate limit and the access log); a request from
+	// any other address is its connection's client.
+	TrustedProxies []netip.Prefix
+	// AccessLogPerSecond bounds the access-log lines of answers below 500,
+	// written at debug; 0 writes none. A 5xx is always logged, at warn.
+	AccessLogPerSecond int
+	Health             func(context.Context) Health
+	Logger             *slog.Logger
 }
 
 type server struct {
@@ -122,6 +132,7 @@ var routes = []route{
 	{"GET", "/api/stats/viewers", false, false, (*server).statsViewers},
 	{"GET", "/api/stats/stages", false, false, (*server).statsStages},
 	{"GET", "/api/stats/publisher", false, false, (*server).statsPublisher},
+	{"DELETE", "/api/broadcasts/{broadcastId}", false, false, (*server).endBroadcast},
 }
 
 // New returns the API's handler.
@@ -133,9 +144,10 @@ func New(opts Options, f Fleet) http.Handler {
 		opts.MaxBodyBytes = 64 << 10
 	}
 	s := &server{opts: opts, fleet: f, log: opts.Logger}
+	client := trustedProxies(opts.TrustedProxies).clientIP
 	limit := func(h http.Handler) http.Handler { return h }
 	if opts.RateLimitMax > 0 {
-		limit = newRateLimiter(opts.RateLimitMax, opts.RateLimitWindow).middleware
+		limit = newRateLimiter(opts.RateLimitMax, opts.RateLimitWindow, client).middleware
 	}
 	mux := http.NewServeMux()
 	for _, rt := range routes {
@@ -152,7 +164,7 @@ func New(opts Options, f Fleet) http.Handler {
 		writeError(w, &apiError{status: http.StatusNotFound, code: CodeNotFound, message: "no route " + r.Method + " " + r.URL.Path})
 	})))
 	h := limitBody(opts.MaxBodyBytes, mux)
-	return observe(opts.Logger, h)
+	return newAccessLog(opts.Logger, opts.AccessLogPerSecond, client).observe(h)
 }
 
 func (s *server) adapt(h func(*server, http.ResponseWriter, *http.Request) *apiError) http.Handler {
@@ -165,11 +177,25 @@ func (s *server) adapt(h func(*server, http.ResponseWriter, *http.Request) *apiE
 	})
 }
 
-// fail maps an error from the fleet, logging the cause of a 5xx.
+// fail maps an error from the fleet, logging the cause of a 5xx: at error
+// for a fault, at debug for a refusal the client is told to retry (no seat
+// or no stage left), which is the service working as designed and comes by
+// the thousand in a join storm.
 func (s *server) fail(err error) *apiError {
 	e := fromFleet(err)
-	if e.status >= 500 {
+	switch {
+	case refusal(e):
+		s.log.Debug("fleet refused", "code", e.code, "error", err)
+	case e.status >= 500:
 		s.log.Error("fleet error", "code", e.code, "error", err)
 	}
 	return e
+}
+
+// refusal says whether e is a 503 that tells the client to come back
+// (STAGE_FULL, STAGE_LIMIT_REACHED, or any 503 with Retry-After) rather
+// than a fault.
+func refusal(e *apiError) bool {
+	return e.status == http.StatusServiceUnavailable &&
+		(e.retryAfter > 0 || e.code == CodeStageFull || e.code == CodeStageLimitReached)
 }

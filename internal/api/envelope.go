@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"strconv"
 	"time"
+	"unicode/utf8"
 
 	"github.com/stagefleet/stagefleet/internal/fleet"
 )
@@ -18,6 +19,7 @@ const (
 	CodeValidation        = "VALIDATION_ERROR"
 	CodeUnauthorized      = "UNAUTHORIZED"
 	CodeForbidden         = "FORBIDDEN"
+	CodeConflict          = "CONFLICT"
 	CodeNotFound          = "NOT_FOUND"
 	CodeNotPublishing     = "NOT_PUBLISHING"
 	CodeRateLimited       = "RATE_LIMITED"
@@ -99,6 +101,8 @@ func fromFleet(err error) *apiError {
 		e.status, e.code = http.StatusConflict, CodeNotPublishing
 	case errors.Is(err, fleet.ErrForbidden):
 		e.status, e.code = http.StatusForbidden, CodeForbidden
+	case errors.Is(err, fleet.ErrConflict):
+		e.status, e.code = http.StatusConflict, CodeConflict
 	case errors.Is(err, fleet.ErrStageFull):
 		e.status, e.code = http.StatusServiceUnavailable, CodeStageFull
 	case errors.Is(err, fleet.ErrStageLimit):
@@ -126,6 +130,11 @@ func decode(r *http.Request, v any) *apiError {
 	}
 	if len(bytes.TrimSpace(raw)) == 0 {
 		raw = []byte("{}")
+	}
+	// The JSON decoder would turn invalid UTF-8 into U+FFFD without a
+	// word, so that two different ids could become one.
+	if !utf8.Valid(raw) {
+		return badRequest("request body must be valid UTF-8")
 	}
 	if err := json.Unmarshal(raw, v); err != nil {
 		var typeErr *json.UnmarshalTypeError

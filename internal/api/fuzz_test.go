@@ -103,16 +103,24 @@ func (f *fuzzFleet) MediaServerToken(context.Context, string, string) (fleet.Iss
 	return fuzzToken(fleet.CapPublish, fleet.CapSubscribe), f.call()
 }
 
-func (f *fuzzFleet) Heartbeat(context.Context, string, string, string, string) (store.Seat, error) {
+func (f *fuzzFleet) Heartbeat(context.Context, string, string, fleet.SeatProof) (store.Seat, error) {
 	return fuzzSeat(), f.call()
 }
 
-func (f *fuzzFleet) Leave(context.Context, string, string) (store.Seat, error) {
-	return fuzzSeat(), f.call()
+func (f *fuzzFleet) Leave(context.Context, string, string) (store.Seat, bool, error) {
+	return fuzzSeat(), true, f.call()
 }
 
-func (f *fuzzFleet) Rejoin(context.Context, string, string, string) (fleet.IssuedToken, error) {
+func (f *fuzzFleet) Rejoin(context.Context, string, string, string, string) (fleet.IssuedToken, error) {
 	return fuzzToken(fleet.CapSubscribe), f.call()
+}
+
+func (f *fuzzFleet) EndBroadcast(_ context.Context, b, _ string) (fleet.Ended, error) {
+	return fleet.Ended{BroadcastID: b}, f.call()
+}
+
+func (f *fuzzFleet) Broadcast(_ context.Context, id string) (store.Broadcast, error) {
+	return store.Broadcast{ID: id, OriginArn: fuzzArn, CreatedAt: fuzzNow}, f.call()
 }
 
 func (f *fuzzFleet) CreateStage(context.Context, string, string, map[string]string) (fleet.StageView, error) {

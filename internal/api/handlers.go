@@ -64,8 +64,23 @@ type userRequest struct {
 	UserID      string `json:"userId"`
 	BroadcastID string `json:"broadcastId"`
 	StageArn    string `json:"stageArn"`
-	// ParticipantID (heartbeat only) is the viewer token's.
+	// ParticipantID (heartbeat, rejoin) is the viewer token's.
 	ParticipantID string `json:"participantId"`
+	// SeatKey (heartbeat) is the one returned with the viewer token.
+	SeatKey string `json:"seatKey"`
+}
+
+// viewerTokenData is a viewer token response: the token, and the seat it
+// holds.
+type viewerTokenData struct {
+	tokenData
+	// SeatKey proves the seat to a heartbeat after the store lost it.
+	SeatKey     string `json:"seatKey"`
+	IsNewViewer bool   `json:"isNewViewer"`
+}
+
+func (s *server) viewerTokenData(t fleet.IssuedToken) viewerTokenData {
+	return viewerTokenData{tokenData: s.tokenData(t), SeatKey: t.SeatKey, IsNewViewer: t.NewSeat}
 }
 
 func (s *server) publisherToken(w http.ResponseWriter, r *http.Request) *apiError {
@@ -101,6 +116,9 @@ func viewerRequest(r *http.Request) (userRequest, *apiError) {
 	if in.ParticipantID != "" {
 		c.participantID("participantId", in.ParticipantID)
 	}
+	if len(in.SeatKey) > 128 {
+		c.problem("seatKey must be the one returned with the viewer token")
+	}
 	return in, c.err()
 }
 
@@ -113,7 +131,7 @@ func (s *server) viewerToken(w http.ResponseWriter, r *http.Request) *apiError {
 	if err != nil {
 		return s.fail(err)
 	}
-	ok(w, http.StatusOK, s.tokenData(t), "Viewer token generated")
+	ok(w, http.StatusOK, s.viewerTokenData(t), "Viewer token generated")
 	return nil
 }
 
@@ -122,11 +140,11 @@ func (s *server) rejoin(w http.ResponseWriter, r *http.Request) *apiError {
 	if e != nil {
 		return e
 	}
-	t, err := s.fleet.Rejoin(r.Context(), in.BroadcastID, in.UserID, in.StageArn)
+	t, err := s.fleet.Rejoin(r.Context(), in.BroadcastID, in.UserID, in.StageArn, in.ParticipantID)
 	if err != nil {
 		return s.fail(err)
 	}
-	ok(w, http.StatusOK, s.tokenData(t), "Viewer rejoined")
+	ok(w, http.StatusOK, s.viewerTokenData(t), "Viewer rejoined")
 	return nil
 }
 
@@ -160,29 +178,72 @@ func (s *server) mediaServerToken(w http.ResponseWriter, r *http.Request) *apiEr
 	return nil
 }
 
+// heartbeat renews the seat of the viewer token's participant: the
+// participant id is required, since a seat is renewed only by its owner.
 func (s *server) heartbeat(w http.ResponseWriter, r *http.Request) *apiError {
 	in, e := viewerRequest(r)
 	if e != nil {
 		return e
 	}
-	seat, err := s.fleet.Heartbeat(r.Context(), in.BroadcastID, in.UserID, in.StageArn, in.ParticipantID)
+	if in.ParticipantID == "" {
+		return &apiError{status: http.StatusBadRequest, code: CodeValidation,
+			message: "missing required fields: participantId (the viewer token's; a heartbeat renews only that participant's seat)",
+			details: map[string]any{"missingFields": []string{"participantId"}}}
+	}
+	seat, err := s.fleet.Heartbeat(r.Context(), in.BroadcastID, in.UserID, fleet.SeatProof{
+		StageArn: in.StageArn, ParticipantID: in.ParticipantID, SeatKey: in.SeatKey,
+	})
 	if err != nil {
 		return s.fail(err)
 	}
-	ok(w, http.StatusOK, s.seatData(seat), "")
+	ok(w, http.StatusOK, struct {
+		seatData
+		HeartbeatUpdated bool `json:"heartbeatUpdated"`
+	}{s.seatData(seat), true}, "")
 	return nil
 }
 
+// leave frees the viewer's seat; leaving without one is no error.
 func (s *server) leave(w http.ResponseWriter, r *http.Request) *apiError {
 	in, e := viewerRequest(r)
 	if e != nil {
 		return e
 	}
-	seat, err := s.fleet.Leave(r.Context(), in.BroadcastID, in.UserID)
+	seat, left, err := s.fleet.Leave(r.Context(), in.BroadcastID, in.UserID)
 	if err != nil {
 		return s.fail(err)
 	}
-	ok(w, http.StatusOK, s.seatData(seat), "Viewer left")
+	data := map[string]any{"userId": in.UserID, "broadcastId": in.BroadcastID, "viewerLeft": left}
+	if left {
+		d := s.seatData(seat)
+		data["stageArn"], data["participantId"], data["joinedAt"], data["watchSeconds"] = d.StageArn, d.ParticipantID, d.JoinedAt, d.WatchSeconds
+	}
+	msg := "Viewer left"
+	if !left {
+		msg = "Viewer held no seat"
+	}
+	ok(w, http.StatusOK, data, msg)
+	return nil
+}
+
+// endBroadcast takes a broadcast off the air: its stages are deleted and
+// its seats freed.
+func (s *server) endBroadcast(w http.ResponseWriter, r *http.Request) *apiError {
+	var c check
+	b := c.broadcast(r.PathValue("broadcastId"))
+	if e := c.err(); e != nil {
+		return e
+	}
+	end, err := s.fleet.EndBroadcast(r.Context(), b, "ended through the API")
+	if err != nil {
+		return s.fail(err)
+	}
+	ok(w, http.StatusOK, map[string]any{
+		"broadcastId":   end.BroadcastID,
+		"ended":         true,
+		"stagesDeleted": end.StagesDeleted,
+		"seatsFreed":    end.SeatsFreed,
+	}, "Broadcast ended")
 	return nil
 }
 
@@ -548,7 +609,16 @@ func (s *server) publisherInfo(w http.ResponseWriter, r *http.Request) *apiError
 	if found {
 		data["publisherInfo"] = hostOf(h)
 	}
-	ok(w, http.StatusOK, data, "")
+	msg := ""
+	if bc, err := s.fleet.Broadcast(r.Context(), b); err == nil && !bc.OriginReplacedAt.IsZero() {
+		data["originReplaced"] = map[string]any{
+			"at":               bc.OriginReplacedAt.UTC().Format(time.RFC3339),
+			"previousStageArn": bc.ReplacedOriginArn,
+			"stageArn":         bc.OriginArn,
+		}
+		msg = "The origin stage " + bc.ReplacedOriginArn + " was deleted outside stagefleet and replaced by " + bc.OriginArn + "; hosts need a new publisher token"
+	}
+	ok(w, http.StatusOK, data, msg)
 	return nil
 }
 
@@ -656,6 +726,9 @@ func (s *server) ivsEvent(w http.ResponseWriter, r *http.Request) *apiError {
 	if s.opts.EventsSecret != "" && !secretEqual(r.Header.Get("x-stagefleet-events-secret"), s.opts.EventsSecret) {
 		return &apiError{status: http.StatusUnauthorized, code: CodeUnauthorized, message: "missing or invalid x-stagefleet-events-secret header"}
 	}
+	// An IVS event is about a kilobyte; the API's larger limit is for
+	// requests of other kinds.
+	r.Body = http.MaxBytesReader(w, r.Body, maxEventBytes)
 	var in struct {
 		ID         string   `json:"id"`
 		DetailType string   `json:"detail-type"`
@@ -676,11 +749,18 @@ func (s *server) ivsEvent(w http.ResponseWriter, r *http.Request) *apiError {
 	}
 	var c check
 	c.required("id", in.ID)
+	c.required("source", in.Source)
 	c.required("detail-type", in.DetailType)
+	if len(in.ID) > maxEventIDBytes {
+		c.problem("id must be at most %d bytes (EventBridge's are UUIDs)", maxEventIDBytes)
+	}
+	if in.Source != "" && in.Source != "aws.ivs" {
+		c.problem("source must be aws.ivs: only IVS's events are taken here")
+	}
 	if e := c.err(); e != nil {
 		return e
 	}
-	if in.Source != "aws.ivs" || in.DetailType != "IVS Stage Update" {
+	if in.DetailType != "IVS Stage Update" {
 		ok(w, http.StatusOK, map[string]any{"result": fleet.EventIgnored}, "")
 		return nil
 	}
@@ -714,6 +794,12 @@ func (s *server) ivsEvent(w http.ResponseWriter, r *http.Request) *apiError {
 	ok(w, http.StatusOK, map[string]any{"result": res}, "")
 	return nil
 }
+
+// Bounds of an IVS event: its body and its id.
+const (
+	maxEventBytes   = 16 << 10
+	maxEventIDBytes = 256
+)
 
 // eventTime is the detail's event_time, else the envelope's time.
 func eventTime(detail, envelope string) (time.Time, error) {

@@ -288,14 +288,20 @@ func (f *oaFleet) ViewerToken(_ context.Context, b, u, _ string) (fleet.IssuedTo
 func (f *oaFleet) MediaServerToken(_ context.Context, s, arn string) (fleet.IssuedToken, error) {
 	return f.token("", s, arn, "PUBLISH", "SUBSCRIBE"), f.err
 }
-func (f *oaFleet) Heartbeat(_ context.Context, b, u, _, _ string) (store.Seat, error) {
+func (f *oaFleet) Heartbeat(_ context.Context, b, u string, _ fleet.SeatProof) (store.Seat, error) {
 	return f.seat(b, u), f.err
 }
-func (f *oaFleet) Leave(_ context.Context, b, u string) (store.Seat, error) {
-	return f.seat(b, u), f.err
+func (f *oaFleet) Leave(_ context.Context, b, u string) (store.Seat, bool, error) {
+	return f.seat(b, u), true, f.err
 }
-func (f *oaFleet) Rejoin(ctx context.Context, b, u, arn string) (fleet.IssuedToken, error) {
+func (f *oaFleet) Rejoin(ctx context.Context, b, u, arn, _ string) (fleet.IssuedToken, error) {
 	return f.ViewerToken(ctx, b, u, arn)
+}
+func (f *oaFleet) EndBroadcast(_ context.Context, b, _ string) (fleet.Ended, error) {
+	return fleet.Ended{BroadcastID: b, StagesDeleted: 2, SeatsFreed: 1}, f.err
+}
+func (f *oaFleet) Broadcast(_ context.Context, id string) (store.Broadcast, error) {
+	return store.Broadcast{ID: id, OriginArn: oaArn, CreatedAt: oaTime}, f.err
 }
 func (f *oaFleet) CreateStage(_ context.Context, b, name string, tags map[string]string) (fleet.StageView, error) {
 	v := f.stage(oaArn2)
@@ -373,7 +379,7 @@ var oaRequests = map[string]oaRequest{
 	"DELETE /api/stage/replication/stop":              {target: "/api/stage/replication/stop", body: oaReplication, badBody: `not json`},
 	"GET /api/stage/replication/status/{stageArn...}": {target: "/api/stage/replication/status/" + url.PathEscape(oaArn2), badTarget: "/api/stage/replication/status/x"},
 	"GET /api/stage/replication/publisher-info":       {target: "/api/stage/replication/publisher-info", badTarget: "/api/stage/replication/publisher-info?broadcastId=%2F"},
-	"POST /api/viewer/heartbeat":                      {target: "/api/viewer/heartbeat", body: oaViewer, badBody: `{"userId":""}`},
+	"POST /api/viewer/heartbeat":                      {target: "/api/viewer/heartbeat", body: `{"userId":"viewer-1","participantId":"PART1","stageArn":"` + oaArn2 + `"}`, badBody: `{"userId":"viewer-1"}`},
 	"POST /api/viewer/leave":                          {target: "/api/viewer/leave", body: oaViewer, badBody: `{"userId":"v","broadcastId":"a b"}`},
 	"POST /api/viewer/rejoin":                         {target: "/api/viewer/rejoin", body: `{"userId":"viewer-1","stageArn":"` + oaArn2 + `"}`, badBody: `{"userId":"v","stageArn":"nope"}`},
 	"GET /api/viewer/list/{stageArn...}":              {target: "/api/viewer/list/" + oaArn2, badTarget: "/api/viewer/list/nope"},
@@ -382,6 +388,7 @@ var oaRequests = map[string]oaRequest{
 	"GET /api/stats/viewers":                          {target: "/api/stats/viewers"},
 	"GET /api/stats/stages":                           {target: "/api/stats/stages"},
 	"GET /api/stats/publisher":                        {target: "/api/stats/publisher"},
+	"DELETE /api/broadcasts/{broadcastId}":            {target: "/api/broadcasts/show-1", badTarget: "/api/broadcasts/no%20spaces"},
 }
 
 // oaFleetErrors are the fleet failures each route passes on; the document
@@ -392,8 +399,9 @@ var oaFleetErrors = map[string][]error{
 	"POST /api/token/viewer":                          {fleet.ErrNotLive, fleet.ErrNotFound, fleet.ErrStageFull, fleet.ErrStageLimit, fleet.ErrToken, fleet.ErrUnavailable},
 	"POST /api/viewer/rejoin":                         {fleet.ErrNotLive, fleet.ErrNotFound, fleet.ErrStageFull, fleet.ErrStageLimit, fleet.ErrToken, fleet.ErrUnavailable},
 	"POST /api/token/mediaserver":                     {fleet.ErrToken, fleet.ErrUnavailable},
-	"POST /api/viewer/heartbeat":                      {fleet.ErrNotFound, fleet.ErrUnavailable},
-	"POST /api/viewer/leave":                          {fleet.ErrNotFound, fleet.ErrUnavailable},
+	"POST /api/viewer/heartbeat":                      {fleet.ErrNotFound, fleet.ErrConflict, fleet.ErrUnavailable},
+	"POST /api/viewer/leave":                          {fleet.ErrUnavailable},
+	"DELETE /api/broadcasts/{broadcastId}":            {fleet.ErrNotFound, fleet.ErrUnavailable},
 	"GET /api/stage/list":                             {fleet.ErrUnavailable},
 	"GET /api/stage/master/info":                      {fleet.ErrNotFound, fleet.ErrUnavailable},
 	"POST /api/stage":                                 {fleet.ErrInvalid, fleet.ErrStageLimit, fleet.ErrUnavailable},
@@ -689,7 +697,8 @@ func TestOpenAPIDescribesAnswers(t *testing.T) {
 		{"POST /api/token/mediaserver", "wrong internal secret", New(Options{SkipAuth: true, InternalSecret: "internal"}, &oaFleet{}), "POST", "/api/token/mediaserver", oaRequests["POST /api/token/mediaserver"].body, http.Header{"X-Internal-Secret": {"nope"}}, 403},
 		{"POST /api/token/mediaserver", "no INTERNAL_SECRET", New(Options{SkipAuth: true}, &oaFleet{}), "POST", "/api/token/mediaserver", oaRequests["POST /api/token/mediaserver"].body, nil, 403},
 		{"GET /api/viewer/duration", "unknown viewer", New(Options{SkipAuth: true}, &oaFleet{}), "GET", "/api/viewer/duration?userId=nobody", "", nil, 404},
-		{"POST /api/events/ivs", "not an IVS event", New(Options{}, &oaFleet{}), "POST", eventsPath, `{"id":"x","detail-type":"EC2 Instance State-change Notification","source":"aws.ec2"}`, nil, 200},
+		{"POST /api/events/ivs", "not an IVS event", New(Options{}, &oaFleet{}), "POST", eventsPath, `{"id":"x","detail-type":"EC2 Instance State-change Notification","source":"aws.ec2"}`, nil, 400},
+		{"POST /api/events/ivs", "another IVS event", New(Options{}, &oaFleet{}), "POST", eventsPath, `{"id":"x","detail-type":"IVS Stream State Change","source":"aws.ivs"}`, nil, 200},
 		{"POST /api/stage/replication/start", "same stage twice", New(Options{SkipAuth: true}, &oaFleet{err: &fleet.Error{Kind: fleet.ErrInvalid, Msg: "same"}}), "POST", "/api/stage/replication/start", oaReplication, nil, 400},
 	}
 	for _, x := range extra {

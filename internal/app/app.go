@@ -7,7 +7,9 @@ import (
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
+	"crypto/hmac"
 	"crypto/rand"
+	"crypto/sha256"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -47,21 +49,37 @@ type App struct {
 	emuSrv   *http.Server
 	endpoint string
 	tokens   string
+	// key watches the token signing key (self-signed tokens only).
+	key *signingKey
 }
 
 // New builds the app and binds its listeners, so that a port in use is an
 // error here, before anything runs. emuCfg configures the embedded
 // emulator (emulator mode only).
 func New(ctx context.Context, cfg config.Config, emuCfg emulator.Config, log *slog.Logger) (_ *App, err error) {
+	if cfg.Mode() == config.ModeEmulator && cfg.EventsSecret == "" {
+		// The embedded emulator is the only sender: a secret made now
+		// keeps everyone else's events out, with nothing to configure.
+		cfg.EventsSecret = rand.Text()
+	}
 	a := &App{cfg: cfg, log: log}
 	defer func() {
 		if err != nil {
 			a.Close()
 		}
 	}()
-	a.apiLn, err = net.Listen("tcp", net.JoinHostPort(cfg.APIHost, fmt.Sprint(cfg.APIPort)))
+	a.apiLn, err = net.Listen("tcp", net.JoinHostPort(cfg.ListenHost(), fmt.Sprint(cfg.APIPort)))
 	if err != nil {
 		return nil, fmt.Errorf("API_PORT %d: %w", cfg.APIPort, err)
+	}
+	if cfg.APIHost == "" && cfg.AuthDisabled() {
+		// Said at start, because "connection refused" from another machine
+		// does not say why.
+		msg := "the API listens on 127.0.0.1 only because API_SECRET_KEY is unset: set API_SECRET_KEY, or API_HOST explicitly, to listen elsewhere"
+		if cfg.SkipAuth {
+			msg = "the API listens on 127.0.0.1 only because SKIP_AUTH=true: set API_HOST explicitly to listen elsewhere"
+		}
+		log.Warn(msg, "addr", a.apiLn.Addr().String())
 	}
 
 	var awsCfg aws.Config
@@ -107,6 +125,13 @@ func New(ctx context.Context, cfg config.Config, emuCfg emulator.Config, log *sl
 		ReconcileInterval:      cfg.ReconcileInterval,
 		InstanceID:             cfg.InstanceID,
 		LeaseTTL:               cfg.LeaseTTL,
+
+		DeploymentID:         cfg.DeploymentID,
+		EventMaxSkew:         cfg.EventMaxSkew,
+		MaxBroadcasts:        cfg.MaxBroadcasts,
+		StageQuota:           cfg.StageQuota,
+		BroadcastIdleTimeout: cfg.BroadcastIdleTimeout,
+		SeatKeySecret:        seatKeySecret(cfg),
 	}, a.store, client, issuer, log)
 	a.api = api.New(api.Options{
 		APISecretKey:    cfg.APISecretKey,
@@ -118,11 +143,14 @@ func New(ctx context.Context, cfg config.Config, emuCfg emulator.Config, log *sl
 		MaxBodyBytes:    cfg.MaxBodyBytes,
 		Health:          a.health,
 		Logger:          log,
+
+		TrustedProxies:     cfg.TrustedProxies,
+		AccessLogPerSecond: cfg.AccessLogPerSecond,
 	}, a.fleet)
 	if cfg.AuthDisabled() {
 		log.Warn("x-api-key is not checked: set API_SECRET_KEY to require it")
 	}
-	if a.emu == nil && cfg.EventsSecret == "" {
+	if cfg.EventsSecret == "" {
 		log.Warn("POST /api/events/ivs takes events from anyone: set EVENTS_SECRET and send it from the EventBridge connection")
 	}
 	if a.emu != nil {
@@ -130,6 +158,21 @@ func New(ctx context.Context, cfg config.Config, emuCfg emulator.Config, log *sl
 	}
 	log.Info("stagefleet ready", "api", a.apiLn.Addr().String(), "ivs_mode", cfg.Mode(), "ivs_endpoint", a.endpointName(), "store", cfg.StoreKind(), "tokens", a.tokens)
 	return a, nil
+}
+
+// seatKeySecret is the key of seat keys: SEAT_KEY_SECRET, else one derived
+// from API_SECRET_KEY (which every instance of a deployment shares), else
+// nil for one made at start.
+func seatKeySecret(cfg config.Config) []byte {
+	switch {
+	case cfg.SeatKeySecret != "":
+		return []byte(cfg.SeatKeySecret)
+	case cfg.APISecretKey != "":
+		m := hmac.New(sha256.New, []byte(cfg.APISecretKey))
+		m.Write([]byte("stagefleet seat keys"))
+		return m.Sum(nil)
+	}
+	return nil
 }
 
 // openStore opens the configured store; Redis must answer at start, so that
@@ -195,7 +238,7 @@ func (a *App) startEmulator(cfg config.Config, emuCfg emulator.Config) error {
 		ln.Close()
 		return fmt.Errorf("embedded emulator: %w", err)
 	}
-	a.emuSrv = &http.Server{Handler: a.emu.Handler(), ReadHeaderTimeout: 10 * time.Second}
+	a.emuSrv = emulator.NewHTTPServer(a.emu.Handler())
 	go func() {
 		if err := a.emuSrv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			a.log.Error("embedded emulator stopped", "error", err)
@@ -225,7 +268,7 @@ func (a *App) tokenIssuer(ctx context.Context, cfg config.Config, client *ivs.Cl
 			return nil, fmt.Errorf("importing the token key into the emulator: %w", err)
 		}
 		a.tokens = "self-signed (key generated at start)"
-		return token.NewSelfSigned(arn, key)
+		return a.selfSigned(arn, key, client)
 	case cfg.TokenKeyArn != "":
 		pemBytes, err := os.ReadFile(cfg.TokenPrivateKeyFile)
 		if err != nil {
@@ -236,11 +279,22 @@ func (a *App) tokenIssuer(ctx context.Context, cfg config.Config, client *ivs.Cl
 			return nil, fmt.Errorf("IVS_TOKEN_PRIVATE_KEY_FILE: %w", err)
 		}
 		a.tokens = "self-signed (configured key)"
-		return token.NewSelfSigned(cfg.TokenKeyArn, key)
+		return a.selfSigned(cfg.TokenKeyArn, key, client)
 	default:
 		a.tokens = "CreateParticipantToken"
 		return client, nil
 	}
+}
+
+// selfSigned makes the self-signed issuer and the watcher that keeps its
+// public key in IVS.
+func (a *App) selfSigned(arn string, key *ecdsa.PrivateKey, client *ivs.Client) (*token.SelfSigned, error) {
+	iss, err := token.NewSelfSigned(arn, key)
+	if err != nil {
+		return nil, err
+	}
+	a.key = newSigningKey(iss, client, a.log)
+	return iss, nil
 }
 
 func (a *App) endpointName() string {
@@ -275,8 +329,20 @@ func (a *App) health(ctx context.Context) api.Health {
 	if err := a.store.Ping(ctx); err != nil {
 		h.Store.Status, h.Store.Error = "error", err.Error()
 	}
+	if a.key != nil {
+		if _, err := a.key.state(); err != nil {
+			h.IVS.Status, h.IVS.Error = "error", err.Error()
+		}
+	}
+	if lost := a.fleet.LostOrigins(ctx); len(lost) > 0 {
+		h.Controller.Status, h.Controller.Error = "degraded", strings.Join(lost, "; ")
+	}
 	return h
 }
+
+// keyCheckInterval is how often IVS is asked whether it still holds the
+// token signing key: health reports what the last check found.
+const keyCheckInterval = 5 * time.Second
 
 // Addr is the API's address.
 func (a *App) Addr() string { return a.apiLn.Addr().String() }
@@ -295,7 +361,16 @@ func (a *App) Handler() http.Handler { return a.api }
 // Run serves until ctx ends, then shuts down gracefully: requests in flight
 // get ShutdownTimeout to finish.
 func (a *App) Run(ctx context.Context) error {
-	srv := &http.Server{Handler: a.api, ReadHeaderTimeout: 10 * time.Second}
+	srv := &http.Server{
+		Handler: a.api,
+		// A client still sending headers after 10 s is holding a
+		// connection, not making a request.
+		ReadHeaderTimeout: min(10*time.Second, a.cfg.HTTPReadTimeout),
+		ReadTimeout:       a.cfg.HTTPReadTimeout,
+		WriteTimeout:      a.cfg.HTTPWriteTimeout,
+		IdleTimeout:       a.cfg.HTTPIdleTimeout,
+		MaxHeaderBytes:    a.cfg.HTTPMaxHeaderBytes,
+	}
 	bg, stop := context.WithCancel(context.WithoutCancel(ctx))
 	fleetDone := make(chan struct{})
 	go func() {
@@ -307,8 +382,12 @@ func (a *App) Run(ctx context.Context) error {
 		stop()
 		<-fleetDone
 	}()
+	if a.key != nil {
+		go a.key.run(bg, keyCheckInterval)
+	}
 	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(a.apiLn) }()
+	ln := newLimitListener(a.apiLn, a.cfg.HTTPMaxConnections)
+	go func() { errc <- srv.Serve(ln) }()
 	select {
 	case err := <-errc:
 		return err

@@ -425,7 +425,7 @@ func TestSeatLease(t *testing.T) {
 
 	start := time.Now()
 	a.token(t, "viewer", map[string]any{"userId": "silent"})
-	a.token(t, "viewer", map[string]any{"userId": "beating"})
+	beating := a.token(t, "viewer", map[string]any{"userId": "beating"})
 	if got := listed(); !slices.Equal(got, []string{"beating", "silent"}) {
 		t.Fatalf("listed %v, want both viewers", got)
 	}
@@ -444,7 +444,7 @@ func TestSeatLease(t *testing.T) {
 			case <-stop:
 				return
 			case <-tick.C:
-				r, err := a.send(context.Background(), "POST", "/api/viewer/heartbeat", map[string]any{"userId": "beating"}, nil)
+				r, err := a.send(context.Background(), "POST", "/api/viewer/heartbeat", map[string]any{"userId": "beating", "participantId": beating.ParticipantID}, nil)
 				if err != nil {
 					r = response{Status: -1, Body: []byte(err.Error())}
 				}
@@ -469,7 +469,7 @@ func TestSeatLease(t *testing.T) {
 	if n := seats(); n != 1 {
 		t.Errorf("origin has %d seats, want 1", n)
 	}
-	wantError(t, a.call(t, "POST", "/api/viewer/heartbeat", map[string]any{"userId": "silent"}), http.StatusNotFound, "NOT_FOUND")
+	wantError(t, a.call(t, "POST", "/api/viewer/heartbeat", map[string]any{"userId": "silent", "participantId": "SILENT1"}), http.StatusNotFound, "NOT_FOUND")
 
 	// Past two leases, the heartbeating viewer still has its seat: only
 	// time passing shows that, so wait for it.
@@ -499,14 +499,22 @@ func TestSeatLease(t *testing.T) {
 	a.expect(t, "GET", "/api/viewer/duration", nil, http.StatusOK)
 	wantError(t, a.call(t, "GET", "/api/viewer/duration?userId=silent", nil), http.StatusNotFound, "NOT_FOUND")
 
-	left := dataOf[seatData](t, a.expect(t, "POST", "/api/viewer/leave", map[string]any{"userId": "beating"}, http.StatusOK))
-	if left.UserID != "beating" || left.StageArn != origin {
+	type leaveData struct {
+		UserID     string `json:"userId"`
+		StageArn   string `json:"stageArn"`
+		ViewerLeft bool   `json:"viewerLeft"`
+	}
+	left := dataOf[leaveData](t, a.expect(t, "POST", "/api/viewer/leave", map[string]any{"userId": "beating"}, http.StatusOK))
+	if left.UserID != "beating" || left.StageArn != origin || !left.ViewerLeft {
 		t.Errorf("leave answered %+v", left)
 	}
 	if n := seats(); n != 0 {
 		t.Errorf("origin has %d seats after leave, want 0", n)
 	}
-	wantError(t, a.call(t, "POST", "/api/viewer/leave", map[string]any{"userId": "beating"}), http.StatusNotFound, "NOT_FOUND")
+	// Leave is idempotent: the viewer is gone either way.
+	if again := dataOf[leaveData](t, a.expect(t, "POST", "/api/viewer/leave", map[string]any{"userId": "beating"}, http.StatusOK)); again.ViewerLeft {
+		t.Errorf("second leave answered %+v, want viewerLeft false", again)
+	}
 
 	again := a.issue(t, "/api/viewer/rejoin", map[string]any{"userId": "silent"})
 	if again.StageArn != origin || again.Token == "" {
@@ -599,7 +607,7 @@ func TestRateLimit(t *testing.T) {
 
 	// IVS events are not counted: the embedded emulator posts them from
 	// loopback, the address this client has used up.
-	ignored := map[string]any{"id": "ev-1", "source": "aws.other", "detail-type": "Something Else"}
+	ignored := map[string]any{"id": "ev-1", "source": "aws.ivs", "detail-type": "Something Else"}
 	a.expect(t, "POST", "/api/events/ivs", ignored, http.StatusOK)
 	j := a.join(t, host.Token)
 	a.publish(t, j.StageArn, j.ParticipantID)
@@ -647,7 +655,7 @@ func TestBadInput(t *testing.T) {
 		{"POST", "/api/viewer/heartbeat", []string{"userId"}, viewerBad},
 		{"POST", "/api/viewer/leave", []string{"userId"}, viewerBad},
 		{"POST", "/api/viewer/rejoin", []string{"userId"}, viewerBad},
-		{"POST", "/api/events/ivs", []string{"id", "detail-type"}, []string{
+		{"POST", "/api/events/ivs", []string{"id", "source", "detail-type"}, []string{
 			`{"id":1,"detail-type":"IVS Stage Update"}`,
 			`{"id":"e","detail-type":"IVS Stage Update","source":"aws.ivs","resources":"` + arn + `"}`,
 			`{"id":"e","detail-type":"IVS Stage Update","source":"aws.ivs","resources":["` + arn + `"],"detail":"x"}`,

@@ -38,6 +38,9 @@ type testApp struct {
 	runErr   error
 }
 
+// testEventsSecret is the EVENTS_SECRET of apps the tests start.
+const testEventsSecret = "test-events-secret"
+
 // startApp runs stagefleet serve configured by env (the variables of
 // DESIGN.md; loopback and free ports unless env says otherwise) until the
 // test ends. emu, if given, adjust the embedded emulator (as its
@@ -49,6 +52,8 @@ func startApp(t *testing.T, env map[string]string, emu ...func(*emulator.Config)
 		"API_PORT":      "0",
 		"EMULATOR_ADDR": "127.0.0.1:0",
 		"IVS_MODE":      "emulator",
+		// Known to the tests, so that they can post events themselves.
+		"EVENTS_SECRET": testEventsSecret,
 	}
 	maps.Copy(vars, env)
 	emuCfg := emulator.DefaultConfig()
@@ -70,7 +75,7 @@ func startApp(t *testing.T, env map[string]string, emu ...func(*emulator.Config)
 		base:    "http://" + a.Addr(),
 		emu:     a.EmulatorURL(),
 		client:  &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 64}},
-		headers: http.Header{},
+		headers: http.Header{"X-Stagefleet-Events-Secret": {testEventsSecret}},
 		cancel:  cancel,
 		done:    make(chan error, 1),
 	}
@@ -288,6 +293,8 @@ type tokenData struct {
 	ExpiresAt     string   `json:"expiresAt"`
 	ExpiresIn     int      `json:"expiresIn"`
 	WhipEndpoint  string   `json:"whipEndpoint"`
+	SeatKey       string   `json:"seatKey"`
+	IsNewViewer   bool     `json:"isNewViewer"`
 }
 
 type stageData struct {

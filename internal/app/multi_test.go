@@ -622,7 +622,7 @@ func TestRedisRestart(t *testing.T) {
 	// the viewer's own stage.
 	for i, v := range vs {
 		r := c.instances[i%2].call(t, "POST", "/api/viewer/heartbeat", map[string]any{
-			"userId": v.user, "stageArn": v.token.StageArn, "participantId": v.token.ParticipantID,
+			"userId": v.user, "stageArn": v.token.StageArn, "participantId": v.token.ParticipantID, "seatKey": v.token.SeatKey,
 		})
 		if r.Status != http.StatusOK {
 			t.Fatalf("heartbeat of %s after the restart: %s", v.user, r)

@@ -20,6 +20,7 @@ import (
 
 	"github.com/aws/aws-sdk-go-v2/aws/arn"
 
+	"github.com/stagefleet/stagefleet/internal/emulator"
 	"github.com/stagefleet/stagefleet/internal/ivs"
 )
 
@@ -212,7 +213,11 @@ var settings = []setting{
 	{"HTTP_READ_TIMEOUT", "15s", "longest time to read a request, body included", func(c *Config, v string) error {
 		return duration(&c.HTTPReadTimeout, v, time.Second, 10*time.Minute)
 	}},
-	{"HTTP_WRITE_TIMEOUT", "30s", "longest time to answer a request; must exceed SEAT_WAIT", func(c *Config, v string) error {
+	{"HTTP_WRITE_TIMEOUT", "", "longest time to answer a request; must exceed SEAT_WAIT (empty: 30s, or SEAT_WAIT + 10s if longer)", func(c *Config, v string) error {
+		if v == "" {
+			c.HTTPWriteTimeout = 0
+			return nil
+		}
 		return duration(&c.HTTPWriteTimeout, v, time.Second, 10*time.Minute)
 	}},
 	{"HTTP_IDLE_TIMEOUT", "60s", "how long an idle keep-alive connection is kept open", func(c *Config, v string) error {
@@ -407,7 +412,7 @@ func (c Config) Mode() string {
 	return ModeEmulator
 }
 
-func (c Config) validate() error {
+func (c *Config) validate() error {
 	if c.MinIdleStages >= c.MaxStages {
 		return fmt.Errorf("MIN_IDLE_STAGES (%d) must be below MAX_STAGES (%d), which counts the origin", c.MinIdleStages, c.MaxStages)
 	}
@@ -440,28 +445,16 @@ func (c Config) validate() error {
 	if c.Mode() == ModeAWS && !c.AuthDisabled() && c.EventsSecret == "" && !c.SkipEventsAuth {
 		return errors.New("EVENTS_SECRET is required when using AWS: without it anyone can post IVS events that take a broadcast off the air. Set it, and send it from the EventBridge connection as header x-stagefleet-events-secret (or set SKIP_EVENTS_AUTH=true explicitly)")
 	}
-	if c.Mode() == ModeEmulator && !c.EmulatorAllowRemote && !isLoopback(c.EmulatorAddr) {
+	if c.Mode() == ModeEmulator && !c.EmulatorAllowRemote && !emulator.IsLoopbackAddr(c.EmulatorAddr) {
 		return fmt.Errorf("EMULATOR_ADDR %s is not a loopback address: the emulator takes any credentials and its control API resets everything. Use 127.0.0.1, or set EMULATOR_ALLOW_REMOTE=true", c.EmulatorAddr)
+	}
+	if c.HTTPWriteTimeout == 0 {
+		c.HTTPWriteTimeout = max(30*time.Second, c.SeatWait+10*time.Second)
 	}
 	if c.HTTPWriteTimeout <= c.SeatWait+time.Second {
 		return fmt.Errorf("HTTP_WRITE_TIMEOUT (%v) must exceed SEAT_WAIT (%v) by more than a second: a viewer waiting for a seat would be cut off", c.HTTPWriteTimeout, c.SeatWait)
 	}
 	return nil
-}
-
-// isLoopback says whether a host:port names a loopback address only
-// (localhost, 127.0.0.0/8, ::1); an empty or unspecified host is every
-// interface.
-func isLoopback(hostport string) bool {
-	host, _, err := net.SplitHostPort(hostport)
-	if err != nil {
-		return false
-	}
-	if host == "localhost" {
-		return true
-	}
-	a, err := netip.ParseAddr(host)
-	return err == nil && a.Unmap().IsLoopback()
 }
 
 // ListenHost is the address the API listens on: API_HOST when set, else

@@ -80,6 +80,13 @@ func TestLoadDefaults(t *testing.T) {
 		{"BroadcastIdleTimeout", c.BroadcastIdleTimeout, time.Hour},
 		{"HTTPReadTimeout", c.HTTPReadTimeout, 15 * time.Second},
 		{"HTTPWriteTimeout", c.HTTPWriteTimeout, 30 * time.Second},
+		{"HTTPWriteTimeout with a long SEAT_WAIT", func() time.Duration {
+			c, _, err := load(nil, map[string]string{"SEAT_WAIT": "45s"})
+			if err != nil {
+				return -1
+			}
+			return c.HTTPWriteTimeout
+		}(), 55 * time.Second},
 		{"HTTPIdleTimeout", c.HTTPIdleTimeout, time.Minute},
 		{"HTTPMaxHeaderBytes", c.HTTPMaxHeaderBytes, 16384},
 		{"HTTPMaxConnections", c.HTTPMaxConnections, 4096},

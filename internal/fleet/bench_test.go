@@ -150,6 +150,14 @@ func (c *countingStore) ListBroadcasts(ctx context.Context) ([]store.Broadcast, 
 	c.count("ListBroadcasts")
 	return c.inner.ListBroadcasts(ctx)
 }
+func (c *countingStore) PutBroadcast(ctx context.Context, b store.Broadcast) error {
+	c.count("PutBroadcast")
+	return c.inner.PutBroadcast(ctx, b)
+}
+func (c *countingStore) DeleteBroadcast(ctx context.Context, id string) ([]store.Seat, error) {
+	c.count("DeleteBroadcast")
+	return c.inner.DeleteBroadcast(ctx, id)
+}
 func (c *countingStore) PutStage(ctx context.Context, s store.Stage) error {
 	c.count("PutStage")
 	return c.inner.PutStage(ctx, s)
@@ -206,9 +214,9 @@ func (c *countingStore) ReserveSeat(ctx context.Context, r store.SeatRequest) (s
 	c.count("ReserveSeat")
 	return c.inner.ReserveSeat(ctx, r)
 }
-func (c *countingStore) RenewSeat(ctx context.Context, b, u string, now time.Time, ttl time.Duration) (store.Seat, error) {
+func (c *countingStore) RenewSeat(ctx context.Context, b, u string, o store.SeatOwner, now time.Time, ttl time.Duration) (store.Seat, error) {
 	c.count("RenewSeat")
-	return c.inner.RenewSeat(ctx, b, u, now, ttl)
+	return c.inner.RenewSeat(ctx, b, u, o, now, ttl)
 }
 func (c *countingStore) ReleaseSeat(ctx context.Context, b, u string) (store.Seat, error) {
 	c.count("ReleaseSeat")

@@ -133,6 +133,8 @@ type local struct {
 	// tried before createAfter. Both under mu.
 	createFails int
 	createAfter time.Time
+	// atQuota: scale-up was last held at STAGE_QUOTA (logged once).
+	atQuota bool
 	// yieldUntil: this instance leaves the lease to others until then
 	// (under mu).
 	yieldUntil time.Time
@@ -403,6 +405,22 @@ func (s *Service) scaleUp(ctx context.Context, v view, starts *budget) error {
 		// trouble): back off.
 		return nil
 	}
+	// Every broadcast of the deployment together stays within its stage
+	// quota: one broadcast's storm must not leave another no stage.
+	inUse, err := s.stagesInUse(ctx)
+	if err != nil {
+		return err
+	}
+	n = min(n, s.cfg.StageQuota-inUse)
+	if held := n <= 0; held != l.atQuota {
+		l.atQuota = held
+		if held {
+			s.log.Warn("scale-up held at STAGE_QUOTA", "broadcast", v.broadcast.ID, "stages", inUse, "quota", s.cfg.StageQuota)
+		}
+	}
+	if n <= 0 {
+		return nil
+	}
 	s.log.Info("scaling up", "broadcast", v.broadcast.ID, "stages", n, "free_seats", free, "upcoming_seats", upcoming, "headroom", headroom, "waiting", waiting)
 	errs := make([]error, n)
 	var wg sync.WaitGroup
@@ -426,7 +444,7 @@ func (s *Service) scaleUp(ctx context.Context, v view, starts *budget) error {
 func (s *Service) provision(ctx context.Context, v view, starts *budget) error {
 	b := v.broadcast.ID
 	started := s.now()
-	st, err := s.ivs.CreateStage(ctx, stageName(b, store.RoleReplica)+"-"+newParticipantID()[:8], stageTags(b, store.RoleReplica))
+	st, err := s.ivs.CreateStage(ctx, stageName(b, store.RoleReplica)+"-"+newParticipantID()[:8], s.stageTags(b, store.RoleReplica))
 	if err != nil {
 		return err
 	}

@@ -14,10 +14,13 @@ var (
 	ErrNotLive       = errors.New("host not live")
 	ErrNotPublishing = errors.New("host not publishing")
 	ErrForbidden     = errors.New("forbidden")
-	ErrStageFull     = errors.New("stage full")
-	ErrStageLimit    = errors.New("stage limit reached")
-	ErrToken         = errors.New("token generation failed")
-	ErrUnavailable   = errors.New("dependency unavailable")
+	// ErrConflict: the request names a resource in a state it does not
+	// match (another participant's seat).
+	ErrConflict    = errors.New("conflict")
+	ErrStageFull   = errors.New("stage full")
+	ErrStageLimit  = errors.New("stage limit reached")
+	ErrToken       = errors.New("token generation failed")
+	ErrUnavailable = errors.New("dependency unavailable")
 )
 
 // Error is a failure with a message meant for the API's caller.

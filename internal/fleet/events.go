@@ -61,6 +61,14 @@ func (s *Service) HandleEvent(ctx context.Context, ev Event) (EventResult, error
 	// Applied to the end even if the sender hangs up: half an event is
 	// worse than a late one.
 	ctx = context.WithoutCancel(ctx)
+	// Only events about stages of ours are remembered: anything else is
+	// dropped before it costs a de-duplication record.
+	if _, err := s.store.GetStage(ctx, ev.StageArn); errors.Is(err, store.ErrNotFound) {
+		return EventIgnored, nil
+	} else if err != nil {
+		return "", failWrap(ErrUnavailable, err, "reading stage %s", ev.StageArn)
+	}
+	ev.Time = s.eventTime(ev.Time)
 	first, err := s.store.FirstSeen(ctx, ev.ID, s.cfg.EventDedupTTL)
 	if err != nil {
 		return "", failWrap(ErrUnavailable, err, "recording event %s", ev.ID)
@@ -77,6 +85,18 @@ func (s *Service) HandleEvent(ctx context.Context, ev Event) (EventResult, error
 		return "", err
 	}
 	return res, nil
+}
+
+// eventTime is an event's time as the fleet orders events by: one dated
+// further ahead of this clock than EventMaxSkew (a sender's wrong clock, or
+// a forgery) counts as received now, so that it cannot make every later
+// event look stale.
+func (s *Service) eventTime(t time.Time) time.Time {
+	now := s.now()
+	if t.IsZero() || t.After(now.Add(s.cfg.EventMaxSkew)) {
+		return now
+	}
+	return t
 }
 
 func (s *Service) applyEvent(ctx context.Context, ev Event) (EventResult, error) {

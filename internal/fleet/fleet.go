@@ -18,11 +18,17 @@ import (
 	"github.com/stagefleet/stagefleet/internal/token"
 )
 
-// Tags that mark a stage as stagefleet's (DESIGN.md).
+// Tags that mark a stage as stagefleet's: whose broadcast it serves, in
+// which role, and for which deployment (several may share an account).
 const (
-	TagBroadcast = "stagefleet:broadcast"
-	TagRole      = "stagefleet:role"
+	TagBroadcast  = "stagefleet:broadcast"
+	TagRole       = "stagefleet:role"
+	TagDeployment = "stagefleet:deployment"
 )
+
+// DefaultDeployment is the deployment of stages tagged before the
+// deployment tag existed, and of a fleet configured with none.
+const DefaultDeployment = "default"
 
 // DefaultBroadcast is the broadcast of requests that name none.
 const DefaultBroadcast = "default"
@@ -86,6 +92,23 @@ type Config struct {
 	// renewed: another instance takes over a crashed one's broadcasts
 	// within it.
 	LeaseTTL time.Duration
+
+	// DeploymentID tells this deployment's stages from another's in the
+	// same account: only those are adopted, counted and deleted.
+	DeploymentID string
+	// EventMaxSkew: an event dated further ahead of the clock counts as
+	// received now.
+	EventMaxSkew time.Duration
+	// MaxBroadcasts bounds the broadcasts at once.
+	MaxBroadcasts int
+	// StageQuota bounds this deployment's stages, all broadcasts together.
+	StageQuota int
+	// BroadcastIdleTimeout ends a broadcast with no host and no viewer for
+	// this long (0: never).
+	BroadcastIdleTimeout time.Duration
+	// SeatKeySecret keys the seat keys that prove a seat to a heartbeat
+	// after the store lost it; nil: a random key made at start.
+	SeatKeySecret []byte
 }
 
 // Service is the fleet.
@@ -128,6 +151,18 @@ func New(cfg Config, st store.Store, i IVS, tokens token.Issuer, log *slog.Logge
 	}
 	if cfg.InstanceID == "" {
 		cfg.InstanceID = defaultInstanceID()
+	}
+	if cfg.DeploymentID == "" {
+		cfg.DeploymentID = DefaultDeployment
+	}
+	if cfg.MaxBroadcasts <= 0 {
+		cfg.MaxBroadcasts = 20
+	}
+	if cfg.StageQuota <= 0 {
+		cfg.StageQuota = 100
+	}
+	if len(cfg.SeatKeySecret) == 0 {
+		cfg.SeatKeySecret = []byte(rand.Text())
 	}
 	// A lease holder must be unique, even if two instances were given
 	// the same INSTANCE_ID: leases held by "the same" holder are renewed,
@@ -182,6 +217,9 @@ func (s *Service) origin(ctx context.Context, broadcastID string) (string, error
 		return "", failWrap(ErrUnavailable, err, "reading broadcast %s", broadcastID)
 	}
 	arn, err, _ := s.origins.Do(broadcastID, func() (any, error) {
+		if err := s.admitBroadcast(ctx, broadcastID); err != nil {
+			return "", err
+		}
 		return s.createOrigin(context.WithoutCancel(ctx), broadcastID)
 	})
 	if err != nil {
@@ -200,7 +238,7 @@ func (s *Service) createOrigin(ctx context.Context, broadcastID string) (string,
 		}
 	} else {
 		var err error
-		st, err = s.ivs.CreateStage(ctx, stageName(broadcastID, store.RoleOrigin), stageTags(broadcastID, store.RoleOrigin))
+		st, err = s.ivs.CreateStage(ctx, stageName(broadcastID, store.RoleOrigin), s.stageTags(broadcastID, store.RoleOrigin))
 		if err != nil {
 			return "", ivsFailure(err, "creating the origin stage of broadcast %s", broadcastID)
 		}
@@ -238,8 +276,22 @@ func stageName(broadcastID string, role store.Role) string {
 	return "stagefleet-" + broadcastID + "-" + string(role)
 }
 
-func stageTags(broadcastID string, role store.Role) map[string]string {
-	return map[string]string{TagBroadcast: broadcastID, TagRole: string(role)}
+func (s *Service) stageTags(broadcastID string, role store.Role) map[string]string {
+	return map[string]string{TagBroadcast: broadcastID, TagRole: string(role), TagDeployment: s.cfg.DeploymentID}
+}
+
+// ours says whether a stage is tagged as this deployment's: a stage of
+// another deployment in the same account is neither adopted, counted nor
+// deleted.
+func (s *Service) ours(st ivs.Stage) bool {
+	if st.Tags[TagBroadcast] == "" {
+		return false
+	}
+	d := st.Tags[TagDeployment]
+	if d == "" {
+		d = DefaultDeployment
+	}
+	return d == s.cfg.DeploymentID
 }
 
 // ivsFailure turns an IVS error into a fleet error with a message for the

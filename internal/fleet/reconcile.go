@@ -19,7 +19,7 @@ import (
 // on that, and replication states are read back from IVS.
 func (s *Service) Reconcile(ctx context.Context) error {
 	listed := s.now()
-	tagged, err := s.ivs.ListStages(ctx, func(st ivs.Stage) bool { return st.Tags[TagBroadcast] != "" })
+	tagged, err := s.ivs.ListStages(ctx, s.ours)
 	if err != nil {
 		return fmt.Errorf("listing tagged stages: %w", err)
 	}
@@ -53,7 +53,7 @@ func (s *Service) Reconcile(ctx context.Context) error {
 		// stage (after a lost store, every stage is unknown). One removed
 		// between this listing and its adoption leaves a record that the
 		// next reconcile drops.
-		still, err := s.ivs.ListStages(ctx, func(st ivs.Stage) bool { return st.Tags[TagBroadcast] != "" })
+		still, err := s.ivs.ListStages(ctx, s.ours)
 		if err != nil {
 			return fmt.Errorf("listing tagged stages again: %w", err)
 		}
@@ -132,6 +132,9 @@ func (s *Service) reconcileBroadcast(ctx context.Context, b store.Broadcast, lis
 	// that still wins.
 	seen := s.now()
 	present, err := s.originParticipants(ctx, b)
+	if errors.Is(err, ivs.ErrNotFound) {
+		return s.replaceLostOrigin(ctx, b)
+	}
 	if err != nil {
 		return fmt.Errorf("reading hosts back from IVS: %w", err)
 	}
@@ -140,6 +143,9 @@ func (s *Service) reconcileBroadcast(ctx context.Context, b store.Broadcast, lis
 		return err
 	}
 	err = s.applyHosts(held, b, present, seen)
+	if err == nil {
+		err = s.pruneHosts(held, b, present)
+	}
 	if err == nil {
 		// Act on what was repaired (a host found publishing gets its
 		// replications started) before reading replications back, so
@@ -158,10 +164,42 @@ func (s *Service) reconcileBroadcast(ctx context.Context, b store.Broadcast, lis
 	if err != nil {
 		return err
 	}
-	defer unlock()
-	if err := s.applyReplicas(held, b, active); err != nil {
+	err = s.applyReplicas(held, b, active)
+	var ended bool
+	if err == nil {
+		// Read again: the broadcast's IdleSince is kept in its record.
+		if cur, gerr := s.store.GetBroadcast(held, b.ID); gerr == nil {
+			ended, err = s.checkIdle(held, cur)
+		}
+	}
+	unlock()
+	if err != nil {
 		return fmt.Errorf("repairing replications: %w", err)
 	}
+	if ended {
+		if _, err := s.EndBroadcast(ctx, b.ID, "idle for BROADCAST_IDLE_TIMEOUT"); err != nil {
+			return fmt.Errorf("ending idle broadcast: %w", err)
+		}
+	}
+	return nil
+}
+
+// replaceLostOrigin replaces the origin of a broadcast that IVS no longer
+// has, under the broadcast's lock, if it is still the one found missing.
+func (s *Service) replaceLostOrigin(ctx context.Context, b store.Broadcast) error {
+	held, unlock, err := s.lock(ctx, b.ID, "reconcile: lost origin")
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	cur, err := s.store.GetBroadcast(held, b.ID)
+	if err != nil || cur.OriginArn != b.OriginArn {
+		return err
+	}
+	if err := s.replaceOrigin(held, cur); err != nil {
+		return fmt.Errorf("replacing the lost origin %s: %w", b.OriginArn, err)
+	}
+	s.kicks.kick(b.ID)
 	return nil
 }
 
@@ -246,7 +284,11 @@ func (s *Service) applyHosts(ctx context.Context, b store.Broadcast, present map
 	for _, h := range hosts {
 		p, ok := present[h.ParticipantID]
 		publishing := ok && p.Connected && p.Published
-		if publishing == h.Publishing || h.EventTime.After(seen) {
+		// An event applied since the listing began is newer than what it
+		// shows, unless its time is ahead of this clock: IVS's view as
+		// read now wins over a time that has not happened yet.
+		newer := h.EventTime.After(seen) && !h.EventTime.After(s.now())
+		if publishing == h.Publishing || newer {
 			continue
 		}
 		h.Publishing = publishing

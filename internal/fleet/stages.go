@@ -32,7 +32,7 @@ func (s *Service) CreateStage(ctx context.Context, broadcastID, name string, tag
 	if all == nil {
 		all = map[string]string{}
 	}
-	maps.Copy(all, stageTags(broadcastID, store.RoleManual))
+	maps.Copy(all, s.stageTags(broadcastID, store.RoleManual))
 	st, err := s.ivs.CreateStage(ctx, name, all)
 	if err != nil {
 		return StageView{}, ivsFailure(err, "creating stage %q", name)
@@ -198,25 +198,75 @@ type Replication struct {
 	ParticipantID string
 }
 
-// broadcastOf returns the broadcast a replication belongs to: the
-// destination's, else the source's, else the default.
-func (s *Service) broadcastOf(ctx context.Context, r Replication) string {
-	for _, arn := range []string{r.DestArn, r.SourceArn} {
-		if rec, err := s.store.GetStage(ctx, arn); err == nil {
-			return rec.BroadcastID
-		}
+// manualScope checks that both stages of a manual replication are
+// stagefleet's (a stranger's stage is not ours to replicate from or into)
+// and returns the broadcast it belongs to: the destination's.
+func (s *Service) manualScope(ctx context.Context, r Replication) (string, error) {
+	if r.SourceArn == r.DestArn {
+		return "", fail(ErrInvalid, "sourceStageArn and destinationStageArn must be different stages")
 	}
-	return DefaultBroadcast
+	if _, err := s.record(ctx, r.SourceArn); err != nil {
+		return "", err
+	}
+	dest, err := s.record(ctx, r.DestArn)
+	if err != nil {
+		return "", err
+	}
+	return dest.BroadcastID, nil
 }
 
-// StartReplication starts a host replication by hand. Starting one that
-// runs already is a success. A host that is not publishing is refused with
-// IVS's own message and nothing is recorded.
-func (s *Service) StartReplication(ctx context.Context, r Replication) (store.Replication, error) {
-	if r.SourceArn == r.DestArn {
-		return store.Replication{}, fail(ErrInvalid, "sourceStageArn and destinationStageArn must be different stages")
+// closesCycle says whether replicating from src into dest would close a
+// loop: dest already reaches src through replications recorded in any
+// broadcast.
+func (s *Service) closesCycle(ctx context.Context, src, dest string) (bool, error) {
+	bs, err := s.store.ListBroadcasts(ctx)
+	if err != nil {
+		return false, err
 	}
-	b := s.broadcastOf(ctx, r)
+	into := map[string][]string{} // source -> destinations
+	for _, b := range bs {
+		reps, err := s.store.ListReplications(ctx, b.ID)
+		if err != nil {
+			return false, err
+		}
+		for _, r := range reps {
+			if r.State != store.ReplStopped {
+				into[r.SourceArn] = append(into[r.SourceArn], r.DestArn)
+			}
+		}
+	}
+	seen := map[string]bool{dest: true}
+	for next := []string{dest}; len(next) > 0; {
+		at := next[len(next)-1]
+		next = next[:len(next)-1]
+		if at == src {
+			return true, nil
+		}
+		for _, d := range into[at] {
+			if !seen[d] {
+				seen[d] = true
+				next = append(next, d)
+			}
+		}
+	}
+	return false, nil
+}
+
+// StartReplication starts a host replication by hand, between two of
+// stagefleet's stages. Starting one that runs already is a success. A host
+// that is not publishing is refused with IVS's own message and nothing is
+// recorded, and so is a replication that would close a loop.
+func (s *Service) StartReplication(ctx context.Context, r Replication) (store.Replication, error) {
+	b, err := s.manualScope(ctx, r)
+	if err != nil {
+		return store.Replication{}, err
+	}
+	switch cycle, err := s.closesCycle(ctx, r.SourceArn, r.DestArn); {
+	case err != nil:
+		return store.Replication{}, failWrap(ErrUnavailable, err, "reading replications")
+	case cycle:
+		return store.Replication{}, fail(ErrForbidden, "replicating from %s into %s would close a loop: %s already reaches %s through replications", r.SourceArn, r.DestArn, r.DestArn, r.SourceArn)
+	}
 	ctx, unlock, err := s.lock(ctx, b, "manual replication")
 	if err != nil {
 		return store.Replication{}, err
@@ -254,7 +304,10 @@ func (s *Service) StopReplication(ctx context.Context, r Replication) error {
 	if dest, err := s.store.GetStage(ctx, r.DestArn); err == nil && dest.Role == store.RoleReplica {
 		return fail(ErrForbidden, "stage %s is a replica stage stagefleet manages: it replicates every host while it exists; it is removed when it empties", r.DestArn)
 	}
-	b := s.broadcastOf(ctx, r)
+	b, err := s.manualScope(ctx, r)
+	if err != nil {
+		return err
+	}
 	ctx, unlock, err := s.lock(ctx, b, "manual replication")
 	if err != nil {
 		return err
@@ -349,6 +402,18 @@ func (s *Service) Broadcasts(ctx context.Context) ([]store.Broadcast, error) {
 		return nil, failWrap(ErrUnavailable, err, "listing broadcasts")
 	}
 	return bs, nil
+}
+
+// Broadcast returns one broadcast's record.
+func (s *Service) Broadcast(ctx context.Context, id string) (store.Broadcast, error) {
+	b, err := s.store.GetBroadcast(ctx, id)
+	if errors.Is(err, store.ErrNotFound) {
+		return store.Broadcast{}, fail(ErrNotFound, "there is no broadcast %s", id)
+	}
+	if err != nil {
+		return store.Broadcast{}, failWrap(ErrUnavailable, err, "reading broadcast %s", id)
+	}
+	return b, nil
 }
 
 // Now is the fleet's clock, for views that compute durations.

@@ -2,7 +2,11 @@ package fleet
 
 import (
 	"context"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/base64"
 	"errors"
+	"fmt"
 	"time"
 
 	"github.com/stagefleet/stagefleet/internal/store"
@@ -26,6 +30,11 @@ type IssuedToken struct {
 	ExpiresAt     time.Time
 	// WhipURL is where a host publishes with WHIP.
 	WhipURL string
+	// SeatKey (viewers) proves the seat to a heartbeat after the store
+	// lost it.
+	SeatKey string
+	// NewSeat (viewers) says the seat was taken by this request, not kept.
+	NewSeat bool
 }
 
 // PublisherToken gives a host a publish token for the broadcast's origin
@@ -74,19 +83,26 @@ func (s *Service) PublisherToken(ctx context.Context, broadcastID, userID string
 // it a subscribe token for the seat's stage. A viewer that has a seat keeps
 // it. With no seat free it waits up to SeatWait for one.
 func (s *Service) ViewerToken(ctx context.Context, broadcastID, userID, stageArn string) (IssuedToken, error) {
-	req := store.SeatRequest{
+	return s.seat(ctx, store.SeatRequest{
 		BroadcastID:   broadcastID,
 		UserID:        userID,
 		StageArn:      stageArn,
 		ParticipantID: newParticipantID(),
 		TTL:           s.cfg.HeartbeatTimeout,
-	}
+	})
+}
+
+// seat takes the seat req asks for (or keeps the viewer's) and issues its
+// token.
+func (s *Service) seat(ctx context.Context, req store.SeatRequest) (IssuedToken, error) {
+	broadcastID, userID := req.BroadcastID, req.UserID
 	arrived := s.now()
 	seat, err := s.reserve(ctx, req)
 	if err != nil {
 		return IssuedToken{}, err
 	}
-	if seat.ParticipantID == req.ParticipantID {
+	isNew := seat.ParticipantID == req.ParticipantID && !seat.TakenAt.Before(arrived)
+	if isNew {
 		// The join rate measures arrivals, so a join counts as of when
 		// the viewer asked: one that waited for a stage counts for
 		// little, having been counted as waiting meanwhile. Counted when
@@ -105,7 +121,7 @@ func (s *Service) ViewerToken(ctx context.Context, broadcastID, userID, stageArn
 	})
 	if err != nil {
 		// Nothing half-written: a seat just taken goes back.
-		if seat.ParticipantID == req.ParticipantID {
+		if isNew {
 			if _, rerr := s.store.ReleaseSeat(context.WithoutCancel(ctx), broadcastID, userID); rerr != nil {
 				s.log.Error("releasing seat after token failure", "broadcast", broadcastID, "user", userID, "error", rerr)
 			}
@@ -121,6 +137,8 @@ func (s *Service) ViewerToken(ctx context.Context, broadcastID, userID, stageArn
 		BroadcastID:   broadcastID,
 		Capabilities:  []string{CapSubscribe},
 		ExpiresAt:     tok.ExpiresAt,
+		SeatKey:       s.SeatKey(broadcastID, userID, seat.StageArn, seat.ParticipantID),
+		NewSeat:       isNew,
 	}, nil
 }
 
@@ -187,6 +205,13 @@ func (s *Service) noSeat(ctx context.Context, broadcastID string) error {
 			RetryAfter: retry,
 		}
 	}
+	if inUse, err := s.stagesInUse(ctx); err == nil && inUse >= s.cfg.StageQuota {
+		return &Error{
+			Kind:       ErrStageLimit,
+			Msg:        "broadcast " + broadcastID + " is full and this deployment has reached its limit of stages (STAGE_QUOTA); try again later",
+			RetryAfter: retry,
+		}
+	}
 	return &Error{
 		Kind:       ErrStageFull,
 		Msg:        "every stage of broadcast " + broadcastID + " is full; try again shortly",
@@ -194,9 +219,13 @@ func (s *Service) noSeat(ctx context.Context, broadcastID string) error {
 	}
 }
 
-// MediaServerToken gives a media server a publish and subscribe token for a
-// stage.
+// MediaServerToken gives a media server a publish and subscribe token for
+// one of stagefleet's stages (so in its own account and region), never for
+// a stranger's.
 func (s *Service) MediaServerToken(ctx context.Context, serverID, stageArn string) (IssuedToken, error) {
+	if _, err := s.record(ctx, stageArn); err != nil {
+		return IssuedToken{}, err
+	}
 	tok, err := s.tokens.Issue(ctx, token.Request{
 		StageArn:      stageArn,
 		ParticipantID: newParticipantID(),
@@ -220,53 +249,108 @@ func (s *Service) MediaServerToken(ctx context.Context, serverID, stageArn strin
 	}, nil
 }
 
-// Heartbeat renews a viewer's seat. A viewer that names its stage and
-// participant id (those of its token) and whose seat is gone (Redis came
-// back empty, or the lease ran out) takes a seat on that stage again, if
-// it still takes viewers and has room: it goes on watching where it is.
-func (s *Service) Heartbeat(ctx context.Context, broadcastID, userID, stageArn, participantID string) (store.Seat, error) {
-	seat, err := s.store.RenewSeat(ctx, broadcastID, userID, s.now(), s.cfg.HeartbeatTimeout)
-	if errors.Is(err, store.ErrNotFound) && stageArn != "" && participantID != "" {
-		seat, err = s.store.ReserveSeat(ctx, store.SeatRequest{
-			BroadcastID: broadcastID, UserID: userID, StageArn: stageArn, ParticipantID: participantID,
-			Now: s.now(), TTL: s.cfg.HeartbeatTimeout,
-		})
-		switch {
-		case err == nil:
-			s.log.Info("seat re-established by heartbeat", "broadcast", broadcastID, "stage", stageArn, "user", userID)
-			return seat, nil
-		case errors.Is(err, store.ErrFull), errors.Is(err, store.ErrNotEligible), errors.Is(err, store.ErrNotFound), errors.Is(err, store.ErrNotLive):
-			return store.Seat{}, fail(ErrNotFound, "viewer %s has no seat in broadcast %s, and stage %s cannot take it back (%v); request a viewer token", userID, broadcastID, stageArn, err)
-		}
-	}
-	if errors.Is(err, store.ErrNotFound) {
-		return store.Seat{}, fail(ErrNotFound, "viewer %s has no seat in broadcast %s (expired or left); request a viewer token", userID, broadcastID)
-	}
-	if err != nil {
-		return store.Seat{}, failWrap(ErrUnavailable, err, "renewing the seat")
-	}
-	return seat, nil
+// SeatProof is what a heartbeat or a rejoin shows of the seat it is for:
+// the participant id and stage of the viewer's token, and the seat key
+// returned with it.
+type SeatProof struct {
+	StageArn      string
+	ParticipantID string
+	SeatKey       string
 }
 
-// Leave frees a viewer's seat.
-func (s *Service) Leave(ctx context.Context, broadcastID, userID string) (store.Seat, error) {
-	seat, err := s.store.ReleaseSeat(ctx, broadcastID, userID)
+// SeatKey is the proof that this service seated participantID on stageArn
+// for userID: an HMAC under SeatKeySecret, so that any instance sharing the
+// secret can check it without a record.
+func (s *Service) SeatKey(broadcastID, userID, stageArn, participantID string) string {
+	m := hmac.New(sha256.New, s.cfg.SeatKeySecret)
+	for _, f := range []string{broadcastID, userID, stageArn, participantID} {
+		// Length-prefixed, so that no two field lists hash alike.
+		fmt.Fprintf(m, "%d:%s;", len(f), f)
+	}
+	return base64.RawURLEncoding.EncodeToString(m.Sum(nil))
+}
+
+func (s *Service) validSeatKey(broadcastID, userID string, p SeatProof) bool {
+	if p.SeatKey == "" || p.StageArn == "" || p.ParticipantID == "" {
+		return false
+	}
+	want := s.SeatKey(broadcastID, userID, p.StageArn, p.ParticipantID)
+	return hmac.Equal([]byte(p.SeatKey), []byte(want))
+}
+
+// Heartbeat renews a viewer's seat, only if the seat is the one the viewer
+// names (its participant id, and its stage when given): nobody renews a
+// seat that is not theirs. A seat that is gone (the store came back empty,
+// or the lease ran out) is taken again on the same stage only with its
+// seat key, the proof that this service seated that participant there: a
+// heartbeat never makes a seat from a participant id alone.
+func (s *Service) Heartbeat(ctx context.Context, broadcastID, userID string, p SeatProof) (store.Seat, error) {
+	owner := store.SeatOwner{ParticipantID: p.ParticipantID, StageArn: p.StageArn}
+	seat, err := s.store.RenewSeat(ctx, broadcastID, userID, owner, s.now(), s.cfg.HeartbeatTimeout)
+	switch {
+	case err == nil:
+		return seat, nil
+	case errors.Is(err, store.ErrNotOwner):
+		return store.Seat{}, fail(ErrConflict, "viewer %s's seat in broadcast %s belongs to another participant or stage than %s; request a viewer token", userID, broadcastID, p.ParticipantID)
+	case !errors.Is(err, store.ErrNotFound):
+		return store.Seat{}, failWrap(ErrUnavailable, err, "renewing the seat")
+	case !s.validSeatKey(broadcastID, userID, p):
+		return store.Seat{}, fail(ErrNotFound, "viewer %s has no seat in broadcast %s (expired or left); request a viewer token, or send the seatKey returned with it", userID, broadcastID)
+	}
+	seat, err = s.store.ReserveSeat(ctx, store.SeatRequest{
+		BroadcastID: broadcastID, UserID: userID, StageArn: p.StageArn, ParticipantID: p.ParticipantID,
+		Now: s.now(), TTL: s.cfg.HeartbeatTimeout,
+	})
+	switch {
+	case err == nil:
+		s.log.Info("seat re-established by heartbeat", "broadcast", broadcastID, "stage", p.StageArn, "user", userID)
+		return seat, nil
+	case errors.Is(err, store.ErrFull), errors.Is(err, store.ErrNotEligible), errors.Is(err, store.ErrNotFound), errors.Is(err, store.ErrNotLive):
+		return store.Seat{}, fail(ErrNotFound, "viewer %s has no seat in broadcast %s, and stage %s cannot take it back (%v); request a viewer token", userID, broadcastID, p.StageArn, err)
+	}
+	return store.Seat{}, failWrap(ErrUnavailable, err, "taking the seat back")
+}
+
+// Leave frees a viewer's seat. Leaving without a seat is no error: the
+// viewer is gone either way. left says whether a seat was freed.
+func (s *Service) Leave(ctx context.Context, broadcastID, userID string) (seat store.Seat, left bool, err error) {
+	seat, err = s.store.ReleaseSeat(ctx, broadcastID, userID)
 	if errors.Is(err, store.ErrNotFound) {
-		return store.Seat{}, fail(ErrNotFound, "viewer %s has no seat in broadcast %s", userID, broadcastID)
+		return store.Seat{}, false, nil
 	}
 	if err != nil {
-		return store.Seat{}, failWrap(ErrUnavailable, err, "freeing the seat")
+		return store.Seat{}, false, failWrap(ErrUnavailable, err, "freeing the seat")
 	}
 	s.seatsChanged()
-	return seat, nil
+	return seat, true, nil
 }
 
-// Rejoin frees the viewer's seat, if any, and takes one again.
-func (s *Service) Rejoin(ctx context.Context, broadcastID, userID, stageArn string) (IssuedToken, error) {
-	if _, err := s.store.ReleaseSeat(ctx, broadcastID, userID); err == nil {
-		s.seatsChanged()
-	} else if !errors.Is(err, store.ErrNotFound) {
-		return IssuedToken{}, failWrap(ErrUnavailable, err, "freeing the old seat")
+// Rejoin is a viewer, whose token may still be valid, saying it is (back)
+// on stageArn as participantID: it keeps its seat if the seat is that one,
+// else it is seated there as that participant (recorded, not minted anew),
+// giving up any other seat it held. Without a participant id it is a
+// viewer token request.
+func (s *Service) Rejoin(ctx context.Context, broadcastID, userID, stageArn, participantID string) (IssuedToken, error) {
+	if participantID == "" {
+		return s.ViewerToken(ctx, broadcastID, userID, stageArn)
 	}
-	return s.ViewerToken(ctx, broadcastID, userID, stageArn)
+	owner := store.SeatOwner{ParticipantID: participantID, StageArn: stageArn}
+	_, err := s.store.RenewSeat(ctx, broadcastID, userID, owner, s.now(), s.cfg.HeartbeatTimeout)
+	switch {
+	case err == nil:
+	case errors.Is(err, store.ErrNotOwner):
+		if _, err := s.store.ReleaseSeat(ctx, broadcastID, userID); err != nil && !errors.Is(err, store.ErrNotFound) {
+			return IssuedToken{}, failWrap(ErrUnavailable, err, "freeing the old seat")
+		}
+		s.seatsChanged()
+	case !errors.Is(err, store.ErrNotFound):
+		return IssuedToken{}, failWrap(ErrUnavailable, err, "renewing the seat")
+	}
+	return s.seat(ctx, store.SeatRequest{
+		BroadcastID:   broadcastID,
+		UserID:        userID,
+		StageArn:      stageArn,
+		ParticipantID: participantID,
+		TTL:           s.cfg.HeartbeatTimeout,
+	})
 }

@@ -398,6 +398,15 @@ func (c *Client) ImportPublicKey(ctx context.Context, name, pemKey string) (stri
 	return aws.ToString(out.PublicKey.Arn), nil
 }
 
+// GetPublicKey reads an imported public key: ErrNotFound once IVS no
+// longer holds it, and then no token signed with its private half is
+// accepted.
+func (c *Client) GetPublicKey(ctx context.Context, arn string) error {
+	const op = "GetPublicKey"
+	_, err := c.api.GetPublicKey(ctx, &ivsrealtime.GetPublicKeyInput{Arn: aws.String(arn)})
+	return wrap(op, err)
+}
+
 // Issue makes a token with CreateParticipantToken: the fallback when no
 // signing key is configured. IVS picks the participant id.
 func (c *Client) Issue(ctx context.Context, req token.Request) (token.Token, error) {

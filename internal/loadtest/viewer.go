@@ -21,6 +21,8 @@ type viewer struct {
 
 	stageArn      string
 	participantID string
+	// seatKey proves the seat to heartbeats.
+	seatKey string
 }
 
 // play plays the viewer's plan from start. settle is called once the viewer
@@ -97,7 +99,8 @@ func (v *viewer) takeSeat(ctx context.Context) (string, bool) {
 	body := map[string]string{"userId": v.userID, "broadcastId": v.broadcast}
 	for {
 		var tok struct {
-			Token string `json:"token"`
+			Token   string `json:"token"`
+			SeatKey string `json:"seatKey"`
 		}
 		res, err := v.c.callAPI(ctx, http.MethodPost, "/api/token/viewer", body, &tok)
 		if err != nil {
@@ -109,6 +112,7 @@ func (v *viewer) takeSeat(ctx context.Context) (string, bool) {
 		switch res.Status {
 		case http.StatusOK:
 			v.rec.tokenAnswered(res.Elapsed)
+			v.seatKey = tok.SeatKey
 			return tok.Token, true
 		case http.StatusServiceUnavailable, http.StatusTooManyRequests, http.StatusNotFound:
 			v.rec.refuse(res.Code, res.Status)
@@ -151,7 +155,10 @@ func (v *viewer) join(ctx context.Context, token string) bool {
 func (v *viewer) watch(ctx context.Context, leave <-chan time.Time, leaveAll <-chan struct{}) {
 	tick := time.NewTicker(v.cfg.Heartbeat)
 	defer tick.Stop()
-	body := map[string]string{"userId": v.userID, "broadcastId": v.broadcast}
+	// The seat is the token's participant's: a heartbeat names it, and
+	// carries the seat key that takes the seat back if the store lost it.
+	body := map[string]string{"userId": v.userID, "broadcastId": v.broadcast,
+		"stageArn": v.stageArn, "participantId": v.participantID, "seatKey": v.seatKey}
 	for {
 		select {
 		case <-ctx.Done():

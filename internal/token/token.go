@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/golang-jwt/jwt/v5"
@@ -66,7 +67,8 @@ type capabilities struct {
 // SelfSigned signs tokens with a private key whose public half was
 // registered with ImportPublicKey.
 type SelfSigned struct {
-	keyArn string
+	// keyArn changes when the public key is imported again (IVS lost it).
+	keyArn atomic.Pointer[string]
 	key    *ecdsa.PrivateKey
 	now    func() time.Time
 }
@@ -79,8 +81,21 @@ func NewSelfSigned(keyArn string, key *ecdsa.PrivateKey) (*SelfSigned, error) {
 	if keyArn == "" {
 		return nil, errors.New("token signing key needs the ARN IVS gave its public key")
 	}
-	return &SelfSigned{keyArn: keyArn, key: key, now: time.Now}, nil
+	s := &SelfSigned{key: key, now: time.Now}
+	s.keyArn.Store(&keyArn)
+	return s, nil
 }
+
+// KeyArn is the ARN of the imported public key tokens name now.
+func (s *SelfSigned) KeyArn() string { return *s.keyArn.Load() }
+
+// SetKeyArn makes tokens from now on name arn: the same public key,
+// imported again.
+func (s *SelfSigned) SetKeyArn(arn string) { s.keyArn.Store(&arn) }
+
+// PublicKeyPEM is the public half of the signing key, as ImportPublicKey
+// takes it.
+func (s *SelfSigned) PublicKeyPEM() (string, error) { return PublicKeyPEM(s.key) }
 
 // Issue signs a token; it never blocks on the network.
 func (s *SelfSigned) Issue(_ context.Context, req Request) (Token, error) {
@@ -105,7 +120,7 @@ func (s *SelfSigned) Issue(_ context.Context, req Request) (Token, error) {
 		Version:      "1.0",
 	}
 	t := jwt.NewWithClaims(jwt.SigningMethodES384, c)
-	t.Header["kid"] = s.keyArn
+	t.Header["kid"] = s.KeyArn()
 	signed, err := t.SignedString(s.key)
 	if err != nil {
 		return Token{}, fmt.Errorf("sign participant token: %w", err)

@@ -1,0 +1,302 @@
+package fleet
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/stagefleet/stagefleet/internal/ivs"
+	"github.com/stagefleet/stagefleet/internal/store"
+)
+
+// Ended is what ending a broadcast removed.
+type Ended struct {
+	BroadcastID   string
+	StagesDeleted int
+	SeatsFreed    int
+}
+
+// EndBroadcast takes a broadcast off the air for good: its stages stop
+// taking viewers, every stage of it is deleted in IVS (which stops the
+// replications into it), and its records, seats and hosts are dropped.
+// An origin given by MASTER_STAGE_ARN is not stagefleet's to delete: it
+// is only forgotten. A failure part-way leaves the broadcast with the
+// stages not yet deleted, and ending it again finishes the work.
+func (s *Service) EndBroadcast(ctx context.Context, broadcastID, reason string) (Ended, error) {
+	ctx, unlock, err := s.lock(ctx, broadcastID, "end broadcast")
+	if err != nil {
+		return Ended{}, err
+	}
+	defer unlock()
+	if _, err := s.store.GetBroadcast(ctx, broadcastID); errors.Is(err, store.ErrNotFound) {
+		return Ended{}, fail(ErrNotFound, "there is no broadcast %s", broadcastID)
+	} else if err != nil {
+		return Ended{}, failWrap(ErrUnavailable, err, "reading broadcast %s", broadcastID)
+	}
+	stages, err := s.store.ListStages(ctx, broadcastID)
+	if err != nil {
+		return Ended{}, failWrap(ErrUnavailable, err, "listing stages")
+	}
+	// Nobody is seated while the stages go.
+	for _, st := range stages {
+		if err := s.store.SetSeatable(ctx, st.Arn, false); err != nil && !errors.Is(err, store.ErrNotFound) {
+			return Ended{}, failWrap(ErrUnavailable, err, "closing stage %s", st.Arn)
+		}
+	}
+	end := Ended{BroadcastID: broadcastID}
+	// Replicas first, the origin last: a replica never outlives its
+	// source by more than this call.
+	for i := len(stages) - 1; i >= 0; i-- {
+		st := stages[i]
+		if st.Arn != s.cfg.OriginArn {
+			if err := s.ivs.DeleteStage(ctx, st.Arn); err != nil && !errors.Is(err, ivs.ErrNotFound) {
+				return end, ivsFailure(err, "deleting stage %s of broadcast %s (ending it again finishes the work)", st.Arn, broadcastID)
+			}
+			end.StagesDeleted++
+		}
+		freed, err := s.store.DeleteStage(ctx, st.Arn)
+		if err != nil && !errors.Is(err, store.ErrNotFound) {
+			return end, failWrap(ErrUnavailable, err, "dropping the record of %s", st.Arn)
+		}
+		end.SeatsFreed += len(freed)
+		s.provisionStart.Delete(st.Arn)
+	}
+	freed, err := s.store.DeleteBroadcast(ctx, broadcastID)
+	if err != nil && !errors.Is(err, store.ErrNotFound) {
+		return end, failWrap(ErrUnavailable, err, "dropping broadcast %s", broadcastID)
+	}
+	end.SeatsFreed += len(freed)
+	s.locals.Delete(broadcastID)
+	s.seatsChanged()
+	s.log.Info("broadcast ended", "broadcast", broadcastID, "reason", reason, "stages_deleted", end.StagesDeleted, "seats_freed", end.SeatsFreed)
+	return end, nil
+}
+
+// admitBroadcast refuses a new broadcast beyond MAX_BROADCASTS, or one
+// whose origin would pass the deployment's stage quota. Instances check
+// this each on their own, so concurrent first host tokens on several
+// instances may pass the bound by as many.
+func (s *Service) admitBroadcast(ctx context.Context, broadcastID string) error {
+	bs, err := s.store.ListBroadcasts(ctx)
+	if err != nil {
+		return failWrap(ErrUnavailable, err, "listing broadcasts")
+	}
+	if len(bs) >= s.cfg.MaxBroadcasts {
+		return &Error{
+			Kind:       ErrStageLimit,
+			Msg:        fmt.Sprintf("broadcast %s cannot start: %d broadcasts are live, the limit MAX_BROADCASTS; end one (DELETE /api/broadcasts/{id}) or raise MAX_BROADCASTS", broadcastID, len(bs)),
+			RetryAfter: time.Minute,
+		}
+	}
+	return s.admitStages(ctx, 1)
+}
+
+// admitStages refuses n more stages beyond STAGE_QUOTA, counted over every
+// broadcast of this deployment.
+func (s *Service) admitStages(ctx context.Context, n int) error {
+	inUse, err := s.stagesInUse(ctx)
+	if err != nil {
+		return err
+	}
+	if inUse+n > s.cfg.StageQuota {
+		return &Error{
+			Kind:       ErrStageLimit,
+			Msg:        fmt.Sprintf("this deployment holds %d stages, and STAGE_QUOTA is %d; end a broadcast or raise STAGE_QUOTA (and the account's IVS quota)", inUse, s.cfg.StageQuota),
+			RetryAfter: time.Minute,
+		}
+	}
+	return nil
+}
+
+// stagesInUse counts the stages recorded for every broadcast.
+func (s *Service) stagesInUse(ctx context.Context) (int, error) {
+	bs, err := s.store.ListBroadcasts(ctx)
+	if err != nil {
+		return 0, failWrap(ErrUnavailable, err, "listing broadcasts")
+	}
+	n := 0
+	for _, b := range bs {
+		stages, err := s.store.ListStages(ctx, b.ID)
+		if err != nil {
+			return 0, failWrap(ErrUnavailable, err, "listing stages of %s", b.ID)
+		}
+		n += len(stages)
+	}
+	return n, nil
+}
+
+// checkIdle ends a broadcast that has had no host publishing, no host
+// token issued and no viewer seated for BroadcastIdleTimeout, and keeps its
+// IdleSince up to date. The caller holds the broadcast's lock.
+func (s *Service) checkIdle(ctx context.Context, b store.Broadcast) (ended bool, err error) {
+	if s.cfg.BroadcastIdleTimeout <= 0 {
+		return false, nil
+	}
+	now := s.now()
+	idle, err := s.idle(ctx, b, now)
+	if err != nil {
+		return false, err
+	}
+	switch {
+	case !idle && b.IdleSince.IsZero(), idle && !b.IdleSince.IsZero() && now.Sub(b.IdleSince) < s.cfg.BroadcastIdleTimeout:
+		return false, nil
+	case !idle:
+		b.IdleSince = time.Time{}
+	case b.IdleSince.IsZero():
+		b.IdleSince = now
+	default:
+		return true, nil
+	}
+	if err := s.store.PutBroadcast(ctx, b); err != nil && !errors.Is(err, store.ErrNotFound) {
+		return false, err
+	}
+	return false, nil
+}
+
+func (s *Service) idle(ctx context.Context, b store.Broadcast, now time.Time) (bool, error) {
+	hosts, err := s.store.ListHosts(ctx, b.ID)
+	if err != nil {
+		return false, err
+	}
+	for _, h := range hosts {
+		if h.Publishing || now.Sub(h.JoinedAt) < s.cfg.BroadcastIdleTimeout {
+			return false, nil
+		}
+	}
+	stages, err := s.store.ListStages(ctx, b.ID)
+	if err != nil {
+		return false, err
+	}
+	for _, st := range stages {
+		if st.Seats > 0 {
+			return false, nil
+		}
+	}
+	return true, nil
+}
+
+// replaceOrigin gives a broadcast whose origin IVS no longer has a new one.
+// The hosts' tokens name the lost stage, so their records go with it; the
+// broadcast records when and what was replaced, for publisher-info and
+// health to tell the hosts to ask for new tokens. The caller holds the
+// broadcast's lock.
+func (s *Service) replaceOrigin(ctx context.Context, b store.Broadcast) error {
+	st, err := s.ivs.CreateStage(ctx, stageName(b.ID, store.RoleOrigin), s.stageTags(b.ID, store.RoleOrigin))
+	if err != nil {
+		return fmt.Errorf("creating a new origin: %w", err)
+	}
+	now := s.now()
+	rec := store.Stage{Arn: st.Arn, BroadcastID: b.ID, Role: store.RoleOrigin, Name: st.Name, Capacity: s.cfg.StageCapacity, CreatedAt: now}
+	if err := s.store.PutStage(ctx, rec); err != nil {
+		if derr := s.ivs.DeleteStage(context.WithoutCancel(ctx), st.Arn); derr != nil {
+			s.log.Error("deleting unrecorded origin stage", "stage", st.Arn, "error", derr)
+		}
+		return fmt.Errorf("recording the new origin: %w", err)
+	}
+	lost := b.OriginArn
+	b.OriginArn, b.ReplacedOriginArn, b.OriginReplacedAt = st.Arn, lost, now
+	if err := s.store.PutBroadcast(ctx, b); err != nil {
+		return fmt.Errorf("recording the new origin of %s: %w", b.ID, err)
+	}
+	freed, err := s.store.DeleteStage(ctx, lost)
+	if err != nil && !errors.Is(err, store.ErrNotFound) {
+		return fmt.Errorf("dropping the lost origin's record: %w", err)
+	}
+	hosts, err := s.store.ListHosts(ctx, b.ID)
+	if err != nil {
+		return err
+	}
+	for _, h := range hosts {
+		if h.StageArn == lost {
+			if err := s.store.DeleteHost(ctx, b.ID, h.ParticipantID); err != nil && !errors.Is(err, store.ErrNotFound) {
+				return err
+			}
+		}
+	}
+	reps, err := s.store.ListReplications(ctx, b.ID)
+	if err != nil {
+		return err
+	}
+	for _, r := range reps {
+		if r.SourceArn == lost {
+			if err := s.store.DeleteReplication(ctx, b.ID, r.ParticipantID, r.DestArn); err != nil && !errors.Is(err, store.ErrNotFound) {
+				return err
+			}
+		}
+	}
+	s.log.Warn("origin stage gone from IVS; a new one was created: hosts need new publisher tokens",
+		"broadcast", b.ID, "lost_stage", lost, "stage", st.Arn, "seats_freed", len(freed))
+	return nil
+}
+
+// pruneHosts drops the records of hosts that are gone: seen once (an event
+// or reconcile recorded them) and now neither publishing nor in the
+// origin, or never seen and given their token longer ago than it lasts.
+// The caller holds the broadcast's lock; present is the origin's
+// participants as IVS shows them.
+func (s *Service) pruneHosts(ctx context.Context, b store.Broadcast, present map[string]ivs.Participant) error {
+	hosts, err := s.store.ListHosts(ctx, b.ID)
+	if err != nil {
+		return err
+	}
+	now := s.now()
+	pruned := map[string]bool{}
+	for _, h := range hosts {
+		p, here := present[h.ParticipantID]
+		if h.Publishing || (here && p.Connected) {
+			continue
+		}
+		seen := !h.EventTime.IsZero()
+		if !seen && now.Sub(h.JoinedAt) < s.cfg.PublisherTTL {
+			continue
+		}
+		if err := s.store.DeleteHost(ctx, b.ID, h.ParticipantID); err != nil && !errors.Is(err, store.ErrNotFound) {
+			return err
+		}
+		pruned[h.ParticipantID] = true
+		s.log.Info("host record pruned", "broadcast", b.ID, "participant", h.ParticipantID, "user", h.UserID)
+	}
+	if len(pruned) == 0 {
+		return nil
+	}
+	// Their replications end with them (IVS stops them once the reconnect
+	// window passes); a record still active is left for reconcile to read
+	// back first.
+	reps, err := s.store.ListReplications(ctx, b.ID)
+	if err != nil {
+		return err
+	}
+	for _, r := range reps {
+		if !pruned[r.ParticipantID] || r.State == store.ReplActive || r.State == store.ReplStarting {
+			continue
+		}
+		if err := s.store.DeleteReplication(ctx, b.ID, r.ParticipantID, r.DestArn); err != nil && !errors.Is(err, store.ErrNotFound) {
+			return err
+		}
+	}
+	return nil
+}
+
+// LostOrigins describes each broadcast whose origin IVS lost and that no
+// host has published on since it was replaced: its hosts hold tokens for a
+// stage that is gone, and need new ones.
+func (s *Service) LostOrigins(ctx context.Context) []string {
+	bs, err := s.store.ListBroadcasts(ctx)
+	if err != nil {
+		return nil
+	}
+	var out []string
+	for _, b := range bs {
+		if b.OriginReplacedAt.IsZero() {
+			continue
+		}
+		hosts, err := s.store.ListHosts(ctx, b.ID)
+		if err != nil || anyPublishing(hosts) {
+			continue
+		}
+		out = append(out, fmt.Sprintf("the origin %s of broadcast %s was deleted outside stagefleet and replaced by %s at %s: hosts need new publisher tokens",
+			b.ReplacedOriginArn, b.ID, b.OriginArn, b.OriginReplacedAt.UTC().Format(time.RFC3339)))
+	}
+	return out
+}
