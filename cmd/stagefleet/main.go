@@ -12,7 +12,9 @@ import (
 	"os"
 	"os/signal"
 	"runtime/debug"
+	"strings"
 	"syscall"
+	"time"
 
 	"github.com/stagefleet/stagefleet/internal/app"
 	"github.com/stagefleet/stagefleet/internal/config"
@@ -122,7 +124,24 @@ func newLogger(w io.Writer, level string) (*slog.Logger, error) {
 	if err := l.UnmarshalText([]byte(level)); err != nil {
 		return nil, err
 	}
-	return slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: l})), nil
+	return slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: l, ReplaceAttr: durationMillis})), nil
+}
+
+// durationMillis writes a time.Duration attribute as a number of
+// milliseconds (a float, so sub-millisecond times survive), its key
+// suffixed "_ms" unless it already ends so. The JSON handler would write
+// integer nanoseconds under the bare key, which nobody reads right, and
+// every other duration in the logs (the access log's duration_ms) is in
+// milliseconds already.
+func durationMillis(_ []string, a slog.Attr) slog.Attr {
+	if a.Value.Kind() != slog.KindDuration {
+		return a
+	}
+	key := a.Key
+	if !strings.HasSuffix(key, "_ms") {
+		key += "_ms"
+	}
+	return slog.Float64(key, float64(a.Value.Duration())/float64(time.Millisecond))
 }
 
 func runServe(ctx context.Context, args []string, stderr io.Writer) error {

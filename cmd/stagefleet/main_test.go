@@ -3,7 +3,9 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"strings"
@@ -156,5 +158,53 @@ func TestEmulatorAllowRemote(t *testing.T) {
 	}
 	if !strings.Contains(stderr.String(), "listening beyond loopback") {
 		t.Errorf("stderr does not warn that the emulator is reachable from other machines:\n%s", stderr.String())
+	}
+}
+
+// TestLoggerDurations: no log line carries a raw time.Duration (integer
+// nanoseconds); each is milliseconds under a key that says so.
+func TestLoggerDurations(t *testing.T) {
+	tests := []struct {
+		name    string
+		attr    slog.Attr
+		group   string // the attribute is logged inside this group, if set
+		wantKey string
+		want    any
+	}{
+		{"bare key gets the suffix", slog.Duration("timeout", 10*time.Second), "", "timeout_ms", 10000.0},
+		{"key that says ms kept", slog.Duration("wait_ms", 1500*time.Microsecond), "", "wait_ms", 1.5},
+		{"sub-millisecond kept", slog.Duration("took", 250*time.Microsecond), "", "took_ms", 0.25},
+		{"inside a group", slog.Duration("interval", time.Minute), "reconcile", "interval_ms", 60000.0},
+		{"not a duration untouched", slog.Int("timeout", 10), "", "timeout", 10.0},
+		{"string untouched", slog.String("timeout", "10s"), "", "timeout", "10s"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var buf bytes.Buffer
+			log, err := newLogger(&buf, "info")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if tt.group != "" {
+				log = log.WithGroup(tt.group)
+			}
+			log.LogAttrs(context.Background(), slog.LevelInfo, "m", tt.attr)
+			var line map[string]any
+			if err := json.Unmarshal(buf.Bytes(), &line); err != nil {
+				t.Fatalf("log line %q: %v", buf.String(), err)
+			}
+			fields := line
+			if tt.group != "" {
+				fields, _ = line[tt.group].(map[string]any)
+			}
+			if got, ok := fields[tt.wantKey]; !ok || got != tt.want {
+				t.Errorf("logged %s, want %q: %v", strings.TrimSpace(buf.String()), tt.wantKey, tt.want)
+			}
+			if tt.wantKey != tt.attr.Key {
+				if _, ok := fields[tt.attr.Key]; ok {
+					t.Errorf("logged %s, still with key %q", strings.TrimSpace(buf.String()), tt.attr.Key)
+				}
+			}
+		})
 	}
 }

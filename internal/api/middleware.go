@@ -3,10 +3,12 @@ package api
 import (
 	"crypto/subtle"
 	"log/slog"
-	"net"
 	"net/http"
+	"net/netip"
 	"runtime/debug"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/google/uuid"
@@ -33,9 +35,26 @@ func (r *statusRecorder) Write(b []byte) (int, error) {
 	return r.ResponseWriter.Write(b)
 }
 
+// accessLog logs every request when it is done. A 5xx is logged at warn,
+// always: it is what an operator must see. Anything else is logged at debug
+// and at most perSecond lines a second, so that a flood of requests cannot
+// become a flood of log; the lines the limit skipped are counted in the next
+// line written ("unlogged"), so that the volume stays visible.
+type accessLog struct {
+	log      *slog.Logger
+	client   func(*http.Request) string
+	limit    *rate.Limiter
+	unlogged atomic.Int64
+}
+
+// newAccessLog returns the access log; perSecond 0 writes no line below 5xx.
+func newAccessLog(log *slog.Logger, perSecond int, client func(*http.Request) string) *accessLog {
+	return &accessLog{log: log, client: client, limit: rate.NewLimiter(rate.Limit(perSecond), perSecond)}
+}
+
 // observe gives every request an id (x-request-id, kept when the client sent
 // one), logs it when done, and turns a panic into a 500 envelope.
-func observe(log *slog.Logger, next http.Handler) http.Handler {
+func (l *accessLog) observe(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		id := r.Header.Get("x-request-id")
 		if id == "" || len(id) > 128 {
@@ -46,21 +65,41 @@ func observe(log *slog.Logger, next http.Handler) http.Handler {
 		start := time.Now()
 		defer func() {
 			if p := recover(); p != nil {
-				log.Error("panic serving request", "request_id", id, "panic", p, "stack", string(debug.Stack()))
+				l.log.Error("panic serving request", "request_id", id, "panic", p, "stack", string(debug.Stack()))
 				if rec.status == 0 {
 					writeError(rec, &apiError{status: http.StatusInternalServerError, code: CodeInternal, message: "internal error"})
 				}
 			}
-			level := slog.LevelInfo
-			if rec.status >= 500 {
-				level = slog.LevelError
-			}
-			log.Log(r.Context(), level, "http request",
-				"request_id", id, "method", r.Method, "path", r.URL.Path, "status", rec.status,
-				"duration_ms", float64(time.Since(start).Microseconds())/1000, "client", clientIP(r))
+			l.record(r, id, rec.status, time.Since(start))
 		}()
 		next.ServeHTTP(rec, r)
 	})
+}
+
+// record writes one request's line, unless it is below 5xx and either debug
+// is off or the limit skips it. Lines dropped by the level are not counted:
+// the operator chose not to see them, and counting would cost every request.
+func (l *accessLog) record(r *http.Request, id string, status int, took time.Duration) {
+	level := slog.LevelWarn
+	if status < 500 {
+		level = slog.LevelDebug
+		if !l.log.Enabled(r.Context(), level) {
+			return
+		}
+		if !l.limit.Allow() {
+			l.unlogged.Add(1)
+			return
+		}
+	}
+	attrs := []slog.Attr{
+		slog.String("request_id", id), slog.String("method", r.Method), slog.String("path", r.URL.Path),
+		slog.Int("status", status), slog.Float64("duration_ms", float64(took.Microseconds())/1000),
+		slog.String("client", l.client(r)),
+	}
+	if n := l.unlogged.Swap(0); n > 0 {
+		attrs = append(attrs, slog.Int64("unlogged", n))
+	}
+	l.log.LogAttrs(r.Context(), level, "http request", attrs...)
 }
 
 // limitBody bounds every request body.
@@ -94,17 +133,55 @@ func requireAPIKey(key string, skip bool, next http.Handler) http.Handler {
 	})
 }
 
-func clientIP(r *http.Request) string {
-	host, _, err := net.SplitHostPort(r.RemoteAddr)
+// trustedProxies are the proxies (load balancers) whose X-Forwarded-For
+// names the client.
+type trustedProxies []netip.Prefix
+
+func (tp trustedProxies) contains(a netip.Addr) bool {
+	for _, p := range tp {
+		if p.Contains(a) {
+			return true
+		}
+	}
+	return false
+}
+
+// clientIP is who a request comes from, for the rate limit and the logs: the
+// connection's address, unless that is a trusted proxy. Then it is the
+// rightmost address of X-Forwarded-For that is not itself a trusted proxy:
+// each proxy appends the address it was reached from, so everything left of
+// what the first trusted proxy appended is whatever the client chose to send
+// and must not be believed. Malformed entries are skipped; when no entry
+// qualifies the proxy itself is the client.
+func (tp trustedProxies) clientIP(r *http.Request) string {
+	peer, err := netip.ParseAddrPort(r.RemoteAddr)
 	if err != nil {
 		return r.RemoteAddr
 	}
-	return host
+	addr := peer.Addr().Unmap()
+	if !tp.contains(addr) {
+		return addr.String()
+	}
+	hops := r.Header.Values("X-Forwarded-For")
+	for i := len(hops) - 1; i >= 0; i-- {
+		entries := strings.Split(hops[i], ",")
+		for j := len(entries) - 1; j >= 0; j-- {
+			a, err := netip.ParseAddr(strings.TrimSpace(entries[j]))
+			if err != nil {
+				continue
+			}
+			if a = a.Unmap(); !tp.contains(a) {
+				return a.String()
+			}
+		}
+	}
+	return addr.String()
 }
 
-// rateLimiter allows each client (by remote address) max requests per
+// rateLimiter allows each client (as client tells it) max requests per
 // window, refilled evenly, as a token bucket of size max.
 type rateLimiter struct {
+	client func(*http.Request) string
 	every  rate.Limit
 	burst  int
 	window time.Duration
@@ -119,8 +196,9 @@ type clientLimit struct {
 	seen time.Time
 }
 
-func newRateLimiter(max int, window time.Duration) *rateLimiter {
+func newRateLimiter(max int, window time.Duration, client func(*http.Request) string) *rateLimiter {
 	return &rateLimiter{
+		client:  client,
 		every:   rate.Limit(float64(max) / window.Seconds()),
 		burst:   max,
 		window:  window,
@@ -156,7 +234,7 @@ func (l *rateLimiter) allow(client string, now time.Time) (bool, time.Duration) 
 
 func (l *rateLimiter) middleware(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if allowed, wait := l.allow(clientIP(r), time.Now()); !allowed {
+		if allowed, wait := l.allow(l.client(r), time.Now()); !allowed {
 			writeError(w, &apiError{status: http.StatusTooManyRequests, code: CodeRateLimited,
 				message: "too many requests from this client; slow down", retryAfter: wait})
 			return
