@@ -135,6 +135,10 @@ type Seat struct {
 	ParticipantID string    `json:"participantId"`
 	TakenAt       time.Time `json:"takenAt"`
 	ExpiresAt     time.Time `json:"expiresAt"`
+	// StageSeats is set by ReserveSeat only: the seats on the seat's stage
+	// right after it, this one included (what the previous server called
+	// currentViewers). Not stored.
+	StageSeats int `json:"-"`
 }
 
 // SeatRequest asks for a seat in one atomic step.

@@ -311,6 +311,7 @@ func (s *Store) ReserveSeat(_ context.Context, req store.SeatRequest) (store.Sea
 		if st, ok := s.stages[seat.StageArn]; ok && st.Seatable {
 			seat.ExpiresAt = req.Now.Add(req.TTL)
 			s.seats[k] = seat
+			seat.StageSeats = st.Seats
 			return seat, nil
 		}
 		// Its stage no longer serves the show: seat the viewer again.
@@ -347,6 +348,7 @@ func (s *Store) ReserveSeat(_ context.Context, req store.SeatRequest) (store.Sea
 		ExpiresAt:     req.Now.Add(req.TTL),
 	}
 	s.seats[k] = seat
+	seat.StageSeats = best.Seats
 	return seat, nil
 }
 

@@ -564,7 +564,17 @@ func (s *Store) ReserveSeat(ctx context.Context, req store.SeatRequest) (store.S
 		return store.Seat{}, statusErr(status, what)
 	}
 	var seat store.Seat
-	return seat, decode(out, &seat)
+	if err := decode(out, &seat); err != nil {
+		return store.Seat{}, err
+	}
+	if len(out) > 1 {
+		n, err := strconv.Atoi(fmt.Sprint(out[1]))
+		if err != nil {
+			return store.Seat{}, fmt.Errorf("seat count %v: %w", out[1], err)
+		}
+		seat.StageSeats = n
+	}
+	return seat, nil
 }
 
 func (s *Store) RenewSeat(ctx context.Context, broadcastID, userID string, owner store.SeatOwner, now time.Time, ttl time.Duration) (store.Seat, error) {

@@ -162,7 +162,7 @@ if cur then
     cur = cjson.encode(seat)
     redis.call('HSET', KEYS[4], user, cur)
     redis.call('ZADD', KEYS[5], ARGV[6], user)
-    return {'ok', cur}
+    return {'ok', cur, redis.call('HGET', KEYS[2], seat.stageArn) or '0'}
   end
   -- Its stage no longer serves the show: seat the viewer again.
   freeSeat(KEYS[2], KEYS[4], KEYS[5], user, seat)
@@ -189,11 +189,11 @@ if not best then
   if #open == 0 then return {'notlive'} end
   return {'full'}
 end
-redis.call('HINCRBY', KEYS[2], best, 1)
+local n = redis.call('HINCRBY', KEYS[2], best, 1)
 local seat = cjson.encode({broadcastId = ARGV[7], userId = user, stageArn = best, participantId = ARGV[3], takenAt = ARGV[4], expiresAt = ARGV[5]})
 redis.call('HSET', KEYS[4], user, seat)
 redis.call('ZADD', KEYS[5], ARGV[6], user)
-return {'ok', seat}
+return {'ok', seat, tostring(n)}
 `)
 
 	// KEYS: seats, expiry. ARGV: user, owner's participant id and stage
