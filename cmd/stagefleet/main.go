@@ -156,6 +156,7 @@ func runServe(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	cfg.Version = buildVersion()
 	a, err := app.New(ctx, cfg, emuCfg, log)
 	if err != nil {
 		return err

@@ -41,14 +41,62 @@ type Fleet interface {
 	Broadcasts(ctx context.Context) ([]store.Broadcast, error)
 	Broadcast(ctx context.Context, id string) (store.Broadcast, error)
 	HandleEvent(ctx context.Context, ev fleet.Event) (fleet.EventResult, error)
+	SeatLease() time.Duration
 	Now() time.Time
 }
 
-// Health is what GET /api/health reports.
+// Health is what GET /health and GET /api/health report: the previous
+// server's fields, and a named check per part.
 type Health struct {
-	IVS        Component `json:"ivs"`
-	Store      Component `json:"store"`
-	Controller Component `json:"controller"`
+	// Status is HealthHealthy, HealthDegraded or HealthUnhealthy (the
+	// answer is then a 503).
+	Status      string         `json:"status"`
+	Uptime      float64        `json:"uptime"`
+	Environment string         `json:"environment"`
+	Version     string         `json:"version"`
+	Services    HealthServices `json:"services"`
+	Memory      HealthMemory   `json:"memory"`
+	// Checks name every part looked at and what was found.
+	Checks     map[string]Check `json:"checks"`
+	IVS        Component        `json:"ivs"`
+	Store      Component        `json:"store"`
+	Controller Component        `json:"controller"`
+}
+
+// Health states, as the previous server's clients wait for them.
+const (
+	HealthHealthy   = "healthy"
+	HealthDegraded  = "degraded"
+	HealthUnhealthy = "unhealthy"
+)
+
+// HealthServices is the previous server's view of its dependencies.
+type HealthServices struct {
+	// Redis is "connected", "disconnected", or "not used" (memory store).
+	Redis string    `json:"redis"`
+	AWS   HealthAWS `json:"aws"`
+}
+
+// HealthAWS is the previous server's services.aws.
+type HealthAWS struct {
+	Region string `json:"region"`
+	// StageConfigured says the default broadcast has an origin stage.
+	StageConfigured bool   `json:"stageConfigured"`
+	Mode            string `json:"mode"`
+}
+
+// HealthMemory is the process's memory in MB, under the previous server's
+// (Node's) names.
+type HealthMemory struct {
+	HeapUsed  float64 `json:"heapUsed"`
+	HeapTotal float64 `json:"heapTotal"`
+	RSS       float64 `json:"rss"`
+}
+
+// Check is one part's health: "ok", "degraded" or "failed", and why.
+type Check struct {
+	Status  string `json:"status"`
+	Message string `json:"message,omitempty"`
 }
 
 // Component is the health of one part.
@@ -79,7 +127,12 @@ type Options struct {
 	// written at debug; 0 writes none. A 5xx is always logged, at warn.
 	AccessLogPerSecond int
 	Health             func(context.Context) Health
-	Logger             *slog.Logger
+	// Version is the service's, for GET /.
+	Version string
+	// CORSOrigins may call the API from a browser (CORS_ORIGINS); "*" is
+	// any origin.
+	CORSOrigins []string
+	Logger      *slog.Logger
 }
 
 type server struct {
@@ -108,6 +161,8 @@ const eventsPath = "/api/events/ivs"
 
 var routes = []route{
 	{"GET", "/api/health", true, false, (*server).health},
+	{"GET", "/health", true, false, (*server).health},
+	{"GET", "/{$}", true, false, (*server).root},
 	{"GET", "/openapi.json", true, false, (*server).openAPI},
 	{"POST", eventsPath, true, true, (*server).ivsEvent},
 	{"POST", "/api/token/publisher", false, false, (*server).publisherToken},
@@ -131,6 +186,7 @@ var routes = []route{
 	{"GET", "/api/stats", false, false, (*server).stats},
 	{"GET", "/api/stats/viewers", false, false, (*server).statsViewers},
 	{"GET", "/api/stats/stages", false, false, (*server).statsStages},
+	{"GET", "/api/stats/stages/{stageId}", false, false, (*server).statsStage},
 	{"GET", "/api/stats/publisher", false, false, (*server).statsPublisher},
 	{"DELETE", "/api/broadcasts/{broadcastId}", false, false, (*server).endBroadcast},
 }
@@ -160,10 +216,8 @@ func New(opts Options, f Fleet) http.Handler {
 		}
 		mux.Handle(rt.method+" "+rt.path, h)
 	}
-	mux.Handle("/", limit(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		writeError(w, &apiError{status: http.StatusNotFound, code: CodeNotFound, message: "no route " + r.Method + " " + r.URL.Path})
-	})))
-	h := limitBody(opts.MaxBodyBytes, mux)
+	mux.Handle("/", limit(unrouted(mux)))
+	h := withCORS(opts.CORSOrigins, cleanPaths(limitBody(opts.MaxBodyBytes, mux)))
 	return newAccessLog(opts.Logger, opts.AccessLogPerSecond, client).observe(h)
 }
 

@@ -20,6 +20,7 @@ const (
 	CodeUnauthorized      = "UNAUTHORIZED"
 	CodeForbidden         = "FORBIDDEN"
 	CodeConflict          = "CONFLICT"
+	CodeMethodNotAllowed  = "METHOD_NOT_ALLOWED"
 	CodeNotFound          = "NOT_FOUND"
 	CodeNotPublishing     = "NOT_PUBLISHING"
 	CodeRateLimited       = "RATE_LIMITED"
@@ -88,10 +89,14 @@ func fromFleet(err error) *apiError {
 	var fe *fleet.Error
 	msg := "internal error"
 	var retry time.Duration
+	var details map[string]any
 	if errors.As(err, &fe) {
-		msg, retry = fe.Msg, fe.RetryAfter
+		msg, retry, details = fe.Msg, fe.RetryAfter, fe.Details
 	}
 	e := &apiError{message: msg, retryAfter: retry}
+	if details != nil {
+		e.details = details
+	}
 	switch {
 	case errors.Is(err, fleet.ErrInvalid):
 		e.status, e.code = http.StatusBadRequest, CodeValidation

@@ -177,6 +177,8 @@ func (f *fuzzFleet) HandleEvent(context.Context, fleet.Event) (fleet.EventResult
 
 func (f *fuzzFleet) Now() time.Time { return fuzzNow }
 
+func (f *fuzzFleet) SeatLease() time.Duration { return time.Minute }
+
 // panicLog records the panics the API recovered from (and logged), which
 // would otherwise only show as a 500.
 type panicLog struct {

@@ -3,11 +3,14 @@ package api
 import (
 	_ "embed"
 	"errors"
+	"fmt"
 	"math"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/stagefleet/stagefleet/internal/fleet"
+	"github.com/stagefleet/stagefleet/internal/ivs"
 	"github.com/stagefleet/stagefleet/internal/store"
 )
 
@@ -22,13 +25,25 @@ func (s *server) openAPI(w http.ResponseWriter, _ *http.Request) *apiError {
 
 func (s *server) health(w http.ResponseWriter, r *http.Request) *apiError {
 	h := s.opts.Health(r.Context())
-	status, code := "ok", http.StatusOK
-	for _, c := range []Component{h.IVS, h.Store, h.Controller} {
-		if c.Status != "ok" {
-			status, code = "degraded", http.StatusServiceUnavailable
-		}
+	code := http.StatusOK
+	if h.Status == HealthUnhealthy {
+		code = http.StatusServiceUnavailable
 	}
-	ok(w, code, map[string]any{"status": status, "ivs": h.IVS, "store": h.Store, "controller": h.Controller}, "")
+	ok(w, code, h, "")
+	return nil
+}
+
+// root names the service and where its API is described.
+func (s *server) root(w http.ResponseWriter, _ *http.Request) *apiError {
+	ok(w, http.StatusOK, map[string]any{
+		"name":    "stagefleet",
+		"version": s.opts.Version,
+		"links": map[string]string{
+			"openapi": "/openapi.json",
+			"health":  "/health",
+			"docs":    "docs/api.md in the stagefleet repository; /openapi.json describes every route and field",
+		},
+	}, "stagefleet fans one live IVS real-time host out to as many viewers as come")
 	return nil
 }
 
@@ -75,12 +90,30 @@ type userRequest struct {
 type viewerTokenData struct {
 	tokenData
 	// SeatKey proves the seat to a heartbeat after the store lost it.
-	SeatKey     string `json:"seatKey"`
-	IsNewViewer bool   `json:"isNewViewer"`
+	SeatKey        string `json:"seatKey"`
+	IsNewViewer    bool   `json:"isNewViewer"`
+	CurrentViewers int    `json:"currentViewers"`
 }
 
 func (s *server) viewerTokenData(t fleet.IssuedToken) viewerTokenData {
-	return viewerTokenData{tokenData: s.tokenData(t), SeatKey: t.SeatKey, IsNewViewer: t.NewSeat}
+	return viewerTokenData{tokenData: s.tokenData(t), SeatKey: t.SeatKey, IsNewViewer: t.NewSeat, CurrentViewers: t.StageViewers}
+}
+
+// publishInstructions says how a host publishes with its token: the
+// previous server's instructions field.
+type publishInstructions struct {
+	WhipEndpoint    string `json:"whipEndpoint"`
+	OBS             string `json:"obs"`
+	WebBroadcastSDK string `json:"webBroadcastSdk"`
+}
+
+func instructionsFor(t fleet.IssuedToken) publishInstructions {
+	return publishInstructions{
+		WhipEndpoint: t.WhipURL,
+		OBS: "OBS 30 or later: Settings > Stream > Service: WHIP, Server: " + t.WhipURL +
+			", Bearer Token: this token. Use H.264 video without B-frames and Opus audio.",
+		WebBroadcastSDK: "IVS Web Broadcast SDK: new IVSBroadcastClient.Stage(token, strategy).join(), with a strategy that publishes the local camera and microphone.",
+	}
 }
 
 func (s *server) publisherToken(w http.ResponseWriter, r *http.Request) *apiError {
@@ -98,7 +131,10 @@ func (s *server) publisherToken(w http.ResponseWriter, r *http.Request) *apiErro
 	if err != nil {
 		return s.fail(err)
 	}
-	ok(w, http.StatusOK, s.tokenData(t), "Publisher token generated")
+	ok(w, http.StatusOK, struct {
+		tokenData
+		Instructions publishInstructions `json:"instructions"`
+	}{s.tokenData(t), instructionsFor(t)}, "Publisher token generated")
 	return nil
 }
 
@@ -254,6 +290,9 @@ type seatData struct {
 	ParticipantID string `json:"participantId"`
 	JoinedAt      string `json:"joinedAt"`
 	ExpiresAt     string `json:"expiresAt"`
+	// LastHeartbeat is when the lease was last renewed (or taken): it
+	// ends one lease later.
+	LastHeartbeat string `json:"lastHeartbeat"`
 	WatchSeconds  int    `json:"watchSeconds"`
 }
 
@@ -265,6 +304,7 @@ func (s *server) seatData(seat store.Seat) seatData {
 		ParticipantID: seat.ParticipantID,
 		JoinedAt:      seat.TakenAt.UTC().Format(time.RFC3339),
 		ExpiresAt:     seat.ExpiresAt.UTC().Format(time.RFC3339),
+		LastHeartbeat: seat.ExpiresAt.Add(-s.fleet.SeatLease()).UTC().Format(time.RFC3339),
 		WatchSeconds:  int(s.fleet.Now().Sub(seat.TakenAt).Seconds()),
 	}
 }
@@ -282,16 +322,32 @@ func (s *server) viewerList(w http.ResponseWriter, r *http.Request) *apiError {
 	for i, seat := range seats {
 		viewers[i] = s.seatData(seat)
 	}
-	ok(w, http.StatusOK, map[string]any{"stageArn": arn, "viewers": viewers, "count": len(viewers)}, "")
+	// Every listed seat's lease is live: total and active are one number,
+	// kept under both of the previous server's names.
+	ok(w, http.StatusOK, map[string]any{"stageArn": arn, "viewers": viewers, "count": len(viewers),
+		"totalViewers": len(viewers), "activeViewers": len(viewers)}, "")
 	return nil
+}
+
+// formatDuration writes seconds as H:MM:SS.
+func formatDuration(seconds int) string {
+	return fmt.Sprintf("%d:%02d:%02d", seconds/3600, seconds/60%60, seconds%60)
 }
 
 func (s *server) viewerDuration(w http.ResponseWriter, r *http.Request) *apiError {
 	var c check
-	b := c.broadcast(r.URL.Query().Get("broadcastId"))
-	userID := r.URL.Query().Get("userId")
+	q := r.URL.Query()
+	b := c.broadcast(q.Get("broadcastId"))
+	userID, stageArn := q.Get("userId"), q.Get("stageArn")
+	if userID != "" {
+		c.userID("userId", userID)
+	}
+	c.stageArn("stageArn", stageArn, false)
 	if e := c.err(); e != nil {
 		return e
+	}
+	if userID != "" {
+		return s.viewerWatchTime(w, r, b, userID, stageArn)
 	}
 	seats, err := s.fleet.Seats(r.Context(), b, "")
 	if err != nil {
@@ -307,14 +363,32 @@ func (s *server) viewerDuration(w http.ResponseWriter, r *http.Request) *apiErro
 		viewers = append(viewers, d)
 		total += d.WatchSeconds
 	}
-	if userID != "" && len(viewers) == 0 {
-		return &apiError{status: http.StatusNotFound, code: CodeNotFound, message: "viewer " + userID + " has no seat in broadcast " + b}
-	}
 	avg := 0.0
 	if len(viewers) > 0 {
 		avg = float64(total) / float64(len(viewers))
 	}
 	ok(w, http.StatusOK, map[string]any{"broadcastId": b, "viewers": viewers, "totalSeconds": total, "averageSeconds": avg}, "")
+	return nil
+}
+
+// viewerWatchTime is the previous server's form: one viewer's watch time
+// on its seat (on stageArn, when given), 0 when it has none.
+func (s *server) viewerWatchTime(w http.ResponseWriter, r *http.Request, b, userID, stageArn string) *apiError {
+	seats, err := s.fleet.Seats(r.Context(), b, "")
+	if err != nil {
+		return s.fail(err)
+	}
+	data := map[string]any{"userId": userID, "broadcastId": b, "stageArn": stageArn, "watchDurationSeconds": 0,
+		"watchDurationFormatted": formatDuration(0), "hasSeat": false}
+	for _, seat := range seats {
+		if seat.UserID != userID || (stageArn != "" && seat.StageArn != stageArn) {
+			continue
+		}
+		d := s.seatData(seat)
+		data["stageArn"], data["watchDurationSeconds"], data["watchDurationFormatted"] = seat.StageArn, d.WatchSeconds, formatDuration(d.WatchSeconds)
+		data["hasSeat"], data["joinedAt"] = true, d.JoinedAt
+	}
+	ok(w, http.StatusOK, data, "")
 	return nil
 }
 
@@ -339,18 +413,33 @@ func replicationOf(r store.Replication) replicationData {
 }
 
 type stageData struct {
-	Arn             string            `json:"arn"`
-	StageArn        string            `json:"stageArn"`
-	Name            string            `json:"name"`
-	BroadcastID     string            `json:"broadcastId"`
-	Role            store.Role        `json:"role"`
-	Capacity        int               `json:"capacity"`
-	Seats           int               `json:"seats"`
+	Arn         string     `json:"arn"`
+	StageArn    string     `json:"stageArn"`
+	Name        string     `json:"name"`
+	StageName   string     `json:"stageName"`
+	BroadcastID string     `json:"broadcastId"`
+	Role        store.Role `json:"role"`
+	Capacity    int        `json:"capacity"`
+	Seats       int        `json:"seats"`
+	// ViewerCount, AutoScaled and IsMasterStage are the previous server's
+	// names: seats, a replica stagefleet made, the origin.
+	ViewerCount     int               `json:"viewerCount"`
+	AutoScaled      bool              `json:"autoScaled"`
+	IsMasterStage   bool              `json:"isMasterStage"`
 	Seatable        bool              `json:"seatable"`
 	ActiveSessionID string            `json:"activeSessionId,omitempty"`
-	Tags            map[string]string `json:"tags,omitempty"`
+	Tags            map[string]string `json:"tags"`
+	Endpoints       *endpointsData    `json:"endpoints,omitempty"`
 	Replications    []replicationData `json:"replications"`
 	CreatedAt       string            `json:"createdAt"`
+}
+
+// endpointsData are a stage's endpoints as IVS's GetStage names them.
+type endpointsData struct {
+	Events string `json:"events"`
+	Whip   string `json:"whip"`
+	Rtmp   string `json:"rtmp"`
+	Rtmps  string `json:"rtmps"`
 }
 
 func stageOf(v fleet.StageView) stageData {
@@ -358,15 +447,25 @@ func stageOf(v fleet.StageView) stageData {
 		Arn:             v.Arn,
 		StageArn:        v.Arn,
 		Name:            v.Name,
+		StageName:       v.Name,
 		BroadcastID:     v.BroadcastID,
 		Role:            v.Role,
 		Capacity:        v.Capacity,
 		Seats:           v.Seats,
+		ViewerCount:     v.Seats,
+		AutoScaled:      v.Role == store.RoleReplica,
+		IsMasterStage:   v.Role == store.RoleOrigin,
 		Seatable:        v.Seatable,
 		ActiveSessionID: v.ActiveSessionID,
 		Tags:            v.Tags,
 		Replications:    []replicationData{},
 		CreatedAt:       v.CreatedAt.UTC().Format(time.RFC3339),
+	}
+	if d.Tags == nil {
+		d.Tags = map[string]string{}
+	}
+	if e := v.Endpoints; e != (ivs.Endpoints{}) {
+		d.Endpoints = &endpointsData{Events: e.Events, Whip: e.Whip, Rtmp: e.Rtmp, Rtmps: e.Rtmps}
 	}
 	for _, r := range v.Replications {
 		d.Replications = append(d.Replications, replicationOf(r))
@@ -520,7 +619,12 @@ func (s *server) startReplication(w http.ResponseWriter, r *http.Request) *apiEr
 	if err != nil {
 		return s.fail(err)
 	}
-	ok(w, http.StatusOK, replicationOf(rec), "Replication started")
+	const msg = "Replication started"
+	ok(w, http.StatusOK, struct {
+		replicationData
+		StartedAt string `json:"startedAt"`
+		Message   string `json:"message"`
+	}{replicationOf(rec), rec.UpdatedAt.UTC().Format(time.RFC3339), msg}, msg)
 	return nil
 }
 
@@ -532,12 +636,15 @@ func (s *server) stopReplication(w http.ResponseWriter, r *http.Request) *apiErr
 	if err := s.fleet.StopReplication(r.Context(), req); err != nil {
 		return s.fail(err)
 	}
+	const msg = "Replication stopped"
 	ok(w, http.StatusOK, map[string]any{
 		"participantId":       req.ParticipantID,
 		"sourceStageArn":      req.SourceArn,
 		"destinationStageArn": req.DestArn,
 		"stopped":             true,
-	}, "Replication stopped")
+		"stoppedAt":           s.fleet.Now().UTC().Format(time.RFC3339),
+		"message":             msg,
+	}, msg)
 	return nil
 }
 
@@ -550,20 +657,35 @@ func (s *server) replicationStatus(w http.ResponseWriter, r *http.Request) *apiE
 	if err != nil {
 		return s.fail(err)
 	}
+	// The previous server's meaning: hasReplication says a replication
+	// runs into this stage; the ones out of it are listed beside.
 	data := map[string]any{"stageArn": arn, "hasReplication": false}
 	list := make([]replicationData, 0, len(reps))
+	outgoing := []replicationData{}
 	for _, rep := range reps {
 		d := replicationOf(rep)
 		list = append(list, d)
-		if rep.State == store.ReplActive || rep.State == store.ReplStarting {
-			if data["hasReplication"] == false {
-				data["replicationInfo"] = d
-			}
+		running := rep.State == store.ReplActive || rep.State == store.ReplStarting
+		switch {
+		case rep.SourceArn == arn:
+			outgoing = append(outgoing, d)
+		case running && data["hasReplication"] == false:
 			data["hasReplication"] = true
+			data["replicationInfo"] = struct {
+				replicationData
+				DestStageArn string `json:"destStageArn"`
+				StartedAt    string `json:"startedAt"`
+			}{d, rep.DestArn, rep.UpdatedAt.UTC().Format(time.RFC3339)}
 		}
 	}
 	data["replications"] = list
-	ok(w, http.StatusOK, data, "")
+	data["outgoingReplications"] = outgoing
+	msg := ""
+	if data["hasReplication"] == false {
+		msg = "No replication runs into stage " + arn
+		data["message"] = msg
+	}
+	ok(w, http.StatusOK, data, msg)
 	return nil
 }
 
@@ -606,10 +728,14 @@ func (s *server) publisherInfo(w http.ResponseWriter, r *http.Request) *apiError
 		return s.fail(err)
 	}
 	data := map[string]any{"hasPublisher": found}
+	msg := ""
 	if found {
 		data["publisherInfo"] = hostOf(h)
 	}
-	msg := ""
+	if !found || !h.Publishing {
+		msg = "No host publishes in broadcast " + b
+		data["message"] = msg
+	}
 	if bc, err := s.fleet.Broadcast(r.Context(), b); err == nil && !bc.OriginReplacedAt.IsZero() {
 		data["originReplaced"] = map[string]any{
 			"at":               bc.OriginReplacedAt.UTC().Format(time.RFC3339),
@@ -617,6 +743,7 @@ func (s *server) publisherInfo(w http.ResponseWriter, r *http.Request) *apiError
 			"stageArn":         bc.OriginArn,
 		}
 		msg = "The origin stage " + bc.ReplacedOriginArn + " was deleted outside stagefleet and replaced by " + bc.OriginArn + "; hosts need a new publisher token"
+		data["message"] = msg
 	}
 	ok(w, http.StatusOK, data, msg)
 	return nil
@@ -669,9 +796,25 @@ func (s *server) stats(w http.ResponseWriter, r *http.Request) *apiError {
 			capacity += v.Capacity
 		}
 	}
+	type statsStage struct {
+		StageArn    string `json:"stageArn"`
+		StageName   string `json:"stageName"`
+		BroadcastID string `json:"broadcastId"`
+		ViewerCount int    `json:"viewerCount"`
+		AutoScaled  bool   `json:"autoScaled"`
+		CreatedAt   string `json:"createdAt"`
+	}
+	stages := make([]statsStage, len(st.stages))
+	for i, v := range st.stages {
+		stages[i] = statsStage{v.Arn, v.Name, v.BroadcastID, v.Seats, v.Role == store.RoleReplica, v.CreatedAt.UTC().Format(time.RFC3339)}
+	}
 	ok(w, http.StatusOK, map[string]any{
+		"totalViewers":    viewers,
+		"activeStages":    len(st.stages),
+		"isPublisherLive": st.publishing > 0,
+		"stages":          stages,
 		"broadcasts":      st.broadcasts,
-		"stages":          len(st.stages),
+		"stageCount":      len(st.stages),
 		"viewers":         viewers,
 		"seatCapacity":    capacity,
 		"hosts":           len(st.hosts),
@@ -691,22 +834,45 @@ func (s *server) statsViewers(w http.ResponseWriter, r *http.Request) *apiError 
 		byStage[v.Arn] = v.Seats
 		total += v.Seats
 	}
-	ok(w, http.StatusOK, map[string]any{"total": total, "byStage": byStage}, "")
+	ok(w, http.StatusOK, map[string]any{"total": total, "byStage": byStage, "totalViewers": total,
+		"calculatedFrom": "live seats (viewer leases renewed by heartbeats)"}, "")
 	return nil
 }
 
+// statsStages lists every stage, or those ?arn= names.
 func (s *server) statsStages(w http.ResponseWriter, r *http.Request) *apiError {
+	arn := r.URL.Query().Get("arn")
+	var c check
+	c.stageArn("arn", arn, false)
+	if e := c.err(); e != nil {
+		return e
+	}
+	return s.stageStats(w, r, func(v fleet.StageView) bool { return arn == "" || v.Arn == arn })
+}
+
+// statsStage is one stage's stats by its id (the ARN's last part).
+func (s *server) statsStage(w http.ResponseWriter, r *http.Request) *apiError {
+	id := r.PathValue("stageId")
+	if !stageIDPattern.MatchString(id) {
+		return badRequest("the path must end with a stage id, the last part of its ARN, such as AbCdEf123456")
+	}
+	return s.stageStats(w, r, func(v fleet.StageView) bool { return strings.HasSuffix(v.Arn, ":stage/"+id) })
+}
+
+func (s *server) stageStats(w http.ResponseWriter, r *http.Request, keep func(fleet.StageView) bool) *apiError {
 	st, err := s.fleetStats(r)
 	if err != nil {
 		return s.fail(err)
 	}
 	byRole := map[store.Role]int{}
-	list := make([]stageData, len(st.stages))
-	for i, v := range st.stages {
-		byRole[v.Role]++
-		list[i] = stageOf(v)
+	list := []stageData{}
+	for _, v := range st.stages {
+		if keep(v) {
+			byRole[v.Role]++
+			list = append(list, stageOf(v))
+		}
 	}
-	ok(w, http.StatusOK, map[string]any{"total": len(st.stages), "byRole": byRole, "stages": list}, "")
+	ok(w, http.StatusOK, map[string]any{"total": len(list), "totalStages": len(list), "byRole": byRole, "stages": list}, "")
 	return nil
 }
 
@@ -715,7 +881,8 @@ func (s *server) statsPublisher(w http.ResponseWriter, r *http.Request) *apiErro
 	if err != nil {
 		return s.fail(err)
 	}
-	ok(w, http.StatusOK, map[string]any{"hosts": hostsOf(st.hosts), "total": len(st.hosts), "publishing": st.publishing}, "")
+	ok(w, http.StatusOK, map[string]any{"hosts": hostsOf(st.hosts), "total": len(st.hosts), "publishing": st.publishing,
+		"isPublisherLive": st.publishing > 0}, "")
 	return nil
 }
 

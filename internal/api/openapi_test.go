@@ -347,7 +347,8 @@ func (f *oaFleet) Broadcasts(context.Context) ([]store.Broadcast, error) {
 func (f *oaFleet) HandleEvent(context.Context, fleet.Event) (fleet.EventResult, error) {
 	return fleet.EventApplied, f.err
 }
-func (f *oaFleet) Now() time.Time { return oaTime }
+func (f *oaFleet) Now() time.Time           { return oaTime }
+func (f *oaFleet) SeatLease() time.Duration { return time.Minute }
 
 // oaRequest is a valid request to a route, and one that fails validation.
 type oaRequest struct {

@@ -16,6 +16,7 @@ var (
 	broadcastIDPattern = regexp.MustCompile(`^[a-zA-Z0-9_-]{1,64}$`)
 	participantPattern = regexp.MustCompile(`^[a-zA-Z0-9-]{1,64}$`)
 	stageNamePattern   = regexp.MustCompile(`^[a-zA-Z0-9_-]{1,128}$`)
+	stageIDPattern     = regexp.MustCompile(`^[a-zA-Z0-9-]{1,64}$`)
 )
 
 // check collects what is wrong with a request, so that one answer names

@@ -51,6 +51,9 @@ type App struct {
 	tokens   string
 	// key watches the token signing key (self-signed tokens only).
 	key *signingKey
+	// probe asks IVS whether it answers, for health.
+	probe   *probe
+	started time.Time
 }
 
 // New builds the app and binds its listeners, so that a port in use is an
@@ -142,11 +145,15 @@ func New(ctx context.Context, cfg config.Config, emuCfg emulator.Config, log *sl
 		RateLimitMax:    cfg.RateLimitMaxRequests,
 		MaxBodyBytes:    cfg.MaxBodyBytes,
 		Health:          a.health,
+		Version:         cfg.Version,
+		CORSOrigins:     cfg.CORSOrigins,
 		Logger:          log,
 
 		TrustedProxies:     cfg.TrustedProxies,
 		AccessLogPerSecond: cfg.AccessLogPerSecond,
 	}, a.fleet)
+	a.started = time.Now()
+	a.probe = a.newProbe(client)
 	if cfg.AuthDisabled() {
 		log.Warn("x-api-key is not checked: set API_SECRET_KEY to require it")
 	}
@@ -317,33 +324,6 @@ func loopback(addr net.Addr) string {
 	return net.JoinHostPort(host, port)
 }
 
-func (a *App) health(ctx context.Context) api.Health {
-	h := api.Health{
-		IVS:        api.Component{Status: "ok", Mode: a.cfg.Mode(), Endpoint: a.endpointName(), Tokens: a.tokens},
-		Store:      api.Component{Status: "ok", Mode: a.cfg.StoreKind()},
-		Controller: api.Component{Status: "ok"},
-	}
-	if a.emu != nil {
-		h.IVS.Embedded = true
-	}
-	if err := a.store.Ping(ctx); err != nil {
-		h.Store.Status, h.Store.Error = "error", err.Error()
-	}
-	if a.key != nil {
-		if _, err := a.key.state(); err != nil {
-			h.IVS.Status, h.IVS.Error = "error", err.Error()
-		}
-	}
-	if lost := a.fleet.LostOrigins(ctx); len(lost) > 0 {
-		h.Controller.Status, h.Controller.Error = "degraded", strings.Join(lost, "; ")
-	}
-	return h
-}
-
-// keyCheckInterval is how often IVS is asked whether it still holds the
-// token signing key: health reports what the last check found.
-const keyCheckInterval = 5 * time.Second
-
 // Addr is the API's address.
 func (a *App) Addr() string { return a.apiLn.Addr().String() }
 
@@ -382,9 +362,7 @@ func (a *App) Run(ctx context.Context) error {
 		stop()
 		<-fleetDone
 	}()
-	if a.key != nil {
-		go a.key.run(bg, keyCheckInterval)
-	}
+	go a.probe.run(bg, probeInterval)
 	errc := make(chan error, 1)
 	ln := newLimitListener(a.apiLn, a.cfg.HTTPMaxConnections)
 	go func() { errc <- srv.Serve(ln) }()

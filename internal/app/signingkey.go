@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"sync"
 	"time"
 
 	"github.com/stagefleet/stagefleet/internal/ivs"
@@ -21,16 +20,12 @@ type keyIVS interface {
 // signingKey keeps the public half of the token signing key in IVS: when
 // IVS no longer holds it (deleted by hand, an emulator reset), every token
 // signed with it is refused, so it is imported again and tokens name the
-// new ARN from then on. Its last finding is what health reports.
+// new ARN from then on. The health probe runs its check.
 type signingKey struct {
 	issuer *token.SelfSigned
 	ivs    keyIVS
 	log    *slog.Logger
 	now    func() time.Time
-
-	mu      sync.Mutex
-	checked time.Time
-	err     error
 }
 
 func newSigningKey(issuer *token.SelfSigned, i keyIVS, log *slog.Logger) *signingKey {
@@ -44,11 +39,11 @@ func (k *signingKey) check(ctx context.Context) error {
 	if errors.Is(err, ivs.ErrNotFound) {
 		err = k.reimport(ctx, arn)
 	} else if err != nil {
-		err = fmt.Errorf("IVS does not answer for the token signing key %s: %w", arn, err)
+		err = fmt.Errorf("%w for the token signing key %s: %w", errNoAnswer, arn, err)
 	}
-	k.mu.Lock()
-	k.checked, k.err = k.now(), err
-	k.mu.Unlock()
+	if err != nil && ctx.Err() == nil {
+		k.log.Error("token signing key", "error", err)
+	}
 	return err
 }
 
@@ -64,27 +59,4 @@ func (k *signingKey) reimport(ctx context.Context, lost string) error {
 	k.issuer.SetKeyArn(arn)
 	k.log.Warn("IVS no longer held the token signing key; imported it again (set IVS_TOKEN_KEY_ARN to the new ARN)", "lost_key", lost, "key", arn)
 	return nil
-}
-
-// run checks every interval until ctx ends.
-func (k *signingKey) run(ctx context.Context, interval time.Duration) {
-	t := time.NewTicker(interval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			if err := k.check(ctx); err != nil && ctx.Err() == nil {
-				k.log.Error("token signing key", "error", err)
-			}
-		}
-	}
-}
-
-// state is the last check's finding.
-func (k *signingKey) state() (checked time.Time, err error) {
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	return k.checked, k.err
 }

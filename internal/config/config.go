@@ -66,6 +66,10 @@ type Config struct {
 	MaxBodyBytes         int64
 	ShutdownTimeout      time.Duration
 	LogLevel             string
+	Environment          string
+	CORSOrigins          []string
+	// Version is the binary's, set by the command (not a setting).
+	Version string
 
 	// Safe defaults: what bounds a hostile or broken client.
 	SkipEventsAuth       bool
@@ -286,6 +290,23 @@ var settings = []setting{
 		return duration(&c.LeaseTTL, v, 500*time.Millisecond, 5*time.Minute)
 	}},
 	{"INSTANCE_ID", "", "this instance's name in leases and logs (empty: host name, process id and a random suffix)", func(c *Config, v string) error { c.InstanceID = v; return nil }},
+	{"CORS_ORIGINS", "", "comma-separated origins (https://app.example.com) whose browser pages may call the API, or * for any; empty: none (the previous server's setting)", func(c *Config, v string) error {
+		c.CORSOrigins = nil
+		for o := range strings.SplitSeq(v, ",") {
+			if o = strings.TrimSpace(o); o == "" {
+				continue
+			}
+			if u, err := url.Parse(o); o != "*" && (err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || (u.Path != "" && u.Path != "/")) {
+				return fmt.Errorf("%q must be an origin such as https://app.example.com, or *", o)
+			}
+			c.CORSOrigins = append(c.CORSOrigins, strings.TrimSuffix(o, "/"))
+		}
+		return nil
+	}},
+	{"NODE_ENV", "development", "the environment's name, as health and metrics report it (the previous server's setting)", func(c *Config, v string) error {
+		c.Environment = v
+		return nil
+	}},
 	{"LOG_LEVEL", "info", "debug, info, warn or error", func(c *Config, v string) error {
 		return oneOf(&c.LogLevel, strings.ToLower(v), "debug", "info", "warn", "error")
 	}},

@@ -70,6 +70,7 @@ func TestLoadDefaults(t *testing.T) {
 		{"MaxBodyBytes", c.MaxBodyBytes, int64(64 << 10)},
 		{"ShutdownTimeout", c.ShutdownTimeout, 10 * time.Second},
 		{"LogLevel", c.LogLevel, "info"},
+		{"Environment", c.Environment, "development"},
 		{"ListenHost()", c.ListenHost(), "127.0.0.1"}, // no key: loopback only
 		{"SkipEventsAuth", c.SkipEventsAuth, false},
 		{"EmulatorAllowRemote", c.EmulatorAllowRemote, false},

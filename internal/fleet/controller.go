@@ -163,7 +163,12 @@ func (s *Service) Run(ctx context.Context) {
 	wg.Go(func() { s.watchSeats(ctx) })
 	wg.Go(func() {
 		every(ctx, s.cfg.ReconcileInterval, func(ctx context.Context) {
-			if err := s.reconcileTurn(ctx); err != nil && ctx.Err() == nil {
+			err := s.reconcileTurn(ctx)
+			if ctx.Err() != nil {
+				return
+			}
+			s.status.reconciled(s.now(), err)
+			if err != nil {
 				s.log.Warn("reconcile failed", "error", err)
 			}
 		})
@@ -189,6 +194,7 @@ func (s *Service) Run(ctx context.Context) {
 			}
 		case <-scale.C:
 			s.stepAll(ctx)
+			s.status.passed(s.now())
 		}
 	}
 }

@@ -29,7 +29,10 @@ type Error struct {
 	Msg  string
 	// RetryAfter, when set, tells the caller when trying again may work.
 	RetryAfter time.Duration
-	Err        error
+	// Details, when set, go with the message to the caller (e.g. the
+	// viewer count that makes a stage impossible to delete).
+	Details map[string]any
+	Err     error
 }
 
 func (e *Error) Error() string {

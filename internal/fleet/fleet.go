@@ -126,6 +126,7 @@ type Service struct {
 	seatCheck chan struct{}
 
 	kicks          *kicker
+	status         controllerStatus
 	locals         sync.Map // broadcast id -> *local
 	provisioning   *ewma    // stage created -> host replication active
 	provisionStart sync.Map // stage ARN -> time.Time

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/stagefleet/stagefleet/internal/ivs"
@@ -299,4 +300,53 @@ func (s *Service) LostOrigins(ctx context.Context) []string {
 			b.ReplacedOriginArn, b.ID, b.OriginArn, b.OriginReplacedAt.UTC().Format(time.RFC3339)))
 	}
 	return out
+}
+
+// controllerStatus is what health reports of the controller: when its loop
+// last made its periodic passes, and how the last reconcile went.
+type controllerStatus struct {
+	mu            sync.Mutex
+	lastPass      time.Time
+	lastReconcile time.Time
+	reconcileErr  error
+}
+
+func (c *controllerStatus) passed(at time.Time) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.lastPass = at
+}
+
+func (c *controllerStatus) reconciled(at time.Time, err error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.lastReconcile, c.reconcileErr = at, err
+}
+
+// ControllerHealth is the controller's state for health checks.
+type ControllerHealth struct {
+	// LastPass is when the loop last passed over every broadcast (zero
+	// before the first).
+	LastPass time.Time
+	// Stale says the loop has not passed for several of its intervals: it
+	// is stuck.
+	Stale bool
+	// LastReconcile is when this instance last ran its reconcile turn
+	// (another instance may hold it); ReconcileErr how it failed.
+	LastReconcile time.Time
+	ReconcileErr  string
+}
+
+// ControllerHealth reports the controller's loop and reconcile.
+func (s *Service) ControllerHealth() ControllerHealth {
+	s.status.mu.Lock()
+	defer s.status.mu.Unlock()
+	h := ControllerHealth{LastPass: s.status.lastPass, LastReconcile: s.status.lastReconcile}
+	if s.status.reconcileErr != nil {
+		h.ReconcileErr = s.status.reconcileErr.Error()
+	}
+	// The loop passes every ScaleInterval; a pass over many broadcasts may
+	// take a few more.
+	h.Stale = !h.LastPass.IsZero() && s.now().Sub(h.LastPass) > 5*s.cfg.ScaleInterval+5*time.Second
+	return h
 }

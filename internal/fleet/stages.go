@@ -15,8 +15,13 @@ import (
 type StageView struct {
 	store.Stage
 	ActiveSessionID string
-	Tags            map[string]string
-	Replications    []store.Replication
+	// Tags are the stage's tags: all of them as IVS has them for a single
+	// stage read from IVS, stagefleet's own in lists (read from the store,
+	// with no IVS call).
+	Tags         map[string]string
+	Replications []store.Replication
+	// Endpoints are set for a single stage read from IVS.
+	Endpoints ivs.Endpoints
 }
 
 // CreateStage creates a manual stage: tagged as stagefleet's, but unmanaged
@@ -75,7 +80,7 @@ func (s *Service) Stage(ctx context.Context, arn string) (StageView, error) {
 	if err != nil {
 		return StageView{}, err
 	}
-	return StageView{Stage: rec, ActiveSessionID: st.ActiveSessionID, Tags: st.Tags, Replications: reps}, nil
+	return StageView{Stage: rec, ActiveSessionID: st.ActiveSessionID, Tags: st.Tags, Replications: reps, Endpoints: st.Endpoints}, nil
 }
 
 // UpdateStage renames one of stagefleet's stages.
@@ -109,7 +114,10 @@ func (s *Service) DeleteStage(ctx context.Context, arn string) error {
 		return fail(ErrForbidden, "stage %s is the origin of broadcast %s and cannot be deleted", arn, rec.BroadcastID)
 	}
 	if rec.Seats > 0 {
-		return fail(ErrForbidden, "stage %s has %d seated viewers; it can be deleted once it is empty", arn, rec.Seats)
+		// The previous server's answer: a 400 naming the viewer count.
+		e := fail(ErrInvalid, "stage %s has %d seated viewers; it can be deleted once it is empty", arn, rec.Seats)
+		e.Details = map[string]any{"viewerCount": rec.Seats}
+		return e
 	}
 	reps, err := s.replicationsInto(ctx, rec)
 	if err != nil {
@@ -169,7 +177,7 @@ func (s *Service) Stages(ctx context.Context, broadcastID string) ([]StageView, 
 	}
 	out := make([]StageView, len(recs))
 	for i, rec := range recs {
-		out[i] = StageView{Stage: rec}
+		out[i] = StageView{Stage: rec, Tags: s.stageTags(rec.BroadcastID, rec.Role)}
 		for _, r := range reps {
 			if r.DestArn == rec.Arn {
 				out[i].Replications = append(out[i].Replications, r)
@@ -415,6 +423,9 @@ func (s *Service) Broadcast(ctx context.Context, id string) (store.Broadcast, er
 	}
 	return b, nil
 }
+
+// SeatLease is how long a seat lasts past its last heartbeat.
+func (s *Service) SeatLease() time.Duration { return s.cfg.HeartbeatTimeout }
 
 // Now is the fleet's clock, for views that compute durations.
 func (s *Service) Now() time.Time { return s.now() }

@@ -35,6 +35,9 @@ type IssuedToken struct {
 	SeatKey string
 	// NewSeat (viewers) says the seat was taken by this request, not kept.
 	NewSeat bool
+	// StageViewers (viewers) counts the seats on the token's stage, this
+	// viewer's included.
+	StageViewers int
 }
 
 // PublisherToken gives a host a publish token for the broadcast's origin
@@ -139,6 +142,7 @@ func (s *Service) seat(ctx context.Context, req store.SeatRequest) (IssuedToken,
 		ExpiresAt:     tok.ExpiresAt,
 		SeatKey:       s.SeatKey(broadcastID, userID, seat.StageArn, seat.ParticipantID),
 		NewSeat:       isNew,
+		StageViewers:  seat.StageSeats,
 	}, nil
 }
 

@@ -227,10 +227,23 @@ type Stage struct {
 	Name            string
 	ActiveSessionID string
 	Tags            map[string]string
+	Endpoints       Endpoints
+}
+
+// Endpoints are where participants reach a stage, as GetStage gives them.
+type Endpoints struct {
+	Events string
+	Whip   string
+	Rtmp   string
+	Rtmps  string
 }
 
 func stageOf(s *types.Stage) Stage {
-	return Stage{Arn: aws.ToString(s.Arn), Name: aws.ToString(s.Name), ActiveSessionID: aws.ToString(s.ActiveSessionId), Tags: s.Tags}
+	st := Stage{Arn: aws.ToString(s.Arn), Name: aws.ToString(s.Name), ActiveSessionID: aws.ToString(s.ActiveSessionId), Tags: s.Tags}
+	if e := s.Endpoints; e != nil {
+		st.Endpoints = Endpoints{Events: aws.ToString(e.Events), Whip: aws.ToString(e.Whip), Rtmp: aws.ToString(e.Rtmp), Rtmps: aws.ToString(e.Rtmps)}
+	}
+	return st
 }
 
 // CreateStage creates a stage with tags.
