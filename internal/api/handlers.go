@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/stagefleet/stagefleet/internal/fleet"
-	"github.com/stagefleet/stagefleet/internal/ivs"
 	"github.com/stagefleet/stagefleet/internal/store"
 )
 
@@ -464,7 +463,7 @@ func stageOf(v fleet.StageView) stageData {
 	if d.Tags == nil {
 		d.Tags = map[string]string{}
 	}
-	if e := v.Endpoints; e != (ivs.Endpoints{}) {
+	if e := v.Endpoints; e != (fleet.IVSEndpoints{}) {
 		d.Endpoints = &endpointsData{Events: e.Events, Whip: e.Whip, Rtmp: e.Rtmp, Rtmps: e.Rtmps}
 	}
 	for _, r := range v.Replications {

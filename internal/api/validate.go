@@ -9,7 +9,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/stagefleet/stagefleet/internal/fleet"
-	"github.com/stagefleet/stagefleet/internal/ivs"
+	"github.com/stagefleet/stagefleet/internal/arn"
 )
 
 var (
@@ -56,7 +56,7 @@ func (c *check) stageArn(name, v string, required bool) {
 	if v == "" && !required {
 		return
 	}
-	if c.required(name, v) && !ivs.StageArnPattern.MatchString(v) {
+	if c.required(name, v) && !arn.StagePattern.MatchString(v) {
 		c.problem("%s must be a stage ARN such as arn:aws:ivs:us-east-1:123456789012:stage/AbCdEf123456", name)
 	}
 }
@@ -104,7 +104,7 @@ func pathArn(raw string) (string, *apiError) {
 		}
 		v = u
 	}
-	if !ivs.StageArnPattern.MatchString(v) {
+	if !arn.StagePattern.MatchString(v) {
 		return "", badRequest("the path must end with a stage ARN such as arn:aws:ivs:us-east-1:123456789012:stage/AbCdEf123456 (raw or percent-encoded)")
 	}
 	return v, nil

@@ -18,10 +18,8 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/aws/aws-sdk-go-v2/aws/arn"
-
+	"github.com/stagefleet/stagefleet/internal/arn"
 	"github.com/stagefleet/stagefleet/internal/emulator"
-	"github.com/stagefleet/stagefleet/internal/ivs"
 )
 
 // IVS modes.
@@ -152,14 +150,14 @@ var settings = []setting{
 			c.MasterStageArn = ""
 			return nil
 		}
-		return match(&c.MasterStageArn, v, ivs.StageArnPattern, "a stage ARN such as arn:aws:ivs:us-east-1:123456789012:stage/AbCdEf123456")
+		return match(&c.MasterStageArn, v, arn.StagePattern, "a stage ARN such as arn:aws:ivs:us-east-1:123456789012:stage/AbCdEf123456")
 	}},
 	{"IVS_TOKEN_KEY_ARN", "", "ARN of the public key registered with ImportPublicKey for self-signed tokens (aws mode)", func(c *Config, v string) error {
 		if v == "" {
 			c.TokenKeyArn = ""
 			return nil
 		}
-		return match(&c.TokenKeyArn, v, ivs.PublicKeyArnPattern, "a public key ARN such as arn:aws:ivs:us-east-1:123456789012:public-key/AbCdEf123456")
+		return match(&c.TokenKeyArn, v, arn.PublicKeyPattern, "a public key ARN such as arn:aws:ivs:us-east-1:123456789012:public-key/AbCdEf123456")
 	}},
 	{"IVS_TOKEN_PRIVATE_KEY_FILE", "", "PEM file of the matching ECDSA P-384 private key (aws mode)", func(c *Config, v string) error { c.TokenPrivateKeyFile = v; return nil }},
 	{"PUBLISHER_TOKEN_TTL", "4h", "lifetime of host tokens", func(c *Config, v string) error {
@@ -453,8 +451,8 @@ func (c *Config) validate() error {
 		return errors.New("IVS_TOKEN_KEY_ARN is set but IVS_MODE=emulator signs tokens with a key generated at start; unset it, or use IVS_MODE=aws (or auto)")
 	}
 	for _, a := range []struct{ name, arn string }{{"MASTER_STAGE_ARN", c.MasterStageArn}, {"IVS_TOKEN_KEY_ARN", c.TokenKeyArn}} {
-		if parsed, err := arn.Parse(a.arn); err == nil && parsed.Region != c.AWSRegion {
-			return fmt.Errorf("%s is in region %s but AWS_REGION is %s: they must match", a.name, parsed.Region, c.AWSRegion)
+		if region := arn.Region(a.arn); region != "" && region != c.AWSRegion {
+			return fmt.Errorf("%s is in region %s but AWS_REGION is %s: they must match", a.name, region, c.AWSRegion)
 		}
 	}
 	if c.StoreKind() == StoreRedis && c.RedisURL == "" && c.RedisHost == "" {

@@ -10,7 +10,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/stagefleet/stagefleet/internal/ivs"
 	"github.com/stagefleet/stagefleet/internal/store"
 )
 
@@ -497,9 +496,9 @@ func (s *Service) ensureReplication(ctx context.Context, b store.Broadcast, dest
 		called = true
 		err := s.ivs.StartReplication(ctx, b.OriginArn, dest.Arn, h.ParticipantID, s.cfg.ReconnectWindow)
 		switch {
-		case err == nil, errors.Is(err, ivs.ErrConflict):
+		case err == nil, errors.Is(err, ErrIVSConflict):
 			r.State, r.Reason, r.Attempts, r.RetryAt = store.ReplStarting, "", 0, time.Time{}
-		case errors.Is(err, ivs.ErrNotPublishing):
+		case errors.Is(err, ErrIVSNotPublishing):
 			r.State, r.Reason = store.ReplPending, "host not publishing"
 		default:
 			r.Attempts++
@@ -616,11 +615,11 @@ func (s *Service) drainAndDelete(ctx context.Context, st store.Stage, reps []sto
 		if r.State != store.ReplActive && r.State != store.ReplStarting {
 			continue
 		}
-		if err := s.ivs.StopReplication(ctx, r.SourceArn, r.DestArn, r.ParticipantID); err != nil && !errors.Is(err, ivs.ErrNotFound) {
+		if err := s.ivs.StopReplication(ctx, r.SourceArn, r.DestArn, r.ParticipantID); err != nil && !errors.Is(err, ErrIVSNotFound) {
 			s.log.Warn("stopping replication of a removed stage", "stage", st.Arn, "participant", r.ParticipantID, "error", err)
 		}
 	}
-	if err := s.ivs.DeleteStage(ctx, st.Arn); err != nil && !errors.Is(err, ivs.ErrNotFound) {
+	if err := s.ivs.DeleteStage(ctx, st.Arn); err != nil && !errors.Is(err, ErrIVSNotFound) {
 		return false, err
 	}
 	if _, err := s.store.DeleteStage(ctx, st.Arn); err != nil && !errors.Is(err, store.ErrNotFound) {

@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/stagefleet/stagefleet/internal/fleet"
-	"github.com/stagefleet/stagefleet/internal/ivs"
 	"github.com/stagefleet/stagefleet/internal/store"
 	"github.com/stagefleet/stagefleet/internal/store/memory"
 	"github.com/stagefleet/stagefleet/internal/token"
@@ -43,7 +42,7 @@ func (c *clock) advance(d time.Duration) {
 type fakeIVS struct {
 	mu       sync.Mutex
 	n        int
-	stages   map[string]ivs.Stage
+	stages   map[string]fleet.IVSStage
 	active   map[[2]string]bool // (participant, destination)
 	starts   int
 	deletes  []string
@@ -59,28 +58,28 @@ type fakeIVS struct {
 }
 
 func newFakeIVS() *fakeIVS {
-	return &fakeIVS{stages: map[string]ivs.Stage{}, active: map[[2]string]bool{}}
+	return &fakeIVS{stages: map[string]fleet.IVSStage{}, active: map[[2]string]bool{}}
 }
 
-func (f *fakeIVS) CreateStage(_ context.Context, name string, tags map[string]string) (ivs.Stage, error) {
+func (f *fakeIVS) CreateStage(_ context.Context, name string, tags map[string]string) (fleet.IVSStage, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.creates++
 	if f.createErr != nil {
-		return ivs.Stage{}, f.createErr
+		return fleet.IVSStage{}, f.createErr
 	}
 	f.n++
-	st := ivs.Stage{Arn: fmt.Sprintf("arn:aws:ivs:us-east-1:123456789012:stage/Fake%07d", f.n), Name: name, Tags: tags}
+	st := fleet.IVSStage{Arn: fmt.Sprintf("arn:aws:ivs:us-east-1:123456789012:stage/Fake%07d", f.n), Name: name, Tags: tags}
 	f.stages[st.Arn] = st
 	return st, nil
 }
 
-func (f *fakeIVS) GetStage(_ context.Context, arn string) (ivs.Stage, error) {
+func (f *fakeIVS) GetStage(_ context.Context, arn string) (fleet.IVSStage, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	st, ok := f.stages[arn]
 	if !ok {
-		return ivs.Stage{}, &ivs.Error{Op: "GetStage", Kind: ivs.ErrNotFound, Err: errors.New("no such stage")}
+		return fleet.IVSStage{}, fmt.Errorf("GetStage: no such stage: %w", fleet.ErrIVSNotFound)
 	}
 	if arn == origin && len(f.publishing) > 0 {
 		st.ActiveSessionID = "st-FakeSession01"
@@ -88,7 +87,7 @@ func (f *fakeIVS) GetStage(_ context.Context, arn string) (ivs.Stage, error) {
 	return st, nil
 }
 
-func (f *fakeIVS) UpdateStage(ctx context.Context, arn, name string) (ivs.Stage, error) {
+func (f *fakeIVS) UpdateStage(ctx context.Context, arn, name string) (fleet.IVSStage, error) {
 	return f.GetStage(ctx, arn)
 }
 
@@ -97,7 +96,7 @@ func (f *fakeIVS) DeleteStage(_ context.Context, arn string) error {
 	defer f.mu.Unlock()
 	if f.deleteFails > 0 {
 		f.deleteFails--
-		return &ivs.Error{Op: "DeleteStage", Kind: ivs.ErrThrottled, Err: errors.New("throttled")}
+		return errors.New("DeleteStage: throttled")
 	}
 	delete(f.stages, arn)
 	f.deletes = append(f.deletes, arn)
@@ -123,10 +122,10 @@ func (f *fakeIVS) StopReplication(_ context.Context, _, dest, participantID stri
 	return nil
 }
 
-func (f *fakeIVS) ListStages(_ context.Context, keep func(ivs.Stage) bool) ([]ivs.Stage, error) {
+func (f *fakeIVS) ListStages(_ context.Context, keep func(fleet.IVSStage) bool) ([]fleet.IVSStage, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	var out []ivs.Stage
+	var out []fleet.IVSStage
 	for _, st := range f.stages {
 		if keep(st) {
 			out = append(out, st)
@@ -135,24 +134,24 @@ func (f *fakeIVS) ListStages(_ context.Context, keep func(ivs.Stage) bool) ([]iv
 	return out, nil
 }
 
-func (f *fakeIVS) ListReplicas(_ context.Context, source, participantID string) ([]ivs.Replica, error) {
+func (f *fakeIVS) ListReplicas(_ context.Context, source, participantID string) ([]fleet.IVSReplica, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	var out []ivs.Replica
+	var out []fleet.IVSReplica
 	for k := range f.active {
 		if k[0] == participantID {
-			out = append(out, ivs.Replica{ParticipantID: participantID, SourceArn: source, DestArn: k[1], Active: true})
+			out = append(out, fleet.IVSReplica{ParticipantID: participantID, SourceArn: source, DestArn: k[1], Active: true})
 		}
 	}
 	return out, nil
 }
 
-func (f *fakeIVS) ListParticipants(context.Context, string, string) ([]ivs.Participant, error) {
+func (f *fakeIVS) ListParticipants(context.Context, string, string) ([]fleet.IVSParticipant, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	var out []ivs.Participant
+	var out []fleet.IVSParticipant
 	for id := range f.publishing {
-		out = append(out, ivs.Participant{ID: id, Connected: true, Published: true})
+		out = append(out, fleet.IVSParticipant{ID: id, Connected: true, Published: true})
 	}
 	return out, nil
 }
@@ -183,7 +182,7 @@ func controlled(t *testing.T, cfg fleet.Config) (*fleet.Service, store.Store, *f
 	cfg.Now = clk.Now
 	st := memory.New()
 	f := newFakeIVS()
-	f.stages[origin] = ivs.Stage{Arn: origin, Tags: map[string]string{fleet.TagBroadcast: fleet.DefaultBroadcast, fleet.TagRole: "origin"}}
+	f.stages[origin] = fleet.IVSStage{Arn: origin, Tags: map[string]string{fleet.TagBroadcast: fleet.DefaultBroadcast, fleet.TagRole: "origin"}}
 	if err := st.PutStage(ctx, store.Stage{Arn: origin, BroadcastID: fleet.DefaultBroadcast, Role: store.RoleOrigin, Capacity: cfg.StageCapacity, Seatable: true, CreatedAt: clk.Now()}); err != nil {
 		t.Fatal(err)
 	}
@@ -215,7 +214,7 @@ func replicaStages(t *testing.T, st store.Store) []store.Stage {
 // RetryAt, and again after it.
 func TestReplicationBackoff(t *testing.T) {
 	svc, st, f, clk := controlled(t, fleet.Config{StageCapacity: 50, ScaleUpThreshold: 45, MinIdleStages: 1, ScaleDownStabilization: time.Minute})
-	f.startErr = &ivs.Error{Op: "StartParticipantReplication", Kind: ivs.ErrUnavailable, Err: errors.New("boom")}
+	f.startErr = errors.New("StartParticipantReplication: boom")
 	svc.Step(t.Context(), fleet.DefaultBroadcast)
 	reps := replicaStages(t, st)
 	if len(reps) != 1 {
@@ -371,7 +370,7 @@ func TestViewerLeftIsNoHost(t *testing.T) {
 // off instead of calling it on every pass and every join.
 func TestCreateStageBackoff(t *testing.T) {
 	svc, st, f, clk := controlled(t, fleet.Config{StageCapacity: 50, ScaleUpThreshold: 45, MinIdleStages: 1})
-	f.createErr = &ivs.Error{Op: "CreateStage", Kind: ivs.ErrQuota, Err: errors.New("Stages per account quota of 100 exceeded")}
+	f.createErr = fmt.Errorf("CreateStage: Stages per account quota of 100 exceeded: %w", fleet.ErrIVSQuota)
 	svc.Step(t.Context(), fleet.DefaultBroadcast)
 	svc.Step(t.Context(), fleet.DefaultBroadcast)
 	svc.Step(t.Context(), fleet.DefaultBroadcast)

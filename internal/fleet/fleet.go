@@ -13,7 +13,6 @@ import (
 
 	"golang.org/x/sync/singleflight"
 
-	"github.com/stagefleet/stagefleet/internal/ivs"
 	"github.com/stagefleet/stagefleet/internal/store"
 	"github.com/stagefleet/stagefleet/internal/token"
 )
@@ -32,19 +31,6 @@ const DefaultDeployment = "default"
 
 // DefaultBroadcast is the broadcast of requests that name none.
 const DefaultBroadcast = "default"
-
-// IVS is what fleet needs of IVS real-time.
-type IVS interface {
-	CreateStage(ctx context.Context, name string, tags map[string]string) (ivs.Stage, error)
-	GetStage(ctx context.Context, arn string) (ivs.Stage, error)
-	UpdateStage(ctx context.Context, arn, name string) (ivs.Stage, error)
-	DeleteStage(ctx context.Context, arn string) error
-	StartReplication(ctx context.Context, sourceArn, destArn, participantID string, reconnectWindow time.Duration) error
-	StopReplication(ctx context.Context, sourceArn, destArn, participantID string) error
-	ListStages(ctx context.Context, keep func(ivs.Stage) bool) ([]ivs.Stage, error)
-	ListReplicas(ctx context.Context, sourceArn, participantID string) ([]ivs.Replica, error)
-	ListParticipants(ctx context.Context, stageArn, sessionID string) ([]ivs.Participant, error)
-}
 
 // Config is the fleet's policy.
 type Config struct {
@@ -230,7 +216,7 @@ func (s *Service) origin(ctx context.Context, broadcastID string) (string, error
 }
 
 func (s *Service) createOrigin(ctx context.Context, broadcastID string) (string, error) {
-	var st ivs.Stage
+	var st IVSStage
 	created := false
 	if broadcastID == DefaultBroadcast && s.cfg.OriginArn != "" {
 		var err error
@@ -284,7 +270,7 @@ func (s *Service) stageTags(broadcastID string, role store.Role) map[string]stri
 // ours says whether a stage is tagged as this deployment's: a stage of
 // another deployment in the same account is neither adopted, counted nor
 // deleted.
-func (s *Service) ours(st ivs.Stage) bool {
+func (s *Service) ours(st IVSStage) bool {
 	if st.Tags[TagBroadcast] == "" {
 		return false
 	}
@@ -300,13 +286,13 @@ func (s *Service) ours(st ivs.Stage) bool {
 func ivsFailure(err error, format string, args ...any) *Error {
 	kind := ErrUnavailable
 	switch {
-	case errors.Is(err, ivs.ErrNotFound):
+	case errors.Is(err, ErrIVSNotFound):
 		kind = ErrNotFound
-	case errors.Is(err, ivs.ErrNotPublishing):
+	case errors.Is(err, ErrIVSNotPublishing):
 		kind = ErrNotPublishing
-	case errors.Is(err, ivs.ErrQuota):
+	case errors.Is(err, ErrIVSQuota):
 		kind = ErrStageLimit
-	case errors.Is(err, ivs.ErrValidation):
+	case errors.Is(err, ErrIVSValidation):
 		kind = ErrInvalid
 	}
 	return failWrap(kind, err, format, args...)

@@ -7,7 +7,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/stagefleet/stagefleet/internal/ivs"
 	"github.com/stagefleet/stagefleet/internal/store"
 )
 
@@ -51,7 +50,7 @@ func (s *Service) EndBroadcast(ctx context.Context, broadcastID, reason string) 
 	for i := len(stages) - 1; i >= 0; i-- {
 		st := stages[i]
 		if st.Arn != s.cfg.OriginArn {
-			if err := s.ivs.DeleteStage(ctx, st.Arn); err != nil && !errors.Is(err, ivs.ErrNotFound) {
+			if err := s.ivs.DeleteStage(ctx, st.Arn); err != nil && !errors.Is(err, ErrIVSNotFound) {
 				return end, ivsFailure(err, "deleting stage %s of broadcast %s (ending it again finishes the work)", st.Arn, broadcastID)
 			}
 			end.StagesDeleted++
@@ -236,7 +235,7 @@ func (s *Service) replaceOrigin(ctx context.Context, b store.Broadcast) error {
 // origin, or never seen and given their token longer ago than it lasts.
 // The caller holds the broadcast's lock; present is the origin's
 // participants as IVS shows them.
-func (s *Service) pruneHosts(ctx context.Context, b store.Broadcast, present map[string]ivs.Participant) error {
+func (s *Service) pruneHosts(ctx context.Context, b store.Broadcast, present map[string]IVSParticipant) error {
 	hosts, err := s.store.ListHosts(ctx, b.ID)
 	if err != nil {
 		return err

@@ -8,7 +8,6 @@ import (
 	"slices"
 	"time"
 
-	"github.com/stagefleet/stagefleet/internal/ivs"
 	"github.com/stagefleet/stagefleet/internal/store"
 )
 
@@ -23,7 +22,7 @@ func (s *Service) Reconcile(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("listing tagged stages: %w", err)
 	}
-	inIVS := make(map[string]ivs.Stage, len(tagged))
+	inIVS := make(map[string]IVSStage, len(tagged))
 	for _, st := range tagged {
 		inIVS[st.Arn] = st
 	}
@@ -41,7 +40,7 @@ func (s *Service) Reconcile(ctx context.Context) error {
 	for _, b := range bs {
 		reconciled[b.ID] = true
 	}
-	var unknown []ivs.Stage
+	var unknown []IVSStage
 	for _, st := range tagged {
 		if !known[st.Arn] {
 			unknown = append(unknown, st)
@@ -61,12 +60,12 @@ func (s *Service) Reconcile(ctx context.Context) error {
 		for _, st := range still {
 			present[st.Arn] = true
 		}
-		unknown = slices.DeleteFunc(unknown, func(st ivs.Stage) bool { return !present[st.Arn] })
+		unknown = slices.DeleteFunc(unknown, func(st IVSStage) bool { return !present[st.Arn] })
 	}
 	// Origins first: a replica of a broadcast whose record was lost is
 	// adopted only once its origin has rebuilt the broadcast; before, it
 	// would look like an orphan.
-	slices.SortStableFunc(unknown, func(a, b ivs.Stage) int {
+	slices.SortStableFunc(unknown, func(a, b IVSStage) int {
 		return cmp.Compare(originFirst(a), originFirst(b))
 	})
 	for _, st := range unknown {
@@ -90,7 +89,7 @@ func (s *Service) Reconcile(ctx context.Context) error {
 	return nil
 }
 
-func originFirst(st ivs.Stage) int {
+func originFirst(st IVSStage) int {
 	if st.Tags[TagRole] == string(store.RoleOrigin) {
 		return 0
 	}
@@ -124,7 +123,7 @@ func (s *Service) reconcileTurn(ctx context.Context) error {
 // broadcast's lock (a read may be slow under throttling or retries, and the
 // controller and the event handler must not wait for it); what it shows is
 // applied under the lock.
-func (s *Service) reconcileBroadcast(ctx context.Context, b store.Broadcast, listed time.Time, inIVS map[string]ivs.Stage, known map[string]bool) error {
+func (s *Service) reconcileBroadcast(ctx context.Context, b store.Broadcast, listed time.Time, inIVS map[string]IVSStage, known map[string]bool) error {
 	if err := s.dropGone(ctx, b, listed, inIVS, known); err != nil {
 		return err
 	}
@@ -132,7 +131,7 @@ func (s *Service) reconcileBroadcast(ctx context.Context, b store.Broadcast, lis
 	// that still wins.
 	seen := s.now()
 	present, err := s.originParticipants(ctx, b)
-	if errors.Is(err, ivs.ErrNotFound) {
+	if errors.Is(err, ErrIVSNotFound) {
 		return s.replaceLostOrigin(ctx, b)
 	}
 	if err != nil {
@@ -205,7 +204,7 @@ func (s *Service) replaceLostOrigin(ctx context.Context, b store.Broadcast) erro
 
 // dropGone drops the records of the broadcast's stages that IVS no longer
 // has, freeing their seats, and notes every recorded stage in known.
-func (s *Service) dropGone(ctx context.Context, b store.Broadcast, listed time.Time, inIVS map[string]ivs.Stage, known map[string]bool) error {
+func (s *Service) dropGone(ctx context.Context, b store.Broadcast, listed time.Time, inIVS map[string]IVSStage, known map[string]bool) error {
 	ctx, unlock, err := s.lock(ctx, b.ID, "reconcile: gone stages")
 	if err != nil {
 		return err
@@ -234,12 +233,12 @@ func (s *Service) dropGone(ctx context.Context, b store.Broadcast, listed time.T
 
 // originParticipants returns the non-replica participants of the origin's
 // active session, by id.
-func (s *Service) originParticipants(ctx context.Context, b store.Broadcast) (map[string]ivs.Participant, error) {
+func (s *Service) originParticipants(ctx context.Context, b store.Broadcast) (map[string]IVSParticipant, error) {
 	origin, err := s.ivs.GetStage(ctx, b.OriginArn)
 	if err != nil {
 		return nil, err
 	}
-	present := map[string]ivs.Participant{}
+	present := map[string]IVSParticipant{}
 	if origin.ActiveSessionID == "" {
 		return present, nil
 	}
@@ -259,7 +258,7 @@ func (s *Service) originParticipants(ctx context.Context, b store.Broadcast) (ma
 // publishing, one disconnected or absent as not, and records a publishing
 // participant it has no record of: lost Published and Unpublished events,
 // and a lost store, are repaired here.
-func (s *Service) applyHosts(ctx context.Context, b store.Broadcast, present map[string]ivs.Participant, seen time.Time) error {
+func (s *Service) applyHosts(ctx context.Context, b store.Broadcast, present map[string]IVSParticipant, seen time.Time) error {
 	hosts, err := s.store.ListHosts(ctx, b.ID)
 	if err != nil {
 		return err
@@ -394,7 +393,7 @@ func (s *Service) applyReplicas(ctx context.Context, b store.Broadcast, active m
 // manual stages of a known broadcast are recorded again; an origin whose
 // broadcast is unknown rebuilds the broadcast; anything else is an orphan
 // and is deleted.
-func (s *Service) adopt(ctx context.Context, st ivs.Stage) {
+func (s *Service) adopt(ctx context.Context, st IVSStage) {
 	b := st.Tags[TagBroadcast]
 	role := store.Role(st.Tags[TagRole])
 	ctx, unlock, err := s.lock(ctx, b, "reconcile: adopt")
@@ -442,7 +441,7 @@ func (s *Service) adopt(ctx context.Context, st ivs.Stage) {
 		s.log.Warn("reading broadcast for adoption", "broadcast", b, "error", err)
 		return
 	}
-	if err := s.ivs.DeleteStage(ctx, st.Arn); err != nil && !errors.Is(err, ivs.ErrNotFound) {
+	if err := s.ivs.DeleteStage(ctx, st.Arn); err != nil && !errors.Is(err, ErrIVSNotFound) {
 		s.log.Warn("deleting orphan stage", "stage", st.Arn, "error", err)
 		return
 	}

@@ -7,7 +7,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/stagefleet/stagefleet/internal/ivs"
 	"github.com/stagefleet/stagefleet/internal/store"
 )
 
@@ -21,7 +20,7 @@ type StageView struct {
 	Tags         map[string]string
 	Replications []store.Replication
 	// Endpoints are set for a single stage read from IVS.
-	Endpoints ivs.Endpoints
+	Endpoints IVSEndpoints
 }
 
 // CreateStage creates a manual stage: tagged as stagefleet's, but unmanaged
@@ -281,11 +280,11 @@ func (s *Service) StartReplication(ctx context.Context, r Replication) (store.Re
 	}
 	defer unlock()
 	err = s.ivs.StartReplication(ctx, r.SourceArn, r.DestArn, r.ParticipantID, s.cfg.ReconnectWindow)
-	var ie *ivs.Error
+	msg, hasMsg := serviceMessage(err)
 	switch {
-	case errors.Is(err, ivs.ErrNotPublishing) && errors.As(err, &ie):
-		return store.Replication{}, fail(ErrNotPublishing, "%s", ie.Message)
-	case errors.Is(err, ivs.ErrConflict):
+	case errors.Is(err, ErrIVSNotPublishing) && hasMsg:
+		return store.Replication{}, fail(ErrNotPublishing, "%s", msg)
+	case errors.Is(err, ErrIVSConflict):
 		// Already replicating: idempotent.
 	case err != nil:
 		return store.Replication{}, ivsFailure(err, "starting replication of %s into %s", r.ParticipantID, r.DestArn)
@@ -324,9 +323,9 @@ func (s *Service) StopReplication(ctx context.Context, r Replication) error {
 	err = s.ivs.StopReplication(ctx, r.SourceArn, r.DestArn, r.ParticipantID)
 	_, gerr := s.store.GetReplication(ctx, b, r.ParticipantID, r.DestArn)
 	switch {
-	case errors.Is(err, ivs.ErrNotFound) && errors.Is(gerr, store.ErrNotFound):
+	case errors.Is(err, ErrIVSNotFound) && errors.Is(gerr, store.ErrNotFound):
 		return fail(ErrNotFound, "participant %s is not being replicated from %s to %s", r.ParticipantID, r.SourceArn, r.DestArn)
-	case err != nil && !errors.Is(err, ivs.ErrNotFound):
+	case err != nil && !errors.Is(err, ErrIVSNotFound):
 		return ivsFailure(err, "stopping replication of %s into %s", r.ParticipantID, r.DestArn)
 	}
 	if err := s.store.DeleteReplication(ctx, b, r.ParticipantID, r.DestArn); err != nil && !errors.Is(err, store.ErrNotFound) {

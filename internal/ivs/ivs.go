@@ -7,7 +7,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"regexp"
 	"strings"
 	"time"
 
@@ -21,29 +20,32 @@ import (
 	"github.com/aws/smithy-go/middleware"
 	"golang.org/x/time/rate"
 
+	"github.com/stagefleet/stagefleet/internal/fleet"
 	"github.com/stagefleet/stagefleet/internal/token"
 )
 
-// The formats of IVS real-time's ARNs (the service model's patterns, in
-// full), for callers that validate input before it reaches IVS.
+// Errors of IVS calls, for errors.Is: those fleet tells apart are fleet's
+// own, the rest this adapter's.
 var (
-	StageArnPattern     = regexp.MustCompile(`^arn:aws:ivs:[a-z0-9-]+:[0-9]+:stage/[a-zA-Z0-9-]+$`)
-	PublicKeyArnPattern = regexp.MustCompile(`^arn:aws:ivs:[a-z0-9-]+:[0-9]+:public-key/[a-zA-Z0-9-]+$`)
-)
-
-// Errors of IVS calls, for errors.Is.
-var (
-	ErrNotFound = errors.New("ivs: not found")
+	ErrNotFound = fleet.ErrIVSNotFound
 	// ErrNotPublishing: StartParticipantReplication on a participant that
 	// is not connected and publishing. Recognised by the service's message,
 	// since AWS does not document the error type.
-	ErrNotPublishing = errors.New("ivs: participant is not publishing")
-	ErrConflict      = errors.New("ivs: conflict")
-	ErrQuota         = errors.New("ivs: service quota exceeded")
+	ErrNotPublishing = fleet.ErrIVSNotPublishing
+	ErrConflict      = fleet.ErrIVSConflict
+	ErrQuota         = fleet.ErrIVSQuota
+	ErrValidation    = fleet.ErrIVSValidation
 	ErrThrottled     = errors.New("ivs: throttled")
-	ErrValidation    = errors.New("ivs: invalid request")
 	ErrAccessDenied  = errors.New("ivs: access denied")
 	ErrUnavailable   = errors.New("ivs: service error")
+)
+
+// The values the client takes and gives are fleet's.
+type (
+	Stage       = fleet.IVSStage
+	Endpoints   = fleet.IVSEndpoints
+	Replica     = fleet.IVSReplica
+	Participant = fleet.IVSParticipant
 )
 
 // Error is a failed IVS call: the operation, the service's error code and
@@ -64,6 +66,9 @@ func (e *Error) Error() string {
 }
 
 func (e *Error) Unwrap() []error { return []error{e.Kind, e.Err} }
+
+// ServiceMessage is the service's own text of the error.
+func (e *Error) ServiceMessage() string { return e.Message }
 
 func wrap(op string, err error) error {
 	if err == nil {
@@ -221,23 +226,6 @@ func (p pacer) HandleFinalize(ctx context.Context, in middleware.FinalizeInput, 
 	return next.HandleFinalize(ctx, in)
 }
 
-// Stage is an IVS stage.
-type Stage struct {
-	Arn             string
-	Name            string
-	ActiveSessionID string
-	Tags            map[string]string
-	Endpoints       Endpoints
-}
-
-// Endpoints are where participants reach a stage, as GetStage gives them.
-type Endpoints struct {
-	Events string
-	Whip   string
-	Rtmp   string
-	Rtmps  string
-}
-
 func stageOf(s *types.Stage) Stage {
 	st := Stage{Arn: aws.ToString(s.Arn), Name: aws.ToString(s.Name), ActiveSessionID: aws.ToString(s.ActiveSessionId), Tags: s.Tags}
 	if e := s.Endpoints; e != nil {
@@ -342,14 +330,6 @@ func (c *Client) StopReplication(ctx context.Context, sourceArn, destArn, partic
 	return wrap(op, err)
 }
 
-// Replica is one replication of a participant.
-type Replica struct {
-	ParticipantID string
-	SourceArn     string
-	DestArn       string
-	Active        bool
-}
-
 // ListReplicas returns every replication of one participant (all pages).
 func (c *Client) ListReplicas(ctx context.Context, sourceArn, participantID string) ([]Replica, error) {
 	p := ivsrealtime.NewListParticipantReplicasPaginator(c.api, &ivsrealtime.ListParticipantReplicasInput{
@@ -368,15 +348,6 @@ func (c *Client) ListReplicas(ctx context.Context, sourceArn, participantID stri
 		}
 		return out
 	})
-}
-
-// Participant is a participant of a stage session.
-type Participant struct {
-	ID        string
-	UserID    string
-	Connected bool
-	Published bool
-	Replica   bool
 }
 
 // ListParticipants returns the participants of a stage's session (all pages).
