@@ -359,7 +359,8 @@ func (s *Service) step(ctx context.Context, broadcastID string) error {
 	if starts.left.Load() <= 0 {
 		s.kicks.kick(broadcastID)
 	}
-	return s.scaleDown(ctx, v)
+	// Seating is derived at the end of every pass, whatever the pass did.
+	return errors.Join(s.scaleDown(ctx, v), s.applySeating(ctx, broadcastID))
 }
 
 // budget is a pass's allowance of IVS calls of one kind, shared by the
@@ -608,7 +609,7 @@ func (s *Service) drainAndDelete(ctx context.Context, st store.Stage, reps []sto
 		if err := s.store.PutStage(ctx, cur); err != nil {
 			return false, err
 		}
-		return false, s.refreshReplica(ctx, cur)
+		return false, s.applySeating(ctx, cur.BroadcastID)
 	}
 	s.log.Info("removing stage", "broadcast", st.BroadcastID, "stage", st.Arn, "role", st.Role, "reason", reason)
 	for _, r := range reps {

@@ -263,7 +263,8 @@ func TestScaleDownWindow(t *testing.T) {
 		t.Fatalf("%d replica stages with 4 free seats and a headroom of 5; want 1", len(reps))
 	}
 	replica := reps[0].Arn
-	if err := st.SetSeatable(ctx, replica, true); err != nil {
+	// Its host's replication becomes active: the replica takes viewers.
+	if err := st.PutReplication(ctx, store.Replication{BroadcastID: fleet.DefaultBroadcast, ParticipantID: hostID, SourceArn: origin, DestArn: replica, State: store.ReplActive, UpdatedAt: clk.Now()}); err != nil {
 		t.Fatal(err)
 	}
 	// The audience drops back: the replica is empty and not needed.

@@ -157,19 +157,10 @@ func (s *Service) hostEvent(ctx context.Context, origin store.Stage, ev Event, p
 	if err := s.store.PutHost(ctx, h); err != nil {
 		return "", failWrap(ErrUnavailable, err, "recording host")
 	}
-	if err := s.refreshOrigin(ctx, origin); err != nil {
+	if err := s.applySeating(ctx, origin.BroadcastID); err != nil {
 		return "", err
 	}
 	return EventApplied, nil
-}
-
-// refreshOrigin makes the origin take viewers exactly while a host publishes.
-func (s *Service) refreshOrigin(ctx context.Context, origin store.Stage) error {
-	hosts, err := s.store.ListHosts(ctx, origin.BroadcastID)
-	if err != nil {
-		return failWrap(ErrUnavailable, err, "listing hosts")
-	}
-	return s.setSeatable(ctx, origin, anyPublishing(hosts), "host publishing")
 }
 
 func (s *Service) replicationEvent(ctx context.Context, dest store.Stage, ev Event, started bool) (EventResult, error) {
@@ -196,70 +187,8 @@ func (s *Service) replicationEvent(ctx context.Context, dest store.Stage, ev Eve
 	if err := s.store.PutReplication(ctx, r); err != nil {
 		return "", failWrap(ErrUnavailable, err, "recording replication")
 	}
-	if err := s.refreshReplica(ctx, dest); err != nil {
+	if err := s.applySeating(ctx, dest.BroadcastID); err != nil {
 		return "", err
 	}
 	return EventApplied, nil
-}
-
-// refreshReplica makes a replica stage take viewers exactly while a host
-// replication into it is active (invariant 2). Manual stages never do.
-func (s *Service) refreshReplica(ctx context.Context, dest store.Stage) error {
-	if dest.Role != store.RoleReplica {
-		return nil
-	}
-	rs, err := s.store.ListReplications(ctx, dest.BroadcastID)
-	if err != nil {
-		return failWrap(ErrUnavailable, err, "listing replications")
-	}
-	hosts, err := s.store.ListHosts(ctx, dest.BroadcastID)
-	if err != nil {
-		return failWrap(ErrUnavailable, err, "listing hosts")
-	}
-	return s.seatReplica(ctx, dest, rs, hosts)
-}
-
-// seatReplica is refreshReplica on the broadcast's replications and hosts
-// already read.
-func (s *Service) seatReplica(ctx context.Context, dest store.Stage, rs []store.Replication, hosts []store.Host) error {
-	if dest.Role != store.RoleReplica {
-		return nil
-	}
-	replicated := map[string]bool{}
-	for _, r := range rs {
-		if r.DestArn == dest.Arn && r.State == store.ReplActive {
-			replicated[r.ParticipantID] = true
-		}
-	}
-	// Viewers there must see the show: at least one host, and every host
-	// that publishes.
-	active := len(replicated) > 0
-	for _, h := range hosts {
-		active = active && (!h.Publishing || replicated[h.ParticipantID])
-	}
-	if active {
-		if started, ok := s.provisionStart.LoadAndDelete(dest.Arn); ok {
-			d := s.now().Sub(started.(time.Time))
-			s.provisioning.observe(d)
-			s.log.Info("replica stage ready", "broadcast", dest.BroadcastID, "stage", dest.Arn, "provisioning", d)
-		}
-	}
-	return s.setSeatable(ctx, dest, active && !dest.Draining, "host replication active")
-}
-
-// setSeatable writes even when st already says so: the broadcast's lock is
-// this instance's, and another instance may have changed the stage since st
-// was read.
-func (s *Service) setSeatable(ctx context.Context, st store.Stage, seatable bool, why string) error {
-	if err := s.store.SetSeatable(ctx, st.Arn, seatable); err != nil {
-		return failWrap(ErrUnavailable, err, "updating stage %s", st.Arn)
-	}
-	if st.Seatable == seatable {
-		return nil
-	}
-	s.log.Info("stage seating changed", "broadcast", st.BroadcastID, "stage", st.Arn, "role", st.Role, "seatable", seatable, "reason", why)
-	if seatable {
-		s.seatsChanged()
-	}
-	return nil
 }

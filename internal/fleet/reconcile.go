@@ -297,11 +297,7 @@ func (s *Service) applyHosts(ctx context.Context, b store.Broadcast, present map
 		}
 		s.log.Info("host state repaired from IVS", "broadcast", b.ID, "participant", h.ParticipantID, "publishing", publishing)
 	}
-	rec, err := s.store.GetStage(ctx, b.OriginArn)
-	if err != nil {
-		return err
-	}
-	return s.refreshOrigin(ctx, rec)
+	return s.applySeating(ctx, b.ID)
 }
 
 // activeReplicas reads from IVS which replications of the broadcast's hosts
@@ -372,20 +368,7 @@ func (s *Service) applyReplicas(ctx context.Context, b store.Broadcast, active m
 			return err
 		}
 	}
-	// Read once more for all the stages: the records were just written.
-	if reps, err = s.store.ListReplications(ctx, b.ID); err != nil {
-		return err
-	}
-	hosts, err := s.store.ListHosts(ctx, b.ID)
-	if err != nil {
-		return err
-	}
-	for _, st := range stages {
-		if err := s.seatReplica(ctx, st, reps, hosts); err != nil {
-			return err
-		}
-	}
-	return nil
+	return s.applySeating(ctx, b.ID)
 }
 
 // adopt takes back a stage tagged as stagefleet's that has no record (after

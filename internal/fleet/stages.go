@@ -331,10 +331,8 @@ func (s *Service) StopReplication(ctx context.Context, r Replication) error {
 	if err := s.store.DeleteReplication(ctx, b, r.ParticipantID, r.DestArn); err != nil && !errors.Is(err, store.ErrNotFound) {
 		return failWrap(ErrUnavailable, err, "dropping replication record")
 	}
-	if dest, err := s.store.GetStage(ctx, r.DestArn); err == nil {
-		if err := s.refreshReplica(ctx, dest); err != nil {
-			return err
-		}
+	if err := s.applySeating(ctx, b); err != nil {
+		return err
 	}
 	s.log.Info("replication stopped by hand", "broadcast", b, "participant", r.ParticipantID, "source", r.SourceArn, "destination", r.DestArn)
 	return nil

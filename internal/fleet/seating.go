@@ -1,0 +1,82 @@
+package fleet
+
+import (
+	"context"
+	"time"
+
+	"github.com/stagefleet/stagefleet/internal/store"
+)
+
+// seatable is invariant 2, defined once: whether a stage takes viewers,
+// from the facts. The origin does while any host publishes. A replica does
+// while it is not draining, some host publishes, and every publishing
+// host's replication into it is active: viewers there must see the whole
+// show. Manual stages never do.
+func seatable(st store.Stage, hosts []store.Host, reps map[replKey]store.Replication) bool {
+	switch st.Role {
+	case store.RoleOrigin:
+		return anyPublishing(hosts)
+	case store.RoleReplica:
+		if st.Draining {
+			return false
+		}
+		live := false
+		for _, h := range hosts {
+			if !h.Publishing {
+				continue
+			}
+			live = true
+			if reps[replKey{h.ParticipantID, st.Arn}].State != store.ReplActive {
+				return false
+			}
+		}
+		return live
+	}
+	return false
+}
+
+// applySeating sets whether each stage of the broadcast takes viewers to
+// what seatable says of the records as they are now. The caller holds the
+// broadcast, so nobody else changes its seating meanwhile.
+func (s *Service) applySeating(ctx context.Context, broadcastID string) error {
+	stages, err := s.store.ListStages(ctx, broadcastID)
+	if err != nil {
+		return failWrap(ErrUnavailable, err, "listing stages")
+	}
+	hosts, err := s.store.ListHosts(ctx, broadcastID)
+	if err != nil {
+		return failWrap(ErrUnavailable, err, "listing hosts")
+	}
+	list, err := s.store.ListReplications(ctx, broadcastID)
+	if err != nil {
+		return failWrap(ErrUnavailable, err, "listing replications")
+	}
+	reps := make(map[replKey]store.Replication, len(list))
+	for _, r := range list {
+		reps[replKey{r.ParticipantID, r.DestArn}] = r
+	}
+	opened := false
+	for _, st := range stages {
+		want := seatable(st, hosts, reps)
+		if want == st.Seatable {
+			continue
+		}
+		if err := s.store.SetSeatable(ctx, st.Arn, want); err != nil {
+			return failWrap(ErrUnavailable, err, "updating stage %s", st.Arn)
+		}
+		s.log.Info("stage seating changed", "broadcast", broadcastID, "stage", st.Arn, "role", st.Role, "seatable", want)
+		if !want {
+			continue
+		}
+		opened = true
+		if started, ok := s.provisionStart.LoadAndDelete(st.Arn); ok {
+			d := s.now().Sub(started.(time.Time))
+			s.provisioning.observe(d)
+			s.log.Info("replica stage ready", "broadcast", broadcastID, "stage", st.Arn, "provisioning_ms", d.Milliseconds())
+		}
+	}
+	if opened {
+		s.seatsChanged()
+	}
+	return nil
+}
