@@ -153,6 +153,9 @@ type State struct {
 	PublicKeys   []publicKeyJSON      `json:"publicKeys"`
 	Counters     map[string]OpCounter `json:"counters"`
 	Events       EventStats           `json:"events"`
+	// Observations are about how the account was used, not what it holds
+	// (Counters are per operation).
+	Observations Observations `json:"observations"`
 }
 
 // Limits are the per-stage and per-account limits in force.
@@ -274,6 +277,13 @@ func (e *Emulator) Snapshot() State {
 	for op, c := range e.counters {
 		out.Counters[op] = *c
 	}
+	out.Observations = Observations{
+		SubscribersBeforeReplicaActive:       e.observed.SubscribersBeforeReplicaActive,
+		RecentSubscribersBeforeReplicaActive: make([]EarlySubscriberJoin, len(e.observed.RecentSubscribersBeforeReplicaActive)),
+	}
+	// The joins' Missing slices are never changed once recorded, so sharing
+	// them with the copy is safe.
+	copy(out.Observations.RecentSubscribersBeforeReplicaActive, e.observed.RecentSubscribersBeforeReplicaActive)
 	return out
 }
 
@@ -361,8 +371,8 @@ func (e *Emulator) controlSetDelivery(w http.ResponseWriter, r *http.Request) {
 	e.controlEvents(w, r)
 }
 
-// Reset empties the account and clears faults, counters, event delivery
-// settings and the event log, as if the emulator had just started.
+// Reset empties the account and clears faults, counters, observations, event
+// delivery settings and the event log, as if the emulator had just started.
 func (e *Emulator) Reset() {
 	e.mu.Lock()
 	e.st.stopTimers()
@@ -372,6 +382,7 @@ func (e *Emulator) Reset() {
 	e.limiters = newLimiters(e.cfg.Quotas)
 	clear(e.faults)
 	clear(e.counters)
+	e.observed = Observations{}
 	e.mu.Unlock()
 	e.events.reset(e.cfg.Delivery)
 }

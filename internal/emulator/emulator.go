@@ -106,6 +106,9 @@ type Emulator struct {
 	limiters map[string]*rate.Limiter
 	faults   map[string]Fault
 	counters map[string]*OpCounter
+	// observed is what the emulator noticed about its clients; like
+	// counters, it is not account state, but Reset clears it too.
+	observed Observations
 }
 
 // New builds an emulator from cfg, filling unset fields from DefaultConfig.

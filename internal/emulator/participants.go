@@ -59,6 +59,7 @@ func (e *Emulator) join(g *grant) (*stage, *participant, *apiError) {
 		s.maxSubscribers = subs
 	}
 	e.emit(s, evJoined, p, nil)
+	e.observeJoin(s, p)
 	return s, p, nil
 }
 
