@@ -23,7 +23,7 @@ import (
 const fuzzArn = "arn:aws:ivs:us-east-1:123456789012:stage/abcDEF123456"
 
 // fuzzErrors are what the fake fleet answers, chosen by the fuzz input,
-// with the status DESIGN.md gives each.
+// with the status docs/api.md gives each.
 var fuzzErrors = []struct {
 	err    error
 	status int

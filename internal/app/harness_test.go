@@ -42,7 +42,7 @@ type testApp struct {
 const testEventsSecret = "test-events-secret"
 
 // startApp runs stagefleet serve configured by env (the variables of
-// DESIGN.md; loopback and free ports unless env says otherwise) until the
+// docs/configuration.md; loopback and free ports unless env says otherwise) until the
 // test ends. emu, if given, adjust the embedded emulator (as its
 // --emulator-* flags would).
 func startApp(t *testing.T, env map[string]string, emu ...func(*emulator.Config)) *testApp {

@@ -301,7 +301,7 @@ var settings = []setting{
 		}
 		return nil
 	}},
-	{"NODE_ENV", "development", "the environment's name, as health and metrics report it (the previous server's setting)", func(c *Config, v string) error {
+	{"NODE_ENV", "development", "the environment's name, as /health reports it (the previous server's setting)", func(c *Config, v string) error {
 		c.Environment = v
 		return nil
 	}},

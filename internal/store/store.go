@@ -101,7 +101,8 @@ type Host struct {
 	EventTime time.Time `json:"eventTime"`
 }
 
-// Replication states (DESIGN.md "Words").
+// Replication states: pending (host not publishing), starting, active,
+// stopped, failed (retried with back-off).
 const (
 	ReplPending  = "pending"
 	ReplStarting = "starting"
