@@ -8,8 +8,8 @@ import (
 	"unicode"
 	"unicode/utf8"
 
-	"github.com/stagefleet/stagefleet/internal/fleet"
 	"github.com/stagefleet/stagefleet/internal/arn"
+	"github.com/stagefleet/stagefleet/internal/fleet"
 )
 
 var (
