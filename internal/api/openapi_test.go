@@ -11,6 +11,7 @@ import (
 	"net/http/httptest"
 	"net/url"
 	"os"
+	"reflect"
 	"regexp"
 	"slices"
 	"strings"
@@ -78,6 +79,7 @@ type oaSchema struct {
 	Required             []string             `json:"required"`
 	Items                *oaSchema            `json:"items"`
 	AllOf                []*oaSchema          `json:"allOf"`
+	OneOf                []*oaSchema          `json:"oneOf"`
 	Enum                 []any                `json:"enum"`
 }
 
@@ -106,8 +108,13 @@ func parseOpenAPI(t *testing.T) (oaDoc, map[string]oaOperation) {
 }
 
 // openAPIPath is a route's path as OpenAPI writes it: {stageArn...} is
-// {stageArn}.
-func openAPIPath(p string) string { return strings.ReplaceAll(p, "...}", "}") }
+// {stageArn}, and "/{$}" (exactly "/") is "/".
+func openAPIPath(p string) string {
+	if p == "/{$}" {
+		return "/"
+	}
+	return strings.ReplaceAll(p, "...}", "}")
+}
 
 func TestOpenAPIIsValidJSON(t *testing.T) {
 	doc, _ := parseOpenAPI(t) // stops the test on invalid JSON
@@ -222,9 +229,7 @@ func TestOpenAPIOperations(t *testing.T) {
 }
 
 func TestOpenAPIServed(t *testing.T) {
-	h := New(Options{SkipAuth: true, Health: func(context.Context) Health {
-		return Health{IVS: Component{Status: "ok"}, Store: Component{Status: "ok"}, Controller: Component{Status: "ok"}}
-	}}, nil)
+	h := New(Options{SkipAuth: true, Health: oaHealth(HealthHealthy)}, nil)
 	rec := httptest.NewRecorder()
 	h.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/openapi.json", nil))
 	if rec.Code != http.StatusOK {
@@ -248,7 +253,14 @@ const (
 var oaTime = time.Date(2025, 5, 1, 12, 0, 0, 0, time.UTC)
 
 // oaFleet answers every call with full sample data, or with err.
-type oaFleet struct{ err error }
+type oaFleet struct {
+	err error
+	// empty: the broadcast has no host and no seat.
+	empty bool
+	// originReplaced: the broadcast's origin was deleted outside
+	// stagefleet and replaced.
+	originReplaced bool
+}
 
 var _ Fleet = (*oaFleet)(nil)
 
@@ -273,6 +285,14 @@ func (f *oaFleet) stage(arn string) fleet.StageView {
 	}
 }
 
+// detail is a single stage as IVS describes it, endpoints included.
+func (f *oaFleet) detail(arn string) fleet.StageView {
+	v := f.stage(arn)
+	v.Endpoints = fleet.IVSEndpoints{Events: "wss://global.events.live-video.net", Whip: "https://global.whip.live-video.net",
+		Rtmp: "rtmp://AbCdEf123456.global-contribute.live-video.net/app/", Rtmps: "rtmps://AbCdEf123456.global-contribute.live-video.net:443/app/"}
+	return v
+}
+
 func (f *oaFleet) host() store.Host {
 	return store.Host{BroadcastID: "default", ParticipantID: "PART1", UserID: "host-1", StageArn: oaArn, JoinedAt: oaTime, Publishing: true}
 }
@@ -282,7 +302,7 @@ func (f *oaFleet) PublisherToken(_ context.Context, b, u string) (fleet.IssuedTo
 }
 func (f *oaFleet) ViewerToken(_ context.Context, b, u, _ string) (fleet.IssuedToken, error) {
 	t := f.token(b, u, oaArn2, "SUBSCRIBE")
-	t.WhipURL = ""
+	t.WhipURL, t.SeatKey, t.NewSeat, t.StageViewers = "", "seat-key", true, 3
 	return t, f.err
 }
 func (f *oaFleet) MediaServerToken(_ context.Context, s, arn string) (fleet.IssuedToken, error) {
@@ -292,6 +312,9 @@ func (f *oaFleet) Heartbeat(_ context.Context, b, u string, _ fleet.SeatProof) (
 	return f.seat(b, u), f.err
 }
 func (f *oaFleet) Leave(_ context.Context, b, u string) (store.Seat, bool, error) {
+	if f.empty {
+		return store.Seat{}, false, f.err
+	}
 	return f.seat(b, u), true, f.err
 }
 func (f *oaFleet) Rejoin(ctx context.Context, b, u, arn, _ string) (fleet.IssuedToken, error) {
@@ -301,7 +324,11 @@ func (f *oaFleet) EndBroadcast(_ context.Context, b, _ string) (fleet.Ended, err
 	return fleet.Ended{BroadcastID: b, StagesDeleted: 2, SeatsFreed: 1}, f.err
 }
 func (f *oaFleet) Broadcast(_ context.Context, id string) (store.Broadcast, error) {
-	return store.Broadcast{ID: id, OriginArn: oaArn, CreatedAt: oaTime}, f.err
+	b := store.Broadcast{ID: id, OriginArn: oaArn, CreatedAt: oaTime}
+	if f.originReplaced {
+		b.ReplacedOriginArn, b.OriginReplacedAt = oaArn2, oaTime
+	}
+	return b, f.err
 }
 func (f *oaFleet) CreateStage(_ context.Context, b, name string, tags map[string]string) (fleet.StageView, error) {
 	v := f.stage(oaArn2)
@@ -309,7 +336,7 @@ func (f *oaFleet) CreateStage(_ context.Context, b, name string, tags map[string
 	return v, f.err
 }
 func (f *oaFleet) Stage(_ context.Context, arn string) (fleet.StageView, error) {
-	return f.stage(arn), f.err
+	return f.detail(arn), f.err
 }
 func (f *oaFleet) UpdateStage(_ context.Context, arn, name string) (fleet.StageView, error) {
 	v := f.stage(arn)
@@ -321,7 +348,7 @@ func (f *oaFleet) Stages(context.Context, string) ([]fleet.StageView, error) {
 	return []fleet.StageView{f.stage(oaArn), f.stage(oaArn2)}, f.err
 }
 func (f *oaFleet) Origin(context.Context, string) (fleet.StageView, error) {
-	return f.stage(oaArn), f.err
+	return f.detail(oaArn), f.err
 }
 func (f *oaFleet) StartReplication(context.Context, fleet.Replication) (store.Replication, error) {
 	return f.replication(), f.err
@@ -336,9 +363,15 @@ func (f *oaFleet) Hosts(context.Context, string) ([]store.Host, error) {
 	return []store.Host{f.host()}, f.err
 }
 func (f *oaFleet) Publisher(context.Context, string) (store.Host, bool, error) {
+	if f.empty {
+		return store.Host{}, false, f.err
+	}
 	return f.host(), true, f.err
 }
 func (f *oaFleet) Seats(context.Context, string, string) ([]store.Seat, error) {
+	if f.empty {
+		return nil, f.err
+	}
 	return []store.Seat{f.seat("default", "viewer-1")}, f.err
 }
 func (f *oaFleet) Broadcasts(context.Context) ([]store.Broadcast, error) {
@@ -365,6 +398,8 @@ var (
 
 var oaRequests = map[string]oaRequest{
 	"GET /api/health":                                 {target: "/api/health"},
+	"GET /health":                                     {target: "/health"},
+	"GET /{$}":                                        {target: "/"},
 	"GET /openapi.json":                               {target: "/openapi.json"},
 	"POST /api/events/ivs":                            {target: eventsPath, body: oaEvent, badBody: `{"id":"ev-2","detail-type":"IVS Stage Update","source":"aws.ivs"}`},
 	"POST /api/token/publisher":                       {target: "/api/token/publisher", body: `{"userId":"host-1"}`, badBody: `{"userId":7}`},
@@ -384,10 +419,11 @@ var oaRequests = map[string]oaRequest{
 	"POST /api/viewer/leave":                          {target: "/api/viewer/leave", body: oaViewer, badBody: `{"userId":"v","broadcastId":"a b"}`},
 	"POST /api/viewer/rejoin":                         {target: "/api/viewer/rejoin", body: `{"userId":"viewer-1","stageArn":"` + oaArn2 + `"}`, badBody: `{"userId":"v","stageArn":"nope"}`},
 	"GET /api/viewer/list/{stageArn...}":              {target: "/api/viewer/list/" + oaArn2, badTarget: "/api/viewer/list/nope"},
-	"GET /api/viewer/duration":                        {target: "/api/viewer/duration?userId=viewer-1", badTarget: "/api/viewer/duration?broadcastId=no%20spaces"},
+	"GET /api/viewer/duration":                        {target: "/api/viewer/duration?userId=viewer-1&stageArn=" + url.QueryEscape(oaArn2), badTarget: "/api/viewer/duration?userId=viewer-1&stageArn=nope"},
 	"GET /api/stats":                                  {target: "/api/stats"},
 	"GET /api/stats/viewers":                          {target: "/api/stats/viewers"},
-	"GET /api/stats/stages":                           {target: "/api/stats/stages"},
+	"GET /api/stats/stages":                           {target: "/api/stats/stages?arn=" + url.QueryEscape(oaArn2), badTarget: "/api/stats/stages?arn=nope"},
+	"GET /api/stats/stages/{stageId}":                 {target: "/api/stats/stages/GhIjKl789012", badTarget: "/api/stats/stages/no_underscores"},
 	"GET /api/stats/publisher":                        {target: "/api/stats/publisher"},
 	"DELETE /api/broadcasts/{broadcastId}":            {target: "/api/broadcasts/show-1", badTarget: "/api/broadcasts/no%20spaces"},
 }
@@ -408,7 +444,7 @@ var oaFleetErrors = map[string][]error{
 	"POST /api/stage":                                 {fleet.ErrInvalid, fleet.ErrStageLimit, fleet.ErrUnavailable},
 	"GET /api/stage/{stageArn...}":                    {fleet.ErrNotFound, fleet.ErrUnavailable},
 	"PUT /api/stage/{stageArn...}":                    {fleet.ErrInvalid, fleet.ErrNotFound, fleet.ErrUnavailable},
-	"DELETE /api/stage/{stageArn...}":                 {fleet.ErrForbidden, fleet.ErrNotFound, fleet.ErrUnavailable},
+	"DELETE /api/stage/{stageArn...}":                 {fleet.ErrInvalid, fleet.ErrForbidden, fleet.ErrNotFound, fleet.ErrUnavailable},
 	"POST /api/stage/replication/start":               {fleet.ErrInvalid, fleet.ErrNotFound, fleet.ErrNotPublishing, fleet.ErrStageLimit, fleet.ErrUnavailable},
 	"DELETE /api/stage/replication/stop":              {fleet.ErrInvalid, fleet.ErrNotFound, fleet.ErrUnavailable},
 	"GET /api/stage/replication/status/{stageArn...}": {fleet.ErrUnavailable},
@@ -418,6 +454,7 @@ var oaFleetErrors = map[string][]error{
 	"GET /api/stats":                                  {fleet.ErrUnavailable},
 	"GET /api/stats/viewers":                          {fleet.ErrUnavailable},
 	"GET /api/stats/stages":                           {fleet.ErrUnavailable},
+	"GET /api/stats/stages/{stageId}":                 {fleet.ErrUnavailable},
 	"GET /api/stats/publisher":                        {fleet.ErrUnavailable},
 }
 
@@ -447,13 +484,22 @@ func (c oaCheck) serve(h http.Handler, method, target, body string, header http.
 // its body has the declared shape.
 func (c oaCheck) expect(key string, rec *httptest.ResponseRecorder, what string) {
 	c.t.Helper()
-	op := c.ops[openAPIPath(key)] // key is "METHOD /path"
+	method, path, _ := strings.Cut(key, " ") // key is a route's "METHOD /path"
+	op := c.ops[method+" "+openAPIPath(path)]
 	status := fmt.Sprint(rec.Code)
 	resp := op.Responses[status]
 	if resp == nil {
 		c.t.Errorf("%s (%s): answered %s, which openapi.json does not declare: %s", key, what, status, rec.Body)
 		return
 	}
+	c.expectResponse(key, resp, rec, what)
+}
+
+// expectResponse checks an answer against one declared response: its
+// headers, and its body's shape (none when it declares no content).
+func (c oaCheck) expectResponse(key string, resp *oaResponse, rec *httptest.ResponseRecorder, what string) {
+	c.t.Helper()
+	status := fmt.Sprint(rec.Code)
 	if resp.Ref != "" {
 		resp = c.doc.Components.Responses[strings.TrimPrefix(resp.Ref, "#/components/responses/")]
 	}
@@ -464,6 +510,12 @@ func (c oaCheck) expect(key string, rec *httptest.ResponseRecorder, what string)
 	}
 	if rec.Header().Get("Retry-After") != "" && resp.Headers["Retry-After"] == nil {
 		c.t.Errorf("%s (%s): sent Retry-After, which %s does not declare", key, what, status)
+	}
+	if resp.Content == nil {
+		if rec.Body.Len() > 0 {
+			c.t.Errorf("%s (%s): %s declares no body, but one was sent: %s", key, what, status, rec.Body)
+		}
+		return
 	}
 	media, ok := resp.Content["application/json"]
 	if !ok || media.Schema == nil {
@@ -480,18 +532,23 @@ func (c oaCheck) expect(key string, rec *httptest.ResponseRecorder, what string)
 	}
 }
 
-// flatten resolves $ref and allOf into the schemas a value must meet.
+// flatten resolves $ref and allOf into the schemas a value must meet, each
+// once.
 func (c oaCheck) flatten(ss []*oaSchema) []*oaSchema {
 	var out []*oaSchema
 	for _, s := range ss {
 		for s != nil && s.Ref != "" {
 			s = c.doc.Components.Schemas[strings.TrimPrefix(s.Ref, "#/components/schemas/")]
 		}
-		if s == nil {
+		if s == nil || slices.Contains(out, s) {
 			continue
 		}
 		out = append(out, s)
-		out = append(out, c.flatten(s.AllOf)...)
+		for _, sub := range c.flatten(s.AllOf) {
+			if !slices.Contains(out, sub) {
+				out = append(out, sub)
+			}
+		}
 	}
 	return out
 }
@@ -501,6 +558,29 @@ func (c oaCheck) flatten(ss []*oaSchema) []*oaSchema {
 // the handlers send.
 func (c oaCheck) validate(v any, ss []*oaSchema, at string) []string {
 	ss = c.flatten(ss)
+	// oneOf: v must meet exactly one branch together with the other
+	// schemas, whose fields the branch may rely on.
+	for i, s := range ss {
+		if len(s.OneOf) == 0 {
+			continue
+		}
+		without := *s
+		without.OneOf = nil
+		rest := slices.Concat(ss[:i], []*oaSchema{&without}, ss[i+1:])
+		var matched int
+		var failed []string
+		for j, branch := range s.OneOf {
+			p := c.validate(v, append(slices.Clone(rest), branch), at)
+			if len(p) == 0 {
+				matched++
+			}
+			failed = append(failed, fmt.Sprintf("oneOf[%d]: %s", j, strings.Join(p, "; ")))
+		}
+		if matched != 1 {
+			return []string{fmt.Sprintf("%s: meets %d branches of oneOf, want exactly 1 (%s)", at, matched, strings.Join(failed, " | "))}
+		}
+		return nil
+	}
 	var problems []string
 	props := map[string][]*oaSchema{}
 	var extra []*oaSchema
@@ -582,13 +662,38 @@ func oaTypeIs(v any, typ string) bool {
 	return false
 }
 
+// oaHealth reports the service as healthy, degraded (the controller is
+// stuck) or unhealthy (the store does not answer), as the app fills Health.
 func oaHealth(status string) func(context.Context) Health {
 	return func(context.Context) Health {
-		return Health{
+		h := Health{
+			Status:      status,
+			Uptime:      12.345,
+			Environment: "production",
+			Version:     "1.4.0",
+			Services:    HealthServices{Redis: "connected", AWS: HealthAWS{Region: "us-east-1", StageConfigured: true, Mode: "emulator"}},
+			Memory:      HealthMemory{HeapUsed: 10.5, HeapTotal: 20.25, RSS: 40},
+			Checks: map[string]Check{
+				"store":      {Status: "ok", Message: "the redis store answers"},
+				"ivs":        {Status: "ok", Message: "IVS answered at 2025-05-01T12:00:00Z"},
+				"signingKey": {Status: "ok", Message: "IVS holds the token signing key"},
+				"controller": {Status: "ok", Message: "the controller's loop runs"},
+				"origins":    {Status: "ok", Message: "every broadcast's origin exists in IVS"},
+			},
 			IVS:        Component{Status: "ok", Mode: "emulator", Endpoint: "http://127.0.0.1:4566", Embedded: true, Tokens: "self-signed"},
-			Store:      Component{Status: status, Mode: "memory", Error: map[bool]string{true: "", false: "down"}[status == "ok"]},
+			Store:      Component{Status: "ok", Mode: "redis"},
 			Controller: Component{Status: "ok"},
 		}
+		switch status {
+		case HealthDegraded:
+			h.Checks["controller"] = Check{Status: "degraded", Message: "the controller's loop is stuck"}
+			h.Controller = Component{Status: "degraded", Error: "the controller's loop is stuck"}
+		case HealthUnhealthy:
+			h.Services.Redis = "disconnected"
+			h.Checks["store"] = Check{Status: "failed", Message: "the redis store does not answer: down"}
+			h.Store = Component{Status: "error", Mode: "redis", Error: "down"}
+		}
+		return h
 	}
 }
 
@@ -596,7 +701,7 @@ func TestOpenAPIDescribesAnswers(t *testing.T) {
 	doc, ops := parseOpenAPI(t)
 	c := oaCheck{t: t, doc: doc, ops: ops}
 	secrets := http.Header{"X-Internal-Secret": {"internal"}, "X-Stagefleet-Events-Secret": {"events"}, "X-Api-Key": {"key"}}
-	opts := Options{APISecretKey: "key", InternalSecret: "internal", EventsSecret: "events", Health: oaHealth("ok")}
+	opts := Options{APISecretKey: "key", InternalSecret: "internal", EventsSecret: "events", Health: oaHealth(HealthHealthy)}
 	for _, rt := range routes {
 		key := rt.method + " " + rt.path
 		req, ok := oaRequests[key]
@@ -630,7 +735,7 @@ func TestOpenAPIDescribesAnswers(t *testing.T) {
 
 		// Too large a body.
 		if req.body != "" {
-			small := New(Options{SkipAuth: true, InternalSecret: "internal", MaxBodyBytes: 64, Health: oaHealth("ok")}, &oaFleet{})
+			small := New(Options{SkipAuth: true, InternalSecret: "internal", MaxBodyBytes: 64, Health: oaHealth(HealthHealthy)}, &oaFleet{})
 			big := `{"pad":"` + strings.Repeat("x", 100) + `"}`
 			rec := c.serve(small, rt.method, req.target, big, secrets)
 			if rec.Code != http.StatusRequestEntityTooLarge {
@@ -655,7 +760,7 @@ func TestOpenAPIDescribesAnswers(t *testing.T) {
 		}
 
 		// Rate limit: every route but the events webhook.
-		limited := New(Options{SkipAuth: true, InternalSecret: "internal", RateLimitMax: 1, RateLimitWindow: time.Hour, Health: oaHealth("ok")}, &oaFleet{})
+		limited := New(Options{SkipAuth: true, InternalSecret: "internal", RateLimitMax: 1, RateLimitWindow: time.Hour, Health: oaHealth(HealthHealthy)}, &oaFleet{})
 		c.serve(limited, rt.method, req.target, req.body, secrets)
 		rec = c.serve(limited, rt.method, req.target, req.body, secrets)
 		if rt.path == eventsPath {
@@ -684,7 +789,10 @@ func TestOpenAPIDescribesAnswers(t *testing.T) {
 		}
 	}
 
-	// What the table cannot reach.
+	// What the table cannot reach. data, when set, are values the answer's
+	// data must hold (JSON numbers are float64).
+	auth := Options{SkipAuth: true}
+	withHealth := func(status string) Options { return Options{Health: oaHealth(status)} }
 	extra := []struct {
 		key, what string
 		h         http.Handler
@@ -693,14 +801,29 @@ func TestOpenAPIDescribesAnswers(t *testing.T) {
 		body      string
 		header    http.Header
 		want      int
+		data      map[string]any
 	}{
-		{"GET /api/health", "degraded", New(Options{Health: oaHealth("error")}, &oaFleet{}), "GET", "/api/health", "", nil, 503},
-		{"POST /api/token/mediaserver", "wrong internal secret", New(Options{SkipAuth: true, InternalSecret: "internal"}, &oaFleet{}), "POST", "/api/token/mediaserver", oaRequests["POST /api/token/mediaserver"].body, http.Header{"X-Internal-Secret": {"nope"}}, 403},
-		{"POST /api/token/mediaserver", "no INTERNAL_SECRET", New(Options{SkipAuth: true}, &oaFleet{}), "POST", "/api/token/mediaserver", oaRequests["POST /api/token/mediaserver"].body, nil, 403},
-		{"GET /api/viewer/duration", "unknown viewer", New(Options{SkipAuth: true}, &oaFleet{}), "GET", "/api/viewer/duration?userId=nobody", "", nil, 404},
-		{"POST /api/events/ivs", "not an IVS event", New(Options{}, &oaFleet{}), "POST", eventsPath, `{"id":"x","detail-type":"EC2 Instance State-change Notification","source":"aws.ec2"}`, nil, 400},
-		{"POST /api/events/ivs", "another IVS event", New(Options{}, &oaFleet{}), "POST", eventsPath, `{"id":"x","detail-type":"IVS Stream State Change","source":"aws.ivs"}`, nil, 200},
-		{"POST /api/stage/replication/start", "same stage twice", New(Options{SkipAuth: true}, &oaFleet{err: &fleet.Error{Kind: fleet.ErrInvalid, Msg: "same"}}), "POST", "/api/stage/replication/start", oaReplication, nil, 400},
+		{"GET /api/health", "degraded", New(withHealth(HealthDegraded), &oaFleet{}), "GET", "/api/health", "", nil, 200, map[string]any{"status": "degraded"}},
+		{"GET /api/health", "unhealthy", New(withHealth(HealthUnhealthy), &oaFleet{}), "GET", "/api/health", "", nil, 503, map[string]any{"status": "unhealthy"}},
+		{"GET /health", "unhealthy", New(withHealth(HealthUnhealthy), &oaFleet{}), "GET", "/health", "", nil, 503, map[string]any{"status": "unhealthy"}},
+		{"POST /api/token/mediaserver", "wrong internal secret", New(Options{SkipAuth: true, InternalSecret: "internal"}, &oaFleet{}), "POST", "/api/token/mediaserver", oaRequests["POST /api/token/mediaserver"].body, http.Header{"X-Internal-Secret": {"nope"}}, 403, nil},
+		{"POST /api/token/mediaserver", "no INTERNAL_SECRET", New(auth, &oaFleet{}), "POST", "/api/token/mediaserver", oaRequests["POST /api/token/mediaserver"].body, nil, 403, nil},
+		{"POST /api/viewer/leave", "no seat", New(auth, &oaFleet{empty: true}), "POST", "/api/viewer/leave", oaViewer, nil, 200, map[string]any{"viewerLeft": false}},
+		{"GET /api/viewer/duration", "viewer without a seat", New(auth, &oaFleet{}), "GET", "/api/viewer/duration?userId=nobody", "", nil, 200,
+			map[string]any{"userId": "nobody", "watchDurationSeconds": 0.0, "watchDurationFormatted": "0:00:00", "hasSeat": false}},
+		{"GET /api/viewer/duration", "viewer on another stage", New(auth, &oaFleet{}), "GET", "/api/viewer/duration?userId=viewer-1&stageArn=" + url.QueryEscape(oaArn), "", nil, 200,
+			map[string]any{"stageArn": oaArn, "watchDurationSeconds": 0.0, "hasSeat": false}},
+		{"GET /api/viewer/duration", "a broadcast's viewers", New(auth, &oaFleet{}), "GET", "/api/viewer/duration", "", nil, 200, map[string]any{"totalSeconds": 60.0, "averageSeconds": 60.0}},
+		{"GET /api/viewer/duration", "a broadcast without viewers", New(auth, &oaFleet{empty: true}), "GET", "/api/viewer/duration", "", nil, 200, map[string]any{"totalSeconds": 0.0, "averageSeconds": 0.0}},
+		{"DELETE /api/stage/{stageArn...}", "viewers seated", New(auth, &oaFleet{err: &fleet.Error{Kind: fleet.ErrInvalid, Msg: "it has 3 seated viewers", Details: map[string]any{"viewerCount": 3}}}),
+			"DELETE", "/api/stage/" + oaArn2, "", nil, 400, nil},
+		{"GET /api/stage/replication/status/{stageArn...}", "a host's origin", New(auth, &oaFleet{}), "GET", "/api/stage/replication/status/" + oaArn, "", nil, 200, map[string]any{"hasReplication": false}},
+		{"GET /api/stage/replication/publisher-info", "no host", New(auth, &oaFleet{empty: true}), "GET", "/api/stage/replication/publisher-info", "", nil, 200, map[string]any{"hasPublisher": false}},
+		{"GET /api/stage/replication/publisher-info", "origin replaced", New(auth, &oaFleet{originReplaced: true}), "GET", "/api/stage/replication/publisher-info", "", nil, 200, map[string]any{"hasPublisher": true}},
+		{"GET /api/stats/stages/{stageId}", "unknown stage", New(auth, &oaFleet{}), "GET", "/api/stats/stages/Unknown1", "", nil, 200, map[string]any{"totalStages": 0.0}},
+		{"POST /api/events/ivs", "not an IVS event", New(Options{}, &oaFleet{}), "POST", eventsPath, `{"id":"x","detail-type":"EC2 Instance State-change Notification","source":"aws.ec2"}`, nil, 400, nil},
+		{"POST /api/events/ivs", "another IVS event", New(Options{}, &oaFleet{}), "POST", eventsPath, `{"id":"x","detail-type":"IVS Stream State Change","source":"aws.ivs"}`, nil, 200, nil},
+		{"POST /api/stage/replication/start", "same stage twice", New(auth, &oaFleet{err: &fleet.Error{Kind: fleet.ErrInvalid, Msg: "same"}}), "POST", "/api/stage/replication/start", oaReplication, nil, 400, nil},
 	}
 	for _, x := range extra {
 		rec := c.serve(x.h, x.method, x.target, x.body, x.header)
@@ -708,6 +831,70 @@ func TestOpenAPIDescribesAnswers(t *testing.T) {
 			t.Errorf("%s (%s): %d, want %d: %s", x.key, x.what, rec.Code, x.want, rec.Body)
 		}
 		c.expect(x.key, rec, x.what)
+		if x.data == nil {
+			continue
+		}
+		var got struct{ Data map[string]any }
+		if err := json.Unmarshal(rec.Body.Bytes(), &got); err != nil {
+			t.Errorf("%s (%s): %v", x.key, x.what, err)
+			continue
+		}
+		for k, want := range x.data {
+			if !reflect.DeepEqual(got.Data[k], want) {
+				t.Errorf("%s (%s): data.%s = %v, want %v", x.key, x.what, k, got.Data[k], want)
+			}
+		}
+	}
+}
+
+// The answers no route makes, described under components.responses: a path
+// no route takes, a method a path does not take, a path not in clean form,
+// and a CORS preflight.
+func TestOpenAPIDescribesAnswersOfAnyPath(t *testing.T) {
+	doc, ops := parseOpenAPI(t)
+	c := oaCheck{t: t, doc: doc, ops: ops}
+	plain := New(Options{Health: oaHealth(HealthHealthy)}, &oaFleet{})
+	cors := New(Options{Health: oaHealth(HealthHealthy), CORSOrigins: []string{"https://app.example.com"}}, &oaFleet{})
+	preflight := http.Header{"Origin": {"https://app.example.com"}, "Access-Control-Request-Method": {"POST"}, "Access-Control-Request-Headers": {"content-type,x-api-key"}}
+	tests := []struct {
+		what     string
+		h        http.Handler
+		method   string
+		target   string
+		header   http.Header
+		want     int
+		response string
+		allow    string
+	}{
+		{"unknown path", plain, "GET", "/api/nothing", nil, 404, "NoRoute", ""},
+		{"wrong method", plain, "PUT", "/api/health", nil, 405, "MethodNotAllowed", "GET"},
+		{"wrong method on a stage", plain, "POST", "/api/stage/" + oaArn, nil, 405, "MethodNotAllowed", "DELETE, GET, PUT"},
+		{"OPTIONS without CORS_ORIGINS", plain, "OPTIONS", "/api/token/viewer", preflight, 405, "MethodNotAllowed", "POST"},
+		{"double slash", plain, "GET", "/api//health", nil, 400, "NotCleanPath", ""},
+		{"dot segment", plain, "GET", "/api/./stats", nil, 400, "NotCleanPath", ""},
+		{"dot-dot segment", plain, "GET", "/api/stats/../health", nil, 400, "NotCleanPath", ""},
+		{"CORS preflight", cors, "OPTIONS", "/api/token/viewer", preflight, 204, "CorsPreflight", ""},
+	}
+	for _, tt := range tests {
+		resp := doc.Components.Responses[tt.response]
+		if resp == nil {
+			t.Fatalf("components.responses.%s is missing", tt.response)
+		}
+		req := httptest.NewRequest(tt.method, "/", nil)
+		// httptest.NewRequest would clean the path; the server does not.
+		req.URL.Path = tt.target
+		for k, v := range tt.header {
+			req.Header[k] = v
+		}
+		rec := httptest.NewRecorder()
+		tt.h.ServeHTTP(rec, req)
+		if rec.Code != tt.want {
+			t.Errorf("%s: %s %s = %d, want %d: %s", tt.what, tt.method, tt.target, rec.Code, tt.want, rec.Body)
+		}
+		if got := rec.Header().Get("Allow"); got != tt.allow {
+			t.Errorf("%s: Allow = %q, want %q", tt.what, got, tt.allow)
+		}
+		c.expectResponse(tt.method+" "+tt.target, resp, rec, tt.what)
 	}
 }
 
@@ -752,7 +939,7 @@ func TestOpenAPIErrorCodes(t *testing.T) {
 	for _, v := range env.Properties["error"].Properties["code"].Enum {
 		got = append(got, fmt.Sprint(v))
 	}
-	for _, code := range []string{CodeValidation, CodeUnauthorized, CodeForbidden, CodeNotFound, CodeNotPublishing,
+	for _, code := range []string{CodeValidation, CodeUnauthorized, CodeForbidden, CodeConflict, CodeMethodNotAllowed, CodeNotFound, CodeNotPublishing,
 		CodeRateLimited, CodeStageFull, CodeStageLimitReached, CodeTokenFailed, CodeInternal} {
 		if !slices.Contains(got, code) {
 			t.Errorf("error code %s is not in the ErrorEnvelope enum %v", code, got)
