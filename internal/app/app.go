@@ -101,7 +101,10 @@ func New(ctx context.Context, cfg config.Config, emuCfg emulator.Config, log *sl
 			return nil, fmt.Errorf("loading AWS configuration: %w", err)
 		}
 	}
-	client := ivs.New(ivs.Options{Config: awsCfg, Endpoint: a.endpoint})
+	// Quotas are defined once (IVS's defaults): the client paces calls at
+	// them, and the controller's passes spend a second's worth at most.
+	quotas := ivs.DefaultQuotas()
+	client := ivs.New(ivs.Options{Config: awsCfg, Endpoint: a.endpoint, Quotas: quotas})
 
 	issuer, err := a.tokenIssuer(ctx, cfg, client)
 	if err != nil {
@@ -135,6 +138,8 @@ func New(ctx context.Context, cfg config.Config, emuCfg emulator.Config, log *sl
 		StageQuota:           cfg.StageQuota,
 		BroadcastIdleTimeout: cfg.BroadcastIdleTimeout,
 		SeatKeySecret:        seatKeySecret(cfg),
+		Quotas:               quotas,
+		Workers:              cfg.ControllerWorkers,
 	}, a.store, client, issuer, log)
 	a.api = api.New(api.Options{
 		APISecretKey:    cfg.APISecretKey,

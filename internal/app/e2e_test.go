@@ -310,7 +310,14 @@ func TestViewerStorm(t *testing.T) {
 		joinAll(t, a, seated, stages)
 		for _, s := range stages {
 			if s.Role == "replica" && s.Seats > 0 {
-				wantError(t, a.call(t, "DELETE", "/api/stage/"+s.Arn, nil), http.StatusForbidden, "FORBIDDEN")
+				r := a.call(t, "DELETE", "/api/stage/"+s.Arn, nil)
+				wantError(t, r, http.StatusBadRequest, "VALIDATION_ERROR")
+				var details struct {
+					ViewerCount int `json:"viewerCount"`
+				}
+				if err := json.Unmarshal(r.Env.Error.Details, &details); err != nil || details.ViewerCount != s.Seats {
+					t.Errorf("DELETE of a stage with %d seats: details %s, want viewerCount", s.Seats, r.Env.Error.Details)
+				}
 				break
 			}
 		}
@@ -489,15 +496,27 @@ func TestSeatLease(t *testing.T) {
 		t.Fatalf("listed %v after heartbeats, want [beating]", got)
 	}
 
-	duration := dataOf[struct {
+	type watchTime struct {
+		UserID    string `json:"userId"`
+		StageArn  string `json:"stageArn"`
+		Seconds   int    `json:"watchDurationSeconds"`
+		Formatted string `json:"watchDurationFormatted"`
+	}
+	watched := dataOf[watchTime](t, a.expect(t, "GET", "/api/viewer/duration?userId=beating&stageArn="+origin, nil, http.StatusOK))
+	if watched.UserID != "beating" || watched.StageArn != origin || watched.Seconds < 2 || watched.Formatted != fmt.Sprintf("0:00:%02d", watched.Seconds) {
+		t.Errorf("duration %+v, want beating watching 2s or more on %s", watched, origin)
+	}
+	aggregate := dataOf[struct {
 		Viewers      []seatData `json:"viewers"`
 		TotalSeconds int        `json:"totalSeconds"`
-	}](t, a.expect(t, "GET", "/api/viewer/duration?userId=beating", nil, http.StatusOK))
-	if len(duration.Viewers) != 1 || duration.TotalSeconds < 2 {
-		t.Errorf("duration %+v, want one viewer watching 2s or more", duration)
+	}](t, a.expect(t, "GET", "/api/viewer/duration", nil, http.StatusOK))
+	if len(aggregate.Viewers) != 1 || aggregate.TotalSeconds < 2 {
+		t.Errorf("aggregate duration %+v, want one viewer watching 2s or more", aggregate)
 	}
-	a.expect(t, "GET", "/api/viewer/duration", nil, http.StatusOK)
-	wantError(t, a.call(t, "GET", "/api/viewer/duration?userId=silent", nil), http.StatusNotFound, "NOT_FOUND")
+	// The previous server's answer for a viewer without a seat: 0 s.
+	if none := dataOf[watchTime](t, a.expect(t, "GET", "/api/viewer/duration?userId=silent", nil, http.StatusOK)); none.Seconds != 0 || none.Formatted != "0:00:00" {
+		t.Errorf("duration of a viewer without a seat: %+v, want 0", none)
+	}
 
 	type leaveData struct {
 		UserID     string `json:"userId"`

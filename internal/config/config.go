@@ -53,6 +53,7 @@ type Config struct {
 	MinIdleStages        int
 	ScaleDownWindow      time.Duration
 	ReconcileInterval    time.Duration
+	ControllerWorkers    int
 	HeartbeatTimeout     time.Duration
 	SeatWait             time.Duration
 	APISecretKey         string
@@ -177,6 +178,9 @@ var settings = []setting{
 	}},
 	{"RECONCILE_INTERVAL", "10s", "how often the store is compared with IVS and repaired", func(c *Config, v string) error {
 		return duration(&c.ReconcileInterval, v, 100*time.Millisecond, time.Hour)
+	}},
+	{"CONTROLLER_WORKERS", "4", "broadcasts the controller reconciles at once (one broadcast is never reconciled twice at once)", func(c *Config, v string) error {
+		return intRange(&c.ControllerWorkers, v, 1, 256)
 	}},
 	{"HEARTBEAT_TIMEOUT", "60s", "a seat is freed when no heartbeat renews it for this long", func(c *Config, v string) error { return duration(&c.HeartbeatTimeout, v, time.Second, 24*time.Hour) }},
 	{"SEAT_WAIT", "2s", "how long a viewer waits for a seat before 503 STAGE_FULL", func(c *Config, v string) error { return duration(&c.SeatWait, v, 0, time.Minute) }},

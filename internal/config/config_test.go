@@ -60,6 +60,7 @@ func TestLoadDefaults(t *testing.T) {
 		{"MinIdleStages", c.MinIdleStages, 0},
 		{"ScaleDownWindow", c.ScaleDownWindow, 60 * time.Second},
 		{"ReconcileInterval", c.ReconcileInterval, 10 * time.Second},
+		{"ControllerWorkers", c.ControllerWorkers, 4},
 		{"HeartbeatTimeout", c.HeartbeatTimeout, 60 * time.Second},
 		{"SeatWait", c.SeatWait, 2 * time.Second},
 		{"APISecretKey", c.APISecretKey, ""},

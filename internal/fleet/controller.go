@@ -19,48 +19,10 @@ import (
 // level-triggered: every pass compares what is with what should be, so a
 // lost or repeated signal costs a pass, never correctness.
 
-// passGap is the pause between kicked controller passes.
-const passGap = 50 * time.Millisecond
-
-// maxCreatesPerPass is IVS's default CreateStage quota (5 per second).
-const maxCreatesPerPass = 5
 
 // startTimeout is how long a replication may stay starting before it is
 // started again (IVS answers a duplicate start with a conflict, harmlessly).
 const startTimeout = 15 * time.Second
-
-// kicker coalesces requests to look at broadcasts soon.
-type kicker struct {
-	mu      sync.Mutex
-	pending map[string]struct{}
-	wake    chan struct{}
-}
-
-func newKicker() *kicker {
-	return &kicker{pending: map[string]struct{}{}, wake: make(chan struct{}, 1)}
-}
-
-// kick never blocks: the join path calls it.
-func (k *kicker) kick(broadcastID string) {
-	k.mu.Lock()
-	k.pending[broadcastID] = struct{}{}
-	k.mu.Unlock()
-	select {
-	case k.wake <- struct{}{}:
-	default:
-	}
-}
-
-func (k *kicker) take() []string {
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	out := make([]string, 0, len(k.pending))
-	for b := range k.pending {
-		out = append(out, b)
-	}
-	clear(k.pending)
-	return out
-}
 
 // meter measures an event rate as an exponentially decaying average with
 // a one-second time constant: it follows a join storm within a second or
@@ -128,10 +90,6 @@ type local struct {
 	queue   waitQueue
 	// reported: the last demand recorded in the store was not nil.
 	reported atomic.Bool
-	// createFails counts CreateStage failures in a row; no CreateStage is
-	// tried before createAfter. Both under mu.
-	createFails int
-	createAfter time.Time
 	// atQuota: scale-up was last held at STAGE_QUOTA (logged once).
 	atQuota bool
 	// yieldUntil: this instance leaves the lease to others until then
@@ -150,9 +108,9 @@ func (s *Service) local(broadcastID string) *local {
 }
 
 // Run does the fleet's background work until ctx ends: seat expiry, the
-// controller's passes on signals and on a short tick, and reconciliation
-// with IVS every ReconcileInterval. Each runs in its own goroutine: reconciliation reads all of IVS and may
-// be slow (throttling, retries), and must not hold up scale-up.
+// seat watcher, the resync with IVS every ReconcileInterval (one instance
+// at a time), a periodic look at every broadcast, and the workers that
+// reconcile the broadcasts the queue hands them.
 func (s *Service) Run(ctx context.Context) {
 	var wg sync.WaitGroup
 	defer wg.Wait()
@@ -168,33 +126,32 @@ func (s *Service) Run(ctx context.Context) {
 			}
 			s.status.reconciled(s.now(), err)
 			if err != nil {
-				s.log.Warn("reconcile failed", "error", err)
+				s.log.Warn("resync with IVS failed", "error", err)
 			}
 		})
 	})
-	scale := time.NewTicker(s.cfg.ScaleInterval)
-	defer scale.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-s.kicks.wake:
-			for _, b := range s.kicks.take() {
-				s.Step(ctx, b)
-			}
-			// Waiting viewers kick all the time: without a pause this
-			// instance would take the broadcast's lease back the moment
-			// it let go, and other instances' events and passes would
-			// starve.
-			select {
-			case <-ctx.Done():
-				return
-			case <-time.After(passGap):
-			}
-		case <-scale.C:
-			s.stepAll(ctx)
+	// Level-triggered: a lost signal costs at most this long.
+	wg.Go(func() {
+		every(ctx, s.cfg.ScaleInterval, func(ctx context.Context) {
+			s.enqueueAll(ctx)
 			s.status.passed(s.now())
-		}
+		})
+	})
+	s.queue.run(ctx, s.cfg.Workers, s.ReconcileBroadcast)
+}
+
+// enqueue asks for a reconcile of the broadcast soon; it never blocks (the
+// join path and event handling call it).
+func (s *Service) enqueue(broadcastID string) { s.queue.add(broadcastID) }
+
+func (s *Service) enqueueAll(ctx context.Context) {
+	bs, err := s.store.ListBroadcasts(ctx)
+	if err != nil {
+		s.log.Warn("listing broadcasts", "error", err)
+		return
+	}
+	for _, b := range bs {
+		s.enqueue(b.ID)
 	}
 }
 
@@ -209,38 +166,6 @@ func every(ctx context.Context, interval time.Duration, f func(context.Context))
 		case <-t.C:
 			f(ctx)
 		}
-	}
-}
-
-func (s *Service) stepAll(ctx context.Context) {
-	bs, err := s.store.ListBroadcasts(ctx)
-	if err != nil {
-		s.log.Warn("listing broadcasts", "error", err)
-		return
-	}
-	for _, b := range bs {
-		s.Step(ctx, b.ID)
-	}
-}
-
-// Step is one controller pass over a broadcast: scale up, replicate, scale
-// down.
-func (s *Service) Step(ctx context.Context, broadcastID string) {
-	// Reported first, so that the audience this instance sees counts
-	// whichever instance makes the pass.
-	s.reportDemand(ctx, broadcastID, s.local(broadcastID))
-	held, unlock, ok, err := s.tryLock(ctx, broadcastID, "controller pass")
-	if err != nil {
-		s.log.Warn("controller pass: taking the broadcast failed", "broadcast", broadcastID, "error", err)
-		return
-	}
-	if !ok {
-		// Another instance is making its pass now.
-		return
-	}
-	defer unlock()
-	if err := s.step(held, broadcastID); err != nil && held.Err() == nil {
-		s.log.Warn("controller pass failed", "broadcast", broadcastID, "error", err)
 	}
 }
 
@@ -330,48 +255,127 @@ func managed(stages []store.Stage) int {
 	return n
 }
 
-func (s *Service) step(ctx context.Context, broadcastID string) error {
+// passBudgets are one pass's allowances of IVS calls, one per kind it
+// makes: a second's worth of each operation's quota. A pass that spends
+// one asks to come back (requeue) rather than wait for the quota while it
+// holds the broadcast.
+type passBudgets struct {
+	creates, starts, stops, deletes budget
+}
+
+func (s *Service) newBudgets() *passBudgets {
+	b := &passBudgets{}
+	b.creates.left.Store(s.perPass("CreateStage"))
+	b.starts.left.Store(s.perPass("StartParticipantReplication"))
+	b.stops.left.Store(s.perPass("StopParticipantReplication"))
+	b.deletes.left.Store(s.perPass("DeleteStage"))
+	return b
+}
+
+// perPass is a second's worth of an operation's quota (at least one call).
+func (s *Service) perPass(op string) int64 {
+	q, ok := s.cfg.Quotas[op]
+	if !ok || q <= 0 {
+		// Unlimited, or unknown: bounded all the same, so that a pass stays
+		// short.
+		q = 10
+	}
+	return max(1, int64(q))
+}
+
+// spent says whether any allowance ran out: the pass left work undone.
+func (b *passBudgets) spent() bool {
+	return b.creates.left.Load() <= 0 || b.starts.left.Load() <= 0 || b.stops.left.Load() <= 0 || b.deletes.left.Load() <= 0
+}
+
+// stepResult is what a pass did and wants.
+type stepResult struct {
+	// next is when to look at the broadcast again (0: only when something
+	// happens).
+	next time.Duration
+	// started counts the replications the pass asked IVS to start.
+	started int
+}
+
+// step is one pass over a broadcast: scale up, replicate, scale down, then
+// seating from the facts.
+func (s *Service) step(ctx context.Context, broadcastID string) (stepResult, error) {
 	v, err := s.load(ctx, broadcastID)
 	if errors.Is(err, store.ErrNotFound) {
-		return nil
+		return stepResult{}, nil
 	}
 	if err != nil {
-		return err
+		return stepResult{}, err
 	}
-	// Like CreateStage, StartParticipantReplication has a quota: a pass
-	// makes a few calls (new stages' first), and the next pass the rest.
-	starts := &budget{}
-	starts.left.Store(maxCreatesPerPass)
-	if err := s.scaleUp(ctx, v, starts); err != nil {
-		return err
+	if wait := v.broadcast.RetryAt.Sub(s.now()); wait > 0 {
+		// A pass failed lately (IVS trouble, a quota): no IVS call before
+		// its back-off ends, on any instance. Seating still follows the
+		// facts.
+		return stepResult{next: wait}, s.applySeating(ctx, broadcastID)
+	}
+	b := s.newBudgets()
+	if err := s.scaleUp(ctx, v, b); err != nil {
+		return stepResult{}, errors.Join(err, s.backOff(ctx, v.broadcast, err), s.applySeating(ctx, broadcastID))
+	}
+	if v.broadcast.Failures > 0 {
+		v.broadcast.Failures, v.broadcast.RetryAt = 0, time.Time{}
+		if err := s.store.PutBroadcast(ctx, v.broadcast); err != nil {
+			return stepResult{}, err
+		}
 	}
 	if v, err = s.load(ctx, broadcastID); err != nil {
-		return err
+		return stepResult{}, err
 	}
 	for _, st := range v.stages {
 		if st.Role != store.RoleReplica || st.Draining {
 			continue
 		}
 		for _, h := range v.hosts {
-			s.replicateWithin(ctx, starts, v.broadcast, st, h, v.reps[replKey{h.ParticipantID, st.Arn}])
+			s.replicateWithin(ctx, &b.starts, v.broadcast, st, h, v.reps[replKey{h.ParticipantID, st.Arn}])
 		}
 	}
-	if starts.left.Load() <= 0 {
-		s.kicks.kick(broadcastID)
-	}
+	next, downErr := s.scaleDown(ctx, v, b)
 	// Seating is derived at the end of every pass, whatever the pass did.
-	return errors.Join(s.scaleDown(ctx, v), s.applySeating(ctx, broadcastID))
+	if err := errors.Join(downErr, s.applySeating(ctx, broadcastID)); err != nil {
+		return stepResult{}, err
+	}
+	res := stepResult{next: next, started: int(s.perPass("StartParticipantReplication") - b.starts.left.Load())}
+	if b.spent() {
+		// The rest next pass, after the quota's second has passed.
+		res.next = time.Second
+	}
+	return res, nil
+}
+
+// backOff records a failed pass in the broadcast's record, so that every
+// instance waits out the same exponential back-off before calling IVS for
+// it again.
+func (s *Service) backOff(ctx context.Context, b store.Broadcast, cause error) error {
+	b.Failures++
+	wait := backoff(b.Failures)
+	b.RetryAt = s.now().Add(wait)
+	s.log.Warn("broadcast backs off", "broadcast", b.ID, "failures", b.Failures, "retry_in_ms", wait.Milliseconds(), "error", cause)
+	return s.store.PutBroadcast(ctx, b)
 }
 
 // budget is a pass's allowance of IVS calls of one kind, shared by the
 // goroutines of the pass.
 type budget struct{ left atomic.Int64 }
 
+// take spends one call of the allowance, if any is left.
+func (b *budget) take() bool {
+	if b.left.Add(-1) < 0 {
+		b.left.Add(1)
+		return false
+	}
+	return true
+}
+
 // replicateWithin is ensureReplication when the pass can still afford a
 // StartParticipantReplication call; a transition that made no call gives
 // the allowance back.
 func (s *Service) replicateWithin(ctx context.Context, b *budget, bc store.Broadcast, dest store.Stage, h store.Host, r store.Replication) {
-	if b.left.Add(-1) < 0 {
+	if !b.take() {
 		return
 	}
 	if !s.ensureReplication(ctx, bc, dest, h, r) {
@@ -391,7 +395,7 @@ func (s *Service) headroom(v view) int {
 	return max(base, int(math.Ceil(v.joinRate*s.provisioning.get().Seconds())))
 }
 
-func (s *Service) scaleUp(ctx context.Context, v view, starts *budget) error {
+func (s *Service) scaleUp(ctx context.Context, v view, b *passBudgets) error {
 	l := s.local(v.broadcast.ID)
 	free, upcoming, idle := v.seats()
 	headroom := s.headroom(v)
@@ -405,10 +409,8 @@ func (s *Service) scaleUp(ctx context.Context, v view, starts *budget) error {
 	// IVS creates stages no faster than its quota: more in one pass would
 	// only wait behind the client's limiter while the broadcast is held,
 	// and its events with it. The next pass makes the rest.
-	n = min(n, maxCreatesPerPass)
-	if n <= 0 || s.now().Before(l.createAfter) {
-		// Nothing to do, or CreateStage failed lately (quota, IVS
-		// trouble): back off.
+	n = min(n, int(b.creates.left.Load()))
+	if n <= 0 {
 		return nil
 	}
 	// Every broadcast of the deployment together stays within its stage
@@ -430,18 +432,14 @@ func (s *Service) scaleUp(ctx context.Context, v view, starts *budget) error {
 	s.log.Info("scaling up", "broadcast", v.broadcast.ID, "stages", n, "free_seats", free, "upcoming_seats", upcoming, "headroom", headroom, "waiting", waiting)
 	errs := make([]error, n)
 	var wg sync.WaitGroup
+	b.creates.left.Add(-int64(n))
 	for i := range n {
-		wg.Go(func() { errs[i] = s.provision(ctx, v, starts) })
+		wg.Go(func() { errs[i] = s.provision(ctx, v, &b.starts) })
 	}
 	wg.Wait()
 	if err := errors.Join(errs...); err != nil {
-		l.createFails++
-		wait := backoff(l.createFails)
-		l.createAfter = s.now().Add(wait)
-		s.log.Warn("creating replica stages failed", "broadcast", v.broadcast.ID, "error", err, "retry_in", wait)
-		return nil
+		return fmt.Errorf("creating replica stages: %w", err)
 	}
-	l.createFails = 0
 	return nil
 }
 
@@ -523,11 +521,20 @@ func backoff(attempts int) time.Duration {
 }
 
 // scaleDown removes replica stages that have been empty for the
-// stabilization window, as long as the rest still gives the headroom.
-func (s *Service) scaleDown(ctx context.Context, v view) error {
+// stabilization window, as long as the rest still gives the headroom,
+// within the pass's allowance of deletes and stops: a drain of many stages
+// is many short passes, not one long hold. It answers when the next empty
+// stage's window ends (0: none).
+func (s *Service) scaleDown(ctx context.Context, v view, b *passBudgets) (time.Duration, error) {
 	now := s.now()
 	free, _, idle := v.seats()
 	headroom := s.headroom(v)
+	var next time.Duration
+	wake := func(d time.Duration) {
+		if next == 0 || d < next {
+			next = d
+		}
+	}
 	for _, st := range v.stages {
 		if st.Role != store.RoleReplica {
 			continue
@@ -536,7 +543,7 @@ func (s *Service) scaleDown(ctx context.Context, v view) error {
 			// A removal that failed half-way (IVS error, crash) is
 			// finished here.
 			if st.Seats == 0 {
-				if _, err := s.remove(ctx, v, st); err != nil {
+				if _, err := s.remove(ctx, v, st, b); err != nil {
 					s.log.Warn("finishing removal of a draining stage", "broadcast", v.broadcast.ID, "stage", st.Arn, "error", err)
 				}
 			}
@@ -546,7 +553,7 @@ func (s *Service) scaleDown(ctx context.Context, v view) error {
 		case st.Seats > 0 && !st.EmptySince.IsZero():
 			st.EmptySince = time.Time{}
 			if err := s.store.PutStage(ctx, st); err != nil {
-				return err
+				return 0, err
 			}
 			continue
 		case st.Seats > 0:
@@ -554,10 +561,12 @@ func (s *Service) scaleDown(ctx context.Context, v view) error {
 		case st.EmptySince.IsZero():
 			st.EmptySince = now
 			if err := s.store.PutStage(ctx, st); err != nil {
-				return err
+				return 0, err
 			}
+			wake(s.cfg.ScaleDownStabilization)
 			continue
 		case now.Sub(st.EmptySince) < s.cfg.ScaleDownStabilization:
+			wake(s.cfg.ScaleDownStabilization - now.Sub(st.EmptySince))
 			continue
 		}
 		without := free
@@ -567,25 +576,37 @@ func (s *Service) scaleDown(ctx context.Context, v view) error {
 		if without < headroom || idle-1 < s.cfg.MinIdleStages {
 			continue
 		}
-		removed, err := s.remove(ctx, v, st)
+		removed, err := s.remove(ctx, v, st, b)
 		if err != nil {
-			return err
+			return 0, err
 		}
 		if removed {
 			free, idle = without, idle-1
 		}
 	}
-	return nil
+	return next, nil
 }
 
-// remove deletes an empty replica stage the controller no longer needs.
-func (s *Service) remove(ctx context.Context, v view, st store.Stage) (bool, error) {
+// remove deletes an empty replica stage the controller no longer needs, if
+// the pass can still afford its calls: one DeleteStage and a stop per
+// running replication.
+func (s *Service) remove(ctx context.Context, v view, st store.Stage, b *passBudgets) (bool, error) {
 	var reps []store.Replication
+	stops := int64(0)
 	for key, r := range v.reps {
 		if key.dest == st.Arn {
 			reps = append(reps, r)
+			if r.State == store.ReplActive || r.State == store.ReplStarting {
+				stops++
+			}
 		}
 	}
+	if b.deletes.left.Load() < 1 || b.stops.left.Load() < stops {
+		b.deletes.left.Store(0)
+		return false, nil
+	}
+	b.deletes.left.Add(-1)
+	b.stops.left.Add(-stops)
 	return s.drainAndDelete(ctx, st, reps, "empty for the stabilization window")
 }
 

@@ -195,6 +195,15 @@ func controlled(t *testing.T, cfg fleet.Config) (*fleet.Service, store.Store, *f
 	return fleet.New(cfg, st, f, nopIssuer{}, slog.New(slog.DiscardHandler)), st, f, clk
 }
 
+// pass reconciles the default broadcast once, as a worker of the queue
+// would.
+func pass(t *testing.T, svc *fleet.Service) {
+	t.Helper()
+	if _, err := svc.ReconcileBroadcast(t.Context(), fleet.DefaultBroadcast); err != nil {
+		t.Logf("reconcile: %v", err)
+	}
+}
+
 func replicaStages(t *testing.T, st store.Store) []store.Stage {
 	t.Helper()
 	all, err := st.ListStages(t.Context(), fleet.DefaultBroadcast)
@@ -215,7 +224,7 @@ func replicaStages(t *testing.T, st store.Store) []store.Stage {
 func TestReplicationBackoff(t *testing.T) {
 	svc, st, f, clk := controlled(t, fleet.Config{StageCapacity: 50, ScaleUpThreshold: 45, MinIdleStages: 1, ScaleDownStabilization: time.Minute})
 	f.startErr = errors.New("StartParticipantReplication: boom")
-	svc.Step(t.Context(), fleet.DefaultBroadcast)
+	pass(t, svc)
 	reps := replicaStages(t, st)
 	if len(reps) != 1 {
 		t.Fatalf("%d replica stages; want the warm pool of 1", len(reps))
@@ -228,7 +237,7 @@ func TestReplicationBackoff(t *testing.T) {
 		t.Fatalf("after a failed start: %+v; want failed, 1 attempt, a retry time ahead", r)
 	}
 	starts, _, _ := f.counts()
-	svc.Step(t.Context(), fleet.DefaultBroadcast)
+	pass(t, svc)
 	if again, _, _ := f.counts(); again != starts {
 		t.Fatalf("started again before RetryAt (%d starts, then %d)", starts, again)
 	}
@@ -236,7 +245,7 @@ func TestReplicationBackoff(t *testing.T) {
 	f.startErr = nil
 	f.mu.Unlock()
 	clk.advance(r.RetryAt.Sub(clk.Now()) + time.Millisecond)
-	svc.Step(t.Context(), fleet.DefaultBroadcast)
+	pass(t, svc)
 	r, err = st.GetReplication(t.Context(), fleet.DefaultBroadcast, hostID, reps[0].Arn)
 	if err != nil {
 		t.Fatal(err)
@@ -257,7 +266,7 @@ func TestScaleDownWindow(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	svc.Step(ctx, fleet.DefaultBroadcast)
+	pass(t, svc)
 	reps := replicaStages(t, st)
 	if len(reps) != 1 {
 		t.Fatalf("%d replica stages with 4 free seats and a headroom of 5; want 1", len(reps))
@@ -273,9 +282,9 @@ func TestScaleDownWindow(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	svc.Step(ctx, fleet.DefaultBroadcast)
+	pass(t, svc)
 	clk.advance(59 * time.Second)
-	svc.Step(ctx, fleet.DefaultBroadcast)
+	pass(t, svc)
 	if _, _, deletes := f.counts(); len(deletes) != 0 {
 		t.Fatalf("deleted %v before the 60 s window ended", deletes)
 	}
@@ -284,21 +293,21 @@ func TestScaleDownWindow(t *testing.T) {
 		t.Fatal(err)
 	}
 	clk.advance(2 * time.Second)
-	svc.Step(ctx, fleet.DefaultBroadcast)
+	pass(t, svc)
 	if _, _, deletes := f.counts(); len(deletes) != 0 {
 		t.Fatalf("deleted %v while it had a seat", deletes)
 	}
 	if _, err := st.ReleaseSeat(ctx, fleet.DefaultBroadcast, "late"); err != nil {
 		t.Fatal(err)
 	}
-	svc.Step(ctx, fleet.DefaultBroadcast)
+	pass(t, svc)
 	clk.advance(30 * time.Second)
-	svc.Step(ctx, fleet.DefaultBroadcast)
+	pass(t, svc)
 	if _, _, deletes := f.counts(); len(deletes) != 0 {
 		t.Fatalf("deleted %v 30 s after it emptied again", deletes)
 	}
 	clk.advance(31 * time.Second)
-	svc.Step(ctx, fleet.DefaultBroadcast)
+	pass(t, svc)
 	_, stops, deletes := f.counts()
 	if len(deletes) != 1 || deletes[0] != replica || stops != 1 {
 		t.Fatalf("after the window: deletes %v, %d replication stops; want %s deleted after stopping its one replication", deletes, stops, replica)
@@ -312,8 +321,7 @@ func TestScaleDownWindow(t *testing.T) {
 // later pass: the stage does not stay draining for ever.
 func TestRemovalFinishedAfterFailure(t *testing.T) {
 	svc, st, f, clk := controlled(t, fleet.Config{StageCapacity: 50, ScaleUpThreshold: 45, MinIdleStages: 1, ScaleDownStabilization: time.Minute})
-	ctx := t.Context()
-	svc.Step(ctx, fleet.DefaultBroadcast)
+	pass(t, svc)
 	reps := replicaStages(t, st)
 	if len(reps) != 1 {
 		t.Fatalf("%d replica stages; want the warm pool of 1", len(reps))
@@ -321,19 +329,19 @@ func TestRemovalFinishedAfterFailure(t *testing.T) {
 	// The origin has all the room needed: without the warm pool the
 	// replica is not needed.
 	svc2 := fleet.New(fleet.Config{StageCapacity: 50, ScaleUpThreshold: 45, ScaleDownStabilization: time.Minute, Now: clk.Now}, st, f, nopIssuer{}, slog.New(slog.DiscardHandler))
-	svc2.Step(ctx, fleet.DefaultBroadcast)
+	pass(t, svc2)
 	clk.advance(2 * time.Minute)
 	f.mu.Lock()
 	f.deleteFails = 1
 	f.mu.Unlock()
-	svc2.Step(ctx, fleet.DefaultBroadcast)
+	pass(t, svc2)
 	if _, _, deletes := f.counts(); len(deletes) != 0 {
 		t.Fatalf("deleted %v although IVS refused", deletes)
 	}
 	if rec := replicaStages(t, st); len(rec) != 1 || !rec[0].Draining {
 		t.Fatalf("after a refused delete: %+v; want the stage kept, draining", rec)
 	}
-	svc2.Step(ctx, fleet.DefaultBroadcast)
+	pass(t, svc2)
 	if _, _, deletes := f.counts(); len(deletes) != 1 || deletes[0] != reps[0].Arn {
 		t.Fatalf("deletes %v; want %s deleted on the next pass", deletes, reps[0].Arn)
 	}
@@ -372,9 +380,9 @@ func TestViewerLeftIsNoHost(t *testing.T) {
 func TestCreateStageBackoff(t *testing.T) {
 	svc, st, f, clk := controlled(t, fleet.Config{StageCapacity: 50, ScaleUpThreshold: 45, MinIdleStages: 1})
 	f.createErr = fmt.Errorf("CreateStage: Stages per account quota of 100 exceeded: %w", fleet.ErrIVSQuota)
-	svc.Step(t.Context(), fleet.DefaultBroadcast)
-	svc.Step(t.Context(), fleet.DefaultBroadcast)
-	svc.Step(t.Context(), fleet.DefaultBroadcast)
+	pass(t, svc)
+	pass(t, svc)
+	pass(t, svc)
 	f.mu.Lock()
 	creates := f.creates
 	f.createErr = nil
@@ -383,7 +391,7 @@ func TestCreateStageBackoff(t *testing.T) {
 		t.Fatalf("%d CreateStage calls in three passes after a failure; want 1", creates)
 	}
 	clk.advance(time.Minute)
-	svc.Step(t.Context(), fleet.DefaultBroadcast)
+	pass(t, svc)
 	if n := len(replicaStages(t, st)); n != 1 {
 		t.Fatalf("%d replica stages after the back-off; want the warm pool of 1", n)
 	}
@@ -393,7 +401,7 @@ func TestCreateStageBackoff(t *testing.T) {
 // the next pass would undo, is refused and IVS is not called.
 func TestManualStopRefusedOnReplica(t *testing.T) {
 	svc, st, f, _ := controlled(t, fleet.Config{StageCapacity: 50, ScaleUpThreshold: 45, MinIdleStages: 1})
-	svc.Step(t.Context(), fleet.DefaultBroadcast)
+	pass(t, svc)
 	reps := replicaStages(t, st)
 	if len(reps) != 1 {
 		t.Fatalf("%d replica stages; want the warm pool of 1", len(reps))
@@ -429,7 +437,7 @@ func TestOneReconcileConverges(t *testing.T) {
 	if err := st.SetSeatable(ctx, origin, false); err != nil {
 		t.Fatal(err)
 	}
-	svc.Step(ctx, fleet.DefaultBroadcast)
+	pass(t, svc)
 	reps := replicaStages(t, st)
 	if len(reps) != 1 {
 		t.Fatalf("%d replica stages; want the warm pool of 1", len(reps))
@@ -441,9 +449,15 @@ func TestOneReconcileConverges(t *testing.T) {
 	f.publishing = map[string]bool{hostID: true}
 	f.mu.Unlock()
 
-	if err := svc.Reconcile(ctx); err != nil {
+	// A resync asks for a reconcile with a fresh IVS reading, which the
+	// queue's worker would run: run it here.
+	if err := svc.Resync(ctx); err != nil {
 		t.Fatal(err)
 	}
+	pass(t, svc)
+	// The replication it started is read back by the reconcile it asked
+	// for.
+	pass(t, svc)
 	if h, _ := st.GetHost(ctx, fleet.DefaultBroadcast, hostID); !h.Publishing {
 		t.Error("the host publishing in IVS is not marked publishing")
 	}

@@ -113,7 +113,7 @@ func (s *Service) applyEvent(ctx context.Context, ev Event) (EventResult, error)
 	}
 	// Kicked once the broadcast is released, so that the pass it asks
 	// for can take it.
-	defer s.kicks.kick(st.BroadcastID)
+	defer s.enqueue(st.BroadcastID)
 	defer unlock()
 	// Read again under the lock: the controller may have changed it.
 	if st, err = s.store.GetStage(ctx, ev.StageArn); errors.Is(err, store.ErrNotFound) {

@@ -95,6 +95,11 @@ type Config struct {
 	// SeatKeySecret keys the seat keys that prove a seat to a heartbeat
 	// after the store lost it; nil: a random key made at start.
 	SeatKeySecret []byte
+	// Quotas are IVS's TPS quotas by operation, as the IVS client paces
+	// calls: a pass spends at most a second's worth of each.
+	Quotas map[string]float64
+	// Workers reconcile broadcasts at once (CONTROLLER_WORKERS).
+	Workers int
 }
 
 // Service is the fleet.
@@ -111,7 +116,8 @@ type Service struct {
 	// seatCheck asks the seat watcher to look now.
 	seatCheck chan struct{}
 
-	kicks          *kicker
+	queue          *workQueue
+	resyncs        sync.Map // broadcast id -> struct{}: reconcile with a fresh IVS read
 	status         controllerStatus
 	locals         sync.Map // broadcast id -> *local
 	provisioning   *ewma    // stage created -> host replication active
@@ -148,6 +154,9 @@ func New(cfg Config, st store.Store, i IVS, tokens token.Issuer, log *slog.Logge
 	if cfg.StageQuota <= 0 {
 		cfg.StageQuota = 100
 	}
+	if cfg.Workers <= 0 {
+		cfg.Workers = 4
+	}
 	if len(cfg.SeatKeySecret) == 0 {
 		cfg.SeatKeySecret = []byte(rand.Text())
 	}
@@ -164,7 +173,7 @@ func New(cfg Config, st store.Store, i IVS, tokens token.Issuer, log *slog.Logge
 		log:       log,
 		now:       now,
 		seatCheck: make(chan struct{}, 1),
-		kicks:     newKicker(),
+		queue:     newWorkQueue(nil, log),
 		// Until measured, assume IVS's usual: a few seconds from
 		// CreateStage to an active replica.
 		provisioning: newEWMA(3 * time.Second),

@@ -110,9 +110,8 @@ func (s *Service) lock(ctx context.Context, broadcastID, work string) (context.C
 func (s *Service) tryLock(ctx context.Context, broadcastID, work string) (_ context.Context, unlock func(), ok bool, err error) {
 	l := s.local(broadcastID)
 	if !l.mu.TryLock() {
-		// This instance's own work on the broadcast (an event, reconcile)
-		// is in hand: ask again once it is done.
-		s.kicks.kick(broadcastID)
+		// This instance's own work on the broadcast (an event, a manual
+		// change) is in hand: the caller asks again once it is done.
 		return nil, nil, false, nil
 	}
 	if !l.yield(ctx, false) {

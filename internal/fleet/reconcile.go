@@ -11,12 +11,13 @@ import (
 	"github.com/stagefleet/stagefleet/internal/store"
 )
 
-// Reconcile compares the store with IVS, the source of truth, and repairs
-// the store: records whose stage is gone are dropped (freeing their seats),
-// tagged stages without a record are adopted or deleted, hosts are marked
-// publishing or gone from the origin's participants, a controller pass acts
-// on that, and replication states are read back from IVS.
-func (s *Service) Reconcile(ctx context.Context) error {
+// Resync compares the store with IVS, the source of truth, over every
+// stage of this deployment: records whose stage is gone are dropped
+// (freeing their seats), tagged stages without a record are adopted or
+// deleted. Then every broadcast is reconciled again with a fresh reading of
+// its hosts and replications from IVS: the same reconcile as any other,
+// queued.
+func (s *Service) Resync(ctx context.Context) error {
 	listed := s.now()
 	tagged, err := s.ivs.ListStages(ctx, s.ours)
 	if err != nil {
@@ -32,13 +33,9 @@ func (s *Service) Reconcile(ctx context.Context) error {
 	}
 	known := map[string]bool{}
 	for _, b := range bs {
-		if err := s.reconcileBroadcast(ctx, b, listed, inIVS, known); err != nil {
-			s.log.Warn("reconcile", "broadcast", b.ID, "error", err)
+		if err := s.dropGone(ctx, b, listed, inIVS, known); err != nil {
+			s.log.Warn("resync", "broadcast", b.ID, "error", err)
 		}
-	}
-	reconciled := map[string]bool{}
-	for _, b := range bs {
-		reconciled[b.ID] = true
 	}
 	var unknown []IVSStage
 	for _, st := range tagged {
@@ -48,10 +45,10 @@ func (s *Service) Reconcile(ctx context.Context) error {
 	}
 	if len(unknown) > 0 {
 		// Listed again, so that a stage removed while the broadcasts were
-		// reconciled is not adopted back: one listing, not one read per
+		// looked at is not adopted back: one listing, not one read per
 		// stage (after a lost store, every stage is unknown). One removed
 		// between this listing and its adoption leaves a record that the
-		// next reconcile drops.
+		// next resync drops.
 		still, err := s.ivs.ListStages(ctx, s.ours)
 		if err != nil {
 			return fmt.Errorf("listing tagged stages again: %w", err)
@@ -70,21 +67,15 @@ func (s *Service) Reconcile(ctx context.Context) error {
 	})
 	for _, st := range unknown {
 		s.adopt(ctx, st)
-		s.kicks.kick(st.Tags[TagBroadcast])
 	}
-	// Broadcasts rebuilt by adoption (the store was lost) are repaired now,
-	// not one interval later: their hosts, replications and seating.
-	rebuilt, err := s.store.ListBroadcasts(ctx)
+	// Broadcasts rebuilt by adoption (the store was lost) included.
+	all, err := s.store.ListBroadcasts(ctx)
 	if err != nil {
 		return err
 	}
-	for _, b := range rebuilt {
-		if reconciled[b.ID] {
-			continue
-		}
-		if err := s.reconcileBroadcast(ctx, b, listed, inIVS, known); err != nil {
-			s.log.Warn("reconcile", "broadcast", b.ID, "error", err)
-		}
+	for _, b := range all {
+		s.resyncs.Store(b.ID, struct{}{})
+		s.enqueue(b.ID)
 	}
 	return nil
 }
@@ -116,90 +107,146 @@ func (s *Service) reconcileTurn(ctx context.Context) error {
 	}
 	held, stop := s.keep(ctx, lease, ttl)
 	defer stop()
-	return s.Reconcile(held)
+	return s.Resync(held)
 }
 
-// reconcileBroadcast repairs one broadcast. IVS is read without the
-// broadcast's lock (a read may be slow under throttling or retries, and the
-// controller and the event handler must not wait for it); what it shows is
-// applied under the lock.
-func (s *Service) reconcileBroadcast(ctx context.Context, b store.Broadcast, listed time.Time, inIVS map[string]IVSStage, known map[string]bool) error {
-	if err := s.dropGone(ctx, b, listed, inIVS, known); err != nil {
-		return err
+// ReconcileBroadcast is the controller's reconcile of one broadcast:
+// it reads the broadcast (and, when a resync asked for it, the broadcast's
+// hosts and replications from IVS, without holding the broadcast: a slow or
+// failing read is retried by the queue), then, holding the broadcast for
+// one pass, repairs the records from what IVS showed, makes at most a
+// budget of IVS calls toward the desired fleet, and derives seating. It
+// answers when to look again.
+func (s *Service) ReconcileBroadcast(ctx context.Context, broadcastID string) (time.Duration, error) {
+	// Reported first, so that the audience this instance sees counts
+	// whichever instance makes the pass.
+	s.reportDemand(ctx, broadcastID, s.local(broadcastID))
+	var fresh *ivsView
+	if _, resync := s.resyncs.LoadAndDelete(broadcastID); resync {
+		v, err := s.readIVS(ctx, broadcastID)
+		if err != nil {
+			s.resyncs.Store(broadcastID, struct{}{})
+			return 0, err
+		}
+		fresh = v
+	}
+	held, unlock, ok, err := s.tryLock(ctx, broadcastID, "reconcile")
+	if err != nil || !ok {
+		if fresh != nil {
+			s.resyncs.Store(broadcastID, struct{}{})
+		}
+		// Held by this instance's own event or manual change, or by another
+		// instance's pass: soon again.
+		return busyRetry, err
+	}
+	next, ended, err := s.pass(held, broadcastID, fresh)
+	unlock()
+	if err != nil {
+		return 0, err
+	}
+	if ended {
+		if _, err := s.EndBroadcast(ctx, broadcastID, "idle for BROADCAST_IDLE_TIMEOUT"); err != nil {
+			return 0, fmt.Errorf("ending idle broadcast: %w", err)
+		}
+		return 0, nil
+	}
+	return next, nil
+}
+
+// replicaReadBack is how soon replications started by a reconcile with a
+// fresh IVS reading are read back: IVS makes a replica active within about
+// a second.
+const replicaReadBack = time.Second
+
+// busyRetry is how soon a broadcast held by someone else is tried again.
+const busyRetry = 50 * time.Millisecond
+
+// ivsView is what IVS showed of one broadcast: its origin's participants
+// and its hosts' active replications, as of seen.
+type ivsView struct {
+	broadcast store.Broadcast
+	seen      time.Time
+	present   map[string]IVSParticipant
+	active    map[replKey]bool
+	// originLost: IVS no longer has the origin.
+	originLost bool
+}
+
+// readIVS reads a broadcast's hosts and replications from IVS.
+func (s *Service) readIVS(ctx context.Context, broadcastID string) (*ivsView, error) {
+	b, err := s.store.GetBroadcast(ctx, broadcastID)
+	if errors.Is(err, store.ErrNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
 	}
 	// What IVS shows is true as of before the calls: an event newer than
 	// that still wins.
-	seen := s.now()
-	present, err := s.originParticipants(ctx, b)
+	v := &ivsView{broadcast: b, seen: s.now()}
+	v.present, err = s.originParticipants(ctx, b)
 	if errors.Is(err, ErrIVSNotFound) {
-		return s.replaceLostOrigin(ctx, b)
+		v.originLost = true
+		return v, nil
 	}
 	if err != nil {
-		return fmt.Errorf("reading hosts back from IVS: %w", err)
+		return nil, fmt.Errorf("reading hosts of %s from IVS: %w", broadcastID, err)
 	}
-	held, unlock, err := s.lock(ctx, b.ID, "reconcile: hosts")
-	if err != nil {
-		return err
+	if v.active, err = s.activeReplicas(ctx, b); err != nil {
+		return nil, fmt.Errorf("reading replications of %s from IVS: %w", broadcastID, err)
 	}
-	err = s.applyHosts(held, b, present, seen)
-	if err == nil {
-		err = s.pruneHosts(held, b, present)
-	}
-	if err == nil {
-		// Act on what was repaired (a host found publishing gets its
-		// replications started) before reading replications back, so
-		// that one reconcile converges where IVS is quick to answer.
-		err = s.step(held, b.ID)
-	}
-	unlock()
-	if err != nil {
-		return fmt.Errorf("repairing hosts: %w", err)
-	}
-	active, err := s.activeReplicas(ctx, b)
-	if err != nil {
-		return fmt.Errorf("reading replications back from IVS: %w", err)
-	}
-	held, unlock, err = s.lock(ctx, b.ID, "reconcile: replications")
-	if err != nil {
-		return err
-	}
-	err = s.applyReplicas(held, b, active)
-	var ended bool
-	if err == nil {
-		// Read again: the broadcast's IdleSince is kept in its record.
-		if cur, gerr := s.store.GetBroadcast(held, b.ID); gerr == nil {
-			ended, err = s.checkIdle(held, cur)
-		}
-	}
-	unlock()
-	if err != nil {
-		return fmt.Errorf("repairing replications: %w", err)
-	}
-	if ended {
-		if _, err := s.EndBroadcast(ctx, b.ID, "idle for BROADCAST_IDLE_TIMEOUT"); err != nil {
-			return fmt.Errorf("ending idle broadcast: %w", err)
-		}
-	}
-	return nil
+	return v, nil
 }
 
-// replaceLostOrigin replaces the origin of a broadcast that IVS no longer
-// has, under the broadcast's lock, if it is still the one found missing.
-func (s *Service) replaceLostOrigin(ctx context.Context, b store.Broadcast) error {
-	held, unlock, err := s.lock(ctx, b.ID, "reconcile: lost origin")
+// pass is one reconcile of a broadcast under its lock: repairs from a
+// fresh IVS reading if there is one, then a controller step (which derives
+// seating at its end), then the idle check.
+func (s *Service) pass(ctx context.Context, broadcastID string, fresh *ivsView) (next time.Duration, ended bool, err error) {
+	if fresh != nil {
+		cur, err := s.store.GetBroadcast(ctx, broadcastID)
+		switch {
+		case errors.Is(err, store.ErrNotFound):
+			return 0, false, nil
+		case err != nil:
+			return 0, false, err
+		case cur.OriginArn != fresh.broadcast.OriginArn:
+			// Replaced meanwhile: what IVS showed is of another origin.
+		case fresh.originLost:
+			if err := s.replaceOrigin(ctx, cur); err != nil {
+				return 0, false, fmt.Errorf("replacing the lost origin %s: %w", cur.OriginArn, err)
+			}
+		default:
+			if err := s.applyHosts(ctx, cur, fresh.present, fresh.seen); err != nil {
+				return 0, false, fmt.Errorf("repairing hosts: %w", err)
+			}
+			if err := s.pruneHosts(ctx, cur, fresh.present); err != nil {
+				return 0, false, fmt.Errorf("pruning hosts: %w", err)
+			}
+			if err := s.applyReplicas(ctx, cur, fresh.active); err != nil {
+				return 0, false, fmt.Errorf("repairing replications: %w", err)
+			}
+		}
+	}
+	res, err := s.step(ctx, broadcastID)
 	if err != nil {
-		return err
+		return 0, false, err
 	}
-	defer unlock()
-	cur, err := s.store.GetBroadcast(held, b.ID)
-	if err != nil || cur.OriginArn != b.OriginArn {
-		return err
+	next = res.next
+	if fresh != nil && res.started > 0 {
+		// What IVS showed is out of date now: read the replications back
+		// once they have had time to start.
+		s.resyncs.Store(broadcastID, struct{}{})
+		next = replicaReadBack
 	}
-	if err := s.replaceOrigin(held, cur); err != nil {
-		return fmt.Errorf("replacing the lost origin %s: %w", b.OriginArn, err)
+	if fresh != nil {
+		// Read again: the broadcast's IdleSince is kept in its record.
+		if cur, err := s.store.GetBroadcast(ctx, broadcastID); err == nil {
+			if ended, err = s.checkIdle(ctx, cur); err != nil {
+				return 0, false, err
+			}
+		}
 	}
-	s.kicks.kick(b.ID)
-	return nil
+	return next, ended, nil
 }
 
 // dropGone drops the records of the broadcast's stages that IVS no longer
@@ -297,7 +344,7 @@ func (s *Service) applyHosts(ctx context.Context, b store.Broadcast, present map
 		}
 		s.log.Info("host state repaired from IVS", "broadcast", b.ID, "participant", h.ParticipantID, "publishing", publishing)
 	}
-	return s.applySeating(ctx, b.ID)
+	return nil
 }
 
 // activeReplicas reads from IVS which replications of the broadcast's hosts
@@ -368,7 +415,7 @@ func (s *Service) applyReplicas(ctx context.Context, b store.Broadcast, active m
 			return err
 		}
 	}
-	return s.applySeating(ctx, b.ID)
+	return nil
 }
 
 // adopt takes back a stage tagged as stagefleet's that has no record (after

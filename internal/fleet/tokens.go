@@ -112,7 +112,7 @@ func (s *Service) seat(ctx context.Context, req store.SeatRequest) (IssuedToken,
 		// seated, the bursts that new stages seat would measure how fast
 		// stages come, not viewers, and feed scale-up on its own output.
 		s.local(broadcastID).joins.addAt(arrived, s.now())
-		s.kicks.kick(broadcastID)
+		s.enqueue(broadcastID)
 	}
 	tok, err := s.tokens.Issue(ctx, token.Request{
 		StageArn:      seat.StageArn,
@@ -157,7 +157,7 @@ func (s *Service) reserve(ctx context.Context, req store.SeatRequest) (store.Sea
 	l.waiting.Add(1)
 	defer l.waiting.Add(-1)
 	for full {
-		s.kicks.kick(req.BroadcastID)
+		s.enqueue(req.BroadcastID)
 		left := deadline.Sub(s.now())
 		if left <= 0 {
 			return store.Seat{}, s.noSeat(ctx, req.BroadcastID)

@@ -66,6 +66,11 @@ type Broadcast struct {
 	OriginReplacedAt time.Time `json:"originReplacedAt,omitzero"`
 	// ReplacedOriginArn is the origin that IVS lost.
 	ReplacedOriginArn string `json:"replacedOriginArn,omitempty"`
+	// Failures counts the controller's failed passes in a row; no pass
+	// calls IVS for the broadcast before RetryAt (exponential back-off,
+	// shared by every instance).
+	Failures int       `json:"failures,omitempty"`
+	RetryAt  time.Time `json:"retryAt,omitzero"`
 }
 
 // Stage is stagefleet's record of one IVS stage.
