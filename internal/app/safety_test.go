@@ -243,8 +243,15 @@ func TestOriginDeletedBehindBack(t *testing.T) {
 	if info.OriginReplaced.PreviousStageArn != host.StageArn || newOrigin == host.StageArn || newOrigin == "" || info.Message == "" {
 		t.Errorf("publisher-info: %+v, %+v; want previousStageArn %s, a new stageArn and a message", info, *info.OriginReplaced, host.StageArn)
 	}
-	if _, h := a.health(t); h.Status == "healthy" || !strings.Contains(h.Controller.Error, "broadcast default") {
+	status, h := a.health(t)
+	if h.Status == "healthy" || !strings.Contains(h.Controller.Error, "broadcast default") {
 		t.Errorf("health while hosts hold tokens for a deleted origin: %+v; want the controller's error naming broadcast default", h)
+	}
+	// One broadcast's trouble is degraded, not unhealthy: a 503 from every
+	// instance would make a load balancer take them all out, the one the
+	// host needs for a new token included.
+	if status != http.StatusOK || h.Status != "degraded" {
+		t.Errorf("health while hosts hold tokens for a deleted origin answers %d (%s); want 200 degraded", status, h.Status)
 	}
 
 	host2 := a.token(t, "publisher", map[string]any{"userId": "host-1"})
