@@ -10,6 +10,7 @@ import (
 	"maps"
 	"net/http"
 	"os"
+	"path"
 	"slices"
 	"strconv"
 	"strings"
@@ -17,6 +18,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/getkin/kin-openapi/openapi3"
+	"github.com/getkin/kin-openapi/openapi3filter"
+	"github.com/getkin/kin-openapi/routers"
 	"github.com/stagefleet/stagefleet/internal/app"
 	"github.com/stagefleet/stagefleet/internal/config"
 	"github.com/stagefleet/stagefleet/internal/emulator"
@@ -160,7 +164,9 @@ func requestBody(v any) (io.Reader, error) {
 	}
 }
 
-// send makes one API request with the app's headers and hdr on top; it
+// send makes one API request with the app's headers and hdr on top, and
+// checks the answer against the OpenAPI document: an answer it does not
+// describe is an error, naming the route, the status and what is wrong. It
 // does not touch t, so goroutines may call it.
 func (a *testApp) send(ctx context.Context, method, path string, body any, hdr http.Header) (response, error) {
 	rb, err := requestBody(body)
@@ -192,6 +198,9 @@ func (a *testApp) send(ctx context.Context, method, path string, body any, hdr h
 	}
 	out := response{Status: resp.StatusCode, Header: resp.Header, Body: raw, Elapsed: time.Since(start)}
 	_ = json.Unmarshal(raw, &out.Env) // checkEnvelope reports what is wrong
+	if err := checkDescribed(ctx, resp.Request, out); err != nil {
+		return response{}, err
+	}
 	return out, nil
 }
 
@@ -497,4 +506,118 @@ func eventually(t *testing.T, timeout time.Duration, cond func() (bool, string))
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// apiDoc is the API's OpenAPI document, internal/api/openapi.json, read
+// once for every test.
+var apiDoc = sync.OnceValues(loadAPIDoc)
+
+// describedAPI finds, for a request, the responses the document allows.
+type describedAPI struct {
+	doc *openapi3.T
+	// mux holds every operation of the document under the pattern the
+	// API registers it with; routes maps a pattern to its operation.
+	mux    *http.ServeMux
+	routes map[string]*routers.Route
+	// methods are the methods some operation takes, to tell a 405 from a
+	// 404 as the API does.
+	methods []string
+}
+
+func loadAPIDoc() (*describedAPI, error) {
+	loader := openapi3.NewLoader()
+	doc, err := loader.LoadFromFile("../api/openapi.json")
+	if err != nil {
+		return nil, fmt.Errorf("reading the OpenAPI document: %w", err)
+	}
+	if err := doc.Validate(loader.Context); err != nil {
+		return nil, fmt.Errorf("the OpenAPI document is not valid: %w", err)
+	}
+	d := &describedAPI{doc: doc, mux: http.NewServeMux(), routes: map[string]*routers.Route{}}
+	for p, item := range doc.Paths.Map() {
+		for method, op := range item.Operations() {
+			pattern := method + " " + muxPattern(p)
+			d.mux.Handle(pattern, http.NotFoundHandler())
+			d.routes[pattern] = &routers.Route{Spec: doc, Path: p, PathItem: item, Method: method, Operation: op}
+			if !slices.Contains(d.methods, method) {
+				d.methods = append(d.methods, method)
+			}
+		}
+	}
+	return d, nil
+}
+
+// muxPattern is an OpenAPI path as the API's routes write it: "/" is
+// exactly "/", and a stage ARN, which holds a slash, is the rest of the
+// path ({stageArn...}), which OpenAPI cannot say.
+func muxPattern(p string) string {
+	if p == "/" {
+		return "/{$}"
+	}
+	return strings.ReplaceAll(p, "{stageArn}", "{stageArn...}")
+}
+
+// route is the operation the document describes req with or, when no
+// operation takes req, the document's answers of any path
+// (components/responses) that the API gives it.
+func (d *describedAPI) route(req *http.Request) *routers.Route {
+	p := req.URL.Path
+	clean := path.Clean(p)
+	if strings.HasSuffix(p, "/") && clean != "/" {
+		clean += "/"
+	}
+	if clean != p {
+		return d.anyPath(req, map[int]string{http.StatusBadRequest: "NotCleanPath"})
+	}
+	if _, pattern := d.mux.Handler(req); pattern != "" {
+		return d.routes[pattern]
+	}
+	// The rate limit counts requests no route takes too.
+	for _, m := range d.methods {
+		probe := req.Clone(req.Context())
+		probe.Method = m
+		if _, pattern := d.mux.Handler(probe); pattern != "" {
+			return d.anyPath(req, map[int]string{http.StatusMethodNotAllowed: "MethodNotAllowed", http.StatusTooManyRequests: "RateLimited"})
+		}
+	}
+	return d.anyPath(req, map[int]string{http.StatusNotFound: "NoRoute", http.StatusTooManyRequests: "RateLimited"})
+}
+
+// anyPath is a route whose answers are the named components/responses, by
+// status.
+func (d *describedAPI) anyPath(req *http.Request, byStatus map[int]string) *routers.Route {
+	var opts []openapi3.NewResponsesOption
+	for status, name := range byStatus {
+		opts = append(opts, openapi3.WithStatus(status, d.doc.Components.Responses[name]))
+	}
+	op := &openapi3.Operation{Responses: openapi3.NewResponses(opts...)}
+	return &routers.Route{Spec: d.doc, Path: "(any path)", Method: req.Method, Operation: op}
+}
+
+// checkDescribed checks an answer against the document: its status is one
+// the route declares, with the declared headers and body.
+func checkDescribed(ctx context.Context, req *http.Request, r response) error {
+	// Go's HTTP server refuses a request whose header is over
+	// HTTP_MAX_HEADER_BYTES with a plain-text 431 before any route sees
+	// it: the document describes the API's answers, not that one.
+	if r.Status == http.StatusRequestHeaderFieldsTooLarge && strings.HasPrefix(r.Header.Get("Content-Type"), "text/plain") {
+		return nil
+	}
+	d, err := apiDoc()
+	if err != nil {
+		return err
+	}
+	route := d.route(req)
+	in := &openapi3filter.ResponseValidationInput{
+		RequestValidationInput: &openapi3filter.RequestValidationInput{Request: req, Route: route},
+		Status:                 r.Status,
+		Header:                 r.Header,
+		Options:                &openapi3filter.Options{IncludeResponseStatus: true, MultiError: true},
+	}
+	in.SetBodyBytes(r.Body)
+	if err := openapi3filter.ValidateResponse(ctx, in); err != nil {
+		return fmt.Errorf("%s %s (%s %s in /openapi.json) answered %d, which the document does not describe: %w: %s",
+			req.Method, req.URL.RequestURI(), route.Method, route.Path, r.Status, err, bytes.TrimSpace(r.Body))
+	}
+	return nil
 }
