@@ -117,12 +117,15 @@ func New(ctx context.Context, cfg config.Config, emuCfg emulator.Config, log *sl
 		StageCapacity:    cfg.StageCapacity,
 		HeartbeatTimeout: cfg.HeartbeatTimeout,
 		SeatWait:         cfg.SeatWait,
-		PublisherTTL:     cfg.PublisherTokenTTL,
-		ViewerTTL:        cfg.ViewerTokenTTL,
-		MediaServerTTL:   cfg.MediaServerTokenTTL,
-		OriginArn:        cfg.MasterStageArn,
-		ReconnectWindow:  cfg.ReconnectWindow,
-		EventDedupTTL:    24 * time.Hour,
+		// A viewer waiting for a stage on its way is answered well within
+		// the HTTP write timeout.
+		MaxSeatWait:     max(cfg.SeatWait, cfg.HTTPWriteTimeout-5*time.Second),
+		PublisherTTL:    cfg.PublisherTokenTTL,
+		ViewerTTL:       cfg.ViewerTokenTTL,
+		MediaServerTTL:  cfg.MediaServerTokenTTL,
+		OriginArn:       cfg.MasterStageArn,
+		ReconnectWindow: cfg.ReconnectWindow,
+		EventDedupTTL:   24 * time.Hour,
 
 		ScaleUpThreshold:       cfg.ScaleUpThreshold,
 		MaxStages:              cfg.MaxStages,

@@ -3,7 +3,6 @@ package fleet
 import (
 	"context"
 	"errors"
-	"fmt"
 	"math"
 	"math/rand/v2"
 	"sync"
@@ -19,27 +18,30 @@ import (
 // level-triggered: every pass compares what is with what should be, so a
 // lost or repeated signal costs a pass, never correctness.
 
-
 // startTimeout is how long a replication may stay starting before it is
 // started again (IVS answers a duplicate start with a conflict, harmlessly).
 const startTimeout = 15 * time.Second
 
-// meter measures an event rate as an exponentially decaying average with
-// a one-second time constant: it follows a join storm within a second or
-// two and forgets it as fast.
+// meter measures an event rate as two exponentially decaying averages:
+// one with a quarter-second time constant, which sees a join storm from
+// its first fraction of a second, and one with a one-second constant,
+// which holds the rate through its gaps. The rate is the larger: scale-up
+// must react to the first joins of a burst, not wait for an average to
+// settle, and it forgets a storm within a second or two either way.
 type meter struct {
 	mu   sync.Mutex
-	rate float64 // events per second as of last
+	fast float64 // events per second as of last, quarter-second constant
+	slow float64 // the same, one-second constant
 	last time.Time
 }
 
-const meterTau = time.Second
+const (
+	meterFast = 250 * time.Millisecond
+	meterSlow = time.Second
+)
 
-func (m *meter) decayed(now time.Time) float64 {
-	if m.last.IsZero() {
-		return 0
-	}
-	return m.rate * math.Exp(-now.Sub(m.last).Seconds()/meterTau.Seconds())
+func decay(rate float64, tau time.Duration, since time.Duration) float64 {
+	return rate * math.Exp(-since.Seconds()/tau.Seconds())
 }
 
 // addAt counts an event that happened at t, as of now: it adds what the
@@ -47,15 +49,23 @@ func (m *meter) decayed(now time.Time) float64 {
 func (m *meter) addAt(t, now time.Time) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	weight := math.Exp(-max(0, now.Sub(t).Seconds()) / meterTau.Seconds())
-	m.rate = m.decayed(now) + weight/meterTau.Seconds()
+	since, age := now.Sub(m.last), max(0, now.Sub(t))
+	if m.last.IsZero() {
+		since = 0
+	}
+	m.fast = decay(m.fast, meterFast, since) + decay(1/meterFast.Seconds(), meterFast, age)
+	m.slow = decay(m.slow, meterSlow, since) + decay(1/meterSlow.Seconds(), meterSlow, age)
 	m.last = now
 }
 
 func (m *meter) perSecond(now time.Time) float64 {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	return m.decayed(now)
+	if m.last.IsZero() {
+		return 0
+	}
+	since := now.Sub(m.last)
+	return max(decay(m.fast, meterFast, since), decay(m.slow, meterSlow, since))
 }
 
 // ewma is an exponentially weighted moving average of durations.
@@ -92,6 +102,11 @@ type local struct {
 	reported atomic.Bool
 	// atQuota: scale-up was last held at STAGE_QUOTA (logged once).
 	atQuota bool
+	// coming caches stageComing for waiting viewers (under comingMu).
+	comingMu  sync.Mutex
+	comingAt  time.Time
+	comingETA time.Duration
+	coming    bool
 	// yieldUntil: this instance leaves the lease to others until then
 	// (under mu).
 	yieldUntil time.Time
@@ -243,6 +258,14 @@ func (v view) seats() (free, upcoming, idle int) {
 	return free, upcoming, idle
 }
 
+// creating is the number of replica stages a pass is creating now.
+func (v view) creating(now time.Time) int {
+	if now.After(v.broadcast.CreatingUntil) {
+		return 0
+	}
+	return v.broadcast.Creating
+}
+
 // managed counts the stages that count against MAX_STAGES: the origin and
 // the replicas, not manual stages.
 func managed(stages []store.Stage) int {
@@ -253,264 +276,6 @@ func managed(stages []store.Stage) int {
 		}
 	}
 	return n
-}
-
-// passBudgets are one pass's allowances of IVS calls, one per kind it
-// makes: a second's worth of each operation's quota. A pass that spends
-// one asks to come back (requeue) rather than wait for the quota while it
-// holds the broadcast.
-type passBudgets struct {
-	creates, starts, stops, deletes budget
-}
-
-func (s *Service) newBudgets() *passBudgets {
-	b := &passBudgets{}
-	b.creates.left.Store(s.perPass("CreateStage"))
-	b.starts.left.Store(s.perPass("StartParticipantReplication"))
-	b.stops.left.Store(s.perPass("StopParticipantReplication"))
-	b.deletes.left.Store(s.perPass("DeleteStage"))
-	return b
-}
-
-// perPass is a second's worth of an operation's quota (at least one call).
-func (s *Service) perPass(op string) int64 {
-	q, ok := s.cfg.Quotas[op]
-	if !ok || q <= 0 {
-		// Unlimited, or unknown: bounded all the same, so that a pass stays
-		// short.
-		q = 10
-	}
-	return max(1, int64(q))
-}
-
-// spent says whether any allowance ran out: the pass left work undone.
-func (b *passBudgets) spent() bool {
-	return b.creates.left.Load() <= 0 || b.starts.left.Load() <= 0 || b.stops.left.Load() <= 0 || b.deletes.left.Load() <= 0
-}
-
-// stepResult is what a pass did and wants.
-type stepResult struct {
-	// next is when to look at the broadcast again (0: only when something
-	// happens).
-	next time.Duration
-	// started counts the replications the pass asked IVS to start.
-	started int
-}
-
-// step is one pass over a broadcast: scale up, replicate, scale down, then
-// seating from the facts.
-func (s *Service) step(ctx context.Context, broadcastID string) (stepResult, error) {
-	v, err := s.load(ctx, broadcastID)
-	if errors.Is(err, store.ErrNotFound) {
-		return stepResult{}, nil
-	}
-	if err != nil {
-		return stepResult{}, err
-	}
-	if wait := v.broadcast.RetryAt.Sub(s.now()); wait > 0 {
-		// A pass failed lately (IVS trouble, a quota): no IVS call before
-		// its back-off ends, on any instance. Seating still follows the
-		// facts.
-		return stepResult{next: wait}, s.applySeating(ctx, broadcastID)
-	}
-	b := s.newBudgets()
-	if err := s.scaleUp(ctx, v, b); err != nil {
-		return stepResult{}, errors.Join(err, s.backOff(ctx, v.broadcast, err), s.applySeating(ctx, broadcastID))
-	}
-	if v.broadcast.Failures > 0 {
-		v.broadcast.Failures, v.broadcast.RetryAt = 0, time.Time{}
-		if err := s.store.PutBroadcast(ctx, v.broadcast); err != nil {
-			return stepResult{}, err
-		}
-	}
-	if v, err = s.load(ctx, broadcastID); err != nil {
-		return stepResult{}, err
-	}
-	for _, st := range v.stages {
-		if st.Role != store.RoleReplica || st.Draining {
-			continue
-		}
-		for _, h := range v.hosts {
-			s.replicateWithin(ctx, &b.starts, v.broadcast, st, h, v.reps[replKey{h.ParticipantID, st.Arn}])
-		}
-	}
-	next, downErr := s.scaleDown(ctx, v, b)
-	// Seating is derived at the end of every pass, whatever the pass did.
-	if err := errors.Join(downErr, s.applySeating(ctx, broadcastID)); err != nil {
-		return stepResult{}, err
-	}
-	res := stepResult{next: next, started: int(s.perPass("StartParticipantReplication") - b.starts.left.Load())}
-	if b.spent() {
-		// The rest next pass, after the quota's second has passed.
-		res.next = time.Second
-	}
-	return res, nil
-}
-
-// backOff records a failed pass in the broadcast's record, so that every
-// instance waits out the same exponential back-off before calling IVS for
-// it again.
-func (s *Service) backOff(ctx context.Context, b store.Broadcast, cause error) error {
-	b.Failures++
-	wait := backoff(b.Failures)
-	b.RetryAt = s.now().Add(wait)
-	s.log.Warn("broadcast backs off", "broadcast", b.ID, "failures", b.Failures, "retry_in_ms", wait.Milliseconds(), "error", cause)
-	return s.store.PutBroadcast(ctx, b)
-}
-
-// budget is a pass's allowance of IVS calls of one kind, shared by the
-// goroutines of the pass.
-type budget struct{ left atomic.Int64 }
-
-// take spends one call of the allowance, if any is left.
-func (b *budget) take() bool {
-	if b.left.Add(-1) < 0 {
-		b.left.Add(1)
-		return false
-	}
-	return true
-}
-
-// replicateWithin is ensureReplication when the pass can still afford a
-// StartParticipantReplication call; a transition that made no call gives
-// the allowance back.
-func (s *Service) replicateWithin(ctx context.Context, b *budget, bc store.Broadcast, dest store.Stage, h store.Host, r store.Replication) {
-	if !b.take() {
-		return
-	}
-	if !s.ensureReplication(ctx, bc, dest, h, r) {
-		b.left.Add(1)
-	}
-}
-
-// headroom is the number of free seats the controller keeps ahead of the
-// audience: max(STAGE_CAPACITY - SCALE_UP_THRESHOLD, join rate x
-// provisioning time), and none while no host is live (the warm pool still
-// applies).
-func (s *Service) headroom(v view) int {
-	if !v.live {
-		return 0
-	}
-	base := s.cfg.StageCapacity - s.cfg.ScaleUpThreshold
-	return max(base, int(math.Ceil(v.joinRate*s.provisioning.get().Seconds())))
-}
-
-func (s *Service) scaleUp(ctx context.Context, v view, b *passBudgets) error {
-	l := s.local(v.broadcast.ID)
-	free, upcoming, idle := v.seats()
-	headroom := s.headroom(v)
-	waiting := v.waiting
-	n := 0
-	if short := headroom + waiting - free - upcoming; v.live && short > 0 {
-		n = (short + s.cfg.StageCapacity - 1) / s.cfg.StageCapacity
-	}
-	n = max(n, s.cfg.MinIdleStages-idle)
-	n = min(n, s.cfg.MaxStages-managed(v.stages))
-	// IVS creates stages no faster than its quota: more in one pass would
-	// only wait behind the client's limiter while the broadcast is held,
-	// and its events with it. The next pass makes the rest.
-	n = min(n, int(b.creates.left.Load()))
-	if n <= 0 {
-		return nil
-	}
-	// Every broadcast of the deployment together stays within its stage
-	// quota: one broadcast's storm must not leave another no stage.
-	inUse, err := s.stagesInUse(ctx)
-	if err != nil {
-		return err
-	}
-	n = min(n, s.cfg.StageQuota-inUse)
-	if held := n <= 0; held != l.atQuota {
-		l.atQuota = held
-		if held {
-			s.log.Warn("scale-up held at STAGE_QUOTA", "broadcast", v.broadcast.ID, "stages", inUse, "quota", s.cfg.StageQuota)
-		}
-	}
-	if n <= 0 {
-		return nil
-	}
-	s.log.Info("scaling up", "broadcast", v.broadcast.ID, "stages", n, "free_seats", free, "upcoming_seats", upcoming, "headroom", headroom, "waiting", waiting)
-	errs := make([]error, n)
-	var wg sync.WaitGroup
-	b.creates.left.Add(-int64(n))
-	for i := range n {
-		wg.Go(func() { errs[i] = s.provision(ctx, v, &b.starts) })
-	}
-	wg.Wait()
-	if err := errors.Join(errs...); err != nil {
-		return fmt.Errorf("creating replica stages: %w", err)
-	}
-	return nil
-}
-
-// provision creates one replica stage and records it at once, so that it
-// cannot leak, and starts replicating the hosts into it.
-func (s *Service) provision(ctx context.Context, v view, starts *budget) error {
-	b := v.broadcast.ID
-	started := s.now()
-	st, err := s.ivs.CreateStage(ctx, stageName(b, store.RoleReplica)+"-"+newParticipantID()[:8], s.stageTags(b, store.RoleReplica))
-	if err != nil {
-		return err
-	}
-	// CreatedAt is when the stage is known to exist in IVS: reconcile
-	// trusts an IVS listing that began later to show it.
-	rec := store.Stage{Arn: st.Arn, BroadcastID: b, Role: store.RoleReplica, Name: st.Name, Capacity: s.cfg.StageCapacity, CreatedAt: s.now()}
-	if err := s.store.PutStage(ctx, rec); err != nil {
-		if derr := s.ivs.DeleteStage(context.WithoutCancel(ctx), st.Arn); derr != nil {
-			s.log.Error("deleting unrecorded replica stage", "stage", st.Arn, "error", derr)
-		}
-		return fmt.Errorf("recording replica stage %s: %w", st.Arn, err)
-	}
-	s.provisionStart.Store(st.Arn, started)
-	s.log.Info("replica stage created", "broadcast", b, "stage", st.Arn, "reason", "scale up")
-	// Replicated at once, within the pass's allowance: a stage takes
-	// viewers only once its replication is active.
-	for _, h := range v.hosts {
-		s.replicateWithin(ctx, starts, v.broadcast, rec, h, store.Replication{})
-	}
-	return nil
-}
-
-// ensureReplication moves one (host, replica stage) replication toward its
-// desired state: active while the host publishes, pending while it does
-// not. It reports whether it called IVS.
-func (s *Service) ensureReplication(ctx context.Context, b store.Broadcast, dest store.Stage, h store.Host, r store.Replication) (called bool) {
-	now := s.now()
-	if r.ParticipantID == "" {
-		r = store.Replication{BroadcastID: b.ID, ParticipantID: h.ParticipantID, SourceArn: b.OriginArn, DestArn: dest.Arn}
-	}
-	switch {
-	case r.State == store.ReplActive:
-		return false
-	case r.State == store.ReplStarting && now.Sub(r.UpdatedAt) < startTimeout:
-		return false
-	case !h.Publishing:
-		if r.State == store.ReplPending {
-			return false
-		}
-		r.State, r.Reason = store.ReplPending, "host not publishing"
-	case now.Before(r.RetryAt):
-		return false
-	default:
-		called = true
-		err := s.ivs.StartReplication(ctx, b.OriginArn, dest.Arn, h.ParticipantID, s.cfg.ReconnectWindow)
-		switch {
-		case err == nil, errors.Is(err, ErrIVSConflict):
-			r.State, r.Reason, r.Attempts, r.RetryAt = store.ReplStarting, "", 0, time.Time{}
-		case errors.Is(err, ErrIVSNotPublishing):
-			r.State, r.Reason = store.ReplPending, "host not publishing"
-		default:
-			r.Attempts++
-			r.State, r.Reason, r.RetryAt = store.ReplFailed, err.Error(), now.Add(backoff(r.Attempts))
-		}
-	}
-	r.UpdatedAt = now
-	if err := s.store.PutReplication(ctx, r); err != nil {
-		s.log.Warn("recording replication", "broadcast", b.ID, "stage", dest.Arn, "participant", h.ParticipantID, "error", err)
-		return called
-	}
-	s.log.Info("replication", "broadcast", b.ID, "stage", dest.Arn, "participant", h.ParticipantID, "state", r.State, "reason", r.Reason, "attempts", r.Attempts)
-	return called
 }
 
 // backoff is exponential with full jitter: up to 500ms x 2^(attempts-1),

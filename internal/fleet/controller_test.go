@@ -224,6 +224,9 @@ func replicaStages(t *testing.T, st store.Store) []store.Stage {
 func TestReplicationBackoff(t *testing.T) {
 	svc, st, f, clk := controlled(t, fleet.Config{StageCapacity: 50, ScaleUpThreshold: 45, MinIdleStages: 1, ScaleDownStabilization: time.Minute})
 	f.startErr = errors.New("StartParticipantReplication: boom")
+	// One pass creates the warm pool's stage, the one it asks for next
+	// starts its replication.
+	pass(t, svc)
 	pass(t, svc)
 	reps := replicaStages(t, st)
 	if len(reps) != 1 {
@@ -401,6 +404,7 @@ func TestCreateStageBackoff(t *testing.T) {
 // the next pass would undo, is refused and IVS is not called.
 func TestManualStopRefusedOnReplica(t *testing.T) {
 	svc, st, f, _ := controlled(t, fleet.Config{StageCapacity: 50, ScaleUpThreshold: 45, MinIdleStages: 1})
+	pass(t, svc)
 	pass(t, svc)
 	reps := replicaStages(t, st)
 	if len(reps) != 1 {

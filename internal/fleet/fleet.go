@@ -39,8 +39,10 @@ type Config struct {
 	// HeartbeatTimeout is a seat's lease: it is freed when no heartbeat
 	// renews it for this long.
 	HeartbeatTimeout time.Duration
-	// SeatWait is how long a viewer waits for a seat before a 503.
-	SeatWait time.Duration
+	// SeatWait is how long a viewer waits for a seat before a 503 when no
+	// stage is on its way; MaxSeatWait bounds the wait for one that is.
+	SeatWait    time.Duration
+	MaxSeatWait time.Duration
 	// Token lifetimes.
 	PublisherTTL   time.Duration
 	ViewerTTL      time.Duration
@@ -153,6 +155,9 @@ func New(cfg Config, st store.Store, i IVS, tokens token.Issuer, log *slog.Logge
 	}
 	if cfg.StageQuota <= 0 {
 		cfg.StageQuota = 100
+	}
+	if cfg.MaxSeatWait < cfg.SeatWait {
+		cfg.MaxSeatWait = max(cfg.SeatWait, 10*time.Second)
 	}
 	if cfg.Workers <= 0 {
 		cfg.Workers = 4

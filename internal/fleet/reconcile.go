@@ -139,10 +139,26 @@ func (s *Service) ReconcileBroadcast(ctx context.Context, broadcastID string) (t
 		// instance's pass: soon again.
 		return busyRetry, err
 	}
-	next, ended, err := s.pass(held, broadcastID, fresh)
+	in, next, ended, err := s.pass(held, broadcastID, fresh)
 	unlock()
 	if err != nil {
 		return 0, err
+	}
+	if !in.empty() {
+		out := s.act(ctx, in)
+		held, unlock, err := s.lock(ctx, broadcastID, "reconcile: record")
+		if err != nil {
+			return 0, err
+		}
+		err = s.recordActs(held, in, out)
+		unlock()
+		if err != nil {
+			return 0, err
+		}
+		if len(out.stages) > 0 {
+			// New stages get their replications on the next pass: now.
+			next = time.Millisecond
+		}
 	}
 	if ended {
 		if _, err := s.EndBroadcast(ctx, broadcastID, "idle for BROADCAST_IDLE_TIMEOUT"); err != nil {
@@ -198,38 +214,39 @@ func (s *Service) readIVS(ctx context.Context, broadcastID string) (*ivsView, er
 	return v, nil
 }
 
-// pass is one reconcile of a broadcast under its lock: repairs from a
-// fresh IVS reading if there is one, then a controller step (which derives
-// seating at its end), then the idle check.
-func (s *Service) pass(ctx context.Context, broadcastID string, fresh *ivsView) (next time.Duration, ended bool, err error) {
+// pass is the deciding part of one reconcile of a broadcast, under its
+// lock: repairs from a fresh IVS reading if there is one, then a
+// controller step (which derives seating at its end and answers what to
+// do outside the lock), then the idle check.
+func (s *Service) pass(ctx context.Context, broadcastID string, fresh *ivsView) (in intent, next time.Duration, ended bool, err error) {
 	if fresh != nil {
 		cur, err := s.store.GetBroadcast(ctx, broadcastID)
 		switch {
 		case errors.Is(err, store.ErrNotFound):
-			return 0, false, nil
+			return intent{}, 0, false, nil
 		case err != nil:
-			return 0, false, err
+			return intent{}, 0, false, err
 		case cur.OriginArn != fresh.broadcast.OriginArn:
 			// Replaced meanwhile: what IVS showed is of another origin.
 		case fresh.originLost:
 			if err := s.replaceOrigin(ctx, cur); err != nil {
-				return 0, false, fmt.Errorf("replacing the lost origin %s: %w", cur.OriginArn, err)
+				return intent{}, 0, false, fmt.Errorf("replacing the lost origin %s: %w", cur.OriginArn, err)
 			}
 		default:
 			if err := s.applyHosts(ctx, cur, fresh.present, fresh.seen); err != nil {
-				return 0, false, fmt.Errorf("repairing hosts: %w", err)
+				return intent{}, 0, false, fmt.Errorf("repairing hosts: %w", err)
 			}
 			if err := s.pruneHosts(ctx, cur, fresh.present); err != nil {
-				return 0, false, fmt.Errorf("pruning hosts: %w", err)
+				return intent{}, 0, false, fmt.Errorf("pruning hosts: %w", err)
 			}
 			if err := s.applyReplicas(ctx, cur, fresh.active); err != nil {
-				return 0, false, fmt.Errorf("repairing replications: %w", err)
+				return intent{}, 0, false, fmt.Errorf("repairing replications: %w", err)
 			}
 		}
 	}
-	res, err := s.step(ctx, broadcastID)
+	in, res, err := s.step(ctx, broadcastID)
 	if err != nil {
-		return 0, false, err
+		return intent{}, 0, false, err
 	}
 	next = res.next
 	if fresh != nil && res.started > 0 {
@@ -242,11 +259,11 @@ func (s *Service) pass(ctx context.Context, broadcastID string, fresh *ivsView) 
 		// Read again: the broadcast's IdleSince is kept in its record.
 		if cur, err := s.store.GetBroadcast(ctx, broadcastID); err == nil {
 			if ended, err = s.checkIdle(ctx, cur); err != nil {
-				return 0, false, err
+				return intent{}, 0, false, err
 			}
 		}
 	}
-	return next, ended, nil
+	return in, next, ended, nil
 }
 
 // dropGone drops the records of the broadcast's stages that IVS no longer

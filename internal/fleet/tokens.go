@@ -100,20 +100,17 @@ func (s *Service) ViewerToken(ctx context.Context, broadcastID, userID, stageArn
 func (s *Service) seat(ctx context.Context, req store.SeatRequest) (IssuedToken, error) {
 	broadcastID, userID := req.BroadcastID, req.UserID
 	arrived := s.now()
+	// The join rate measures arrivals, counted as they come: scale-up
+	// makes room for those still to come while stages are provisioned
+	// (those already waiting are counted as waiting). Counted when seated,
+	// a storm would be seen only as fast as stages come, not viewers.
+	s.local(broadcastID).joins.addAt(arrived, arrived)
+	s.enqueue(broadcastID)
 	seat, err := s.reserve(ctx, req)
 	if err != nil {
 		return IssuedToken{}, err
 	}
 	isNew := seat.ParticipantID == req.ParticipantID && !seat.TakenAt.Before(arrived)
-	if isNew {
-		// The join rate measures arrivals, so a join counts as of when
-		// the viewer asked: one that waited for a stage counts for
-		// little, having been counted as waiting meanwhile. Counted when
-		// seated, the bursts that new stages seat would measure how fast
-		// stages come, not viewers, and feed scale-up on its own output.
-		s.local(broadcastID).joins.addAt(arrived, s.now())
-		s.enqueue(broadcastID)
-	}
 	tok, err := s.tokens.Issue(ctx, token.Request{
 		StageArn:      seat.StageArn,
 		ParticipantID: seat.ParticipantID,
@@ -146,9 +143,14 @@ func (s *Service) seat(ctx context.Context, req store.SeatRequest) (IssuedToken,
 	}, nil
 }
 
-// reserve takes a seat, waiting up to SeatWait while every seat is taken.
+// reserve takes a seat, waiting while every seat is taken: up to SeatWait,
+// and past it while a stage is on its way for the viewer, until that stage
+// can be expected to take viewers (at most MaxSeatWait in all). A viewer
+// for whom a stage is coming is better seated a second later than sent
+// away to come back.
 func (s *Service) reserve(ctx context.Context, req store.SeatRequest) (store.Seat, error) {
-	deadline := s.now().Add(s.cfg.SeatWait)
+	start := s.now()
+	deadline := start.Add(s.cfg.SeatWait)
 	seat, full, err := s.tryReserve(ctx, req)
 	if !full {
 		return seat, err
@@ -160,7 +162,11 @@ func (s *Service) reserve(ctx context.Context, req store.SeatRequest) (store.Sea
 		s.enqueue(req.BroadcastID)
 		left := deadline.Sub(s.now())
 		if left <= 0 {
-			return store.Seat{}, s.noSeat(ctx, req.BroadcastID)
+			eta, coming := s.stageComing(ctx, req.BroadcastID)
+			if !coming || s.now().Add(eta).After(start.Add(s.cfg.MaxSeatWait)) {
+				return store.Seat{}, s.noSeat(ctx, req.BroadcastID, eta)
+			}
+			deadline, left = s.now().Add(eta), eta
 		}
 		woken := l.queue.add()
 		timeout := time.NewTimer(left)
@@ -177,6 +183,58 @@ func (s *Service) reserve(ctx context.Context, req store.SeatRequest) (store.Sea
 		seat, full, err = s.tryReserve(ctx, req)
 	}
 	return seat, err
+}
+
+// comingMargin is what a waiting viewer allows a stage on its way beyond
+// the measured time a stage takes to take viewers.
+const comingMargin = 500 * time.Millisecond
+
+// stageComing says whether a stage is on its way for the broadcast's
+// waiting viewers, and how long it can be expected to take: one being
+// provisioned (a replica stage not yet taking viewers), or one the
+// controller may still make (below MAX_STAGES and STAGE_QUOTA, not backing
+// off). Computed at most every seatWatch per broadcast: every waiting
+// viewer asks at its deadline.
+func (s *Service) stageComing(ctx context.Context, broadcastID string) (time.Duration, bool) {
+	l := s.local(broadcastID)
+	l.comingMu.Lock()
+	defer l.comingMu.Unlock()
+	if now := s.now(); now.Sub(l.comingAt) < seatWatch {
+		return l.comingETA, l.coming
+	}
+	l.comingAt = s.now()
+	l.comingETA, l.coming = s.lookForStage(ctx, broadcastID)
+	return l.comingETA, l.coming
+}
+
+func (s *Service) lookForStage(ctx context.Context, broadcastID string) (time.Duration, bool) {
+	eta := s.provisioning.get() + comingMargin
+	stages, err := s.store.ListStages(ctx, broadcastID)
+	if err != nil {
+		return 0, false
+	}
+	for _, st := range stages {
+		if st.Role == store.RoleReplica && !st.Seatable && !st.Draining {
+			return eta, true
+		}
+	}
+	b, err := s.store.GetBroadcast(ctx, broadcastID)
+	if err != nil {
+		return 0, false
+	}
+	if wait := b.RetryAt.Sub(s.now()); wait > 0 {
+		// IVS is failing for this broadcast: nothing comes before the
+		// back-off ends, and then not surely.
+		return wait + eta, false
+	}
+	if managed(stages) >= s.cfg.MaxStages {
+		return 0, false
+	}
+	if inUse, err := s.stagesInUse(ctx); err != nil || inUse >= s.cfg.StageQuota {
+		return 0, false
+	}
+	// The controller makes one on the next pass: allow for the pass.
+	return eta + comingMargin, true
 }
 
 // tryReserve makes one attempt at a seat; full says every seat is taken.
@@ -198,10 +256,11 @@ func (s *Service) tryReserve(ctx context.Context, req store.SeatRequest) (seat s
 	return store.Seat{}, false, failWrap(ErrUnavailable, err, "taking a seat")
 }
 
-// noSeat is the answer to a viewer that waited SeatWait in vain: the
-// broadcast is at MAX_STAGES, or every stage is full for now.
-func (s *Service) noSeat(ctx context.Context, broadcastID string) error {
-	retry := max(s.cfg.SeatWait, time.Second)
+// noSeat is the answer to a viewer that waited in vain: the broadcast is
+// at MAX_STAGES or the deployment at STAGE_QUOTA, or no stage is coming in
+// time (IVS failing). Retry-After is the expected wait when one is known.
+func (s *Service) noSeat(ctx context.Context, broadcastID string, eta time.Duration) error {
+	retry := max(s.cfg.SeatWait, time.Second, eta)
 	if stages, err := s.store.ListStages(ctx, broadcastID); err == nil && managed(stages) >= s.cfg.MaxStages {
 		return &Error{
 			Kind:       ErrStageLimit,

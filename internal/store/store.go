@@ -71,6 +71,11 @@ type Broadcast struct {
 	// shared by every instance).
 	Failures int       `json:"failures,omitempty"`
 	RetryAt  time.Time `json:"retryAt,omitzero"`
+	// Creating counts replica stages a controller pass is creating (until
+	// CreatingUntil, in case it never records them), so that every pass
+	// counts them as coming.
+	Creating      int       `json:"creating,omitempty"`
+	CreatingUntil time.Time `json:"creatingUntil,omitzero"`
 }
 
 // Stage is stagefleet's record of one IVS stage.
