@@ -323,10 +323,11 @@ func TestViewerStorm(t *testing.T) {
 		}
 		// The controller may still be adding stages; seats stay put.
 		stats := dataOf[struct {
-			Viewers int `json:"viewers"`
-			Stages  int `json:"stages"`
+			Viewers      int `json:"totalViewers"`
+			Stages       int `json:"stageCount"`
+			ActiveStages int `json:"activeStages"`
 		}](t, a.expect(t, "GET", "/api/stats", nil, http.StatusOK))
-		if stats.Viewers != len(seated) || stats.Stages < len(stages) {
+		if stats.Viewers != len(seated) || stats.Stages < len(stages) || stats.ActiveStages != stats.Stages {
 			t.Errorf("stats %+v, want %d viewers on at least %d stages", stats, len(seated), len(stages))
 		}
 		st := a.emuState(t)
