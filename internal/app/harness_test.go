@@ -586,6 +586,11 @@ func (d *describedAPI) route(req *http.Request) *routers.Route {
 // anyPath is a route whose answers are the named components/responses, by
 // status.
 func (d *describedAPI) anyPath(req *http.Request, byStatus map[int]string) *routers.Route {
+	// A browser's preflight is answered before routing when CORS_ORIGINS
+	// is set, and routed like any request when it is not.
+	if req.Method == http.MethodOptions && req.Header.Get("Access-Control-Request-Method") != "" {
+		byStatus[http.StatusNoContent] = "CorsPreflight"
+	}
 	var opts []openapi3.NewResponsesOption
 	for status, name := range byStatus {
 		opts = append(opts, openapi3.WithStatus(status, d.doc.Components.Responses[name]))
