@@ -290,7 +290,7 @@ func backoff(attempts int) time.Duration {
 // within the pass's allowance of deletes and stops: a drain of many stages
 // is many short passes, not one long hold. It answers when the next empty
 // stage's window ends (0: none).
-func (s *Service) scaleDown(ctx context.Context, v view, b *passBudgets) (time.Duration, error) {
+func (s *Service) scaleDown(ctx context.Context, v view, b *passBudgets, in *intent) (time.Duration, error) {
 	now := s.now()
 	free, _, idle := v.seats()
 	headroom := s.headroom(v)
@@ -308,7 +308,7 @@ func (s *Service) scaleDown(ctx context.Context, v view, b *passBudgets) (time.D
 			// A removal that failed half-way (IVS error, crash) is
 			// finished here.
 			if st.Seats == 0 {
-				if _, err := s.remove(ctx, v, st, b); err != nil {
+				if _, err := s.remove(ctx, v, st, b, in); err != nil {
 					s.log.Warn("finishing removal of a draining stage", "broadcast", v.broadcast.ID, "stage", st.Arn, "error", err)
 				}
 			}
@@ -341,7 +341,7 @@ func (s *Service) scaleDown(ctx context.Context, v view, b *passBudgets) (time.D
 		if without < headroom || idle-1 < s.cfg.MinIdleStages {
 			continue
 		}
-		removed, err := s.remove(ctx, v, st, b)
+		removed, err := s.remove(ctx, v, st, b, in)
 		if err != nil {
 			return 0, err
 		}
@@ -352,10 +352,10 @@ func (s *Service) scaleDown(ctx context.Context, v view, b *passBudgets) (time.D
 	return next, nil
 }
 
-// remove deletes an empty replica stage the controller no longer needs, if
-// the pass can still afford its calls: one DeleteStage and a stop per
-// running replication.
-func (s *Service) remove(ctx context.Context, v view, st store.Stage, b *passBudgets) (bool, error) {
+// remove drains an empty replica stage the controller no longer needs and
+// queues its deletion for the pass's second phase, if the pass can still
+// afford the calls: one DeleteStage and a stop per running replication.
+func (s *Service) remove(ctx context.Context, v view, st store.Stage, b *passBudgets, in *intent) (bool, error) {
 	var reps []store.Replication
 	stops := int64(0)
 	for key, r := range v.reps {
@@ -372,16 +372,33 @@ func (s *Service) remove(ctx context.Context, v view, st store.Stage, b *passBud
 	}
 	b.deletes.left.Add(-1)
 	b.stops.left.Add(-stops)
-	return s.drainAndDelete(ctx, st, reps, "empty for the stabilization window")
+	drained, err := s.drain(ctx, st, "empty for the stabilization window")
+	if err != nil || !drained {
+		return false, err
+	}
+	in.removals = append(in.removals, removal{stage: st, reps: reps})
+	return true, nil
 }
 
-// drainAndDelete removes a stage that is not the origin: it stops taking
-// viewers, is read again, and, if it is still empty, its replications are
-// stopped, the stage deleted in IVS and its records dropped. A viewer
-// seated between the caller's check and the drain keeps the stage (false).
-// The caller holds the broadcast's lock. A failure leaves the record
-// draining, and the next controller pass finishes the removal.
+// drainAndDelete removes a stage that is not the origin: it is drained
+// (see drain), and if it stayed empty, deleted (see deleteDrained). The
+// caller holds the broadcast's lock. A failure leaves the record draining,
+// and the next controller pass finishes the removal.
 func (s *Service) drainAndDelete(ctx context.Context, st store.Stage, reps []store.Replication, reason string) (bool, error) {
+	drained, err := s.drain(ctx, st, reason)
+	if err != nil || !drained {
+		return false, err
+	}
+	if err := s.stopAndDelete(ctx, st, reps); err != nil {
+		return false, err
+	}
+	return true, s.dropRecords(ctx, st, reps)
+}
+
+// drain makes a stage stop taking viewers and reads it again: a viewer
+// seated between the caller's check and the drain keeps the stage
+// (false). The caller holds the broadcast's lock.
+func (s *Service) drain(ctx context.Context, st store.Stage, reason string) (bool, error) {
 	st.Draining, st.Seatable = true, false
 	if err := s.store.PutStage(ctx, st); err != nil {
 		return false, err
@@ -398,6 +415,13 @@ func (s *Service) drainAndDelete(ctx context.Context, st store.Stage, reps []sto
 		return false, s.applySeating(ctx, cur.BroadcastID)
 	}
 	s.log.Info("removing stage", "broadcast", st.BroadcastID, "stage", st.Arn, "role", st.Role, "reason", reason)
+	return true, nil
+}
+
+// stopAndDelete stops the running replications into a drained stage and
+// deletes it in IVS; the broadcast need not be held (a drained stage takes
+// no viewers).
+func (s *Service) stopAndDelete(ctx context.Context, st store.Stage, reps []store.Replication) error {
 	for _, r := range reps {
 		if r.State != store.ReplActive && r.State != store.ReplStarting {
 			continue
@@ -407,17 +431,23 @@ func (s *Service) drainAndDelete(ctx context.Context, st store.Stage, reps []sto
 		}
 	}
 	if err := s.ivs.DeleteStage(ctx, st.Arn); err != nil && !errors.Is(err, ErrIVSNotFound) {
-		return false, err
+		return err
 	}
+	return nil
+}
+
+// dropRecords forgets a stage deleted in IVS. The caller holds the
+// broadcast's lock.
+func (s *Service) dropRecords(ctx context.Context, st store.Stage, reps []store.Replication) error {
 	if _, err := s.store.DeleteStage(ctx, st.Arn); err != nil && !errors.Is(err, store.ErrNotFound) {
-		return false, err
+		return err
 	}
 	for _, r := range reps {
 		if err := s.store.DeleteReplication(ctx, r.BroadcastID, r.ParticipantID, r.DestArn); err != nil && !errors.Is(err, store.ErrNotFound) {
-			return false, err
+			return err
 		}
 	}
 	s.provisionStart.Delete(st.Arn)
 	s.log.Info("stage deleted", "broadcast", st.BroadcastID, "stage", st.Arn, "role", st.Role)
-	return true, nil
+	return nil
 }

@@ -17,15 +17,16 @@ import (
 // turn at the quota, and the broadcast's events (a replication turning
 // active is what opens a stage to viewers) must not wait for them.
 //
-//  1. decide, holding the broadcast: what to create and which replications
-//     to start, recorded first (intents: the broadcast's Creating count,
-//     replication records set to starting), so that any pass, on any
-//     instance, counts them; scale-down (drain, then delete, within its
-//     budget); seating from the facts.
-//  2. act, not holding it: the CreateStage and StartParticipantReplication
-//     calls, at most a second's worth of each quota.
-//  3. record, holding it again: the new stages, what became of the
-//     starts, seating.
+//  1. decide, holding the broadcast: what to create, which replications
+//     to start and which empty stages to remove, recorded first (intents:
+//     the broadcast's Creating count, replication records set to starting,
+//     stages set draining), so that any pass, on any instance, counts
+//     them; seating from the facts.
+//  2. act, not holding it: the CreateStage, StartParticipantReplication,
+//     StopParticipantReplication and DeleteStage calls, at most a second's
+//     worth of each quota.
+//  3. record, holding it again: the new stages, what became of the starts,
+//     the deleted stages' records dropped, seating.
 
 // creatingFor is how long a pass's intent to create stages counts when
 // the pass never records what it created (its instance died): then the
@@ -37,9 +38,17 @@ type intent struct {
 	broadcast store.Broadcast
 	creates   int
 	starts    []store.Replication
+	// removals are drained stages to delete.
+	removals []removal
 }
 
-func (i intent) empty() bool { return i.creates == 0 && len(i.starts) == 0 }
+// removal is a drained stage and the replications into it.
+type removal struct {
+	stage store.Stage
+	reps  []store.Replication
+}
+
+func (i intent) empty() bool { return i.creates == 0 && len(i.starts) == 0 && len(i.removals) == 0 }
 
 // stepResult is what a pass did and wants.
 type stepResult struct {
@@ -80,7 +89,7 @@ func (s *Service) step(ctx context.Context, broadcastID string) (intent, stepRes
 	if in.starts, err = s.planStarts(ctx, v, &b.starts); err != nil {
 		return intent{}, stepResult{}, err
 	}
-	next, downErr := s.scaleDown(ctx, v, b)
+	next, downErr := s.scaleDown(ctx, v, b, &in)
 	// Seating is derived at the end of every pass, whatever the pass did.
 	if err := errors.Join(downErr, s.applySeating(ctx, broadcastID)); err != nil {
 		return intent{}, stepResult{}, err
@@ -99,11 +108,12 @@ type created struct {
 	asked   time.Time
 	errs    []error
 	started []error // one per intent.starts
+	removed []error // one per intent.removals
 }
 
 // act is phase 2: the IVS calls, in parallel, the broadcast not held.
 func (s *Service) act(ctx context.Context, in intent) created {
-	out := created{asked: s.now(), started: make([]error, len(in.starts))}
+	out := created{asked: s.now(), started: make([]error, len(in.starts)), removed: make([]error, len(in.removals))}
 	var mu sync.Mutex
 	var wg sync.WaitGroup
 	for range in.creates {
@@ -122,6 +132,9 @@ func (s *Service) act(ctx context.Context, in intent) created {
 		wg.Go(func() {
 			out.started[i] = s.ivs.StartReplication(ctx, r.SourceArn, r.DestArn, r.ParticipantID, s.cfg.ReconnectWindow)
 		})
+	}
+	for i, rm := range in.removals {
+		wg.Go(func() { out.removed[i] = s.stopAndDelete(ctx, rm.stage, rm.reps) })
 	}
 	wg.Wait()
 	return out
@@ -174,6 +187,16 @@ func (s *Service) recordActs(ctx context.Context, in intent, out created) error 
 	}
 	for i, r := range in.starts {
 		if err := s.recordStart(ctx, r, out.started[i]); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	for i, rm := range in.removals {
+		if err := out.removed[i]; err != nil {
+			// Left draining: the next pass finishes the removal.
+			errs = append(errs, fmt.Errorf("deleting stage %s: %w", rm.stage.Arn, err))
+			continue
+		}
+		if err := s.dropRecords(ctx, rm.stage, rm.reps); err != nil {
 			errs = append(errs, err)
 		}
 	}
