@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/netip"
+	"strings"
 	"time"
 
 	"github.com/stagefleet/stagefleet/internal/fleet"
@@ -72,7 +73,7 @@ const (
 
 // HealthServices is the previous server's view of its dependencies.
 type HealthServices struct {
-	// Redis is "connected", "disconnected", or "not used" (memory store).
+	// Redis is "connected", "disconnected", or "not used (memory store)".
 	Redis string    `json:"redis"`
 	AWS   HealthAWS `json:"aws"`
 }
@@ -210,6 +211,9 @@ func New(opts Options, f Fleet) http.Handler {
 		var h http.Handler = s.adapt(rt.handler)
 		if !rt.open {
 			h = requireAPIKey(opts.APISecretKey, opts.SkipAuth, h)
+		}
+		if strings.Contains(rt.path, "{") {
+			h = notShadowed(h)
 		}
 		if !rt.unlimited {
 			h = limit(h)

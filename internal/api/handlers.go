@@ -355,9 +355,6 @@ func (s *server) viewerDuration(w http.ResponseWriter, r *http.Request) *apiErro
 	viewers := []seatData{}
 	total := 0
 	for _, seat := range seats {
-		if userID != "" && seat.UserID != userID {
-			continue
-		}
 		d := s.seatData(seat)
 		viewers = append(viewers, d)
 		total += d.WatchSeconds

@@ -867,8 +867,10 @@ func TestOpenAPIDescribesAnswersOfAnyPath(t *testing.T) {
 		allow    string
 	}{
 		{"unknown path", plain, "GET", "/api/nothing", nil, 404, "NoRoute", ""},
-		{"wrong method", plain, "PUT", "/api/health", nil, 405, "MethodNotAllowed", "GET"},
-		{"wrong method on a stage", plain, "POST", "/api/stage/" + oaArn, nil, 405, "MethodNotAllowed", "DELETE, GET, PUT"},
+		{"wrong method", plain, "PUT", "/api/health", nil, 405, "MethodNotAllowed", "GET, HEAD"},
+		{"wrong method on a stage", plain, "POST", "/api/stage/" + oaArn, nil, 405, "MethodNotAllowed", "DELETE, GET, PUT, HEAD"},
+		{"wrong method on a literal path under a wildcard", plain, "GET", "/api/stage/replication/stop", nil, 405, "MethodNotAllowed", "DELETE"},
+		{"wrong method on a literal path", plain, "POST", "/api/stage/master/info", nil, 405, "MethodNotAllowed", "GET, HEAD"},
 		{"OPTIONS without CORS_ORIGINS", plain, "OPTIONS", "/api/token/viewer", preflight, 405, "MethodNotAllowed", "POST"},
 		{"double slash", plain, "GET", "/api//health", nil, 400, "NotCleanPath", ""},
 		{"dot segment", plain, "GET", "/api/./stats", nil, 400, "NotCleanPath", ""},
