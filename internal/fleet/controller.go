@@ -439,9 +439,12 @@ func (s *Service) stopAndDelete(ctx context.Context, st store.Stage, reps []stor
 // dropRecords forgets a stage deleted in IVS. The caller holds the
 // broadcast's lock.
 func (s *Service) dropRecords(ctx context.Context, st store.Stage, reps []store.Replication) error {
-	if _, err := s.store.DeleteStage(ctx, st.Arn); err != nil && !errors.Is(err, store.ErrNotFound) {
+	freed, err := s.store.DeleteStage(ctx, st.Arn)
+	if err != nil && !errors.Is(err, store.ErrNotFound) {
 		return err
 	}
+	// None are expected (the stage was drained empty); any freed end here.
+	s.seatsEnded(freed, EndStageRemoved)
 	for _, r := range reps {
 		if err := s.store.DeleteReplication(ctx, r.BroadcastID, r.ParticipantID, r.DestArn); err != nil && !errors.Is(err, store.ErrNotFound) {
 			return err

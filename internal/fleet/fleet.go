@@ -102,6 +102,9 @@ type Config struct {
 	Quotas map[string]float64
 	// Workers reconcile broadcasts at once (CONTROLLER_WORKERS).
 	Workers int
+	// Observer hears of seats taken and ended (the viewing history); nil:
+	// nobody.
+	Observer SeatObserver
 }
 
 // Service is the fleet.
@@ -119,6 +122,7 @@ type Service struct {
 	seatCheck chan struct{}
 
 	queue          *workQueue
+	observer       SeatObserver
 	resyncs        sync.Map // broadcast id -> struct{}: reconcile with a fresh IVS read
 	status         controllerStatus
 	locals         sync.Map // broadcast id -> *local
@@ -159,6 +163,9 @@ func New(cfg Config, st store.Store, i IVS, tokens token.Issuer, log *slog.Logge
 	if cfg.MaxSeatWait < cfg.SeatWait {
 		cfg.MaxSeatWait = max(cfg.SeatWait, 10*time.Second)
 	}
+	if cfg.Observer == nil {
+		cfg.Observer = noObserver{}
+	}
 	if cfg.Workers <= 0 {
 		cfg.Workers = 4
 	}
@@ -179,6 +186,7 @@ func New(cfg Config, st store.Store, i IVS, tokens token.Issuer, log *slog.Logge
 		now:       now,
 		seatCheck: make(chan struct{}, 1),
 		queue:     newWorkQueue(nil, log),
+		observer:  cfg.Observer,
 		// Until measured, assume IVS's usual: a few seconds from
 		// CreateStage to an active replica.
 		provisioning: newEWMA(3 * time.Second),
@@ -200,6 +208,8 @@ func (s *Service) expireSeats(ctx context.Context) {
 		}
 		for _, seat := range freed {
 			s.log.Info("seat expired", "broadcast", b.ID, "stage", seat.StageArn, "user", seat.UserID)
+			// The viewer was last known present at its last heartbeat.
+			s.observer.SeatClosed(seat, EndExpired, seat.ExpiresAt.Add(-s.cfg.HeartbeatTimeout))
 		}
 		if len(freed) > 0 {
 			s.seatsChanged()

@@ -59,6 +59,7 @@ func (s *Service) EndBroadcast(ctx context.Context, broadcastID, reason string) 
 		if err != nil && !errors.Is(err, store.ErrNotFound) {
 			return end, failWrap(ErrUnavailable, err, "dropping the record of %s", st.Arn)
 		}
+		s.seatsEnded(freed, EndBroadcastEnded)
 		end.SeatsFreed += len(freed)
 		s.provisionStart.Delete(st.Arn)
 	}
@@ -66,6 +67,7 @@ func (s *Service) EndBroadcast(ctx context.Context, broadcastID, reason string) 
 	if err != nil && !errors.Is(err, store.ErrNotFound) {
 		return end, failWrap(ErrUnavailable, err, "dropping broadcast %s", broadcastID)
 	}
+	s.seatsEnded(freed, EndBroadcastEnded)
 	end.SeatsFreed += len(freed)
 	s.locals.Delete(broadcastID)
 	s.seatsChanged()
@@ -203,6 +205,7 @@ func (s *Service) replaceOrigin(ctx context.Context, b store.Broadcast) error {
 	if err != nil && !errors.Is(err, store.ErrNotFound) {
 		return fmt.Errorf("dropping the lost origin's record: %w", err)
 	}
+	s.seatsEnded(freed, EndStageRemoved)
 	hosts, err := s.store.ListHosts(ctx, b.ID)
 	if err != nil {
 		return err

@@ -290,6 +290,7 @@ func (s *Service) dropGone(ctx context.Context, b store.Broadcast, listed time.T
 		if err != nil && !errors.Is(err, store.ErrNotFound) {
 			return fmt.Errorf("dropping the record of %s: %w", st.Arn, err)
 		}
+		s.seatsEnded(freed, EndStageRemoved)
 		s.log.Warn("stage gone from IVS; record dropped", "broadcast", b.ID, "stage", st.Arn, "role", st.Role, "seats_freed", len(freed))
 	}
 	return nil

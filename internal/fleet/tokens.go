@@ -129,6 +129,9 @@ func (s *Service) seat(ctx context.Context, req store.SeatRequest) (IssuedToken,
 		}
 		return IssuedToken{}, failWrap(ErrToken, err, "could not generate the viewer token")
 	}
+	if isNew {
+		s.observer.SeatOpened(seat)
+	}
 	return IssuedToken{
 		Token:         tok.Token,
 		ParticipantID: tok.ParticipantID,
@@ -367,6 +370,7 @@ func (s *Service) Heartbeat(ctx context.Context, broadcastID, userID string, p S
 	switch {
 	case err == nil:
 		s.log.Info("seat re-established by heartbeat", "broadcast", broadcastID, "stage", p.StageArn, "user", userID)
+		s.observer.SeatOpened(seat)
 		return seat, nil
 	case errors.Is(err, store.ErrFull), errors.Is(err, store.ErrNotEligible), errors.Is(err, store.ErrNotFound), errors.Is(err, store.ErrNotLive):
 		return store.Seat{}, fail(ErrNotFound, "viewer %s has no seat in broadcast %s, and stage %s cannot take it back (%v); request a viewer token", userID, broadcastID, p.StageArn, err)
@@ -385,6 +389,7 @@ func (s *Service) Leave(ctx context.Context, broadcastID, userID string) (seat s
 		return store.Seat{}, false, failWrap(ErrUnavailable, err, "freeing the seat")
 	}
 	s.seatsChanged()
+	s.observer.SeatClosed(seat, EndLeave, s.now())
 	return seat, true, nil
 }
 
@@ -402,8 +407,12 @@ func (s *Service) Rejoin(ctx context.Context, broadcastID, userID, stageArn, par
 	switch {
 	case err == nil:
 	case errors.Is(err, store.ErrNotOwner):
-		if _, err := s.store.ReleaseSeat(ctx, broadcastID, userID); err != nil && !errors.Is(err, store.ErrNotFound) {
+		old, err := s.store.ReleaseSeat(ctx, broadcastID, userID)
+		if err != nil && !errors.Is(err, store.ErrNotFound) {
 			return IssuedToken{}, failWrap(ErrUnavailable, err, "freeing the old seat")
+		}
+		if err == nil {
+			s.observer.SeatClosed(old, EndMoved, s.now())
 		}
 		s.seatsChanged()
 	case !errors.Is(err, store.ErrNotFound):

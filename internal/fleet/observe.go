@@ -1,0 +1,52 @@
+package fleet
+
+import (
+	"crypto/sha256"
+	"encoding/base32"
+	"fmt"
+	"time"
+
+	"github.com/stagefleet/stagefleet/internal/store"
+)
+
+// SeatObserver hears of every seat taken and every seat ended, for the
+// viewing history. It is called on the join path: it must not block or do
+// I/O (queue and return).
+type SeatObserver interface {
+	SeatOpened(seat store.Seat)
+	// SeatClosed: the seat ended for reason; lastSeen is the last moment
+	// the viewer was known present (its last heartbeat, for an expiry).
+	SeatClosed(seat store.Seat, reason string, lastSeen time.Time)
+}
+
+// Why seats end.
+const (
+	EndLeave          = "leave"
+	EndExpired        = "expired"
+	EndMoved          = "moved"
+	EndStageRemoved   = "stage_removed"
+	EndBroadcastEnded = "broadcast_ended"
+)
+
+// SessionID names the viewing a seat stands for: the same on every
+// instance and after a restart, so that whichever instance ends the seat
+// closes the session the one that seated it opened, and writes are
+// idempotent on it.
+func SessionID(seat store.Seat) string {
+	sum := sha256.Sum256(fmt.Appendf(nil, "%s\x00%s\x00%s\x00%d", seat.BroadcastID, seat.UserID, seat.ParticipantID, seat.TakenAt.UnixMicro()))
+	return base32.StdEncoding.WithPadding(base32.NoPadding).EncodeToString(sum[:16])
+}
+
+type noObserver struct{}
+
+func (noObserver) SeatOpened(store.Seat)                    {}
+func (noObserver) SeatClosed(store.Seat, string, time.Time) {}
+
+// seatsEnded tells the observer of seats freed with their stage or
+// broadcast: the viewers were there until now.
+func (s *Service) seatsEnded(seats []store.Seat, reason string) {
+	now := s.now()
+	for _, seat := range seats {
+		s.observer.SeatClosed(seat, reason, now)
+	}
+}

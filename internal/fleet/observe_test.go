@@ -1,0 +1,114 @@
+package fleet_test
+
+import (
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stagefleet/stagefleet/internal/fleet"
+	"github.com/stagefleet/stagefleet/internal/store"
+)
+
+// recorder is a SeatObserver that keeps what it heard.
+type recorder struct {
+	mu     sync.Mutex
+	opened []store.Seat
+	closed []closing
+}
+
+type closing struct {
+	seat     store.Seat
+	reason   string
+	lastSeen time.Time
+}
+
+func (r *recorder) SeatOpened(s store.Seat) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.opened = append(r.opened, s)
+}
+
+func (r *recorder) SeatClosed(s store.Seat, reason string, lastSeen time.Time) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.closed = append(r.closed, closing{s, reason, lastSeen})
+}
+
+// Every seat taken is opened once, and every way a seat ends closes it once
+// with the last moment its viewer was known present.
+func TestSeatObserver(t *testing.T) {
+	rec := &recorder{}
+	svc, _, _, clk := controlled(t, fleet.Config{StageCapacity: 50, ScaleUpThreshold: 45, HeartbeatTimeout: time.Minute, Observer: rec})
+	ctx := t.Context()
+	for _, u := range []string{"leaver", "silent", "mover", "stayer"} {
+		if _, err := svc.ViewerToken(ctx, fleet.DefaultBroadcast, u, ""); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Asking again keeps the seat: nothing new opens.
+	if _, err := svc.ViewerToken(ctx, fleet.DefaultBroadcast, "stayer", ""); err != nil {
+		t.Fatal(err)
+	}
+	if len(rec.opened) != 4 {
+		t.Fatalf("%d seats opened, want 4", len(rec.opened))
+	}
+	clk.advance(10 * time.Second)
+	left := clk.Now()
+	if _, _, err := svc.Leave(ctx, fleet.DefaultBroadcast, "leaver"); err != nil {
+		t.Fatal(err)
+	}
+	// The mover comes back as another participant: its old seat ends.
+	if _, err := svc.Rejoin(ctx, fleet.DefaultBroadcast, "mover", "", "MOVER2"); err != nil {
+		t.Fatal(err)
+	}
+	// "silent" sends no heartbeat; the others' last one is at +10 s.
+	for _, u := range []string{"mover", "stayer"} {
+		seats := rec.opened
+		var pid string
+		for _, s := range seats {
+			if s.UserID == u {
+				pid = s.ParticipantID
+			}
+		}
+		if _, err := svc.Heartbeat(ctx, fleet.DefaultBroadcast, u, fleet.SeatProof{ParticipantID: pid}); err != nil {
+			t.Fatalf("heartbeat of %s: %v", u, err)
+		}
+	}
+	clk.advance(2 * time.Minute)
+	svc.ExpireSeatsNow(ctx)
+	if _, err := svc.EndBroadcast(ctx, fleet.DefaultBroadcast, "test"); err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]closing{
+		"leaver": {reason: fleet.EndLeave, lastSeen: left},
+		"mover":  {reason: fleet.EndMoved, lastSeen: left},
+	}
+	got := map[string][]closing{}
+	for _, c := range rec.closed {
+		got[c.seat.UserID] = append(got[c.seat.UserID], c)
+	}
+	for u, w := range want {
+		if len(got[u]) == 0 || got[u][0].reason != w.reason || !got[u][0].lastSeen.Equal(w.lastSeen) {
+			t.Errorf("%s closed %+v, want first %s at %v", u, got[u], w.reason, w.lastSeen)
+		}
+	}
+	// Expired: last known present at its last renewal (the join, for
+	// "silent"; the heartbeat at +10 s for the others).
+	for u, lastSeen := range map[string]time.Time{"silent": left.Add(-10 * time.Second), "stayer": left} {
+		if len(got[u]) != 1 || got[u][0].reason != fleet.EndExpired || !got[u][0].lastSeen.Equal(lastSeen) {
+			t.Errorf("%s closed %+v, want once, expired, last seen %v", u, got[u], lastSeen)
+		}
+	}
+	opened := map[string]int{}
+	for _, s := range rec.opened {
+		opened[fleet.SessionID(s)]++
+	}
+	for _, c := range rec.closed {
+		if opened[fleet.SessionID(c.seat)] != 1 {
+			t.Errorf("closed session %s of %s was opened %d times", fleet.SessionID(c.seat), c.seat.UserID, opened[fleet.SessionID(c.seat)])
+		}
+	}
+	if len(rec.closed) != len(rec.opened) {
+		t.Errorf("%d sessions closed of %d opened", len(rec.closed), len(rec.opened))
+	}
+}
