@@ -408,7 +408,7 @@ func playPreviousClient(t *testing.T, a *testApp, redis string) {
 		{name: "wrong method", method: "PUT", path: fixed("/health"),
 			status:     http.StatusMethodNotAllowed,
 			fields:     []compatField{{"error.code", kindString, "METHOD_NOT_ALLOWED"}},
-			wantHeader: map[string]string{"Allow": "GET"}},
+			wantHeader: map[string]string{"Allow": "GET, HEAD"}},
 		{name: "path not in clean form", method: "GET", path: fixed("/api//health"),
 			status: http.StatusBadRequest,
 			fields: []compatField{{"error.code", kindString, "VALIDATION_ERROR"}}},

@@ -102,6 +102,10 @@ type local struct {
 	reported atomic.Bool
 	// atQuota: scale-up was last held at STAGE_QUOTA (logged once).
 	atQuota bool
+	// peakHeadroom is the most headroom a pass wanted within the
+	// stabilization window before peakAt (under the broadcast's lock).
+	peakHeadroom int
+	peakAt       time.Time
 	// coming caches stageComing for waiting viewers (under comingMu).
 	comingMu  sync.Mutex
 	comingAt  time.Time
@@ -290,10 +294,13 @@ func backoff(attempts int) time.Duration {
 // within the pass's allowance of deletes and stops: a drain of many stages
 // is many short passes, not one long hold. It answers when the next empty
 // stage's window ends (0: none).
-func (s *Service) scaleDown(ctx context.Context, v view, b *passBudgets, in *intent) (time.Duration, error) {
+func (s *Service) scaleDown(ctx context.Context, v view, b *passBudgets, in *intent, growing bool) (time.Duration, error) {
 	now := s.now()
 	free, _, idle := v.seats()
-	headroom := s.headroom(v)
+	// Against the most headroom wanted within the window, not only now's:
+	// the join rate of a storm's gaps must not remove a stage its next
+	// burst needs (a flap).
+	headroom := s.recentHeadroom(v, now)
 	var next time.Duration
 	wake := func(d time.Duration) {
 		if next == 0 || d < next {
@@ -338,7 +345,7 @@ func (s *Service) scaleDown(ctx context.Context, v view, b *passBudgets, in *int
 		if st.Seatable {
 			without -= st.Capacity
 		}
-		if without < headroom || idle-1 < s.cfg.MinIdleStages {
+		if growing || without < headroom || idle-1 < s.cfg.MinIdleStages {
 			continue
 		}
 		removed, err := s.remove(ctx, v, st, b, in)
@@ -350,6 +357,17 @@ func (s *Service) scaleDown(ctx context.Context, v view, b *passBudgets, in *int
 		}
 	}
 	return next, nil
+}
+
+// recentHeadroom is the most headroom wanted within the stabilization
+// window.
+func (s *Service) recentHeadroom(v view, now time.Time) int {
+	l := s.local(v.broadcast.ID)
+	h := s.headroom(v)
+	if h >= l.peakHeadroom || now.Sub(l.peakAt) > s.cfg.ScaleDownStabilization {
+		l.peakHeadroom, l.peakAt = h, now
+	}
+	return l.peakHeadroom
 }
 
 // remove drains an empty replica stage the controller no longer needs and

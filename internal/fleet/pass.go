@@ -89,7 +89,10 @@ func (s *Service) step(ctx context.Context, broadcastID string) (intent, stepRes
 	if in.starts, err = s.planStarts(ctx, v, &b.starts); err != nil {
 		return intent{}, stepResult{}, err
 	}
-	next, downErr := s.scaleDown(ctx, v, b, &in)
+	// A broadcast that is growing keeps its empty stages: removing one
+	// while another is being made is a flap.
+	growing := in.creates > 0 || v.creating(s.now()) > 0
+	next, downErr := s.scaleDown(ctx, v, b, &in, growing)
 	// Seating is derived at the end of every pass, whatever the pass did.
 	if err := errors.Join(downErr, s.applySeating(ctx, broadcastID)); err != nil {
 		return intent{}, stepResult{}, err
