@@ -112,3 +112,55 @@ func TestSeatObserver(t *testing.T) {
 		t.Errorf("%d sessions closed of %d opened", len(rec.closed), len(rec.opened))
 	}
 }
+
+// Hosts that are gone are forgotten by a resync: one seen once and now
+// absent from the origin at once, one given a token and never seen once
+// its token has run out; a host given a token just now stays.
+func TestHostsPruned(t *testing.T) {
+	svc, st, f, clk := controlled(t, fleet.Config{StageCapacity: 50, ScaleUpThreshold: 45, PublisherTTL: time.Hour})
+	ctx := t.Context()
+	// hostID was recorded publishing (seen); IVS no longer shows it.
+	h, err := st.GetHost(ctx, fleet.DefaultBroadcast, hostID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.EventTime = clk.Now()
+	if err := st.PutHost(ctx, h); err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range []string{"FRESH", "STALE"} {
+		if err := st.PutHost(ctx, store.Host{BroadcastID: fleet.DefaultBroadcast, ParticipantID: id, StageArn: origin, JoinedAt: clk.Now()}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	f.mu.Lock()
+	f.publishing = map[string]bool{}
+	f.mu.Unlock()
+	clk.advance(30 * time.Minute)
+	if err := st.PutHost(ctx, store.Host{BroadcastID: fleet.DefaultBroadcast, ParticipantID: "FRESH", StageArn: origin, JoinedAt: clk.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	resync := func() []string {
+		t.Helper()
+		if err := svc.Resync(ctx); err != nil {
+			t.Fatal(err)
+		}
+		pass(t, svc)
+		hosts, err := st.ListHosts(ctx, fleet.DefaultBroadcast)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var ids []string
+		for _, h := range hosts {
+			ids = append(ids, h.ParticipantID)
+		}
+		return ids
+	}
+	if got := resync(); len(got) != 2 || got[0] == hostID || got[1] == hostID {
+		t.Fatalf("hosts after the seen host left: %v; want FRESH and STALE (tokens still valid)", got)
+	}
+	clk.advance(31 * time.Minute)
+	if got := resync(); len(got) != 1 || got[0] != "FRESH" {
+		t.Fatalf("hosts once STALE's token ran out: %v; want only FRESH", got)
+	}
+}
