@@ -112,10 +112,13 @@ type Service struct {
 	cfg      Config
 	instance string
 	store    store.Store
-	ivs      IVS
-	tokens   token.Issuer
-	log      *slog.Logger
-	now      func() time.Time
+	// seats is all the join path uses: one round trip to it, and no AWS
+	// call (invariant 5), held to it by its type.
+	seats  store.SeatStore
+	ivs    IVS
+	tokens token.Issuer
+	log    *slog.Logger
+	now    func() time.Time
 
 	origins singleflight.Group
 	// seatCheck asks the seat watcher to look now.
@@ -180,6 +183,7 @@ func New(cfg Config, st store.Store, i IVS, tokens token.Issuer, log *slog.Logge
 		cfg:       cfg,
 		instance:  holder,
 		store:     st,
+		seats:     st,
 		ivs:       i,
 		tokens:    tokens,
 		log:       log,

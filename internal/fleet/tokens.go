@@ -122,7 +122,7 @@ func (s *Service) seat(ctx context.Context, req store.SeatRequest) (IssuedToken,
 	if err != nil {
 		// Nothing half-written: a seat just taken goes back.
 		if isNew {
-			if _, rerr := s.store.ReleaseSeat(context.WithoutCancel(ctx), broadcastID, userID); rerr != nil {
+			if _, rerr := s.seats.ReleaseSeat(context.WithoutCancel(ctx), broadcastID, userID); rerr != nil {
 				s.log.Error("releasing seat after token failure", "broadcast", broadcastID, "user", userID, "error", rerr)
 			}
 			s.seatsChanged()
@@ -243,7 +243,7 @@ func (s *Service) lookForStage(ctx context.Context, broadcastID string) (time.Du
 // tryReserve makes one attempt at a seat; full says every seat is taken.
 func (s *Service) tryReserve(ctx context.Context, req store.SeatRequest) (seat store.Seat, full bool, err error) {
 	req.Now = s.now()
-	seat, err = s.store.ReserveSeat(ctx, req)
+	seat, err = s.seats.ReserveSeat(ctx, req)
 	switch {
 	case err == nil:
 		return seat, false, nil

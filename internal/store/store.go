@@ -213,14 +213,49 @@ func FenceFor(ctx context.Context, broadcastID string) (Lease, bool) {
 	return l, ok && l.BroadcastID == broadcastID
 }
 
-// Store is stagefleet's state port. Every method is one atomic step. Lists
-// are ordered: stages by CreatedAt then ARN, hosts by JoinedAt then
+// Store is stagefleet's state port: the five concerns below, each a small
+// interface of its own so that a consumer asks for the least it needs (the
+// join path needs seats only). Every method is one atomic step. Lists are
+// ordered: stages by CreatedAt then ARN, hosts by JoinedAt then
 // participant id, replications by destination then participant, seats by
-// TakenAt then user. A seat's lease ends at ExpiresAt (expired when
-// ExpiresAt is not after now). The record writes (CreateBroadcast, Put*,
-// SetSeatable, Delete*) honour a fence in their context (WithFence). The
-// storetest package holds every implementation to this.
+// TakenAt then user. The storetest package holds every implementation to
+// this.
 type Store interface {
+	SeatStore
+	RecordStore
+	LeaseStore
+	DemandStore
+	EventLog
+	Ping(ctx context.Context) error
+	Close() error
+}
+
+// SeatStore holds viewers' seats: leases on stages, never beyond a stage's
+// capacity. A seat's lease ends at ExpiresAt (expired when ExpiresAt is not
+// after now).
+type SeatStore interface {
+	// ReserveSeat is the join path's one round trip: it returns the
+	// viewer's seat if it has one on a stage that still takes viewers
+	// (renewed, whatever stage is asked for, so a viewer is never moved
+	// while watching; a seat on a stage that stopped serving is given up),
+	// else takes one on the asked-for stage or on the fullest seatable
+	// stage with room (Fuller), never beyond capacity. ErrNotLive, ErrFull,
+	// ErrNotEligible, ErrNotFound.
+	ReserveSeat(ctx context.Context, req SeatRequest) (Seat, error)
+	// RenewSeat extends a seat's lease if owner matches it (ErrNotOwner
+	// otherwise, with nothing changed; ErrNotFound if there is no seat).
+	RenewSeat(ctx context.Context, broadcastID, userID string, owner SeatOwner, now time.Time, ttl time.Duration) (Seat, error)
+	// ReleaseSeat frees a seat (ErrNotFound if there is none).
+	ReleaseSeat(ctx context.Context, broadcastID, userID string) (Seat, error)
+	// ExpireSeats frees every seat of the broadcast whose lease ended.
+	ExpireSeats(ctx context.Context, broadcastID string, now time.Time) ([]Seat, error)
+	ListSeats(ctx context.Context, broadcastID string) ([]Seat, error)
+}
+
+// RecordStore holds what stagefleet knows of its broadcasts: stages, hosts
+// and replications. Its writes (CreateBroadcast, Put*, SetSeatable,
+// Delete*) honour a fence in their context (WithFence).
+type RecordStore interface {
 	// CreateBroadcast records b unless the broadcast exists (ErrExists,
 	// with the existing one returned).
 	CreateBroadcast(ctx context.Context, b Broadcast) (Broadcast, error)
@@ -252,25 +287,11 @@ type Store interface {
 	GetReplication(ctx context.Context, broadcastID, participantID, destArn string) (Replication, error)
 	ListReplications(ctx context.Context, broadcastID string) ([]Replication, error)
 	DeleteReplication(ctx context.Context, broadcastID, participantID, destArn string) error
+}
 
-	// ReserveSeat is the join path's one round trip: it returns the
-	// viewer's seat if it has one on a stage that still takes viewers
-	// (renewed, whatever stage is asked for, so a viewer is never moved
-	// while watching; a seat on a stage that stopped serving is given up),
-	// else takes one on the
-	// asked-for stage or on the fullest seatable stage with room (Fuller),
-	// never beyond capacity. ErrNotLive, ErrFull, ErrNotEligible,
-	// ErrNotFound.
-	ReserveSeat(ctx context.Context, req SeatRequest) (Seat, error)
-	// RenewSeat extends a seat's lease if owner matches it (ErrNotOwner
-	// otherwise, with nothing changed; ErrNotFound if there is no seat).
-	RenewSeat(ctx context.Context, broadcastID, userID string, owner SeatOwner, now time.Time, ttl time.Duration) (Seat, error)
-	// ReleaseSeat frees a seat (ErrNotFound if there is none).
-	ReleaseSeat(ctx context.Context, broadcastID, userID string) (Seat, error)
-	// ExpireSeats frees every seat of the broadcast whose lease ended.
-	ExpireSeats(ctx context.Context, broadcastID string, now time.Time) ([]Seat, error)
-	ListSeats(ctx context.Context, broadcastID string) ([]Seat, error)
-
+// LeaseStore gives a broadcast's work of one kind to one instance at a
+// time, with fencing tokens.
+type LeaseStore interface {
 	// AcquireLease grants the lease (broadcastID, name) to holder for ttl
 	// if it is free or expired, with a new token; held by holder already,
 	// it is renewed for ttl with its token kept. Held by another:
@@ -281,23 +302,26 @@ type Store interface {
 	// lease while l held it, so that l's holder can let it have a turn
 	// before taking the lease again.
 	ReleaseLease(ctx context.Context, l Lease) (wanted bool, err error)
+}
 
+// DemandStore shares each instance's view of a broadcast's audience.
+type DemandStore interface {
 	// PutDemand records an instance's demand for a broadcast, replacing
 	// its previous one.
 	PutDemand(ctx context.Context, broadcastID string, d Demand) error
 	// ListDemand returns the broadcast's demands recorded at since or
 	// later, one per instance, by instance; older ones may be dropped.
 	ListDemand(ctx context.Context, broadcastID string, since time.Time) ([]Demand, error)
+}
 
+// EventLog remembers event ids for de-duplication.
+type EventLog interface {
 	// FirstSeen records an event id for ttl and reports whether it is new.
 	// At most EventLogLimit ids (or the store's lower limit) are kept.
 	FirstSeen(ctx context.Context, eventID string, ttl time.Duration) (bool, error)
 	// ForgetEvent drops an event id, so that a retry of an event that
 	// failed to apply is applied.
 	ForgetEvent(ctx context.Context, eventID string) error
-
-	Ping(ctx context.Context) error
-	Close() error
 }
 
 // Fuller orders stages for seating: the fullest first (so that replica
