@@ -162,7 +162,31 @@ type Options struct {
 	Quotas map[string]float64
 	// MaxAttempts per call, retries included (default 5).
 	MaxAttempts int
+	// Metrics hears of every call, retry and throttle; nil: nobody.
+	Metrics Metrics
 }
+
+// Metrics hears what the client does, for monitoring. It is called on
+// every call and attempt: it must not block.
+type Metrics interface {
+	// IVSCall: a call of op (a page of a list), its retries included,
+	// ended with outcome (ok, or its error's kind: throttled, not_found,
+	// conflict, quota, validation, not_publishing, access_denied,
+	// canceled, error).
+	IVSCall(op, outcome string)
+	// IVSRetry: the SDK's retryer made an attempt of op after its first.
+	IVSRetry(op string)
+	// IVSThrottled: an attempt of op was held back, by source "service"
+	// (IVS answered ThrottlingException) or "pacer" (it waited for the
+	// operation's quota in this client).
+	IVSThrottled(op, source string)
+}
+
+type noMetrics struct{}
+
+func (noMetrics) IVSCall(string, string)      {}
+func (noMetrics) IVSRetry(string)             {}
+func (noMetrics) IVSThrottled(string, string) {}
 
 // Client calls IVS real-time.
 type Client struct {
@@ -177,7 +201,10 @@ func New(o Options) *Client {
 	if o.MaxAttempts <= 0 {
 		o.MaxAttempts = 5
 	}
-	limiters := pacer{}
+	if o.Metrics == nil {
+		o.Metrics = noMetrics{}
+	}
+	limiters := pacer{limits: map[string]*rate.Limiter{}, metrics: o.Metrics}
 	for op, tps := range o.Quotas {
 		if tps > 0 {
 			// A burst one short of the service's (a bucket of tps
@@ -185,7 +212,7 @@ func New(o Options) *Client {
 			// exactly tps leaves the service's bucket empty, so any
 			// jitter in the calls' arrival is throttled. The spare token
 			// absorbs up to 1/tps of jitter.
-			limiters[op] = rate.NewLimiter(rate.Limit(tps), max(1, int(tps)-1))
+			limiters.limits[op] = rate.NewLimiter(rate.Limit(tps), max(1, int(tps)-1))
 		}
 	}
 	api := ivsrealtime.NewFromConfig(o.Config, func(opts *ivsrealtime.Options) {
@@ -205,25 +232,115 @@ func New(o Options) *Client {
 		// not only the first.
 		opts.APIOptions = append(opts.APIOptions, func(st *middleware.Stack) error {
 			return st.Finalize.Insert(limiters, "Retry", middleware.After)
+		}, func(st *middleware.Stack) error {
+			// Before the retryer (a finalize step), so that it sees the
+			// call whole: every attempt made, and the outcome of the
+			// last; after the operation's name is known.
+			return st.Initialize.Add(observer{o.Metrics}, middleware.After)
 		})
 	})
 	return &Client{api: api}
 }
 
 // pacer holds each attempt of an operation to the operation's quota: a
-// finalize middleware, keyed by operation name.
-type pacer map[string]*rate.Limiter
+// finalize middleware, with a limiter per operation name.
+type pacer struct {
+	limits  map[string]*rate.Limiter
+	metrics Metrics
+}
 
 func (pacer) ID() string { return "stagefleet/QuotaPacer" }
 
 func (p pacer) HandleFinalize(ctx context.Context, in middleware.FinalizeInput, next middleware.FinalizeHandler) (middleware.FinalizeOutput, middleware.Metadata, error) {
 	op := awsmiddleware.GetOperationName(ctx)
-	if l, ok := p[op]; ok {
-		if err := l.Wait(ctx); err != nil {
+	if l, ok := p.limits[op]; ok {
+		if err := p.wait(ctx, op, l); err != nil {
 			return middleware.FinalizeOutput{}, middleware.Metadata{}, &Error{Op: op, Kind: ErrThrottled, Err: err}
 		}
 	}
 	return next.HandleFinalize(ctx, in)
+}
+
+// wait is l.Wait that tells whether the attempt had to wait: a reservation
+// says so before the wait, where timing the wait could only guess.
+func (p pacer) wait(ctx context.Context, op string, l *rate.Limiter) error {
+	r := l.Reserve()
+	d := r.Delay()
+	if d == 0 {
+		return nil
+	}
+	p.metrics.IVSThrottled(op, "pacer")
+	if deadline, ok := ctx.Deadline(); ok && time.Until(deadline) < d {
+		// As l.Wait: fail now rather than wait for a failure.
+		r.Cancel()
+		return fmt.Errorf("waiting %v for the %s quota would exceed the context's deadline", d, op)
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		r.Cancel()
+		return ctx.Err()
+	}
+}
+
+// observer reports every call to Metrics: its outcome, and from the
+// retryer's record of its attempts, the retries and the attempts IVS
+// throttled.
+type observer struct{ metrics Metrics }
+
+func (observer) ID() string { return "stagefleet/Metrics" }
+
+func (o observer) HandleInitialize(ctx context.Context, in middleware.InitializeInput, next middleware.InitializeHandler) (middleware.InitializeOutput, middleware.Metadata, error) {
+	out, md, err := next.HandleInitialize(ctx, in)
+	op := awsmiddleware.GetOperationName(ctx)
+	if attempts, ok := retry.GetAttemptResults(md); ok {
+		for i, a := range attempts.Results {
+			if i > 0 {
+				o.metrics.IVSRetry(op)
+			}
+			if throttledByService(a.Err) {
+				o.metrics.IVSThrottled(op, "service")
+			}
+		}
+	}
+	o.metrics.IVSCall(op, outcome(op, err))
+	return out, md, err
+}
+
+// throttledByService says whether IVS answered an attempt with its
+// throttling error (not this client's pacer).
+func throttledByService(err error) bool {
+	var ae smithy.APIError
+	return errors.As(err, &ae) && (ae.ErrorCode() == "ThrottlingException" || ae.ErrorCode() == "TooManyRequestsException")
+}
+
+// outcomes name the kinds of failure for Metrics, the more specific first:
+// a failure of this client (the pacer's wait) is ErrUnavailable too.
+var outcomes = []struct {
+	kind error
+	name string
+}{
+	{context.Canceled, "canceled"}, {context.DeadlineExceeded, "canceled"},
+	{ErrThrottled, "throttled"}, {ErrNotPublishing, "not_publishing"}, {ErrNotFound, "not_found"},
+	{ErrConflict, "conflict"}, {ErrQuota, "quota"}, {ErrValidation, "validation"},
+	{ErrAccessDenied, "access_denied"},
+}
+
+// outcome names a call's result for Metrics.
+func outcome(op string, err error) string {
+	if err == nil {
+		return "ok"
+	}
+	err = wrap(op, err)
+	for _, o := range outcomes {
+		if errors.Is(err, o.kind) {
+			return o.name
+		}
+	}
+	return "error"
 }
 
 func stageOf(s *types.Stage) Stage {

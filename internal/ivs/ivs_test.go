@@ -752,3 +752,82 @@ func arns(ss []ivs.Stage) []string {
 	}
 	return out
 }
+
+// recordedMetrics counts what the client reports, by "kind op detail".
+type recordedMetrics struct {
+	mu     sync.Mutex
+	counts map[string]int
+}
+
+func (m *recordedMetrics) add(key string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.counts == nil {
+		m.counts = map[string]int{}
+	}
+	m.counts[key]++
+}
+
+func (m *recordedMetrics) get(key string) int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.counts[key]
+}
+
+func (m *recordedMetrics) IVSCall(op, outcome string)     { m.add("call " + op + " " + outcome) }
+func (m *recordedMetrics) IVSRetry(op string)             { m.add("retry " + op) }
+func (m *recordedMetrics) IVSThrottled(op, source string) { m.add("throttled " + op + " " + source) }
+
+// TestMetrics: every call is reported once with its outcome, every attempt
+// after the first as a retry, every ThrottlingException and every wait for
+// the quota as a throttle.
+func TestMetrics(t *testing.T) {
+	// Fast retries, as in TestRetries; no t.Parallel for t.Setenv.
+	t.Setenv("AWS_NEW_RETRIES_2026", "true")
+	e := newEnv(t, quiet())
+	ctx := testCtx(t)
+	m := &recordedMetrics{}
+	client := func(quotas map[string]float64, attempts int) *ivs.Client {
+		return ivs.New(ivs.Options{
+			Config:   aws.Config{Region: "us-east-1", Credentials: credentials.NewStaticCredentialsProvider("a", "b", "")},
+			Endpoint: e.url, Quotas: quotas, MaxAttempts: attempts, Metrics: m,
+		})
+	}
+	s := mustStage(t, ctx, client(noQuotas, 1), "observed")
+	if got := m.get("call CreateStage ok"); got != 1 {
+		t.Errorf("CreateStage ok reported %d times, want 1: %v", got, m.counts)
+	}
+
+	e.fault("GetStage", "ThrottlingException", 1)
+	if _, err := client(noQuotas, 3).GetStage(ctx, s.Arn); !errors.Is(err, ivs.ErrThrottled) {
+		t.Fatalf("GetStage: %v, want ErrThrottled", err)
+	}
+	for key, want := range map[string]int{"call GetStage throttled": 1, "retry GetStage": 2, "throttled GetStage service": 3, "throttled GetStage pacer": 0} {
+		if got := m.get(key); got != want {
+			t.Errorf("%s: %d, want %d (%v)", key, got, want, m.counts)
+		}
+	}
+
+	e.setFault(map[string]any{"operation": "GetStage"}) // removes it
+	if _, err := client(noQuotas, 1).GetStage(ctx, "arn:aws:ivs:us-east-1:123456789012:stage/Missing1234"); !errors.Is(err, ivs.ErrNotFound) {
+		t.Fatalf("GetStage of a missing stage: %v, want ErrNotFound", err)
+	}
+	if got := m.get("call GetStage not_found"); got != 1 {
+		t.Errorf("GetStage not_found reported %d times, want 1: %v", got, m.counts)
+	}
+
+	// Two calls at once against a quota of 1 a second with a burst of 1:
+	// the second waits for the pacer.
+	paced := client(map[string]float64{"GetStage": 1}, 1)
+	for range 2 {
+		if _, err := paced.GetStage(ctx, s.Arn); err != nil {
+			t.Fatalf("paced GetStage: %v", err)
+		}
+	}
+	if got := m.get("throttled GetStage pacer"); got != 1 {
+		t.Errorf("pacer waits reported %d times, want 1: %v", got, m.counts)
+	}
+	if got := m.get("call GetStage ok"); got != 2 {
+		t.Errorf("GetStage ok reported %d times, want 2: %v", got, m.counts)
+	}
+}
