@@ -67,6 +67,10 @@ type Config struct {
 	LogLevel             string
 	Environment          string
 	CORSOrigins          []string
+	// WSMaxClients bounds the WebSocket connections of GET /ws; WSStatsInterval
+	// is how often its stats channel is pushed.
+	WSMaxClients    int
+	WSStatsInterval time.Duration
 	// Version is the binary's, set by the command (not a setting).
 	Version string
 
@@ -97,6 +101,14 @@ type Config struct {
 	RedisKeyPrefix string
 	LeaseTTL       time.Duration
 	InstanceID     string
+
+	// MetricsAddr, when set, serves /metrics there (without x-api-key)
+	// instead of on the API's address.
+	MetricsAddr          string
+	MetricsMaxBroadcasts int
+	EnableMonitoring     bool
+	MetricsInterval      time.Duration
+	CloudWatchNamespace  string
 }
 
 // Stores.
@@ -305,12 +317,43 @@ var settings = []setting{
 		}
 		return nil
 	}},
+	{"WS_MAX_CLIENTS", "1000", "most WebSocket connections (GET /ws) open at once; one more: 503 before the upgrade", func(c *Config, v string) error {
+		return intRange(&c.WSMaxClients, v, 1, 1<<20)
+	}},
+	{"WS_STATS_INTERVAL", "5s", "how often GET /ws pushes stats_update to the stats channel (the previous server's 5s)", func(c *Config, v string) error {
+		return duration(&c.WSStatsInterval, v, 100*time.Millisecond, time.Hour)
+	}},
 	{"NODE_ENV", "development", "the environment's name, as /health reports it (the previous server's setting)", func(c *Config, v string) error {
 		c.Environment = v
 		return nil
 	}},
 	{"LOG_LEVEL", "info", "debug, info, warn or error", func(c *Config, v string) error {
 		return oneOf(&c.LogLevel, strings.ToLower(v), "debug", "info", "warn", "error")
+	}},
+	{"METRICS_ADDR", "", "host:port to serve GET /metrics on, without x-api-key (an empty host: loopback only); empty: /metrics is on the API's address behind x-api-key", func(c *Config, v string) error {
+		if v != "" {
+			if _, port, err := net.SplitHostPort(v); err != nil || port == "" {
+				return errors.New("must be host:port, such as 127.0.0.1:9464 or :9464")
+			}
+		}
+		c.MetricsAddr = v
+		return nil
+	}},
+	{"METRICS_MAX_BROADCASTS", "20", "broadcasts that get their own broadcast label in /metrics (the first seen); the rest count under \"other\"", func(c *Config, v string) error {
+		return intRange(&c.MetricsMaxBroadcasts, v, 1, 1000)
+	}},
+	{"ENABLE_MONITORING", "false", "true: write CloudWatch embedded metric format lines (TotalViewers, ActiveStages) on stdout every METRICS_INTERVAL (the previous server's setting)", func(c *Config, v string) error {
+		return boolean(&c.EnableMonitoring, v)
+	}},
+	{"METRICS_INTERVAL", "60s", "how often ENABLE_MONITORING writes its line (the previous server's setting)", func(c *Config, v string) error {
+		return duration(&c.MetricsInterval, v, time.Second, time.Hour)
+	}},
+	{"CLOUDWATCH_NAMESPACE", "IVS/Production", "CloudWatch namespace of the ENABLE_MONITORING metrics (the previous server's setting)", func(c *Config, v string) error {
+		if v == "" || len(v) > 255 || strings.HasPrefix(v, "AWS/") {
+			return errors.New("must be 1 to 255 characters, not starting with AWS/ (reserved for AWS's own)")
+		}
+		c.CloudWatchNamespace = v
+		return nil
 	}},
 }
 
@@ -500,6 +543,20 @@ func boolean(dst *bool, v string) error {
 	}
 	*dst = b
 	return nil
+}
+
+// MetricsListenAddr is where /metrics is served apart from the API
+// (METRICS_ADDR), "" when it is not: an empty host is loopback, since
+// nothing there checks a key.
+func (c Config) MetricsListenAddr() string {
+	if c.MetricsAddr == "" {
+		return ""
+	}
+	host, port, _ := net.SplitHostPort(c.MetricsAddr) // checked by Load
+	if host == "" {
+		host = "127.0.0.1"
+	}
+	return net.JoinHostPort(host, port)
 }
 
 // StoreKind resolves STORE auto.

@@ -94,6 +94,12 @@ func TestLoadDefaults(t *testing.T) {
 		{"HTTPMaxConnections", c.HTTPMaxConnections, 4096},
 		{"len(TrustedProxies)", len(c.TrustedProxies), 0},
 		{"AccessLogPerSecond", c.AccessLogPerSecond, 50},
+		{"MetricsAddr", c.MetricsAddr, ""},
+		{"MetricsListenAddr()", c.MetricsListenAddr(), ""},
+		{"MetricsMaxBroadcasts", c.MetricsMaxBroadcasts, 20},
+		{"EnableMonitoring", c.EnableMonitoring, false},
+		{"MetricsInterval", c.MetricsInterval, time.Minute},
+		{"CloudWatchNamespace", c.CloudWatchNamespace, "IVS/Production"},
 	}
 	for _, ch := range checks {
 		if ch.got != ch.want {
@@ -272,6 +278,11 @@ func TestLoadRejects(t *testing.T) {
 		{"rate limit max", map[string]string{"RATE_LIMIT_MAX_REQUESTS": "-1"}, nil, "RATE_LIMIT_MAX_REQUESTS"},
 		{"max body", map[string]string{"MAX_BODY_BYTES": "10"}, nil, "MAX_BODY_BYTES"},
 		{"shutdown", map[string]string{"SHUTDOWN_TIMEOUT": "soon"}, nil, "SHUTDOWN_TIMEOUT"},
+		{"metrics addr without port", map[string]string{"METRICS_ADDR": "127.0.0.1"}, nil, "METRICS_ADDR"},
+		{"metrics max broadcasts", map[string]string{"METRICS_MAX_BROADCASTS": "0"}, nil, "METRICS_MAX_BROADCASTS"},
+		{"enable monitoring", map[string]string{"ENABLE_MONITORING": "yes please"}, nil, "ENABLE_MONITORING"},
+		{"metrics interval", map[string]string{"METRICS_INTERVAL": "10ms"}, nil, "METRICS_INTERVAL"},
+		{"cloudwatch namespace of AWS", map[string]string{"CLOUDWATCH_NAMESPACE": "AWS/IVS"}, nil, "CLOUDWATCH_NAMESPACE"},
 		{"threshold above capacity", map[string]string{"STAGE_CAPACITY": "40"}, nil, "SCALE_UP_THRESHOLD"},
 		{"threshold above capacity by flag", nil, []string{"--scale-up-threshold=51"}, "SCALE_UP_THRESHOLD"},
 		{"max stages zero", map[string]string{"MAX_STAGES": "0"}, nil, "MAX_STAGES"},
@@ -521,4 +532,27 @@ func TestConfigurationDocumented(t *testing.T) {
 			t.Errorf("docs/configuration.md does not list --%s", f.Name)
 		}
 	})
+}
+
+// METRICS_ADDR serves /metrics without a key: an empty host is loopback,
+// a named one is kept.
+func TestMetricsListenAddr(t *testing.T) {
+	for addr, want := range map[string]string{
+		":9464":          "127.0.0.1:9464",
+		"0.0.0.0:9464":   "0.0.0.0:9464",
+		"10.0.0.5:9464":  "10.0.0.5:9464",
+		"[::1]:9464":     "[::1]:9464",
+		"localhost:9464": "localhost:9464",
+	} {
+		c, _, err := load(nil, map[string]string{"METRICS_ADDR": addr, "ENABLE_MONITORING": "true", "METRICS_INTERVAL": "30s", "CLOUDWATCH_NAMESPACE": "IVS/Staging"})
+		if err != nil {
+			t.Fatalf("METRICS_ADDR=%s: %v", addr, err)
+		}
+		if got := c.MetricsListenAddr(); got != want {
+			t.Errorf("METRICS_ADDR=%s: MetricsListenAddr() = %s, want %s", addr, got, want)
+		}
+		if !c.EnableMonitoring || c.MetricsInterval != 30*time.Second || c.CloudWatchNamespace != "IVS/Staging" {
+			t.Errorf("monitoring = %v %v %q", c.EnableMonitoring, c.MetricsInterval, c.CloudWatchNamespace)
+		}
+	}
 }
