@@ -190,6 +190,8 @@ var routes = []route{
 	{"GET", "/api/stats/stages/{stageId}", false, false, (*server).statsStage},
 	{"GET", "/api/stats/publisher", false, false, (*server).statsPublisher},
 	{"DELETE", "/api/broadcasts/{broadcastId}", false, false, (*server).endBroadcast},
+	{"GET", "/dashboard", true, false, (*server).dashboardPage},
+	{"GET", "/dashboard/static/{file...}", true, false, (*server).dashboardFile},
 }
 
 // New returns the API's handler.

@@ -323,6 +323,11 @@ func fuzzRoute(t *testing.T, rt route, mode uint8, err error, errStatus int, suf
 		}
 		return
 	}
+	if strings.HasPrefix(rt.path, "/dashboard") && status == http.StatusOK {
+		// The dashboard's page and files are what a browser loads, not
+		// the envelope; its failures are the envelope.
+		return
+	}
 	if ct := res.Header.Get("Content-Type"); !strings.HasPrefix(ct, "application/json") {
 		t.Fatalf("%s: Content-Type %q: %s", name, ct, w.Body)
 	}

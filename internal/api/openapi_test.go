@@ -6,7 +6,9 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"math"
+	"mime"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -426,6 +428,8 @@ var oaRequests = map[string]oaRequest{
 	"GET /api/stats/stages/{stageId}":                 {target: "/api/stats/stages/GhIjKl789012", badTarget: "/api/stats/stages/no_underscores"},
 	"GET /api/stats/publisher":                        {target: "/api/stats/publisher"},
 	"DELETE /api/broadcasts/{broadcastId}":            {target: "/api/broadcasts/show-1", badTarget: "/api/broadcasts/no%20spaces"},
+	"GET /dashboard":                                  {target: "/dashboard"},
+	"GET /dashboard/static/{file...}":                 {target: "/dashboard/static/dashboard.js"},
 }
 
 // oaFleetErrors are the fleet failures each route passes on; the document
@@ -518,7 +522,16 @@ func (c oaCheck) expectResponse(key string, resp *oaResponse, rec *httptest.Resp
 		return
 	}
 	media, ok := resp.Content["application/json"]
-	if !ok || media.Schema == nil {
+	if !ok {
+		// A page or a file (the dashboard): the media type sent must be
+		// one declared, and the body not empty.
+		ct, _, _ := mime.ParseMediaType(rec.Header().Get("Content-Type"))
+		if _, declared := resp.Content[ct]; !declared || rec.Body.Len() == 0 {
+			c.t.Errorf("%s (%s): %s sent %d bytes of %q; declared: %v", key, what, status, rec.Body.Len(), ct, slices.Collect(maps.Keys(resp.Content)))
+		}
+		return
+	}
+	if media.Schema == nil {
 		c.t.Errorf("%s (%s): %s declares no application/json schema", key, what, status)
 		return
 	}
