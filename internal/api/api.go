@@ -133,7 +133,10 @@ type Options struct {
 	// CORSOrigins may call the API from a browser (CORS_ORIGINS); "*" is
 	// any origin.
 	CORSOrigins []string
-	Logger      *slog.Logger
+	// Metrics serves GET /metrics (behind x-api-key); nil: that route
+	// answers 404, the metrics being served on METRICS_ADDR.
+	Metrics http.Handler
+	Logger  *slog.Logger
 }
 
 type server struct {
@@ -165,6 +168,7 @@ var routes = []route{
 	{"GET", "/health", true, false, (*server).health},
 	{"GET", "/{$}", true, false, (*server).root},
 	{"GET", "/openapi.json", true, false, (*server).openAPI},
+	{"GET", "/metrics", false, false, (*server).metrics},
 	{"POST", eventsPath, true, true, (*server).ivsEvent},
 	{"POST", "/api/token/publisher", false, false, (*server).publisherToken},
 	{"POST", "/api/token/viewer", false, false, (*server).viewerToken},

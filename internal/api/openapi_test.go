@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/stagefleet/stagefleet/internal/fleet"
+	"github.com/stagefleet/stagefleet/internal/metrics"
 	"github.com/stagefleet/stagefleet/internal/store"
 )
 
@@ -398,6 +399,9 @@ var (
 		`"resources":["` + oaArn + `"],"detail":{"session_id":"st-1","event_name":"Participant Published","event_time":"2025-05-01T12:00:00Z","user_id":"host-1","participant_id":"PART1"}}`
 )
 
+// oaMetrics is the handler app gives GET /metrics, as it answers.
+var oaMetrics = metrics.New(metrics.Options{}).Handler()
+
 var oaRequests = map[string]oaRequest{
 	"GET /api/health":                                 {target: "/api/health"},
 	"GET /health":                                     {target: "/health"},
@@ -428,6 +432,7 @@ var oaRequests = map[string]oaRequest{
 	"GET /api/stats/stages/{stageId}":                 {target: "/api/stats/stages/GhIjKl789012", badTarget: "/api/stats/stages/no_underscores"},
 	"GET /api/stats/publisher":                        {target: "/api/stats/publisher"},
 	"DELETE /api/broadcasts/{broadcastId}":            {target: "/api/broadcasts/show-1", badTarget: "/api/broadcasts/no%20spaces"},
+	"GET /metrics":                                    {target: "/metrics"},
 	"GET /dashboard":                                  {target: "/dashboard"},
 	"GET /dashboard/static/{file...}":                 {target: "/dashboard/static/dashboard.js"},
 }
@@ -435,6 +440,7 @@ var oaRequests = map[string]oaRequest{
 // oaFleetErrors are the fleet failures each route passes on; the document
 // must declare the status and code each becomes.
 var oaFleetErrors = map[string][]error{
+	"GET /metrics":                                    {},
 	"POST /api/events/ivs":                            {fleet.ErrUnavailable},
 	"POST /api/token/publisher":                       {fleet.ErrToken, fleet.ErrStageLimit, fleet.ErrInvalid, fleet.ErrUnavailable},
 	"POST /api/token/viewer":                          {fleet.ErrNotLive, fleet.ErrNotFound, fleet.ErrStageFull, fleet.ErrStageLimit, fleet.ErrToken, fleet.ErrUnavailable},
@@ -714,7 +720,7 @@ func TestOpenAPIDescribesAnswers(t *testing.T) {
 	doc, ops := parseOpenAPI(t)
 	c := oaCheck{t: t, doc: doc, ops: ops}
 	secrets := http.Header{"X-Internal-Secret": {"internal"}, "X-Stagefleet-Events-Secret": {"events"}, "X-Api-Key": {"key"}}
-	opts := Options{APISecretKey: "key", InternalSecret: "internal", EventsSecret: "events", Health: oaHealth(HealthHealthy)}
+	opts := Options{APISecretKey: "key", InternalSecret: "internal", EventsSecret: "events", Health: oaHealth(HealthHealthy), Metrics: oaMetrics}
 	for _, rt := range routes {
 		key := rt.method + " " + rt.path
 		req, ok := oaRequests[key]
@@ -836,6 +842,7 @@ func TestOpenAPIDescribesAnswers(t *testing.T) {
 		{"GET /api/stats/stages/{stageId}", "unknown stage", New(auth, &oaFleet{}), "GET", "/api/stats/stages/Unknown1", "", nil, 200, map[string]any{"totalStages": 0.0}},
 		{"POST /api/events/ivs", "not an IVS event", New(Options{}, &oaFleet{}), "POST", eventsPath, `{"id":"x","detail-type":"EC2 Instance State-change Notification","source":"aws.ec2"}`, nil, 400, nil},
 		{"POST /api/events/ivs", "another IVS event", New(Options{}, &oaFleet{}), "POST", eventsPath, `{"id":"x","detail-type":"IVS Stream State Change","source":"aws.ivs"}`, nil, 200, nil},
+		{"GET /metrics", "served on METRICS_ADDR", New(Options{APISecretKey: "key"}, &oaFleet{}), "GET", "/metrics", "", http.Header{"X-Api-Key": {"key"}}, 404, nil},
 		{"POST /api/stage/replication/start", "same stage twice", New(auth, &oaFleet{err: &fleet.Error{Kind: fleet.ErrInvalid, Msg: "same"}}), "POST", "/api/stage/replication/start", oaReplication, nil, 400, nil},
 	}
 	for _, x := range extra {
