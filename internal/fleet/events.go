@@ -43,10 +43,28 @@ const (
 	EventIgnored   EventResult = "ignored"
 )
 
+// eventFailed is what Metrics hears of an event that could not be handled.
+const eventFailed = "error"
+
 // HandleEvent applies an IVS event. Delivery is at least once, late and
 // unordered: duplicates are dropped by id, and an event older than the last
 // one applied to the same host or replication changes nothing.
 func (s *Service) HandleEvent(ctx context.Context, ev Event) (EventResult, error) {
+	var lag time.Duration
+	if !ev.Time.IsZero() {
+		lag = s.now().Sub(ev.Time)
+	}
+	s.metrics.EventReceived(lag)
+	res, err := s.handleEvent(ctx, ev)
+	if err != nil {
+		s.metrics.EventHandled(eventFailed)
+	} else {
+		s.metrics.EventHandled(string(res))
+	}
+	return res, err
+}
+
+func (s *Service) handleEvent(ctx context.Context, ev Event) (EventResult, error) {
 	switch ev.Name {
 	case EventPublished, EventUnpublished, EventPublishError, EventLeft:
 		if ev.Replica {

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sync/singleflight"
@@ -105,6 +106,9 @@ type Config struct {
 	// Observer hears of seats taken and ended (the viewing history); nil:
 	// nobody.
 	Observer SeatObserver
+	// Metrics hears of joins, reconciles, repairs, leases and events; nil:
+	// nobody.
+	Metrics Metrics
 }
 
 // Service is the fleet.
@@ -126,7 +130,9 @@ type Service struct {
 
 	queue          *workQueue
 	observer       SeatObserver
-	resyncs        sync.Map // broadcast id -> struct{}: reconcile with a fresh IVS read
+	metrics        Metrics
+	resyncs        sync.Map     // broadcast id -> struct{}: reconcile with a fresh IVS read
+	reconcileToken atomic.Int64 // the reconcile lease's token last held
 	status         controllerStatus
 	locals         sync.Map // broadcast id -> *local
 	provisioning   *ewma    // stage created -> host replication active
@@ -169,6 +175,9 @@ func New(cfg Config, st store.Store, i IVS, tokens token.Issuer, log *slog.Logge
 	if cfg.Observer == nil {
 		cfg.Observer = noObserver{}
 	}
+	if cfg.Metrics == nil {
+		cfg.Metrics = noMetrics{}
+	}
 	if cfg.Workers <= 0 {
 		cfg.Workers = 4
 	}
@@ -191,10 +200,12 @@ func New(cfg Config, st store.Store, i IVS, tokens token.Issuer, log *slog.Logge
 		seatCheck: make(chan struct{}, 1),
 		queue:     newWorkQueue(nil, log),
 		observer:  cfg.Observer,
+		metrics:   cfg.Metrics,
 		// Until measured, assume IVS's usual: a few seconds from
 		// CreateStage to an active replica.
 		provisioning: newEWMA(3 * time.Second),
 	}
+	s.queue.onReconcile = func(_ string, took time.Duration, err error) { s.metrics.Reconciled(took, err) }
 	return s
 }
 

@@ -80,6 +80,7 @@ func (s *Service) lock(ctx context.Context, broadcastID, work string) (context.C
 	for {
 		lease, err := s.store.AcquireLease(ctx, broadcastID, controlLease, s.instance, s.cfg.LeaseTTL)
 		if err == nil {
+			s.metrics.LeaseAcquired(controlLease)
 			held, unlock := s.hold(ctx, l, lease, work)
 			return held, unlock, nil
 		}
@@ -127,6 +128,7 @@ func (s *Service) tryLock(ctx context.Context, broadcastID, work string) (_ cont
 		l.mu.Unlock()
 		return nil, nil, false, err
 	}
+	s.metrics.LeaseAcquired(controlLease)
 	held, unlock := s.hold(ctx, l, lease, work)
 	return held, unlock, true, nil
 }
@@ -180,6 +182,7 @@ func (s *Service) keep(ctx context.Context, lease store.Lease, ttl time.Duration
 				}
 				if err != nil {
 					s.log.Warn("lease lost; the work in hand stops", "broadcast", lease.BroadcastID, "lease", lease.Name, "error", err)
+					s.metrics.LeaseLost(lease.Name)
 					cancel()
 					return
 				}

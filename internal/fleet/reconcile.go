@@ -105,6 +105,11 @@ func (s *Service) reconcileTurn(ctx context.Context) error {
 	case err != nil:
 		return fmt.Errorf("taking the reconcile lease: %w", err)
 	}
+	// Kept from one reconcile to the next, the lease is renewed with its
+	// token; a new token is a new grant.
+	if s.reconcileToken.Swap(lease.Token) != lease.Token {
+		s.metrics.LeaseAcquired(reconcileLease)
+	}
 	held, stop := s.keep(ctx, lease, ttl)
 	defer stop()
 	return s.Resync(held)
@@ -344,6 +349,7 @@ func (s *Service) applyHosts(ctx context.Context, b store.Broadcast, present map
 			return err
 		}
 		s.log.Info("host restored from IVS", "broadcast", b.ID, "participant", p.ID, "user", p.UserID)
+		s.metrics.Repaired(RepairHostRestored)
 	}
 	for _, h := range hosts {
 		p, ok := present[h.ParticipantID]
@@ -361,6 +367,7 @@ func (s *Service) applyHosts(ctx context.Context, b store.Broadcast, present map
 			return err
 		}
 		s.log.Info("host state repaired from IVS", "broadcast", b.ID, "participant", h.ParticipantID, "publishing", publishing)
+		s.metrics.Repaired(RepairHost)
 	}
 	return nil
 }
@@ -414,6 +421,7 @@ func (s *Service) applyReplicas(ctx context.Context, b store.Broadcast, active m
 				return err
 			}
 			s.log.Info("replication restored from IVS", "broadcast", b.ID, "stage", st.Arn, "participant", key.participant)
+			s.metrics.Repaired(RepairReplicationRestore)
 		}
 	}
 	for _, r := range reps {
@@ -432,6 +440,7 @@ func (s *Service) applyReplicas(ctx context.Context, b store.Broadcast, active m
 		if err := s.store.PutReplication(ctx, r); err != nil {
 			return err
 		}
+		s.metrics.Repaired(RepairReplication)
 	}
 	return nil
 }
@@ -477,6 +486,7 @@ func (s *Service) adopt(ctx context.Context, st IVSStage) {
 			return
 		}
 		s.log.Info("origin stage adopted from IVS", "broadcast", b, "stage", st.Arn)
+		s.metrics.Repaired(RepairStageAdopted)
 		return
 	case err == nil && (role == store.RoleReplica || role == store.RoleManual):
 		if err := s.store.PutStage(ctx, rec); err != nil {
@@ -484,6 +494,7 @@ func (s *Service) adopt(ctx context.Context, st IVSStage) {
 			return
 		}
 		s.log.Info("stage adopted from IVS", "broadcast", b, "stage", st.Arn, "role", role)
+		s.metrics.Repaired(RepairStageAdopted)
 		return
 	case err != nil && !errors.Is(err, store.ErrNotFound):
 		s.log.Warn("reading broadcast for adoption", "broadcast", b, "error", err)
@@ -494,4 +505,5 @@ func (s *Service) adopt(ctx context.Context, st IVSStage) {
 		return
 	}
 	s.log.Warn("orphan stage deleted", "broadcast", b, "stage", st.Arn, "role", role)
+	s.metrics.Repaired(RepairOrphanDeleted)
 }

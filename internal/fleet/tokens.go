@@ -98,6 +98,13 @@ func (s *Service) ViewerToken(ctx context.Context, broadcastID, userID, stageArn
 // seat takes the seat req asks for (or keeps the viewer's) and issues its
 // token.
 func (s *Service) seat(ctx context.Context, req store.SeatRequest) (IssuedToken, error) {
+	start := time.Now()
+	tok, err := s.takeSeat(ctx, req)
+	s.metrics.ViewerToken(req.BroadcastID, joinOutcome(err), time.Since(start))
+	return tok, err
+}
+
+func (s *Service) takeSeat(ctx context.Context, req store.SeatRequest) (IssuedToken, error) {
 	broadcastID, userID := req.BroadcastID, req.UserID
 	arrived := s.now()
 	// The join rate measures arrivals, counted as they come: scale-up
@@ -156,6 +163,9 @@ func (s *Service) reserve(ctx context.Context, req store.SeatRequest) (store.Sea
 	deadline := start.Add(s.cfg.SeatWait)
 	seat, full, err := s.tryReserve(ctx, req)
 	if !full {
+		if err == nil {
+			s.metrics.Seated(0)
+		}
 		return seat, err
 	}
 	l := s.local(req.BroadcastID)
@@ -184,6 +194,9 @@ func (s *Service) reserve(ctx context.Context, req store.SeatRequest) (store.Sea
 		}
 		timeout.Stop()
 		seat, full, err = s.tryReserve(ctx, req)
+	}
+	if err == nil {
+		s.metrics.Seated(s.now().Sub(start))
 	}
 	return seat, err
 }
