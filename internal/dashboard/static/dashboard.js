@@ -129,15 +129,20 @@
   }
 
   function receive(msg) {
+    // A push for a broadcast no longer selected may cross the unsubscribe.
+    const mine = msg.channel === 'broadcast:' + state.selected;
     switch (msg.type) {
-      case 'broadcasts':
-        renderBroadcasts(msg.data);
+      case 'broadcasts_update':
+        renderBroadcasts(msg.data.broadcasts);
         break;
       case 'broadcast_update':
-        if (msg.data.broadcastId === state.selected) renderBroadcast(msg.data);
+        if (mine) renderBroadcast(msg.data);
         break;
       case 'fleet_event':
-        addEvent(msg.data);
+        if (mine) addEvent(msg.data, msg.timestamp);
+        break;
+      case 'error':
+        console.warn('stagefleet /ws:', msg.message);
         break;
     }
   }
@@ -283,11 +288,11 @@
     stage_closed: 'stage closed',
   };
 
-  function addEvent(ev) {
+  function addEvent(ev, timestamp) {
     const li = document.createElement('li');
     li.dataset.kind = ev.kind;
     const at = document.createElement('time');
-    const when = ev.at ? new Date(ev.at) : new Date();
+    const when = timestamp ? new Date(timestamp) : new Date();
     at.dateTime = when.toISOString();
     at.textContent = when.toLocaleTimeString();
     const kind = document.createElement('span');
@@ -398,7 +403,7 @@
       return;
     }
     if (res.status === 404) {
-      showMetricsNote('This server does not serve /metrics, so there are no rates to show.');
+      showMetricsNote('/metrics is not served on this address (METRICS_ADDR serves it apart, or not at all), so there are no rates to show here.');
       return;
     }
     if (!res.ok) {
