@@ -30,6 +30,7 @@ import (
 	"github.com/stagefleet/stagefleet/internal/emulator"
 	"github.com/stagefleet/stagefleet/internal/fleet"
 	"github.com/stagefleet/stagefleet/internal/ivs"
+	"github.com/stagefleet/stagefleet/internal/metrics"
 	"github.com/stagefleet/stagefleet/internal/store"
 	"github.com/stagefleet/stagefleet/internal/store/memory"
 	redisstore "github.com/stagefleet/stagefleet/internal/store/redis"
@@ -43,6 +44,11 @@ type App struct {
 	store store.Store
 	fleet *fleet.Service
 	api   http.Handler
+
+	metrics *metrics.Metrics
+	// metricsLn serves /metrics apart from the API (METRICS_ADDR); nil:
+	// the API serves it.
+	metricsLn net.Listener
 
 	apiLn    net.Listener
 	emu      *emulator.Emulator
@@ -84,6 +90,12 @@ func New(ctx context.Context, cfg config.Config, emuCfg emulator.Config, log *sl
 		}
 		log.Warn(msg, "addr", a.apiLn.Addr().String())
 	}
+	if addr := cfg.MetricsListenAddr(); addr != "" {
+		if a.metricsLn, err = net.Listen("tcp", addr); err != nil {
+			return nil, fmt.Errorf("METRICS_ADDR %s: %w", cfg.MetricsAddr, err)
+		}
+	}
+	a.metrics = metrics.New(metrics.Options{MaxBroadcasts: cfg.MetricsMaxBroadcasts, Logger: log})
 
 	var awsCfg aws.Config
 	if cfg.Mode() == config.ModeEmulator {
@@ -104,7 +116,7 @@ func New(ctx context.Context, cfg config.Config, emuCfg emulator.Config, log *sl
 	// Quotas are defined once (IVS's defaults): the client paces calls at
 	// them, and the controller's passes spend a second's worth at most.
 	quotas := ivs.DefaultQuotas()
-	client := ivs.New(ivs.Options{Config: awsCfg, Endpoint: a.endpoint, Quotas: quotas})
+	client := ivs.New(ivs.Options{Config: awsCfg, Endpoint: a.endpoint, Quotas: quotas, Metrics: a.metrics})
 
 	issuer, err := a.tokenIssuer(ctx, cfg, client)
 	if err != nil {
@@ -113,6 +125,7 @@ func New(ctx context.Context, cfg config.Config, emuCfg emulator.Config, log *sl
 	if a.store, err = openStore(ctx, cfg); err != nil {
 		return nil, err
 	}
+	a.store = a.metrics.WrapStore(a.store)
 	a.fleet = fleet.New(fleet.Config{
 		StageCapacity:    cfg.StageCapacity,
 		HeartbeatTimeout: cfg.HeartbeatTimeout,
@@ -143,7 +156,13 @@ func New(ctx context.Context, cfg config.Config, emuCfg emulator.Config, log *sl
 		SeatKeySecret:        seatKeySecret(cfg),
 		Quotas:               quotas,
 		Workers:              cfg.ControllerWorkers,
+		Metrics:              a.metrics,
 	}, a.store, client, issuer, log)
+	a.metrics.ObserveState(a.store, a.fleet.Waiting)
+	var apiMetrics http.Handler
+	if a.metricsLn == nil {
+		apiMetrics = a.metrics.Handler()
+	}
 	a.api = api.New(api.Options{
 		APISecretKey:    cfg.APISecretKey,
 		SkipAuth:        cfg.AuthDisabled(),
@@ -156,6 +175,7 @@ func New(ctx context.Context, cfg config.Config, emuCfg emulator.Config, log *sl
 		Version:         cfg.Version,
 		CORSOrigins:     cfg.CORSOrigins,
 		Logger:          log,
+		Metrics:         apiMetrics,
 
 		TrustedProxies:     cfg.TrustedProxies,
 		AccessLogPerSecond: cfg.AccessLogPerSecond,
@@ -349,16 +369,7 @@ func (a *App) Handler() http.Handler { return a.api }
 // Run serves until ctx ends, then shuts down gracefully: requests in flight
 // get ShutdownTimeout to finish.
 func (a *App) Run(ctx context.Context) error {
-	srv := &http.Server{
-		Handler: a.api,
-		// A client still sending headers after 10 s is holding a
-		// connection, not making a request.
-		ReadHeaderTimeout: min(10*time.Second, a.cfg.HTTPReadTimeout),
-		ReadTimeout:       a.cfg.HTTPReadTimeout,
-		WriteTimeout:      a.cfg.HTTPWriteTimeout,
-		IdleTimeout:       a.cfg.HTTPIdleTimeout,
-		MaxHeaderBytes:    a.cfg.HTTPMaxHeaderBytes,
-	}
+	srv := a.httpServer(a.api)
 	bg, stop := context.WithCancel(context.WithoutCancel(ctx))
 	fleetDone := make(chan struct{})
 	go func() {
@@ -371,9 +382,24 @@ func (a *App) Run(ctx context.Context) error {
 		<-fleetDone
 	}()
 	go a.probe.run(bg, probeInterval)
-	errc := make(chan error, 1)
+	if a.cfg.EnableMonitoring {
+		go a.metrics.RunCloudWatch(bg, os.Stdout, metrics.CloudWatch{
+			Namespace:   a.cfg.CloudWatchNamespace,
+			Environment: a.cfg.Environment,
+			Interval:    a.cfg.MetricsInterval,
+		})
+	}
+	errc := make(chan error, 2)
 	ln := newLimitListener(a.apiLn, a.cfg.HTTPMaxConnections)
 	go func() { errc <- srv.Serve(ln) }()
+	servers := []*http.Server{srv}
+	if a.metricsLn != nil {
+		mux := http.NewServeMux()
+		mux.Handle("GET /metrics", a.metrics.Handler())
+		msrv := a.httpServer(mux)
+		servers = append(servers, msrv)
+		go func() { errc <- msrv.Serve(a.metricsLn) }()
+	}
 	select {
 	case err := <-errc:
 		return err
@@ -382,10 +408,37 @@ func (a *App) Run(ctx context.Context) error {
 	a.log.Info("shutting down", "timeout", a.cfg.ShutdownTimeout)
 	sctx, cancel := context.WithTimeout(context.Background(), a.cfg.ShutdownTimeout)
 	defer cancel()
-	if err := srv.Shutdown(sctx); err != nil {
-		return fmt.Errorf("shutdown: %w", err)
+	var errs []error
+	for _, s := range servers {
+		if err := s.Shutdown(sctx); err != nil {
+			errs = append(errs, fmt.Errorf("shutdown: %w", err))
+		}
 	}
-	return nil
+	return errors.Join(errs...)
+}
+
+// httpServer serves h with the API's limits: the metrics server is held to
+// the same timeouts as the API's.
+func (a *App) httpServer(h http.Handler) *http.Server {
+	return &http.Server{
+		Handler: h,
+		// A client still sending headers after 10 s is holding a
+		// connection, not making a request.
+		ReadHeaderTimeout: min(10*time.Second, a.cfg.HTTPReadTimeout),
+		ReadTimeout:       a.cfg.HTTPReadTimeout,
+		WriteTimeout:      a.cfg.HTTPWriteTimeout,
+		IdleTimeout:       a.cfg.HTTPIdleTimeout,
+		MaxHeaderBytes:    a.cfg.HTTPMaxHeaderBytes,
+	}
+}
+
+// MetricsAddr is the address /metrics is served on apart from the API
+// (METRICS_ADDR), "" when the API serves it.
+func (a *App) MetricsAddr() string {
+	if a.metricsLn == nil {
+		return ""
+	}
+	return a.metricsLn.Addr().String()
 }
 
 // Close stops the embedded emulator and the store.
@@ -401,5 +454,8 @@ func (a *App) Close() {
 	}
 	if a.apiLn != nil {
 		_ = a.apiLn.Close()
+	}
+	if a.metricsLn != nil {
+		_ = a.metricsLn.Close()
 	}
 }
