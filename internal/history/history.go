@@ -222,7 +222,8 @@ const MaxSeriesPoints = 10_000
 
 // Store keeps viewing history. Its methods are safe for concurrent use.
 type Store interface {
-	// Apply records events, in order, in one transaction: all or none.
+	// Apply records events in one transaction: all or none. A session's
+	// events take effect in the order given.
 	//
 	// It is idempotent on Event.SessionID, and the final row does not depend
 	// on the order in which a session's events arrive or how often:

@@ -57,7 +57,6 @@ func Open(ctx context.Context, dir string) (*Store, error) {
 		return nil, fmt.Errorf("history: opening %s: %w", dir, err)
 	}
 	write.SetMaxOpenConns(1)
-	write.SetConnMaxIdleTime(0)
 	applied, err := migrate(ctx, write)
 	if err != nil {
 		write.Close()
