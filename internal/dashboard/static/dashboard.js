@@ -30,6 +30,10 @@
     // The broadcast shown in detail, kept in the URL's fragment so that a
     // reload or a shared link shows the same one.
     selected: location.hash.startsWith('#broadcast=') ? decodeURIComponent(location.hash.slice(11)) : '',
+    // The broadcasts of the last list pushed.
+    listed: new Set(),
+    // The selected broadcast's last broadcast_update.
+    detail: null,
     stageEls: new Map(),
     scrapes: [],
     charts: {},
@@ -136,7 +140,10 @@
         renderBroadcasts(msg.data.broadcasts);
         break;
       case 'broadcast_update':
-        if (mine) renderBroadcast(msg.data);
+        if (mine) {
+          state.detail = msg.data;
+          renderBroadcast();
+        }
         break;
       case 'fleet_event':
         if (mine) addEvent(msg.data, msg.timestamp);
@@ -178,6 +185,8 @@
     });
     body.replaceChildren(...rows);
     $('no-broadcasts').hidden = list.length > 0;
+    state.listed = new Set(list.map((b) => b.broadcastId));
+    renderBroadcast();
     if (list.length > 0 && !list.some((b) => b.broadcastId === state.selected)) {
       select(list[0].broadcastId);
     }
@@ -198,6 +207,7 @@
     for (const tr of $('broadcasts').tBodies[0].rows) {
       tr.setAttribute('aria-selected', String(tr.dataset.broadcast === id));
     }
+    state.detail = null;
     state.stageEls.clear();
     $('stages').replaceChildren();
     $('events').replaceChildren();
@@ -207,8 +217,13 @@
     loadHistory();
   }
 
-  function renderBroadcast(b) {
-    $('broadcast-card').hidden = false;
+  // renderBroadcast shows the selected broadcast's last state. The list and
+  // the state come on two channels, in either order: a broadcast that ended,
+  // or one named by a stale link, is not in the list and not shown.
+  function renderBroadcast() {
+    const b = state.detail;
+    $('broadcast-card').hidden = !b || !state.listed.has(b.broadcastId);
+    if ($('broadcast-card').hidden) return;
     $('b-id').textContent = b.broadcastId;
     $('b-viewers').textContent = b.viewers;
     $('b-capacity').textContent = b.capacity;
