@@ -56,6 +56,7 @@ func (k Kind) String() string {
 const (
 	EndLeave          = "leave"           // the viewer left (POST /api/viewer/leave)
 	EndExpired        = "expired"         // no heartbeat within the lease
+	EndMoved          = "moved"           // the viewer took a seat elsewhere (a rejoin)
 	EndStageRemoved   = "stage_removed"   // the stage was deleted under the viewer
 	EndBroadcastEnded = "broadcast_ended" // the broadcast ended
 )
@@ -110,7 +111,7 @@ func (e Event) Validate() error {
 
 func validEndReason(r string) bool {
 	switch r {
-	case EndLeave, EndExpired, EndStageRemoved, EndBroadcastEnded:
+	case EndLeave, EndExpired, EndMoved, EndStageRemoved, EndBroadcastEnded:
 		return true
 	}
 	return false

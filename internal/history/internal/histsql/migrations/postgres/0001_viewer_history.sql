@@ -19,7 +19,7 @@ CREATE TABLE viewer_sessions (
     -- Every write is idempotent on it.
     session_id             TEXT        NOT NULL,
     end_reason             TEXT
-        CHECK (end_reason IN ('leave', 'expired', 'stage_removed', 'broadcast_ended')),
+        CHECK (end_reason IN ('leave', 'expired', 'moved', 'stage_removed', 'broadcast_ended')),
     instance               TEXT        NOT NULL DEFAULT ''
 );
 
