@@ -66,6 +66,21 @@ type Config struct {
 	ShutdownTimeout      time.Duration
 	LogLevel             string
 	Environment          string
+
+	History          bool
+	DataDir          string
+	DatabaseURL      string
+	DBHost           string
+	DBPort           int
+	DBName           string
+	DBUser           string
+	DBPassword       string
+	DBPoolMax        int
+	DBPoolMin        int
+	DBSSL            bool
+	HistoryBuffer    int
+	SnapshotInterval time.Duration
+	HistoryRetention time.Duration
 	CORSOrigins          []string
 	// WSMaxClients bounds the WebSocket connections of GET /ws; WSStatsInterval
 	// is how often its stats channel is pushed.
@@ -323,6 +338,41 @@ var settings = []setting{
 	{"WS_STATS_INTERVAL", "5s", "how often GET /ws pushes stats_update to the stats channel (the previous server's 5s)", func(c *Config, v string) error {
 		return duration(&c.WSStatsInterval, v, 100*time.Millisecond, time.Hour)
 	}},
+	{"HISTORY", "on", "on: record viewing history (SQLite under DATA_DIR, or PostgreSQL with DATABASE_URL or DB_HOST); off: none", func(c *Config, v string) error {
+		var s string
+		if err := oneOf(&s, strings.ToLower(v), "on", "off"); err != nil {
+			return err
+		}
+		c.History = s == "on"
+		return nil
+	}},
+	{"DATA_DIR", "data", "directory of the embedded history database (SQLite)", func(c *Config, v string) error { c.DataDir = v; return nil }},
+	{"DATABASE_URL", "", "PostgreSQL for the viewing history, as postgres://user:password@host:port/db?sslmode=…; wins over DB_HOST", func(c *Config, v string) error {
+		if v != "" {
+			if u, err := url.Parse(v); err != nil || (u.Scheme != "postgres" && u.Scheme != "postgresql") || u.Host == "" {
+				return errors.New("must be a postgres:// URL such as postgres://stagefleet:secret@127.0.0.1:5432/ivs_live")
+			}
+		}
+		c.DatabaseURL = v
+		return nil
+	}},
+	{"DB_HOST", "", "PostgreSQL host for the viewing history (the previous server's setting; DATABASE_URL is preferred)", func(c *Config, v string) error { c.DBHost = v; return nil }},
+	{"DB_PORT", "5432", "PostgreSQL port, with DB_HOST", func(c *Config, v string) error { return intRange(&c.DBPort, v, 1, 65535) }},
+	{"DB_NAME", "ivs_live", "PostgreSQL database, with DB_HOST", func(c *Config, v string) error { c.DBName = v; return nil }},
+	{"DB_USER", "postgres", "PostgreSQL user, with DB_HOST", func(c *Config, v string) error { c.DBUser = v; return nil }},
+	{"DB_PASSWORD", "", "PostgreSQL password, with DB_HOST", func(c *Config, v string) error { c.DBPassword = v; return nil }},
+	{"DB_POOL_MAX", "10", "most PostgreSQL connections", func(c *Config, v string) error { return intRange(&c.DBPoolMax, v, 1, 1000) }},
+	{"DB_POOL_MIN", "1", "PostgreSQL connections kept open", func(c *Config, v string) error { return intRange(&c.DBPoolMin, v, 0, 1000) }},
+	{"DB_SSL_ENABLED", "false", "true: TLS to DB_HOST (sslmode=require)", func(c *Config, v string) error { return boolean(&c.DBSSL, v) }},
+	{"HISTORY_BUFFER", "10000", "history events held in memory while the database is slow or down; beyond, they are dropped and counted", func(c *Config, v string) error {
+		return intRange(&c.HistoryBuffer, v, 100, 10_000_000)
+	}},
+	{"SNAPSHOT_INTERVAL", "5m", "how often each stage's viewers are recorded (one instance of the fleet writes each round)", func(c *Config, v string) error {
+		return duration(&c.SnapshotInterval, v, time.Second, 24*time.Hour)
+	}},
+	{"HISTORY_RETENTION", "2160h", "how long sessions and snapshots are kept (2160h: 90 days); older ones are deleted daily", func(c *Config, v string) error {
+		return duration(&c.HistoryRetention, v, time.Hour, 100*365*24*time.Hour)
+	}},
 	{"NODE_ENV", "development", "the environment's name, as /health reports it (the previous server's setting)", func(c *Config, v string) error {
 		c.Environment = v
 		return nil
@@ -514,6 +564,9 @@ func (c *Config) validate() error {
 	if c.Mode() == ModeEmulator && !c.EmulatorAllowRemote && !emulator.IsLoopbackAddr(c.EmulatorAddr) {
 		return fmt.Errorf("EMULATOR_ADDR %s is not a loopback address: the emulator takes any credentials and its control API resets everything. Use 127.0.0.1, or set EMULATOR_ALLOW_REMOTE=true", c.EmulatorAddr)
 	}
+	if c.DBPoolMin > c.DBPoolMax {
+		return fmt.Errorf("DB_POOL_MIN (%d) must not be above DB_POOL_MAX (%d)", c.DBPoolMin, c.DBPoolMax)
+	}
 	if c.HTTPWriteTimeout == 0 {
 		c.HTTPWriteTimeout = max(30*time.Second, c.SeatWait+10*time.Second)
 	}
@@ -610,4 +663,35 @@ func match(dst *string, v string, re *regexp.Regexp, what string) error {
 	}
 	*dst = v
 	return nil
+}
+
+// HistoryKind is where the viewing history goes: "off", "postgres" or
+// "sqlite".
+func (c Config) HistoryKind() string {
+	switch {
+	case !c.History:
+		return "off"
+	case c.DatabaseURL != "" || c.DBHost != "":
+		return "postgres"
+	}
+	return "sqlite"
+}
+
+// PostgresURL is the PostgreSQL connection string: DATABASE_URL, else one
+// made from the previous server's DB_* settings.
+func (c Config) PostgresURL() string {
+	if c.DatabaseURL != "" {
+		return c.DatabaseURL
+	}
+	u := url.URL{Scheme: "postgres", User: url.UserPassword(c.DBUser, c.DBPassword),
+		Host: net.JoinHostPort(c.DBHost, strconv.Itoa(c.DBPort)), Path: "/" + c.DBName}
+	q := url.Values{}
+	q.Set("sslmode", "disable")
+	if c.DBSSL {
+		q.Set("sslmode", "require")
+	}
+	q.Set("pool_max_conns", strconv.Itoa(c.DBPoolMax))
+	q.Set("pool_min_conns", strconv.Itoa(c.DBPoolMin))
+	u.RawQuery = q.Encode()
+	return u.String()
 }
