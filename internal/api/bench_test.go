@@ -19,6 +19,7 @@ import (
 	"github.com/stagefleet/stagefleet/internal/api"
 	"github.com/stagefleet/stagefleet/internal/cputime"
 	"github.com/stagefleet/stagefleet/internal/fleet"
+	"github.com/stagefleet/stagefleet/internal/metrics"
 	"github.com/stagefleet/stagefleet/internal/store"
 	"github.com/stagefleet/stagefleet/internal/store/memory"
 	"github.com/stagefleet/stagefleet/internal/token"
@@ -33,10 +34,24 @@ type benchNoIVS struct{ fleet.IVS }
 // BenchmarkViewerTokenHTTP is POST /api/token/viewer through the whole
 // handler (API key check, body limit, logging middleware, JSON in and out)
 // onto a fleet on the memory store, without a network: what one instance
-// spends per join.
+// spends per join. memory-metrics is the same with the Prometheus metrics
+// on, as serve runs: the fleet reporting to them, the store counted and
+// GET /metrics routed.
 func BenchmarkViewerTokenHTTP(b *testing.B) {
+	b.Run("memory", func(b *testing.B) { benchViewerTokenHTTP(b, nil) })
+	b.Run("memory-metrics", func(b *testing.B) { benchViewerTokenHTTP(b, metrics.New(metrics.Options{})) })
+}
+
+// benchViewerTokenHTTP runs the HTTP join benchmark, with metrics m when
+// not nil.
+func benchViewerTokenHTTP(b *testing.B, m *metrics.Metrics) {
 	ctx := context.Background()
-	st := memory.New()
+	var st store.Store = memory.New()
+	var fm fleet.Metrics
+	var handler http.Handler
+	if m != nil {
+		st, fm, handler = m.WrapStore(st), m, m.Handler()
+	}
 	now := time.Now()
 	if err := st.PutStage(ctx, store.Stage{
 		Arn: benchOriginArn, BroadcastID: fleet.DefaultBroadcast, Role: store.RoleOrigin, Name: "bench-origin",
@@ -63,8 +78,9 @@ func BenchmarkViewerTokenHTTP(b *testing.B) {
 		ViewerTTL:        time.Hour,
 		MediaServerTTL:   time.Hour,
 		EventDedupTTL:    time.Hour,
+		Metrics:          fm,
 	}, st, benchNoIVS{}, iss, discard)
-	h := api.New(api.Options{APISecretKey: "bench-secret", MaxBodyBytes: 64 << 10, Logger: discard}, svc)
+	h := api.New(api.Options{APISecretKey: "bench-secret", MaxBodyBytes: 64 << 10, Logger: discard, Metrics: handler}, svc)
 
 	var next atomic.Int64
 	b.ReportAllocs()

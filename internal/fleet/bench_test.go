@@ -16,6 +16,7 @@ import (
 
 	"github.com/stagefleet/stagefleet/internal/cputime"
 	"github.com/stagefleet/stagefleet/internal/fleet"
+	"github.com/stagefleet/stagefleet/internal/metrics"
 	"github.com/stagefleet/stagefleet/internal/redistest"
 	"github.com/stagefleet/stagefleet/internal/store"
 	"github.com/stagefleet/stagefleet/internal/store/memory"
@@ -30,8 +31,9 @@ const benchOrigin = "arn:aws:ivs:us-east-1:123456789012:stage/BenchOrigin1"
 type noIVS struct{ fleet.IVS }
 
 // benchFleet is a fleet on st whose default broadcast has one seatable
-// origin stage with room for everyone, signing tokens itself.
-func benchFleet(tb testing.TB, st store.Store) *fleet.Service {
+// origin stage with room for everyone, signing tokens itself, reporting to
+// m (nil: nobody).
+func benchFleet(tb testing.TB, st store.Store, m fleet.Metrics) *fleet.Service {
 	tb.Helper()
 	ctx := context.Background()
 	key, err := ecdsa.GenerateKey(elliptic.P384(), rand.Reader)
@@ -60,21 +62,28 @@ func benchFleet(tb testing.TB, st store.Store) *fleet.Service {
 		ViewerTTL:        time.Hour,
 		MediaServerTTL:   time.Hour,
 		EventDedupTTL:    time.Hour,
+		Metrics:          m,
 	}, st, noIVS{}, iss, slog.New(slog.DiscardHandler))
 }
 
 // BenchmarkViewerToken is the whole join below HTTP: seat a new viewer and
 // sign its token, on every core at once, with the memory store and with the
 // Redis store (a real redis-server on loopback, started by the benchmark).
-// For Redis it reports the commands sent per join.
+// For Redis it reports the commands sent per join. memory-metrics is memory
+// with the Prometheus metrics on, as serve runs: the fleet reporting to
+// them and the store counted.
 func BenchmarkViewerToken(b *testing.B) {
-	b.Run("memory", func(b *testing.B) { benchViewerToken(b, memory.New(), 1, func() {}) })
+	b.Run("memory", func(b *testing.B) { benchViewerToken(b, memory.New(), nil, 1, func() {}) })
+	b.Run("memory-metrics", func(b *testing.B) {
+		m := metrics.New(metrics.Options{})
+		benchViewerToken(b, m.WrapStore(memory.New()), m, 1, func() {})
+	})
 	b.Run("redis", func(b *testing.B) {
 		rdb := redistest.Start(b).Client(b)
 		counter := &redistest.CommandCounter{}
 		rdb.AddHook(counter)
 		st := redisstore.New(rdb, "")
-		benchViewerToken(b, st, 4, counter.Reset)
+		benchViewerToken(b, st, nil, 4, counter.Reset)
 		b.ReportMetric(float64(counter.Count())/float64(b.N), "redis-cmds/op")
 	})
 }
@@ -83,8 +92,8 @@ func BenchmarkViewerToken(b *testing.B) {
 // flight per core; started is called as the timer starts. A networked
 // store needs several in flight per core, as an API server has, or the
 // cores sit idle while each join waits for its answer.
-func benchViewerToken(b *testing.B, st store.Store, parallelism int, started func()) {
-	svc := benchFleet(b, st)
+func benchViewerToken(b *testing.B, st store.Store, m fleet.Metrics, parallelism int, started func()) {
+	svc := benchFleet(b, st, m)
 	ctx := context.Background()
 	var next atomic.Int64
 	b.ReportAllocs()
@@ -264,7 +273,7 @@ func (c *countingStore) Close() error { return c.inner.Close() }
 // a join, new or repeated, is one store call and no IVS call.
 func TestViewerTokenOneRoundTrip(t *testing.T) {
 	cs := &countingStore{inner: memory.New()}
-	svc := benchFleet(t, cs)
+	svc := benchFleet(t, cs, nil)
 	cs.reset()
 	ctx := context.Background()
 	first := ""
