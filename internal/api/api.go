@@ -130,13 +130,18 @@ type Options struct {
 	Health             func(context.Context) Health
 	// Version is the service's, for GET /.
 	Version string
+	// History is the viewing history; nil when it is off (its routes answer
+	// 404).
+	History History
 	// CORSOrigins may call the API from a browser (CORS_ORIGINS); "*" is
 	// any origin.
 	CORSOrigins []string
 	// Metrics serves GET /metrics (behind x-api-key); nil: that route
 	// answers 404, the metrics being served on METRICS_ADDR.
 	Metrics http.Handler
-	Logger  *slog.Logger
+	// Live serves GET /ws; nil: that route answers 404.
+	Live   Live
+	Logger *slog.Logger
 }
 
 type server struct {
@@ -193,6 +198,13 @@ var routes = []route{
 	{"GET", "/api/stats/stages", false, false, (*server).statsStages},
 	{"GET", "/api/stats/stages/{stageId}", false, false, (*server).statsStage},
 	{"GET", "/api/stats/publisher", false, false, (*server).statsPublisher},
+	{"GET", "/api/viewer/history/{userId}", false, false, (*server).viewerHistory},
+	{"GET", "/api/viewer/stats/{stageArn...}", false, false, (*server).viewerStats},
+	{"GET", "/api/stats/history", false, false, (*server).statsHistory},
+	{"GET", "/api/stats/broadcasts/{broadcastId}", false, false, (*server).broadcastStats},
+	// GET /ws checks the key itself: a browser sends it in the query or a
+	// subprotocol, since it cannot set headers on a WebSocket.
+	{"GET", "/ws", true, false, (*server).ws},
 	{"DELETE", "/api/broadcasts/{broadcastId}", false, false, (*server).endBroadcast},
 	{"GET", "/dashboard", true, false, (*server).dashboardPage},
 	{"GET", "/dashboard/static/{file...}", true, false, (*server).dashboardFile},

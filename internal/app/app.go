@@ -29,6 +29,7 @@ import (
 	"github.com/stagefleet/stagefleet/internal/config"
 	"github.com/stagefleet/stagefleet/internal/emulator"
 	"github.com/stagefleet/stagefleet/internal/fleet"
+	"github.com/stagefleet/stagefleet/internal/history"
 	"github.com/stagefleet/stagefleet/internal/ivs"
 	"github.com/stagefleet/stagefleet/internal/metrics"
 	"github.com/stagefleet/stagefleet/internal/store"
@@ -60,6 +61,9 @@ type App struct {
 	// probe asks IVS whether it answers, for health.
 	probe   *probe
 	started time.Time
+	// hist is the viewing history (nil when off); histW queues writes to it.
+	hist  history.Store
+	histW *history.Writer
 }
 
 // New builds the app and binds its listeners, so that a port in use is an
@@ -126,6 +130,15 @@ func New(ctx context.Context, cfg config.Config, emuCfg emulator.Config, log *sl
 		return nil, err
 	}
 	a.store = a.metrics.WrapStore(a.store)
+	if a.hist, err = openHistory(ctx, cfg); err != nil {
+		return nil, err
+	}
+	// The join path only queues history events; the writer writes them.
+	var observer fleet.SeatObserver
+	if a.hist != nil {
+		a.histW = history.NewWriter(a.hist, history.WriterConfig{Buffer: cfg.HistoryBuffer}, log.With("component", "history"))
+		observer = sessions{w: a.histW, instance: instanceName(cfg)}
+	}
 	a.fleet = fleet.New(fleet.Config{
 		StageCapacity:    cfg.StageCapacity,
 		HeartbeatTimeout: cfg.HeartbeatTimeout,
@@ -157,6 +170,7 @@ func New(ctx context.Context, cfg config.Config, emuCfg emulator.Config, log *sl
 		Quotas:               quotas,
 		Workers:              cfg.ControllerWorkers,
 		Metrics:              a.metrics,
+		Observer:             observer,
 	}, a.store, client, issuer, log)
 	a.metrics.ObserveState(a.store, a.fleet.Waiting)
 	var apiMetrics http.Handler
@@ -174,6 +188,7 @@ func New(ctx context.Context, cfg config.Config, emuCfg emulator.Config, log *sl
 		Health:          a.health,
 		Version:         cfg.Version,
 		CORSOrigins:     cfg.CORSOrigins,
+		History:         a.historyReader(),
 		Logger:          log,
 		Metrics:         apiMetrics,
 
@@ -382,6 +397,11 @@ func (a *App) Run(ctx context.Context) error {
 		<-fleetDone
 	}()
 	go a.probe.run(bg, probeInterval)
+	if a.hist != nil {
+		r := &recorder{fleet: a.fleet, leases: a.store, w: a.histW, hist: a.hist, holder: instanceName(a.cfg) + "-" + rand.Text()[:6],
+			interval: a.cfg.SnapshotInterval, retention: a.cfg.HistoryRetention, log: a.log.With("component", "history")}
+		go r.run(bg)
+	}
 	if a.cfg.EnableMonitoring {
 		go a.metrics.RunCloudWatch(bg, os.Stdout, metrics.CloudWatch{
 			Namespace:   a.cfg.CloudWatchNamespace,
@@ -443,6 +463,17 @@ func (a *App) MetricsAddr() string {
 
 // Close stops the embedded emulator and the store.
 func (a *App) Close() {
+	if a.histW != nil {
+		// What the fleet queued is written before the process ends.
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		if err := a.histW.Close(ctx); err != nil {
+			a.log.Warn("history: flushing at shutdown", "error", err)
+		}
+		cancel()
+	}
+	if a.hist != nil {
+		_ = a.hist.Close()
+	}
 	if a.emuSrv != nil {
 		_ = a.emuSrv.Close()
 	}

@@ -56,6 +56,8 @@ func startApp(t *testing.T, env map[string]string, emu ...func(*emulator.Config)
 		"API_PORT":      "0",
 		"EMULATOR_ADDR": "127.0.0.1:0",
 		"IVS_MODE":      "emulator",
+		// Each app its own viewing history (SQLite).
+		"DATA_DIR": t.TempDir(),
 		// Known to the tests, so that they can post events themselves.
 		"EVENTS_SECRET": testEventsSecret,
 	}

@@ -264,7 +264,7 @@ func TestListenHost(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			vars := map[string]string{"API_PORT": "0", "EMULATOR_ADDR": "127.0.0.1:0", "IVS_MODE": "emulator"}
+			vars := map[string]string{"API_PORT": "0", "EMULATOR_ADDR": "127.0.0.1:0", "IVS_MODE": "emulator", "DATA_DIR": t.TempDir()}
 			maps.Copy(vars, tt.env)
 			cfg, err := config.Load(nil, func(k string) string { return vars[k] }, io.Discard, nil)
 			if err != nil {

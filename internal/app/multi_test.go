@@ -179,6 +179,7 @@ func startCluster(t *testing.T, n int, env map[string]string, emuArgs ...string)
 		"API_SECRET_KEY":             "api-secret",
 		"EVENTS_SECRET":              "events-secret",
 		"REDIS_URL":                  c.redis.URL(),
+		"DATA_DIR":                   t.TempDir(),
 		"API_HOST":                   "127.0.0.1",
 		"RATE_LIMIT_MAX_REQUESTS":    "0",
 		"LOG_LEVEL":                  "warn",

@@ -38,6 +38,7 @@ func startServe(t *testing.T, env map[string]string, emu func(*emulator.Config))
 		// by STAGE_FULL; time to seat is measured, not asserted.
 		"SEAT_WAIT":          "10s",
 		"RECONCILE_INTERVAL": "1s",
+		"DATA_DIR":           t.TempDir(),
 	}
 	maps.Copy(vars, env)
 	cfg, err := config.Load(nil, func(k string) string { return vars[k] }, io.Discard, nil)
