@@ -18,6 +18,7 @@ import (
 	"net/http"
 	"os"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
@@ -31,6 +32,7 @@ import (
 	"github.com/stagefleet/stagefleet/internal/fleet"
 	"github.com/stagefleet/stagefleet/internal/history"
 	"github.com/stagefleet/stagefleet/internal/ivs"
+	"github.com/stagefleet/stagefleet/internal/live"
 	"github.com/stagefleet/stagefleet/internal/metrics"
 	"github.com/stagefleet/stagefleet/internal/store"
 	"github.com/stagefleet/stagefleet/internal/store/memory"
@@ -45,6 +47,8 @@ type App struct {
 	store store.Store
 	fleet *fleet.Service
 	api   http.Handler
+	// live is GET /ws's hub.
+	live *live.Hub
 
 	metrics *metrics.Metrics
 	// metricsLn serves /metrics apart from the API (METRICS_ADDR); nil:
@@ -120,13 +124,14 @@ func New(ctx context.Context, cfg config.Config, emuCfg emulator.Config, log *sl
 	// Quotas are defined once (IVS's defaults): the client paces calls at
 	// them, and the controller's passes spend a second's worth at most.
 	quotas := ivs.DefaultQuotas()
-	client := ivs.New(ivs.Options{Config: awsCfg, Endpoint: a.endpoint, Quotas: quotas, Metrics: a.metrics})
+	var limiter ivs.Limiter
+	if a.store, limiter, err = openStore(ctx, cfg, quotas, log); err != nil {
+		return nil, err
+	}
+	client := ivs.New(ivs.Options{Config: awsCfg, Endpoint: a.endpoint, Quotas: quotas, Limiter: limiter, Metrics: a.metrics})
 
 	issuer, err := a.tokenIssuer(ctx, cfg, client)
 	if err != nil {
-		return nil, err
-	}
-	if a.store, err = openStore(ctx, cfg); err != nil {
 		return nil, err
 	}
 	a.store = a.metrics.WrapStore(a.store)
@@ -177,6 +182,12 @@ func New(ctx context.Context, cfg config.Config, emuCfg emulator.Config, log *sl
 	if a.metricsLn == nil {
 		apiMetrics = a.metrics.Handler()
 	}
+	a.live = live.New(a.fleet, live.Options{
+		MaxClients:    cfg.WSMaxClients,
+		StatsInterval: cfg.WSStatsInterval,
+		Origins:       cfg.CORSOrigins,
+		Logger:        log.With("component", "live"),
+	})
 	a.api = api.New(api.Options{
 		APISecretKey:    cfg.APISecretKey,
 		SkipAuth:        cfg.AuthDisabled(),
@@ -188,6 +199,7 @@ func New(ctx context.Context, cfg config.Config, emuCfg emulator.Config, log *sl
 		Health:          a.health,
 		Version:         cfg.Version,
 		CORSOrigins:     cfg.CORSOrigins,
+		Live:            a.live,
 		History:         a.historyReader(),
 		Logger:          log,
 		Metrics:         apiMetrics,
@@ -227,21 +239,54 @@ func seatKeySecret(cfg config.Config) []byte {
 
 // openStore opens the configured store; Redis must answer at start, so that
 // a wrong address fails the start, not the first viewer.
-func openStore(ctx context.Context, cfg config.Config) (store.Store, error) {
+// With Redis, IVS calls are paced by one limiter in it, shared by every
+// instance (quotas are the account's); with memory, by this process's.
+func openStore(ctx context.Context, cfg config.Config, quotas map[string]float64, log *slog.Logger) (store.Store, ivs.Limiter, error) {
+	local := ivs.NewLocalLimiter(quotas)
 	if cfg.StoreKind() != config.StoreRedis {
-		return memory.New(), nil
+		return memory.New(), local, nil
 	}
 	rdb, where, err := redisClient(cfg)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	if err := rdb.Ping(pctx).Err(); err != nil {
 		rdb.Close()
-		return nil, fmt.Errorf("redis at %s does not answer: %w", where, err)
+		return nil, nil, fmt.Errorf("redis at %s does not answer: %w", where, err)
 	}
-	return redisstore.New(rdb, cfg.RedisKeyPrefix), nil
+	st := redisstore.New(rdb, cfg.RedisKeyPrefix)
+	return st, &sharedLimiter{store: st, quotas: quotas, region: cfg.AWSRegion, local: local, log: log}, nil
+}
+
+// sharedLimiter paces IVS calls with a rate per operation and region in
+// Redis, which every instance draws from. If Redis does not answer, this
+// process's own limiter paces them meanwhile: IVS calls go on, at worst
+// at the quota per instance.
+type sharedLimiter struct {
+	store  *redisstore.Store
+	quotas map[string]float64
+	region string
+	local  *ivs.LocalLimiter
+	log    *slog.Logger
+
+	warned atomic.Int64 // unix seconds of the last warning
+}
+
+func (l *sharedLimiter) Reserve(ctx context.Context, op string) (time.Duration, bool, error) {
+	tps := l.quotas[op]
+	if tps <= 0 {
+		return 0, false, nil
+	}
+	d, err := l.store.QuotaTurn(ctx, l.region+":"+op, tps, ivs.Burst(tps))
+	if err == nil {
+		return d, true, nil
+	}
+	if now := time.Now().Unix(); l.warned.Swap(now) < now-60 {
+		l.log.Warn("the shared IVS quota in Redis does not answer; pacing this instance alone", "operation", op, "error", err)
+	}
+	return l.local.Reserve(ctx, op)
 }
 
 // redisClient makes the client REDIS_URL describes, with every option the
@@ -397,6 +442,16 @@ func (a *App) Run(ctx context.Context) error {
 		<-fleetDone
 	}()
 	go a.probe.run(bg, probeInterval)
+	// The hub reads the store too: it stops before Close shuts it.
+	liveDone := make(chan struct{})
+	go func() {
+		defer close(liveDone)
+		a.live.Run(bg)
+	}()
+	defer func() {
+		stop()
+		<-liveDone
+	}()
 	if a.hist != nil {
 		r := &recorder{fleet: a.fleet, leases: a.store, w: a.histW, hist: a.hist, holder: instanceName(a.cfg) + "-" + rand.Text()[:6],
 			interval: a.cfg.SnapshotInterval, retention: a.cfg.HistoryRetention, log: a.log.With("component", "history")}
@@ -428,6 +483,9 @@ func (a *App) Run(ctx context.Context) error {
 	a.log.Info("shutting down", "timeout", a.cfg.ShutdownTimeout)
 	sctx, cancel := context.WithTimeout(context.Background(), a.cfg.ShutdownTimeout)
 	defer cancel()
+	// WebSocket connections are hijacked: Shutdown neither closes nor
+	// waits for them.
+	a.live.Close(sctx)
 	var errs []error
 	for _, s := range servers {
 		if err := s.Shutdown(sctx); err != nil {

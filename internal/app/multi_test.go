@@ -428,8 +428,17 @@ func TestMultiInstance(t *testing.T) {
 	if most := need + need/5; len(stages) < need || len(stages) > most {
 		t.Errorf("IVS has %d stages of the broadcast for %d viewers at capacity %d; the policy asks for %d to %d", len(stages), viewers, capacity, need, most)
 	}
-	if deleted := c.instances[0].emuState(t).Counters["DeleteStage"]; deleted.Calls > 0 {
+	counters := c.instances[0].emuState(t).Counters
+	if deleted := counters["DeleteStage"]; deleted.Calls > 0 {
 		t.Errorf("%d DeleteStage calls during a storm: stages were created and removed", deleted.Calls)
+	}
+	// The quotas are the account's: the three instances draw from one
+	// limiter in Redis, so together they never go past one (IVS would
+	// answer ThrottlingException, which the emulator counts).
+	for op, cnt := range counters {
+		if cnt.Throttled > 0 {
+			t.Errorf("%s: %d of %d calls throttled: the instances together went past its quota", op, cnt.Throttled, cnt.Calls)
+		}
 	}
 	slices.Sort(waits)
 	t.Logf("%d viewers seated in %v over 3 instances on %d stages (%d used); time to seat p50 %v, p99 %v, max %v",

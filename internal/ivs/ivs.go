@@ -160,6 +160,10 @@ type Options struct {
 	Endpoint string
 	// Quotas are TPS limits per operation; nil means DefaultQuotas.
 	Quotas map[string]float64
+	// Limiter paces calls to the quotas; nil: this process's own
+	// (NewLocalLimiter), which instances sharing an account must not rely
+	// on.
+	Limiter Limiter
 	// MaxAttempts per call, retries included (default 5).
 	MaxAttempts int
 	// Metrics hears of every call, retry and throttle; nil: nobody.
@@ -204,17 +208,10 @@ func New(o Options) *Client {
 	if o.Metrics == nil {
 		o.Metrics = noMetrics{}
 	}
-	limiters := pacer{limits: map[string]*rate.Limiter{}, metrics: o.Metrics}
-	for op, tps := range o.Quotas {
-		if tps > 0 {
-			// A burst one short of the service's (a bucket of tps
-			// tokens): a client that spends all of it and then paces at
-			// exactly tps leaves the service's bucket empty, so any
-			// jitter in the calls' arrival is throttled. The spare token
-			// absorbs up to 1/tps of jitter.
-			limiters.limits[op] = rate.NewLimiter(rate.Limit(tps), max(1, int(tps)-1))
-		}
+	if o.Limiter == nil {
+		o.Limiter = NewLocalLimiter(o.Quotas)
 	}
+	limiters := pacer{limiter: o.Limiter, metrics: o.Metrics}
 	api := ivsrealtime.NewFromConfig(o.Config, func(opts *ivsrealtime.Options) {
 		if o.Endpoint != "" {
 			opts.BaseEndpoint = aws.String(o.Endpoint)
@@ -242,10 +239,49 @@ func New(o Options) *Client {
 	return &Client{api: api}
 }
 
+// Limiter paces IVS calls to the account's quotas. Reserve takes the next
+// turn of op and says how long to wait for it (0: go now); ok false means
+// op has no quota. Instances that share one (in Redis) together stay
+// within the quotas, which are per account and region, not per instance.
+type Limiter interface {
+	Reserve(ctx context.Context, op string) (wait time.Duration, ok bool, err error)
+}
+
+// Burst is how many calls of an operation may go at once: one short of the
+// service's bucket of tps calls. A client that spends all of it and then
+// paces at exactly tps leaves the service's bucket empty, so any jitter in
+// the calls' arrival is throttled; the spare call absorbs up to 1/tps of
+// it.
+func Burst(tps float64) int { return max(1, int(tps)-1) }
+
+// LocalLimiter is a Limiter of this process alone: one token bucket per
+// operation.
+type LocalLimiter struct{ limits map[string]*rate.Limiter }
+
+// NewLocalLimiter paces each operation to its quota (tps; 0: none).
+func NewLocalLimiter(quotas map[string]float64) *LocalLimiter {
+	l := &LocalLimiter{limits: map[string]*rate.Limiter{}}
+	for op, tps := range quotas {
+		if tps > 0 {
+			l.limits[op] = rate.NewLimiter(rate.Limit(tps), Burst(tps))
+		}
+	}
+	return l
+}
+
+// Reserve takes op's next turn.
+func (l *LocalLimiter) Reserve(_ context.Context, op string) (time.Duration, bool, error) {
+	lim, ok := l.limits[op]
+	if !ok {
+		return 0, false, nil
+	}
+	return lim.Reserve().Delay(), true, nil
+}
+
 // pacer holds each attempt of an operation to the operation's quota: a
-// finalize middleware, with a limiter per operation name.
+// finalize middleware.
 type pacer struct {
-	limits  map[string]*rate.Limiter
+	limiter Limiter
 	metrics Metrics
 }
 
@@ -253,26 +289,25 @@ func (pacer) ID() string { return "stagefleet/QuotaPacer" }
 
 func (p pacer) HandleFinalize(ctx context.Context, in middleware.FinalizeInput, next middleware.FinalizeHandler) (middleware.FinalizeOutput, middleware.Metadata, error) {
 	op := awsmiddleware.GetOperationName(ctx)
-	if l, ok := p.limits[op]; ok {
-		if err := p.wait(ctx, op, l); err != nil {
-			return middleware.FinalizeOutput{}, middleware.Metadata{}, &Error{Op: op, Kind: ErrThrottled, Err: err}
-		}
+	if err := p.wait(ctx, op); err != nil {
+		return middleware.FinalizeOutput{}, middleware.Metadata{}, &Error{Op: op, Kind: ErrThrottled, Err: err}
 	}
 	return next.HandleFinalize(ctx, in)
 }
 
-// wait is l.Wait that tells whether the attempt had to wait: a reservation
-// says so before the wait, where timing the wait could only guess.
-func (p pacer) wait(ctx context.Context, op string, l *rate.Limiter) error {
-	r := l.Reserve()
-	d := r.Delay()
-	if d == 0 {
+// wait waits for op's turn, telling whether the attempt had to wait: the
+// reservation says so before the wait, where timing the wait could only
+// guess.
+func (p pacer) wait(ctx context.Context, op string) error {
+	d, ok, err := p.limiter.Reserve(ctx, op)
+	if err != nil {
+		return fmt.Errorf("taking a turn at the %s quota: %w", op, err)
+	}
+	if !ok || d == 0 {
 		return nil
 	}
 	p.metrics.IVSThrottled(op, "pacer")
 	if deadline, ok := ctx.Deadline(); ok && time.Until(deadline) < d {
-		// As l.Wait: fail now rather than wait for a failure.
-		r.Cancel()
 		return fmt.Errorf("waiting %v for the %s quota would exceed the context's deadline", d, op)
 	}
 	t := time.NewTimer(d)
@@ -281,7 +316,6 @@ func (p pacer) wait(ctx context.Context, op string, l *rate.Limiter) error {
 	case <-t.C:
 		return nil
 	case <-ctx.Done():
-		r.Cancel()
 		return ctx.Err()
 	}
 }

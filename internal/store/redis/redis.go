@@ -704,3 +704,25 @@ func (s *Store) ForgetEvent(ctx context.Context, eventID string) error {
 func (s *Store) Ping(ctx context.Context) error { return s.rdb.Ping(ctx).Err() }
 
 func (s *Store) Close() error { return s.rdb.Close() }
+
+// QuotaTurn takes the next turn of a rate that every instance sharing this
+// Redis shares: tps turns a second, burst at once, named by name (an IVS
+// operation in a region). It answers how long to wait for the turn.
+func (s *Store) QuotaTurn(ctx context.Context, name string, tps float64, burst int) (time.Duration, error) {
+	if tps <= 0 {
+		return 0, nil
+	}
+	interval := int64(1e6 / tps)
+	_, out, err := s.run(ctx, quotaTurn, []string{s.prefix + ":quota:" + name}, interval, max(1, burst))
+	if err != nil {
+		return 0, err
+	}
+	if len(out) == 0 {
+		return 0, errors.New("quota script answered no wait")
+	}
+	us, err := strconv.ParseInt(fmt.Sprint(out[0]), 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("quota wait %v: %w", out[0], err)
+	}
+	return time.Duration(us) * time.Microsecond, nil
+}

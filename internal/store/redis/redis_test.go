@@ -135,3 +135,35 @@ func TestDeleteBroadcastLeavesNoKeys(t *testing.T) {
 		t.Fatalf("keys after DeleteBroadcast: %q, want the leases' only %q", keys, want)
 	}
 }
+
+// Three stores (three instances) taking turns at one shared rate together
+// keep to it: a burst, then one turn per interval, whoever takes it.
+func TestQuotaTurnShared(t *testing.T) {
+	srv := redistest.Start(t)
+	var stores []*redis.Store
+	for range 3 {
+		stores = append(stores, redis.New(srv.Client(t), "quota"))
+	}
+	const tps, burst, turns = 5.0, 4, 30
+	waits := make([]time.Duration, turns)
+	for i := range turns {
+		w, err := stores[i%3].QuotaTurn(t.Context(), "us-east-1:CreateStage", tps, burst)
+		if err != nil {
+			t.Fatalf("QuotaTurn: %v", err)
+		}
+		waits[i] = w
+	}
+	// Taken at once: the first burst turns go now, and each later one
+	// waits one more interval (200 ms) than the one before, within the
+	// few milliseconds the calls themselves take.
+	for i, w := range waits {
+		want := time.Duration(max(0, i-burst+1)) * 200 * time.Millisecond
+		if w < want-20*time.Millisecond || w > want+5*time.Millisecond {
+			t.Errorf("turn %d waits %v, want about %v", i, w, want)
+		}
+	}
+	// Another rate is not held up by this one.
+	if w, err := stores[0].QuotaTurn(t.Context(), "us-east-1:DeleteStage", tps, burst); err != nil || w != 0 {
+		t.Errorf("first turn of another rate: %v, %v; want no wait", w, err)
+	}
+}

@@ -196,6 +196,22 @@ redis.call('ZADD', KEYS[5], ARGV[6], user)
 return {'ok', seat, tostring(n)}
 `)
 
+	// KEYS: the rate's key. ARGV: emission interval (µs), burst. GCRA on
+	// Redis's clock, so that every instance agrees: answers how long
+	// (µs) the caller waits for its turn, which it has taken.
+	quotaTurn = goredis.NewScript(`
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local interval, burst = tonumber(ARGV[1]), tonumber(ARGV[2])
+local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tat < now then tat = now end
+local wait = tat - now - (burst - 1) * interval
+if wait < 0 then wait = 0 end
+local nxt = tat + interval
+redis.call('SET', KEYS[1], string.format('%d', nxt), 'PX', math.floor((nxt - now) / 1000) + 1000)
+return {'ok', string.format('%d', wait)}
+`)
+
 	// KEYS: seats, expiry. ARGV: user, owner's participant id and stage
 	// ("" for any), expiresAt (RFC 3339), expiresAt (micros).
 	renewSeat = goredis.NewScript(`
