@@ -30,6 +30,14 @@ const (
 	CodeInternal          = "INTERNAL_ERROR"
 )
 
+// Error codes of GET /ws, stagefleet's own.
+const (
+	// CodeUpgradeRequired: GET /ws without a WebSocket handshake (426).
+	CodeUpgradeRequired = "UPGRADE_REQUIRED"
+	// CodeTooManyConnections: WS_MAX_CLIENTS connections are open (503).
+	CodeTooManyConnections = "TOO_MANY_CONNECTIONS"
+)
+
 type successBody struct {
 	Success   bool   `json:"success"`
 	Data      any    `json:"data"`

@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/stagefleet/stagefleet/internal/fleet"
+	"github.com/stagefleet/stagefleet/internal/live"
 	"github.com/stagefleet/stagefleet/internal/metrics"
 	"github.com/stagefleet/stagefleet/internal/store"
 )
@@ -171,7 +172,8 @@ func TestOpenAPIOperations(t *testing.T) {
 
 		has2xx := false
 		for status, resp := range op.Responses {
-			has2xx = has2xx || strings.HasPrefix(status, "2")
+			// An upgrade's success is 101 Switching Protocols.
+			has2xx = has2xx || strings.HasPrefix(status, "2") || status == "101"
 			if resp.Ref != "" {
 				name := strings.TrimPrefix(resp.Ref, "#/components/responses/")
 				if doc.Components.Responses[name] == nil {
@@ -386,6 +388,11 @@ func (f *oaFleet) HandleEvent(context.Context, fleet.Event) (fleet.EventResult, 
 func (f *oaFleet) Now() time.Time           { return oaTime }
 func (f *oaFleet) SeatLease() time.Duration { return time.Minute }
 
+// fullLive is a WebSocket hub that holds all the connections it may.
+type fullLive struct{}
+
+func (fullLive) Serve(http.ResponseWriter, *http.Request) error { return live.ErrFull }
+
 // oaRequest is a valid request to a route, and one that fails validation.
 type oaRequest struct {
 	target, body       string
@@ -432,6 +439,7 @@ var oaRequests = map[string]oaRequest{
 	"GET /api/stats/stages/{stageId}":                 {target: "/api/stats/stages/GhIjKl789012", badTarget: "/api/stats/stages/no_underscores"},
 	"GET /api/stats/publisher":                        {target: "/api/stats/publisher"},
 	"DELETE /api/broadcasts/{broadcastId}":            {target: "/api/broadcasts/show-1", badTarget: "/api/broadcasts/no%20spaces"},
+	"GET /ws":                                         {target: "/ws"}, // no handshake: 426; the upgrade is tested with a real server
 	"GET /metrics":                                    {target: "/metrics"},
 	"GET /dashboard":                                  {target: "/dashboard"},
 	"GET /dashboard/static/{file...}":                 {target: "/dashboard/static/dashboard.js"},
@@ -811,6 +819,8 @@ func TestOpenAPIDescribesAnswers(t *testing.T) {
 	// What the table cannot reach. data, when set, are values the answer's
 	// data must hold (JSON numbers are float64).
 	auth := Options{SkipAuth: true}
+	wsKeyed := Options{APISecretKey: "key", Live: fullLive{}}
+	wsHandshake := http.Header{"Connection": {"Upgrade"}, "Upgrade": {"websocket"}}
 	withHealth := func(status string) Options { return Options{Health: oaHealth(status)} }
 	extra := []struct {
 		key, what string
@@ -844,6 +854,13 @@ func TestOpenAPIDescribesAnswers(t *testing.T) {
 		{"POST /api/events/ivs", "another IVS event", New(Options{}, &oaFleet{}), "POST", eventsPath, `{"id":"x","detail-type":"IVS Stream State Change","source":"aws.ivs"}`, nil, 200, nil},
 		{"GET /metrics", "served on METRICS_ADDR", New(Options{APISecretKey: "key"}, &oaFleet{}), "GET", "/metrics", "", http.Header{"X-Api-Key": {"key"}}, 404, nil},
 		{"POST /api/stage/replication/start", "same stage twice", New(auth, &oaFleet{err: &fleet.Error{Kind: fleet.ErrInvalid, Msg: "same"}}), "POST", "/api/stage/replication/start", oaReplication, nil, 400, nil},
+		{"GET /ws", "no key", New(wsKeyed, &oaFleet{}), "GET", "/ws", "", nil, 401, nil},
+		{"GET /ws", "wrong query key", New(wsKeyed, &oaFleet{}), "GET", "/ws?apiKey=nope", "", nil, 401, nil},
+		{"GET /ws", "query key", New(wsKeyed, &oaFleet{}), "GET", "/ws?apiKey=key", "", nil, 426, nil},
+		{"GET /ws", "subprotocol key", New(wsKeyed, &oaFleet{}), "GET", "/ws", "", http.Header{"Sec-Websocket-Protocol": {"stagefleet, stagefleet.key.a2V5"}}, 426, nil},
+		{"GET /ws", "wrong subprotocol key", New(wsKeyed, &oaFleet{}), "GET", "/ws", "", http.Header{"Sec-Websocket-Protocol": {"stagefleet, stagefleet.key.bm9wZQ"}}, 401, nil},
+		{"GET /ws", "hub full", New(Options{SkipAuth: true, Live: fullLive{}}, &oaFleet{}), "GET", "/ws", "", wsHandshake, 503, nil},
+		{"GET /ws", "no hub", New(auth, &oaFleet{}), "GET", "/ws", "", wsHandshake, 404, nil},
 	}
 	for _, x := range extra {
 		rec := c.serve(x.h, x.method, x.target, x.body, x.header)
@@ -962,7 +979,7 @@ func TestOpenAPIErrorCodes(t *testing.T) {
 		got = append(got, fmt.Sprint(v))
 	}
 	for _, code := range []string{CodeValidation, CodeUnauthorized, CodeForbidden, CodeConflict, CodeMethodNotAllowed, CodeNotFound, CodeNotPublishing,
-		CodeRateLimited, CodeStageFull, CodeStageLimitReached, CodeTokenFailed, CodeInternal} {
+		CodeRateLimited, CodeStageFull, CodeStageLimitReached, CodeTokenFailed, CodeInternal, CodeUpgradeRequired, CodeTooManyConnections} {
 		if !slices.Contains(got, code) {
 			t.Errorf("error code %s is not in the ErrorEnvelope enum %v", code, got)
 		}
