@@ -256,7 +256,8 @@ func openStore(ctx context.Context, cfg config.Config, quotas map[string]float64
 		rdb.Close()
 		return nil, nil, fmt.Errorf("redis at %s does not answer: %w", where, err)
 	}
-	st := redisstore.New(rdb, cfg.RedisKeyPrefix)
+	// Concurrent seat operations of a broadcast share one script call.
+	st := redisstore.New(rdb, cfg.RedisKeyPrefix, redisstore.WithSeatBatching())
 	return st, &sharedLimiter{store: st, quotas: quotas, region: cfg.AWSRegion, local: local, log: log}, nil
 }
 

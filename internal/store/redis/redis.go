@@ -37,6 +37,9 @@ type Store struct {
 	rdb        goredis.UniversalClient
 	prefix     string
 	eventLimit int
+	// batches coalesces seat operations (WithSeatBatching); nil: each is
+	// its own script call.
+	batches *batcher
 }
 
 var _ store.Store = (*Store)(nil)
@@ -547,58 +550,66 @@ func decodeAll[T any](out []any) ([]T, error) {
 // Lua reads back as one made in Go.
 func rfc3339(t time.Time) string { return t.Format(time.RFC3339Nano) }
 
+// seatKeys are one broadcast's keys the seat functions use, in their
+// order.
+func (k keys) seatKeys() []string {
+	return []string{k.open(), k.counts(), k.rank(), k.seats(), k.expiry(), k.stages()}
+}
+
 func (s *Store) ReserveSeat(ctx context.Context, req store.SeatRequest) (store.Seat, error) {
-	k := s.bc(req.BroadcastID)
 	exp := req.Now.Add(req.TTL)
-	status, out, err := s.run(ctx, reserveSeat,
-		[]string{k.open(), k.counts(), k.rank(), k.seats(), k.expiry(), k.stages()},
+	what := "broadcast " + req.BroadcastID
+	if req.StageArn != "" {
+		what = "stage " + req.StageArn
+	}
+	return s.seatOp(ctx, req.BroadcastID, what, reserveSeat, "reserve",
 		req.UserID, req.StageArn, req.ParticipantID, rfc3339(req.Now), rfc3339(exp), exp.UnixMicro(), req.BroadcastID)
-	if err != nil {
-		return store.Seat{}, err
-	}
-	if status != "ok" {
-		what := "broadcast " + req.BroadcastID
-		if req.StageArn != "" {
-			what = "stage " + req.StageArn
-		}
-		return store.Seat{}, statusErr(status, what)
-	}
-	var seat store.Seat
-	if err := decode(out, &seat); err != nil {
-		return store.Seat{}, err
-	}
-	if len(out) > 1 {
-		n, err := strconv.Atoi(fmt.Sprint(out[1]))
-		if err != nil {
-			return store.Seat{}, fmt.Errorf("seat count %v: %w", out[1], err)
-		}
-		seat.StageSeats = n
-	}
-	return seat, nil
 }
 
 func (s *Store) RenewSeat(ctx context.Context, broadcastID, userID string, owner store.SeatOwner, now time.Time, ttl time.Duration) (store.Seat, error) {
-	k := s.bc(broadcastID)
 	exp := now.Add(ttl)
-	return s.seatScript(ctx, renewSeat, []string{k.seats(), k.expiry()}, userID,
+	return s.seatOp(ctx, broadcastID, "seat of "+userID, renewSeat, "renew",
 		userID, owner.ParticipantID, owner.StageArn, rfc3339(exp), exp.UnixMicro())
 }
 
 func (s *Store) ReleaseSeat(ctx context.Context, broadcastID, userID string) (store.Seat, error) {
-	k := s.bc(broadcastID)
-	return s.seatScript(ctx, releaseSeat, []string{k.counts(), k.seats(), k.expiry()}, userID, userID)
+	return s.seatOp(ctx, broadcastID, "seat of "+userID, releaseSeat, "release", userID)
 }
 
-func (s *Store) seatScript(ctx context.Context, sc *goredis.Script, keys []string, userID string, args ...any) (store.Seat, error) {
-	status, out, err := s.run(ctx, sc, keys, args...)
-	if err != nil {
-		return store.Seat{}, err
+// seatOp runs one seat operation: in a batch with the broadcast's other
+// operations in flight when batching is on, else as its own script.
+func (s *Store) seatOp(ctx context.Context, broadcastID, what string, alone *goredis.Script, name string, args ...any) (store.Seat, error) {
+	var res seatResult
+	if s.batches != nil {
+		res = s.batches.do(ctx, broadcastID, seatCall{name: name, args: args})
+	} else {
+		status, out, err := s.run(ctx, alone, s.bc(broadcastID).seatKeys(), args...)
+		res = seatResult{status: status, err: err}
+		if len(out) > 0 {
+			res.seat = fmt.Sprint(out[0])
+		}
+		if len(out) > 1 {
+			res.count = fmt.Sprint(out[1])
+		}
 	}
-	if err := statusErr(status, "seat of "+userID); err != nil {
+	if res.err != nil {
+		return store.Seat{}, res.err
+	}
+	if err := statusErr(res.status, what); err != nil {
 		return store.Seat{}, err
 	}
 	var seat store.Seat
-	return seat, decode(out, &seat)
+	if err := json.Unmarshal([]byte(res.seat), &seat); err != nil {
+		return store.Seat{}, fmt.Errorf("decoding seat: %w", err)
+	}
+	if res.count != "" {
+		n, err := strconv.Atoi(res.count)
+		if err != nil {
+			return store.Seat{}, fmt.Errorf("seat count %q: %w", res.count, err)
+		}
+		seat.StageSeats = n
+	}
+	return seat, nil
 }
 
 func (s *Store) ExpireSeats(ctx context.Context, broadcastID string, now time.Time) ([]store.Seat, error) {

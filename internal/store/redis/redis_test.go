@@ -1,8 +1,10 @@
 package redis_test
 
 import (
+	"errors"
 	"fmt"
 	"slices"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -165,5 +167,63 @@ func TestQuotaTurnShared(t *testing.T) {
 	// Another rate is not held up by this one.
 	if w, err := stores[0].QuotaTurn(t.Context(), "us-east-1:DeleteStage", tps, burst); err != nil || w != 0 {
 		t.Errorf("first turn of another rate: %v, %v; want no wait", w, err)
+	}
+}
+
+// The whole suite holds with seat operations coalesced into batches.
+func TestConformanceBatched(t *testing.T) {
+	srv := redistest.Start(t)
+	var n atomic.Int64
+	storetest.Run(t, func(_ *testing.T, eventLimit int) store.Store {
+		rdb := goredis.NewClient(&goredis.Options{Addr: srv.Addr()})
+		return redis.New(rdb, fmt.Sprintf("batched%d", n.Add(1)), redis.WithEventLimit(eventLimit), redis.WithSeatBatching())
+	})
+}
+
+// Capacity is exact under a 32-way storm on one stage of capacity 10,000,
+// with batching, and the batches save round trips: far fewer script calls
+// than joins.
+func TestBatchedStormExactCapacity(t *testing.T) {
+	srv := redistest.Start(t)
+	rdb := srv.Client(t)
+	st := redis.New(rdb, "storm", redis.WithSeatBatching())
+	const capacity, workers, each = 10_000, 32, 350
+	arn := "arn:aws:ivs:us-east-1:123456789012:stage/big"
+	if err := st.PutStage(t.Context(), store.Stage{Arn: arn, BroadcastID: "b", Role: store.RoleOrigin, Capacity: capacity, Seatable: true, CreatedAt: time.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	counter := &redistest.CommandCounter{}
+	rdb.AddHook(counter)
+	var seated, full atomic.Int64
+	var wg sync.WaitGroup
+	for w := range workers {
+		wg.Go(func() {
+			for i := range each {
+				_, err := st.ReserveSeat(t.Context(), store.SeatRequest{BroadcastID: "b", UserID: fmt.Sprintf("v%d-%d", w, i), ParticipantID: "p", Now: time.Now(), TTL: time.Hour})
+				switch {
+				case err == nil:
+					seated.Add(1)
+				case errors.Is(err, store.ErrFull):
+					full.Add(1)
+				default:
+					t.Errorf("ReserveSeat: %v", err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if seated.Load() != capacity || full.Load() != workers*each-capacity {
+		t.Errorf("%d seated and %d refused of %d; want exactly %d seated", seated.Load(), full.Load(), workers*each, capacity)
+	}
+	got, err := st.GetStage(t.Context(), arn)
+	if err != nil || got.Seats != capacity {
+		t.Errorf("stage holds %d seats (%v), want %d", got.Seats, err, capacity)
+	}
+	calls := counter.Count()
+	if perOp := float64(calls) / float64(workers*each); perOp >= 1 {
+		t.Errorf("%d Redis commands for %d operations: %.2f each; batching should make it well below one", calls, workers*each, perOp)
+	} else {
+		t.Logf("%d Redis commands for %d operations (%.3f each)", calls, workers*each, perOp)
 	}
 }

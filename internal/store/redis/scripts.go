@@ -32,6 +32,80 @@ local function freeSeat(counts, seats, expiry, user, seat)
 end
 `
 
+// seatFuncs are the seat operations, as Lua functions over one broadcast's
+// keys, in the order seatKeys gives them: open (seatable ARNs), counts (ARN
+// → seats), rank (ARN → "capacity createdMicros"), seats (user → seat
+// JSON), expiry (users by ExpiresAt micros), stages (ARN → record).
+const seatFuncs = freeSeat + `
+-- reserve: the viewer's seat if its stage still takes viewers (renewed),
+-- else a seat on the asked-for stage (want, or '' for any) or the fullest
+-- seatable one with room: store.Fuller, never beyond capacity.
+local function reserve(user, want, pid, takenAt, expRfc, expMicros, bid)
+  local cur = redis.call('HGET', KEYS[4], user)
+  if cur then
+    local seat = cjson.decode(cur)
+    if redis.call('SISMEMBER', KEYS[1], seat.stageArn) == 1 then
+      seat.expiresAt = expRfc
+      cur = cjson.encode(seat)
+      redis.call('HSET', KEYS[4], user, cur)
+      redis.call('ZADD', KEYS[5], expMicros, user)
+      return {'ok', cur, redis.call('HGET', KEYS[2], seat.stageArn) or '0'}
+    end
+    -- Its stage no longer serves the show: seat the viewer again.
+    freeSeat(KEYS[2], KEYS[4], KEYS[5], user, seat)
+  end
+  local open = redis.call('SMEMBERS', KEYS[1])
+  local best, bestN, bestCreated
+  for _, arn in ipairs(open) do
+    if want == '' or arn == want then
+      local n = tonumber(redis.call('HGET', KEYS[2], arn) or '0')
+      local cap, created = string.match(redis.call('HGET', KEYS[3], arn) or '0 0', '^(%d+) (%-?%d+)$')
+      cap, created = tonumber(cap), tonumber(created)
+      if n < cap and (best == nil or n > bestN or (n == bestN and (created < bestCreated or (created == bestCreated and arn < best)))) then
+        best, bestN, bestCreated = arn, n, created
+      end
+    end
+  end
+  if not best then
+    if want ~= '' then
+      if redis.call('HEXISTS', KEYS[6], want) == 0 then return {'notfound'} end
+      if redis.call('SISMEMBER', KEYS[1], want) == 0 then return {'noteligible'} end
+      return {'full'}
+    end
+    if #open == 0 then return {'notlive'} end
+    return {'full'}
+  end
+  local n = redis.call('HINCRBY', KEYS[2], best, 1)
+  local seat = cjson.encode({broadcastId = bid, userId = user, stageArn = best, participantId = pid, takenAt = takenAt, expiresAt = expRfc})
+  redis.call('HSET', KEYS[4], user, seat)
+  redis.call('ZADD', KEYS[5], expMicros, user)
+  return {'ok', seat, tostring(n)}
+end
+
+-- renew: the seat's lease, if its owner is the one named ('' for any).
+local function renew(user, pid, stage, expRfc, expMicros)
+  local cur = redis.call('HGET', KEYS[4], user)
+  if not cur then return {'notfound'} end
+  local seat = cjson.decode(cur)
+  if (pid ~= '' and seat.participantId ~= pid) or (stage ~= '' and seat.stageArn ~= stage) then
+    return {'notowner'}
+  end
+  seat.expiresAt = expRfc
+  cur = cjson.encode(seat)
+  redis.call('HSET', KEYS[4], user, cur)
+  redis.call('ZADD', KEYS[5], expMicros, user)
+  return {'ok', cur}
+end
+
+-- release: the seat, freed.
+local function release(user)
+  local cur = redis.call('HGET', KEYS[4], user)
+  if not cur then return {'notfound'} end
+  freeSeat(KEYS[2], KEYS[4], KEYS[5], user, cjson.decode(cur))
+  return {'ok', cur}
+end
+`
+
 var (
 	// KEYS: lease, token counter. ARGV: holder, ttl ms.
 	acquireLease = goredis.NewScript(`
@@ -148,53 +222,11 @@ if redis.call('HDEL', KEYS[2], ARGV[3]) == 0 then return {'notfound'} end
 return {'ok'}
 `)
 
-	// The join path's one round trip. KEYS: open, counts, rank, seats,
-	// expiry, stages. ARGV: user, asked-for stage ("" for any),
-	// participant id, now, expiresAt (RFC 3339), expiresAt (micros),
-	// broadcast id.
-	reserveSeat = goredis.NewScript(freeSeat + `
-local user, want = ARGV[1], ARGV[2]
-local cur = redis.call('HGET', KEYS[4], user)
-if cur then
-  local seat = cjson.decode(cur)
-  if redis.call('SISMEMBER', KEYS[1], seat.stageArn) == 1 then
-    seat.expiresAt = ARGV[5]
-    cur = cjson.encode(seat)
-    redis.call('HSET', KEYS[4], user, cur)
-    redis.call('ZADD', KEYS[5], ARGV[6], user)
-    return {'ok', cur, redis.call('HGET', KEYS[2], seat.stageArn) or '0'}
-  end
-  -- Its stage no longer serves the show: seat the viewer again.
-  freeSeat(KEYS[2], KEYS[4], KEYS[5], user, seat)
-end
-local open = redis.call('SMEMBERS', KEYS[1])
-local best, bestN, bestCreated
-for _, arn in ipairs(open) do
-  if want == '' or arn == want then
-    local n = tonumber(redis.call('HGET', KEYS[2], arn) or '0')
-    local cap, created = string.match(redis.call('HGET', KEYS[3], arn) or '0 0', '^(%d+) (%-?%d+)$')
-    cap, created = tonumber(cap), tonumber(created)
-    -- store.Fuller: the fullest, then the oldest, then by ARN.
-    if n < cap and (best == nil or n > bestN or (n == bestN and (created < bestCreated or (created == bestCreated and arn < best)))) then
-      best, bestN, bestCreated = arn, n, created
-    end
-  end
-end
-if not best then
-  if want ~= '' then
-    if redis.call('HEXISTS', KEYS[6], want) == 0 then return {'notfound'} end
-    if redis.call('SISMEMBER', KEYS[1], want) == 0 then return {'noteligible'} end
-    return {'full'}
-  end
-  if #open == 0 then return {'notlive'} end
-  return {'full'}
-end
-local n = redis.call('HINCRBY', KEYS[2], best, 1)
-local seat = cjson.encode({broadcastId = ARGV[7], userId = user, stageArn = best, participantId = ARGV[3], takenAt = ARGV[4], expiresAt = ARGV[5]})
-redis.call('HSET', KEYS[4], user, seat)
-redis.call('ZADD', KEYS[5], ARGV[6], user)
-return {'ok', seat, tostring(n)}
-`)
+	// The seat operations, one at a time. KEYS: seatKeys. ARGV: those of
+	// the operation's function in seatFuncs.
+	reserveSeat = goredis.NewScript(seatFuncs + `return reserve(ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7])`)
+	renewSeat   = goredis.NewScript(seatFuncs + `return renew(ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5])`)
+	releaseSeat = goredis.NewScript(seatFuncs + `return release(ARGV[1])`)
 
 	// KEYS: the rate's key. ARGV: emission interval (µs), burst. GCRA on
 	// Redis's clock, so that every instance agrees: answers how long
@@ -212,28 +244,31 @@ redis.call('SET', KEYS[1], string.format('%d', nxt), 'PX', math.floor((nxt - now
 return {'ok', string.format('%d', wait)}
 `)
 
-	// KEYS: seats, expiry. ARGV: user, owner's participant id and stage
-	// ("" for any), expiresAt (RFC 3339), expiresAt (micros).
-	renewSeat = goredis.NewScript(`
-local cur = redis.call('HGET', KEYS[1], ARGV[1])
-if not cur then return {'notfound'} end
-local seat = cjson.decode(cur)
-if (ARGV[2] ~= '' and seat.participantId ~= ARGV[2]) or (ARGV[3] ~= '' and seat.stageArn ~= ARGV[3]) then
-  return {'notowner'}
+	// Many seat operations of one broadcast in one round trip, in order,
+	// each as it would run alone. KEYS: seatKeys. ARGV: the operations one
+	// after another, each its name ('reserve', 'renew' or 'release') and
+	// its function's arguments. Answers three values per operation: its
+	// status, its seat (JSON, or ''), and the stage's seats ('' but for a
+	// reserve).
+	seatBatch = goredis.NewScript(seatFuncs + `
+local out, i = {}, 1
+while i <= #ARGV do
+  local r
+  if ARGV[i] == 'reserve' then
+    r = reserve(ARGV[i+1], ARGV[i+2], ARGV[i+3], ARGV[i+4], ARGV[i+5], ARGV[i+6], ARGV[i+7])
+    i = i + 8
+  elseif ARGV[i] == 'renew' then
+    r = renew(ARGV[i+1], ARGV[i+2], ARGV[i+3], ARGV[i+4], ARGV[i+5])
+    i = i + 6
+  else
+    r = release(ARGV[i+1])
+    i = i + 2
+  end
+  table.insert(out, r[1])
+  table.insert(out, r[2] or '')
+  table.insert(out, r[3] or '')
 end
-seat.expiresAt = ARGV[4]
-cur = cjson.encode(seat)
-redis.call('HSET', KEYS[1], ARGV[1], cur)
-redis.call('ZADD', KEYS[2], ARGV[5], ARGV[1])
-return {'ok', cur}
-`)
-
-	// KEYS: counts, seats, expiry. ARGV: user.
-	releaseSeat = goredis.NewScript(freeSeat + `
-local cur = redis.call('HGET', KEYS[2], ARGV[1])
-if not cur then return {'notfound'} end
-freeSeat(KEYS[1], KEYS[2], KEYS[3], ARGV[1], cjson.decode(cur))
-return {'ok', cur}
+return out
 `)
 
 	// KEYS: counts, seats, expiry. ARGV: now (micros). Answers the freed

@@ -1,0 +1,118 @@
+package redis
+
+import (
+	"context"
+	"fmt"
+	"sync"
+)
+
+// maxBatch bounds the operations of one script call: a batch runs whole,
+// and Redis runs nothing else meanwhile.
+const maxBatch = 256
+
+// seatCall is one seat operation waiting for its batch: its function's
+// name in seatFuncs and its arguments.
+type seatCall struct {
+	name string
+	args []any
+}
+
+// seatResult is what a seat function answered.
+type seatResult struct {
+	status, seat, count string
+	err                 error
+}
+
+type pendingCall struct {
+	call seatCall
+	done chan seatResult
+}
+
+// batcher coalesces the seat operations of one broadcast made at once on
+// this instance into one script call. Nothing waits to fill a batch: the
+// first operation goes at once, and those that come while it is in flight
+// go together in the next call. So an operation waits at most for one
+// call in flight before its own, and under load round trips fall far
+// below one per operation.
+type batcher struct {
+	s *Store
+
+	mu     sync.Mutex
+	queues map[string]*batchQueue // broadcast id -> its waiting calls
+}
+
+type batchQueue struct {
+	calls   []pendingCall
+	running bool
+}
+
+// WithSeatBatching coalesces concurrent seat operations of a broadcast into
+// one script call each time (see batcher).
+func WithSeatBatching() Option {
+	return func(s *Store) { s.batches = &batcher{s: s, queues: map[string]*batchQueue{}} }
+}
+
+// do runs call in a batch of broadcastID's operations and answers its
+// result. Once queued, an operation runs even if ctx ends meanwhile, as a
+// script already sent would: the caller is told ctx's error.
+func (b *batcher) do(ctx context.Context, broadcastID string, call seatCall) seatResult {
+	done := make(chan seatResult, 1)
+	b.mu.Lock()
+	q := b.queues[broadcastID]
+	if q == nil {
+		q = &batchQueue{}
+		b.queues[broadcastID] = q
+	}
+	q.calls = append(q.calls, pendingCall{call: call, done: done})
+	if !q.running {
+		q.running = true
+		go b.drain(broadcastID, q)
+	}
+	b.mu.Unlock()
+	select {
+	case r := <-done:
+		return r
+	case <-ctx.Done():
+		return seatResult{err: ctx.Err()}
+	}
+}
+
+// drain runs the queue's calls, a batch at a time, until none are left.
+func (b *batcher) drain(broadcastID string, q *batchQueue) {
+	for {
+		b.mu.Lock()
+		n := min(len(q.calls), maxBatch)
+		if n == 0 {
+			q.running = false
+			delete(b.queues, broadcastID)
+			b.mu.Unlock()
+			return
+		}
+		batch := q.calls[:n:n]
+		q.calls = q.calls[n:]
+		b.mu.Unlock()
+		b.run(broadcastID, batch)
+	}
+}
+
+// run makes one script call for the batch and hands out the results.
+func (b *batcher) run(broadcastID string, batch []pendingCall) {
+	var args []any
+	for _, p := range batch {
+		args = append(args, p.call.name)
+		args = append(args, p.call.args...)
+	}
+	// Not the callers' contexts: the batch is theirs together, and one
+	// caller giving up must not fail the others.
+	out, err := seatBatch.Run(context.Background(), b.s.rdb, b.s.bc(broadcastID).seatKeys(), args...).Slice()
+	if err == nil && len(out) != 3*len(batch) {
+		err = fmt.Errorf("seat batch answered %d values for %d operations", len(out), len(batch))
+	}
+	for i, p := range batch {
+		if err != nil {
+			p.done <- seatResult{err: err}
+			continue
+		}
+		p.done <- seatResult{status: fmt.Sprint(out[3*i]), seat: fmt.Sprint(out[3*i+1]), count: fmt.Sprint(out[3*i+2])}
+	}
+}
