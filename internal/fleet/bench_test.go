@@ -86,6 +86,15 @@ func BenchmarkViewerToken(b *testing.B) {
 		benchViewerToken(b, st, nil, 4, counter.Reset)
 		b.ReportMetric(float64(counter.Count())/float64(b.N), "redis-cmds/op")
 	})
+	// As serve runs on Redis: concurrent joins coalesced into batches.
+	b.Run("redis-batched", func(b *testing.B) {
+		rdb := redistest.Start(b).Client(b)
+		counter := &redistest.CommandCounter{}
+		rdb.AddHook(counter)
+		st := redisstore.New(rdb, "", redisstore.WithSeatBatching())
+		benchViewerToken(b, st, nil, 4, counter.Reset)
+		b.ReportMetric(float64(counter.Count())/float64(b.N), "redis-cmds/op")
+	})
 }
 
 // benchViewerToken runs the join benchmark on st with parallelism joins in
