@@ -84,9 +84,6 @@ type Hub struct {
 	opts   Options
 	log    *slog.Logger
 	accept *websocket.AcceptOptions
-	// wake asks Run to poll now: a new subscriber gets its channel's state
-	// without waiting for the next tick.
-	wake chan struct{}
 	// failing is whether the last read of the fleet failed, so that a
 	// store that is down is logged once, not every poll (Run's only).
 	failing bool
@@ -156,7 +153,6 @@ func New(f Fleet, opts Options) *Hub {
 			OriginPatterns:     opts.Origins,
 			InsecureSkipVerify: slices.Contains(opts.Origins, "*"),
 		},
-		wake:     make(chan struct{}, 1),
 		clients:  map[*client]struct{}{},
 		channels: map[string]*channel{},
 	}
@@ -327,16 +323,12 @@ func (h *Hub) subscribe(c *client, name string) {
 		h.channels[name] = ch
 	}
 	// A subscriber gets the channel's state at the next poll, changed or
-	// not: after its subscribed, which is queued first.
+	// not, after its subscribed, which is queued first. Polls keep their
+	// pace whatever clients do: subscribing never makes the hub read more
+	// often.
 	ch.subs[c] = false
 	h.enqueue(c, encode(reply{Type: "subscribed", Channel: name, Timestamp: timestamp(time.Now())}))
 	h.mu.Unlock()
-	if name != chanStats {
-		select {
-		case h.wake <- struct{}{}:
-		default:
-		}
-	}
 }
 
 func (h *Hub) unsubscribe(c *client, name string) {
@@ -384,8 +376,6 @@ func (h *Hub) Run(ctx context.Context) {
 		case <-stats.C:
 			h.pushStats(ctx)
 		case <-poll.C:
-			h.poll(ctx)
-		case <-h.wake:
 			h.poll(ctx)
 		}
 	}

@@ -3,6 +3,7 @@ package live
 import (
 	"cmp"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"regexp"
 	"slices"
@@ -38,7 +39,7 @@ func checkChannel(name string) error {
 		}
 		return nil
 	case name == "":
-		return fmt.Errorf("channel is required: stats, broadcasts or broadcast:<id>")
+		return errors.New("channel is required: stats, broadcasts or broadcast:<id>")
 	}
 	return fmt.Errorf("unknown channel %q: use stats, broadcasts or broadcast:<id>", name)
 }
