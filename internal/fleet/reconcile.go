@@ -353,7 +353,12 @@ func (s *Service) applyHosts(ctx context.Context, b store.Broadcast, present map
 	}
 	for _, h := range hosts {
 		p, ok := present[h.ParticipantID]
-		publishing := ok && p.Connected && p.Published
+		// IVS's published means "ever published in this session", not
+		// "publishing now": it can show a host gone (disconnected) or one
+		// that never published, but not one that stopped. So it makes a
+		// host publishing only when no event has said otherwise (a lost
+		// Published event), never undoing an Unpublished one.
+		publishing := ok && p.Connected && p.Published && (h.Publishing || h.EventTime.IsZero())
 		// An event applied since the listing began is newer than what it
 		// shows, unless its time is ahead of this clock: IVS's view as
 		// read now wins over a time that has not happened yet.
