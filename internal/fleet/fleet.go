@@ -209,6 +209,10 @@ func New(cfg Config, st store.Store, i IVS, tokens token.Issuer, log *slog.Logge
 	return s
 }
 
+// sweepCalls bounds a broadcast's expiry sweep per tick: ExpireBatch
+// seats a call, the rest on the next tick.
+const sweepCalls = 10
+
 func (s *Service) expireSeats(ctx context.Context) {
 	bs, err := s.store.ListBroadcasts(ctx)
 	if err != nil {
@@ -216,18 +220,24 @@ func (s *Service) expireSeats(ctx context.Context) {
 		return
 	}
 	for _, b := range bs {
-		freed, err := s.store.ExpireSeats(ctx, b.ID, s.now())
-		if err != nil {
-			s.log.Warn("expiring seats", "broadcast", b.ID, "error", err)
-			continue
-		}
-		for _, seat := range freed {
-			s.log.Info("seat expired", "broadcast", b.ID, "stage", seat.StageArn, "user", seat.UserID)
-			// The viewer was last known present at its last heartbeat.
-			s.observer.SeatClosed(seat, EndExpired, seat.ExpiresAt.Add(-s.cfg.HeartbeatTimeout))
-		}
-		if len(freed) > 0 {
-			s.seatsChanged()
+		for range sweepCalls {
+			freed, err := s.store.ExpireSeats(ctx, b.ID, s.now())
+			if err != nil {
+				s.log.Warn("expiring seats", "broadcast", b.ID, "error", err)
+				break
+			}
+			for _, seat := range freed {
+				s.log.Debug("seat expired", "broadcast", b.ID, "stage", seat.StageArn, "user", seat.UserID)
+				// The viewer was last known present at its last heartbeat.
+				s.observer.SeatClosed(seat, EndExpired, seat.ExpiresAt.Add(-s.cfg.HeartbeatTimeout))
+			}
+			if len(freed) > 0 {
+				s.log.Info("seats expired", "broadcast", b.ID, "seats", len(freed))
+				s.seatsChanged()
+			}
+			if len(freed) < store.ExpireBatch {
+				break
+			}
 		}
 	}
 }

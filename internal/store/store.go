@@ -40,6 +40,11 @@ var (
 // the store without bound. Implementations may take a lower limit.
 const EventLogLimit = 100_000
 
+// ExpireBatch is the most seats one ExpireSeats call frees: a broadcast
+// whose audience left at once is swept in steps, none holding the store
+// for long.
+const ExpireBatch = 1000
+
 // Role is what a stage is to its broadcast.
 type Role string
 
@@ -247,7 +252,10 @@ type SeatStore interface {
 	RenewSeat(ctx context.Context, broadcastID, userID string, owner SeatOwner, now time.Time, ttl time.Duration) (Seat, error)
 	// ReleaseSeat frees a seat (ErrNotFound if there is none).
 	ReleaseSeat(ctx context.Context, broadcastID, userID string) (Seat, error)
-	// ExpireSeats frees every seat of the broadcast whose lease ended.
+	// ExpireSeats frees seats of the broadcast whose lease ended, at most
+	// ExpireBatch of them (the longest expired first where the store
+	// keeps them in order): a sweep is incremental, and its caller calls
+	// again while it gets a full batch.
 	ExpireSeats(ctx context.Context, broadcastID string, now time.Time) ([]Seat, error)
 	ListSeats(ctx context.Context, broadcastID string) ([]Seat, error)
 }

@@ -412,6 +412,9 @@ func (s *Store) ExpireSeats(_ context.Context, broadcastID string, now time.Time
 	defer s.mu.Unlock()
 	var freed []store.Seat
 	for k, seat := range s.seats {
+		if len(freed) == store.ExpireBatch {
+			break
+		}
 		if k.broadcast == broadcastID && !seat.ExpiresAt.After(now) {
 			s.freeLocked(k, seat)
 			freed = append(freed, seat)

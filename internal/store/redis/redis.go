@@ -614,7 +614,7 @@ func (s *Store) seatOp(ctx context.Context, broadcastID, what string, alone *gor
 
 func (s *Store) ExpireSeats(ctx context.Context, broadcastID string, now time.Time) ([]store.Seat, error) {
 	k := s.bc(broadcastID)
-	status, out, err := s.run(ctx, expireSeats, []string{k.counts(), k.seats(), k.expiry()}, now.UnixMicro())
+	status, out, err := s.run(ctx, expireSeats, []string{k.counts(), k.seats(), k.expiry()}, now.UnixMicro(), store.ExpireBatch)
 	if err != nil {
 		return nil, err
 	}

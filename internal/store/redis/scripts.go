@@ -271,11 +271,11 @@ end
 return out
 `)
 
-	// KEYS: counts, seats, expiry. ARGV: now (micros). Answers the freed
+	// KEYS: counts, seats, expiry. ARGV: now (micros), most to free. Answers the freed
 	// seats.
 	expireSeats = goredis.NewScript(freeSeat + `
 local out = {'ok'}
-for _, user in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', ARGV[1])) do
+for _, user in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])) do
   local cur = redis.call('HGET', KEYS[2], user)
   redis.call('ZREM', KEYS[3], user)
   if cur then

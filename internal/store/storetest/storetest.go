@@ -99,6 +99,7 @@ func Run(t *testing.T, newStore func(t *testing.T, eventLimit int) store.Store) 
 		{name: "RenewSeat/Owner", cases: testRenewSeatOwner},
 		{name: "ReleaseSeat", run: testReleaseSeat},
 		{name: "ExpireSeats", run: testExpireSeats},
+		{name: "ExpireBatch", run: testExpireBatch},
 		{name: "ListSeats", run: testListSeats},
 		{name: "FirstSeen", run: testFirstSeen},
 		{name: "FirstSeen/Limit", run: testEventLimit, eventLimit: smallEventLimit},
@@ -1134,6 +1135,38 @@ func testReleaseSeat(t *testing.T, st store.Store) {
 	if seats := listSeats(t, st, bcA); len(seats) != 0 {
 		t.Fatalf("seats left after everyone left: %+v", seats)
 	}
+}
+
+// testExpireBatch: a sweep frees at most store.ExpireBatch seats a call,
+// the longest expired first where the store keeps them in order, and the
+// rest on later calls, each seat once.
+func testExpireBatch(t *testing.T, st store.Store) {
+	ctx := testCtx(t)
+	s := stageRec("batch", bcA, 10*store.ExpireBatch, true, 0)
+	putStages(t, st, s)
+	n := store.ExpireBatch + store.ExpireBatch/2
+	for i := range n {
+		req := seatReq(bcA, fmt.Sprintf("u%05d", i), "")
+		req.Now, req.TTL = at(time.Duration(i)*time.Millisecond), time.Second
+		if _, err := st.ReserveSeat(ctx, req); err != nil {
+			t.Fatalf("ReserveSeat %d: %v", i, err)
+		}
+	}
+	seen := map[string]bool{}
+	for _, want := range []int{store.ExpireBatch, n - store.ExpireBatch, 0} {
+		freed, err := st.ExpireSeats(ctx, bcA, at(time.Hour))
+		must(t, err, "ExpireSeats")
+		if len(freed) != want {
+			t.Fatalf("ExpireSeats freed %d, want %d", len(freed), want)
+		}
+		for _, seat := range freed {
+			if seen[seat.UserID] {
+				t.Fatalf("seat of %s freed twice", seat.UserID)
+			}
+			seen[seat.UserID] = true
+		}
+	}
+	wantSeats(t, st, s.Arn, 0)
 }
 
 func testExpireSeats(t *testing.T, st store.Store) {
