@@ -13,11 +13,12 @@
   // Scrapes kept for the charts, and the window the percentiles are taken over.
   const METRICS_KEEP_S = 15 * 60;
   const QUANTILE_WINDOW_S = 60;
-  const HISTORY_EVERY_MS = 60000;
+  const HISTORY_EVERY_MS = 15000;
   const HISTORY_SPAN_S = 3 * 3600;
   const HISTORY_STEP_S = 60;
   const MAX_EVENTS = 200;
   const CHART_HEIGHT = 150;
+  const CHART_MIN_SPAN_S = 2 * 60;
 
   const $ = (id) => document.getElementById(id);
 
@@ -38,6 +39,7 @@
     scrapes: [],
     charts: {},
     metricsTimer: 0,
+    scrapeCalls: 0,
     historyTimer: 0,
   };
 
@@ -255,14 +257,23 @@
     $('stages').replaceChildren(...els);
   }
 
+  // hostName is the userId of the selected broadcast's host with that
+  // participant id, which reads better than the id.
+  function hostName(participantId) {
+    const host = state.detail && state.detail.hosts.find((h) => h.participantId === participantId);
+    return (host && host.userId) || participantId;
+  }
+
   function renderStage(el, s) {
     const q = (sel) => el.querySelector(sel);
     el.dataset.arn = s.arn;
     el.dataset.role = s.role;
     el.classList.toggle('draining', s.draining);
     q('.role').textContent = s.role;
-    q('.name').textContent = s.name || s.arn.split('/').pop();
-    q('.name').title = s.arn;
+    // The ARN's id tells stages apart (their names share a long prefix),
+    // and is how the fleet events name them.
+    q('.name').textContent = s.arn.split('/').pop();
+    q('.name').title = s.name ? `${s.name}\n${s.arn}` : s.arn;
     q('.count').textContent = s.seats;
     q('.capacity').textContent = s.capacity;
     const full = s.capacity > 0 ? Math.min(1, s.seats / s.capacity) : 0;
@@ -276,11 +287,12 @@
     q('.fill').style.width = (full * 100).toFixed(1) + '%';
     q('.draining').hidden = !s.draining;
     q('.closed').hidden = s.seatable || s.draining;
-    q('.replications').replaceChildren(...(s.replications || []).map((r) => {
+    q('.replications').replaceChildren(...s.replications.map((r) => {
       const li = document.createElement('li');
       const who = document.createElement('span');
-      who.className = 'participant mono';
-      who.textContent = r.participantId;
+      who.className = 'participant';
+      who.textContent = hostName(r.participantId);
+      who.title = r.participantId;
       const st = document.createElement('span');
       st.className = 'state state-' + r.state;
       st.textContent = r.state;
@@ -315,7 +327,8 @@
     kind.textContent = EVENT_NAMES[ev.kind] || ev.kind;
     const what = document.createElement('span');
     what.className = 'what';
-    what.textContent = [ev.role, ev.stageArn && ev.stageArn.split('/').pop(), ev.participantId].filter(Boolean).join(' · ');
+    what.textContent = [ev.role, ev.stageArn && ev.stageArn.split('/').pop(), ev.participantId && hostName(ev.participantId)]
+      .filter(Boolean).join(' · ');
     what.title = ev.stageArn || '';
     li.append(at, kind, what);
     const list = $('events');
@@ -410,7 +423,9 @@
 
   async function scrapeMetrics() {
     clearTimeout(state.metricsTimer);
-    state.metricsTimer = setTimeout(scrapeMetrics, METRICS_EVERY_MS);
+    // The second scrape comes a second after the first, so that rates show
+    // as soon as the page opens.
+    state.metricsTimer = setTimeout(scrapeMetrics, state.scrapeCalls++ === 0 ? 1000 : METRICS_EVERY_MS);
     let res;
     try {
       res = await fetch('metrics', { headers: authHeaders(), cache: 'no-store' });
@@ -476,44 +491,53 @@
     $('m-throttled').textContent = perSecond(last(throttled));
     $('m-paced').textContent = perSecond(last(paced));
 
-    plot('joins', $('joins-chart'), [
+    plot('joins', $('joins-chart'), 'viewer tokens per second', [
       { label: 'joins/s', stroke: '#15803d' },
       { label: 'refused/s', stroke: '#b91c1c' },
-    ], perSecond, [t, joins, refusals]);
-    plot('seat', $('seat-chart'), [
+    ], perSecond, 1, [t, joins, refusals]);
+    plot('seat', $('seat-chart'), 'time to seat, over the last minute', [
       { label: 'p50', stroke: '#2563eb' },
       { label: 'p95', stroke: '#7c3aed' },
       { label: 'p99', stroke: '#b45309' },
-    ], duration, [t, p50, p95, p99]);
-    plot('ivs', $('ivs-chart'), [
+    ], duration, 0.1, [t, p50, p95, p99]);
+    plot('ivs', $('ivs-chart'), 'IVS attempts per second', [
       { label: 'calls/s', stroke: '#2563eb' },
       { label: 'throttled/s', stroke: '#b91c1c' },
       { label: 'paced/s', stroke: '#b45309' },
-    ], perSecond, [t, calls, throttled, paced]);
+    ], perSecond, 1, [t, calls, throttled, paced]);
   }
 
   function perSecond(v) {
     if (v == null) return '–';
-    return v >= 100 ? v.toFixed(0) : v >= 10 ? v.toFixed(1) : v.toFixed(2);
+    return String(+(v >= 100 ? v.toFixed(0) : v >= 10 ? v.toFixed(1) : v.toFixed(2)));
   }
 
   function duration(s) {
     if (s == null) return '–';
-    return s < 1 ? `${Math.round(s * 1000)} ms` : `${s.toFixed(2)} s`;
+    return s < 1 ? `${Math.round(s * 1000)} ms` : `${+s.toFixed(2)} s`;
   }
 
   // plot draws data in a chart made on first use, which follows its box's
-  // width (a phone turned, a window resized).
-  function plot(name, el, series, format, data) {
+  // width (a phone turned, a window resized). The time axis spans at least
+  // CHART_MIN_SPAN_S, ending at the last point, so that a chart that has
+  // only begun grows from the right. The y axis starts at 0 and reaches at
+  // least minTop, so that a quiet minute is a flat line at the bottom rather
+  // than noise blown up to the chart's height.
+  function plot(name, el, title, series, format, minTop, data) {
     if (typeof uPlot === 'undefined') return;
     let chart = state.charts[name];
     if (!chart) {
       chart = new uPlot({
+        title,
         width: el.clientWidth,
         height: CHART_HEIGHT,
-        scales: { x: { time: true } },
-        series: [{}, ...series.map((s) => ({ ...s, width: 2, value: (u, v) => format(v) }))],
-        axes: [{}, { size: 56, values: (u, ticks) => ticks.map(format) }],
+        legend: { live: false },
+        scales: {
+          x: { time: true, range: (u, min, max) => [Math.min(min, max - CHART_MIN_SPAN_S), max] },
+          y: { range: (u, min, max) => [0, Math.max(minTop, max * 1.1)] },
+        },
+        series: [{}, ...series.map((s) => ({ ...s, width: 2 }))],
+        axes: [{}, { size: 60, values: (u, ticks) => ticks.map(format) }],
       }, data, el);
       new ResizeObserver(() => chart.setSize({ width: el.clientWidth, height: CHART_HEIGHT })).observe(el);
       state.charts[name] = chart;
@@ -544,20 +568,27 @@
     }
     const note = $('history-note');
     if (!res.ok) {
-      note.textContent = res.status === 404 ? 'No history yet.' : `The history answered ${res.status}.`;
+      // 404: the server keeps no history (HISTORY=off).
+      note.textContent = res.status === 404 ? 'This server keeps no viewing history.' : `The history answered ${res.status}.`;
       note.hidden = false;
       return;
     }
-    const points = (await res.json()).data.points || [];
-    note.hidden = points.length > 0;
+    // A step without a snapshot (no stage recorded) is a gap, not zero
+    // viewers; the chart starts at the first step recorded and ends now.
+    const points = (await res.json()).data.points;
+    const first = points.findIndex((p) => p.stages > 0);
+    const shown = first < 0 ? [] : points.slice(first);
     note.textContent = 'No history yet.';
-    plot('history', $('history-chart'), [
-      { label: 'viewers', stroke: '#2563eb', fill: 'rgba(37, 99, 235, 0.12)' },
-      { label: 'stages', stroke: '#7c3aed' },
-    ], (v) => (v == null ? '–' : String(Math.round(v))), [
-      points.map((p) => Date.parse(p.at) / 1000),
-      points.map((p) => p.viewers),
-      points.map((p) => p.stages),
+    note.hidden = shown.length > 0;
+    if (shown.length === 0) return;
+    const recorded = (p, v) => (p.stages > 0 ? v : null);
+    plot('history', $('history-chart'), 'the most at once, a minute at a time', [
+      { label: 'viewers', stroke: '#2563eb', fill: 'rgba(37, 99, 235, 0.12)', spanGaps: true },
+      { label: 'stages', stroke: '#7c3aed', spanGaps: true },
+    ], (v) => (v == null ? '–' : String(Math.round(v))), 1, [
+      [...shown.map((p) => Date.parse(p.at) / 1000), to.getTime() / 1000],
+      [...shown.map((p) => recorded(p, p.viewers)), null],
+      [...shown.map((p) => recorded(p, p.stages)), null],
     ]);
   }
 
