@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"maps"
@@ -21,6 +22,7 @@ import (
 	"time"
 
 	"github.com/stagefleet/stagefleet/internal/fleet"
+	"github.com/stagefleet/stagefleet/internal/history"
 	"github.com/stagefleet/stagefleet/internal/live"
 	"github.com/stagefleet/stagefleet/internal/metrics"
 	"github.com/stagefleet/stagefleet/internal/store"
@@ -85,6 +87,7 @@ type oaSchema struct {
 	AllOf                []*oaSchema          `json:"allOf"`
 	OneOf                []*oaSchema          `json:"oneOf"`
 	Enum                 []any                `json:"enum"`
+	Nullable             bool                 `json:"nullable"`
 }
 
 var oaHTTPMethods = []string{"get", "put", "post", "delete", "options", "head", "patch", "trace"}
@@ -393,6 +396,44 @@ type fullLive struct{}
 
 func (fullLive) Serve(http.ResponseWriter, *http.Request) error { return live.ErrFull }
 
+// oaHistory answers every history read with full sample data (a closed
+// session and an open one, whose nulls the document must allow), or with
+// err; empty: nothing was recorded.
+type oaHistory struct {
+	err   error
+	empty bool
+}
+
+var _ History = oaHistory{}
+
+func (h oaHistory) History(_ context.Context, user string, _ int, _ string) ([]history.Session, string, int, error) {
+	if h.empty {
+		return nil, "", 0, h.err
+	}
+	closed := history.Session{ID: 1, SessionID: "S1", BroadcastID: "default", UserID: user, StageArn: oaArn2, ParticipantID: "PART2",
+		JoinedAt: oaTime.Add(-time.Hour), LeftAt: oaTime.Add(-time.Hour + 270*time.Second), WatchDuration: 270 * time.Second, EndReason: history.EndLeave}
+	open := history.Session{ID: 2, SessionID: "S2", BroadcastID: "default", UserID: user, StageArn: oaArn2, ParticipantID: "PART3", JoinedAt: oaTime}
+	return []history.Session{open, closed}, "next-page", 3, h.err
+}
+
+func (h oaHistory) StageStats(context.Context, string, time.Time) (history.Stats, error) {
+	if h.empty {
+		return history.Stats{}, h.err
+	}
+	return history.Stats{TotalViews: 3, UniqueViewers: 2, AvgWatchDuration: 1500 * time.Millisecond, MaxWatchDuration: 2 * time.Second, TotalWatchTime: 3 * time.Second}, h.err
+}
+
+func (h oaHistory) Series(_ context.Context, _ string, from, _ time.Time, step time.Duration) ([]history.Point, error) {
+	return []history.Point{{At: from, Viewers: 0, Stages: 0}, {At: from.Add(step), Viewers: 12, Stages: 2}}, h.err
+}
+
+func (h oaHistory) BroadcastStats(context.Context, string) (history.BroadcastStats, error) {
+	if h.empty {
+		return history.BroadcastStats{}, h.err
+	}
+	return history.BroadcastStats{PeakViewers: 12, PeakAt: oaTime, UniqueViewers: 2, Sessions: 3, TotalWatchTime: 3 * time.Second, AvgWatchTime: 1500 * time.Millisecond, Stages: 2}, h.err
+}
+
 // oaRequest is a valid request to a route, and one that fails validation.
 type oaRequest struct {
 	target, body       string
@@ -433,11 +474,15 @@ var oaRequests = map[string]oaRequest{
 	"POST /api/viewer/rejoin":                         {target: "/api/viewer/rejoin", body: `{"userId":"viewer-1","stageArn":"` + oaArn2 + `"}`, badBody: `{"userId":"v","stageArn":"nope"}`},
 	"GET /api/viewer/list/{stageArn...}":              {target: "/api/viewer/list/" + oaArn2, badTarget: "/api/viewer/list/nope"},
 	"GET /api/viewer/duration":                        {target: "/api/viewer/duration?userId=viewer-1&stageArn=" + url.QueryEscape(oaArn2), badTarget: "/api/viewer/duration?userId=viewer-1&stageArn=nope"},
+	"GET /api/viewer/history/{userId}":                {target: "/api/viewer/history/viewer-1?limit=2&cursor=abc", badTarget: "/api/viewer/history/viewer-1?limit=0"},
+	"GET /api/viewer/stats/{stageArn...}":             {target: "/api/viewer/stats/" + url.PathEscape(oaArn2) + "?days=30", badTarget: "/api/viewer/stats/" + oaArn2 + "?days=0"},
 	"GET /api/stats":                                  {target: "/api/stats"},
 	"GET /api/stats/viewers":                          {target: "/api/stats/viewers"},
 	"GET /api/stats/stages":                           {target: "/api/stats/stages?arn=" + url.QueryEscape(oaArn2), badTarget: "/api/stats/stages?arn=nope"},
 	"GET /api/stats/stages/{stageId}":                 {target: "/api/stats/stages/GhIjKl789012", badTarget: "/api/stats/stages/no_underscores"},
 	"GET /api/stats/publisher":                        {target: "/api/stats/publisher"},
+	"GET /api/stats/history":                          {target: "/api/stats/history?broadcastId=default&from=2025-05-01T11:00:00Z&to=2025-05-01T12:00:00Z&step=30m", badTarget: "/api/stats/history?step=-1s"},
+	"GET /api/stats/broadcasts/{broadcastId}":         {target: "/api/stats/broadcasts/show-1", badTarget: "/api/stats/broadcasts/no%20spaces"},
 	"DELETE /api/broadcasts/{broadcastId}":            {target: "/api/broadcasts/show-1", badTarget: "/api/broadcasts/no%20spaces"},
 	"GET /ws":                                         {target: "/ws"}, // no handshake: 426; the upgrade is tested with a real server
 	"GET /metrics":                                    {target: "/metrics"},
@@ -474,6 +519,12 @@ var oaFleetErrors = map[string][]error{
 	"GET /api/stats/stages":                           {fleet.ErrUnavailable},
 	"GET /api/stats/stages/{stageId}":                 {fleet.ErrUnavailable},
 	"GET /api/stats/publisher":                        {fleet.ErrUnavailable},
+	// The history routes read the history, not the fleet: their failures
+	// are oaHistory's, below.
+	"GET /api/viewer/history/{userId}":        {},
+	"GET /api/viewer/stats/{stageArn...}":     {},
+	"GET /api/stats/history":                  {},
+	"GET /api/stats/broadcasts/{broadcastId}": {},
 }
 
 // oaCheck follows the answers of one handler configuration against the
@@ -585,6 +636,10 @@ func (c oaCheck) flatten(ss []*oaSchema) []*oaSchema {
 // the handlers send.
 func (c oaCheck) validate(v any, ss []*oaSchema, at string) []string {
 	ss = c.flatten(ss)
+	// null meets a schema marked nullable (OpenAPI 3.0), whatever its type.
+	if v == nil && slices.ContainsFunc(ss, func(s *oaSchema) bool { return s.Nullable }) {
+		return nil
+	}
 	// oneOf: v must meet exactly one branch together with the other
 	// schemas, whose fields the branch may rely on.
 	for i, s := range ss {
@@ -728,7 +783,7 @@ func TestOpenAPIDescribesAnswers(t *testing.T) {
 	doc, ops := parseOpenAPI(t)
 	c := oaCheck{t: t, doc: doc, ops: ops}
 	secrets := http.Header{"X-Internal-Secret": {"internal"}, "X-Stagefleet-Events-Secret": {"events"}, "X-Api-Key": {"key"}}
-	opts := Options{APISecretKey: "key", InternalSecret: "internal", EventsSecret: "events", Health: oaHealth(HealthHealthy), Metrics: oaMetrics}
+	opts := Options{APISecretKey: "key", InternalSecret: "internal", EventsSecret: "events", Health: oaHealth(HealthHealthy), Metrics: oaMetrics, History: oaHistory{}}
 	for _, rt := range routes {
 		key := rt.method + " " + rt.path
 		req, ok := oaRequests[key]
@@ -822,6 +877,16 @@ func TestOpenAPIDescribesAnswers(t *testing.T) {
 	wsKeyed := Options{APISecretKey: "key", Live: fullLive{}}
 	wsHandshake := http.Header{"Connection": {"Upgrade"}, "Upgrade": {"websocket"}}
 	withHealth := func(status string) Options { return Options{Health: oaHealth(status)} }
+	withHistory := func(h History) Options { return Options{SkipAuth: true, History: h} }
+	historyBroken := withHistory(oaHistory{err: errors.New("connection refused")})
+	historyInvalid := withHistory(oaHistory{err: fmt.Errorf("%w: a cursor this store did not make", history.ErrInvalid)})
+	historyEmpty := withHistory(oaHistory{empty: true})
+	historyRoutes := []struct{ key, target string }{
+		{"GET /api/viewer/history/{userId}", "/api/viewer/history/viewer-1"},
+		{"GET /api/viewer/stats/{stageArn...}", "/api/viewer/stats/" + oaArn2},
+		{"GET /api/stats/history", "/api/stats/history"},
+		{"GET /api/stats/broadcasts/{broadcastId}", "/api/stats/broadcasts/default"},
+	}
 	extra := []struct {
 		key, what string
 		h         http.Handler
@@ -861,6 +926,20 @@ func TestOpenAPIDescribesAnswers(t *testing.T) {
 		{"GET /ws", "wrong subprotocol key", New(wsKeyed, &oaFleet{}), "GET", "/ws", "", http.Header{"Sec-Websocket-Protocol": {"stagefleet, stagefleet.key.bm9wZQ"}}, 401, nil},
 		{"GET /ws", "hub full", New(Options{SkipAuth: true, Live: fullLive{}}, &oaFleet{}), "GET", "/ws", "", wsHandshake, 503, nil},
 		{"GET /ws", "no hub", New(auth, &oaFleet{}), "GET", "/ws", "", wsHandshake, 404, nil},
+		{"GET /api/viewer/history/{userId}", "a page", New(withHistory(oaHistory{}), &oaFleet{}), "GET", "/api/viewer/history/viewer-1", "", nil, 200,
+			map[string]any{"userId": "viewer-1", "totalRecords": 3.0, "nextCursor": "next-page"}},
+		{"GET /api/viewer/history/{userId}", "no sessions", New(historyEmpty, &oaFleet{}), "GET", "/api/viewer/history/viewer-1", "", nil, 200,
+			map[string]any{"totalRecords": 0.0, "history": []any{}}},
+		{"GET /api/viewer/history/{userId}", "limit over 1000", New(historyEmpty, &oaFleet{}), "GET", "/api/viewer/history/viewer-1?limit=1001", "", nil, 400, nil},
+		{"GET /api/viewer/stats/{stageArn...}", "no viewing", New(historyEmpty, &oaFleet{}), "GET", "/api/viewer/stats/" + oaArn2, "", nil, 200,
+			map[string]any{"stageArn": oaArn2, "days": 7.0, "message": "no viewing recorded on this stage in the last 7 days"}},
+		{"GET /api/viewer/stats/{stageArn...}", "viewing", New(withHistory(oaHistory{}), &oaFleet{}), "GET", "/api/viewer/stats/" + oaArn2, "", nil, 200,
+			map[string]any{"stats": map[string]any{"stageArn": oaArn2, "totalViews": 3.0, "uniqueViewers": 2.0, "avgWatchDuration": 1.5, "maxWatchDuration": 2.0, "totalWatchTime": 3.0}}},
+		{"GET /api/stats/history", "a range and step", New(withHistory(oaHistory{}), &oaFleet{}), "GET", "/api/stats/history?from=2025-05-01T11:00:00Z&to=2025-05-01T12:00:00Z&step=30m", "", nil, 200,
+			map[string]any{"broadcastId": "default", "from": "2025-05-01T11:00:00Z", "to": "2025-05-01T12:00:00Z", "step": "30m0s"}},
+		{"GET /api/stats/history", "from not a time", New(withHistory(oaHistory{}), &oaFleet{}), "GET", "/api/stats/history?from=yesterday", "", nil, 400, nil},
+		{"GET /api/stats/broadcasts/{broadcastId}", "nothing recorded", New(historyEmpty, &oaFleet{}), "GET", "/api/stats/broadcasts/default", "", nil, 200,
+			map[string]any{"peakViewers": 0.0, "peakAt": nil, "sessions": 0.0}},
 	}
 	for _, x := range extra {
 		rec := c.serve(x.h, x.method, x.target, x.body, x.header)
@@ -880,6 +959,26 @@ func TestOpenAPIDescribesAnswers(t *testing.T) {
 			if !reflect.DeepEqual(got.Data[k], want) {
 				t.Errorf("%s (%s): data.%s = %v, want %v", x.key, x.what, k, got.Data[k], want)
 			}
+		}
+	}
+
+	// Every history route with the history off, refusing an argument
+	// (history.ErrInvalid), and with its database down.
+	for _, r := range historyRoutes {
+		for _, x := range []struct {
+			what string
+			h    http.Handler
+			want int
+		}{
+			{"HISTORY=off", New(auth, &oaFleet{}), http.StatusNotFound},
+			{"invalid argument", New(historyInvalid, &oaFleet{}), http.StatusBadRequest},
+			{"database down", New(historyBroken, &oaFleet{}), http.StatusInternalServerError},
+		} {
+			rec := c.serve(x.h, "GET", r.target, "", nil)
+			if rec.Code != x.want {
+				t.Errorf("%s (%s): %d, want %d: %s", r.key, x.what, rec.Code, x.want, rec.Body)
+			}
+			c.expect(r.key, rec, x.what)
 		}
 	}
 }
