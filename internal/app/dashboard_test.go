@@ -41,6 +41,11 @@ func TestDashboard(t *testing.T) {
 	)
 	// A marker a reload would lose: everything below must arrive live.
 	run(t, ctx, "mark the page", chromedp.Evaluate[chromedp.Void](`window.notReloaded = true`))
+	run(t, ctx, "enter a wrong key",
+		chromedp.SendKeys("#api-key", "not-the-key"),
+		chromedp.Click(`#key-form button[type="submit"]`),
+	)
+	waitFor(t, ctx, "the wrong key refused", `document.querySelector('#key-error').textContent.includes('refused')`)
 	run(t, ctx, "enter the key",
 		chromedp.SendKeys("#api-key", key),
 		chromedp.Click(`#key-form button[type="submit"]`),

@@ -64,6 +64,9 @@
   }
 
   function askKey(message) {
+    // Nothing is read until a key the server takes is entered.
+    clearTimeout(state.metricsTimer);
+    clearTimeout(state.historyTimer);
     setConn('key', 'API key needed');
     $('main').hidden = true;
     $('forget-key').hidden = true;
@@ -182,7 +185,11 @@
       tr.dataset.broadcast = b.broadcastId;
       tr.setAttribute('aria-selected', String(b.broadcastId === state.selected));
       tr.append(cell(b.broadcastId), cell(b.hostsLive, 'num'), cell(b.viewers, 'num'), cell(b.stages, 'num'));
+      tr.tabIndex = 0;
       tr.addEventListener('click', () => select(b.broadcastId));
+      tr.addEventListener('keydown', (e) => {
+        if (e.key === 'Enter' || e.key === ' ') select(b.broadcastId);
+      });
       return tr;
     });
     body.replaceChildren(...rows);
