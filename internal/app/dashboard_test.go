@@ -7,17 +7,22 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/chromedp/cdproto/runtime"
 	"github.com/chromedp/chromedp"
 )
 
 // TestDashboard drives the operator's dashboard in headless Chromium: the key
-// form, then, without a reload, a host going live, the origin's seat count
-// following the viewers seated, and a replica stage appearing with its
-// replication active. With UPDATE_SCREENSHOTS=1 it also writes the
-// screenshots the README shows (docs/img/dashboard-*.png).
+// form (a refused key, then the right one), then, without a reload, a host
+// going live, the origin's seat count following the viewers seated, a
+// replica stage appearing with its replication active, its creation among
+// the fleet events, the time to seat read from /metrics, and the page
+// fitting a phone, with no script error and nothing the page's
+// Content-Security-Policy refused. With UPDATE_SCREENSHOTS=1 it also writes
+// the screenshots the README shows (docs/img/dashboard-*.png).
 func TestDashboard(t *testing.T) {
 	browser := chromiumPath(t)
 	const key = "dashboard-test-key"
@@ -32,15 +37,18 @@ func TestDashboard(t *testing.T) {
 		"SNAPSHOT_INTERVAL": "1s",
 	})
 	a.headers.Set("x-api-key", key)
-	ctx := newBrowser(t, browser)
+	ctx, pageErrs := newBrowser(t, browser)
 
 	run(t, ctx, "open the dashboard",
 		chromedp.EmulateViewport(1280, 800),
 		chromedp.Navigate(a.base+"/dashboard"),
 		chromedp.WaitVisible("#api-key"),
 	)
-	// A marker a reload would lose: everything below must arrive live.
-	run(t, ctx, "mark the page", chromedp.Evaluate[chromedp.Void](`window.notReloaded = true`))
+	// A marker a reload would lose: everything below must arrive live. The
+	// charts, made later, must keep to the page's CSP too.
+	run(t, ctx, "mark the page", chromedp.Evaluate[chromedp.Void](`window.notReloaded = true;
+		window.refused = [];
+		document.addEventListener('securitypolicyviolation', (e) => window.refused.push(e.violatedDirective))`))
 	run(t, ctx, "enter a wrong key",
 		chromedp.SendKeys("#api-key", "not-the-key"),
 		chromedp.Click(`#key-form button[type="submit"]`),
@@ -83,6 +91,10 @@ func TestDashboard(t *testing.T) {
 	if !evaluate[bool](t, ctx, `window.notReloaded === true`) {
 		t.Fatal("the page was reloaded")
 	}
+	if refused := evaluate[[]string](t, ctx, `window.refused`); len(refused) > 0 {
+		t.Errorf("the Content-Security-Policy refused what the page did: %v", refused)
+	}
+	pageErrs.check(t)
 
 	shot := os.Getenv("UPDATE_SCREENSHOTS") != ""
 	if shot {
@@ -117,10 +129,39 @@ func chromiumPath(t *testing.T) string {
 	return path
 }
 
+// pageErrors collects the exceptions the page's scripts did not catch.
+type pageErrors struct {
+	mu   sync.Mutex
+	errs []string
+}
+
+func (p *pageErrors) listen(ev any) {
+	e, ok := ev.(*runtime.EventExceptionThrown)
+	if !ok {
+		return
+	}
+	text := e.ExceptionDetails.Text
+	if ex := e.ExceptionDetails.Exception; ex != nil && ex.Description != "" {
+		text = ex.Description
+	}
+	p.mu.Lock()
+	p.errs = append(p.errs, text)
+	p.mu.Unlock()
+}
+
+func (p *pageErrors) check(t *testing.T) {
+	t.Helper()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, e := range p.errs {
+		t.Errorf("the page threw: %s", e)
+	}
+}
+
 // newBrowser starts a headless Chromium with a fresh profile for the test,
-// and returns its tab's context, which ends with the test or after a
-// minute.
-func newBrowser(t *testing.T, path string) context.Context {
+// and returns its tab's context, which ends with the test or after two
+// minutes, and what the page throws.
+func newBrowser(t *testing.T, path string) (context.Context, *pageErrors) {
 	t.Helper()
 	alloc, cancelAlloc := chromedp.NewExecAllocator(context.Background(),
 		chromedp.ExecPath(path),
@@ -137,14 +178,15 @@ func newBrowser(t *testing.T, path string) context.Context {
 		chromedp.Flag("disable-sync", true),
 		chromedp.UserDataDir(t.TempDir()),
 	)
-	ctx, cancelTab := chromedp.NewContext(alloc)
+	errs := &pageErrors{}
+	ctx, cancelTab := chromedp.NewContext(alloc, chromedp.WithListener(errs.listen))
 	ctx, cancelTimeout := context.WithTimeout(ctx, 2*time.Minute)
 	t.Cleanup(func() {
 		cancelTimeout()
 		cancelTab()
 		cancelAlloc()
 	})
-	return ctx
+	return ctx, errs
 }
 
 func run(t *testing.T, ctx context.Context, what string, steps ...chromedp.Action[chromedp.Void]) {
