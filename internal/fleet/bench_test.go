@@ -16,6 +16,8 @@ import (
 
 	"github.com/stagefleet/stagefleet/internal/cputime"
 	"github.com/stagefleet/stagefleet/internal/fleet"
+	"github.com/stagefleet/stagefleet/internal/history"
+	"github.com/stagefleet/stagefleet/internal/history/sqlite"
 	"github.com/stagefleet/stagefleet/internal/metrics"
 	"github.com/stagefleet/stagefleet/internal/redistest"
 	"github.com/stagefleet/stagefleet/internal/store"
@@ -32,8 +34,8 @@ type noIVS struct{ fleet.IVS }
 
 // benchFleet is a fleet on st whose default broadcast has one seatable
 // origin stage with room for everyone, signing tokens itself, reporting to
-// m (nil: nobody).
-func benchFleet(tb testing.TB, st store.Store, m fleet.Metrics) *fleet.Service {
+// m and telling obs of seats (nil: nobody).
+func benchFleet(tb testing.TB, st store.Store, m fleet.Metrics, obs fleet.SeatObserver) *fleet.Service {
 	tb.Helper()
 	ctx := context.Background()
 	key, err := ecdsa.GenerateKey(elliptic.P384(), rand.Reader)
@@ -63,6 +65,7 @@ func benchFleet(tb testing.TB, st store.Store, m fleet.Metrics) *fleet.Service {
 		MediaServerTTL:   time.Hour,
 		EventDedupTTL:    time.Hour,
 		Metrics:          m,
+		Observer:         obs,
 	}, st, noIVS{}, iss, slog.New(slog.DiscardHandler))
 }
 
@@ -71,19 +74,35 @@ func benchFleet(tb testing.TB, st store.Store, m fleet.Metrics) *fleet.Service {
 // Redis store (a real redis-server on loopback, started by the benchmark).
 // For Redis it reports the commands sent per join. memory-metrics is memory
 // with the Prometheus metrics on, as serve runs: the fleet reporting to
-// them and the store counted.
+// them and the store counted. memory-history is memory with the viewing
+// history on, as serve runs by default: each seat's session queued on a
+// history Writer whose goroutine writes it to SQLite on the same cores.
 func BenchmarkViewerToken(b *testing.B) {
-	b.Run("memory", func(b *testing.B) { benchViewerToken(b, memory.New(), nil, 1, func() {}) })
+	b.Run("memory", func(b *testing.B) { benchViewerToken(b, memory.New(), nil, nil, 1, func() {}) })
 	b.Run("memory-metrics", func(b *testing.B) {
 		m := metrics.New(metrics.Options{})
-		benchViewerToken(b, m.WrapStore(memory.New()), m, 1, func() {})
+		benchViewerToken(b, m.WrapStore(memory.New()), m, nil, 1, func() {})
+	})
+	b.Run("memory-history", func(b *testing.B) {
+		hist, err := sqlite.Open(context.Background(), b.TempDir())
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer hist.Close()
+		w := history.NewWriter(hist, history.WriterConfig{}, slog.New(slog.DiscardHandler))
+		benchViewerToken(b, memory.New(), nil, historyObserver{w}, 1, func() {})
+		// Not timed: what is still queued, at most the buffer, is written.
+		if err := w.Close(context.Background()); err != nil {
+			b.Fatal(err)
+		}
+		b.ReportMetric(float64(w.Dropped())/float64(b.N), "history-dropped/op")
 	})
 	b.Run("redis", func(b *testing.B) {
 		rdb := redistest.Start(b).Client(b)
 		counter := &redistest.CommandCounter{}
 		rdb.AddHook(counter)
 		st := redisstore.New(rdb, "")
-		benchViewerToken(b, st, nil, 4, counter.Reset)
+		benchViewerToken(b, st, nil, nil, 4, counter.Reset)
 		b.ReportMetric(float64(counter.Count())/float64(b.N), "redis-cmds/op")
 	})
 	// As serve runs on Redis: concurrent joins coalesced into batches.
@@ -92,7 +111,7 @@ func BenchmarkViewerToken(b *testing.B) {
 		counter := &redistest.CommandCounter{}
 		rdb.AddHook(counter)
 		st := redisstore.New(rdb, "", redisstore.WithSeatBatching())
-		benchViewerToken(b, st, nil, 4, counter.Reset)
+		benchViewerToken(b, st, nil, nil, 4, counter.Reset)
 		b.ReportMetric(float64(counter.Count())/float64(b.N), "redis-cmds/op")
 	})
 }
@@ -101,8 +120,8 @@ func BenchmarkViewerToken(b *testing.B) {
 // flight per core; started is called as the timer starts. A networked
 // store needs several in flight per core, as an API server has, or the
 // cores sit idle while each join waits for its answer.
-func benchViewerToken(b *testing.B, st store.Store, m fleet.Metrics, parallelism int, started func()) {
-	svc := benchFleet(b, st, m)
+func benchViewerToken(b *testing.B, st store.Store, m fleet.Metrics, obs fleet.SeatObserver, parallelism int, started func()) {
+	svc := benchFleet(b, st, m, obs)
 	ctx := context.Background()
 	var next atomic.Int64
 	b.ReportAllocs()
@@ -131,6 +150,19 @@ func benchViewerToken(b *testing.B, st store.Store, m fleet.Metrics, parallelism
 		b.Fatalf("origin holds %d seats after %d joins (%v)", origin.Seats, next.Load(), err)
 	}
 }
+
+// historyObserver records seats taken as sessions on a history Writer, as
+// serve's observer does: the join path's share is building the event and
+// queueing it.
+type historyObserver struct{ w *history.Writer }
+
+func (o historyObserver) SeatOpened(seat store.Seat) {
+	o.w.Record(history.Event{Kind: history.Open, SessionID: fleet.SessionID(seat), BroadcastID: seat.BroadcastID,
+		UserID: seat.UserID, StageArn: seat.StageArn, ParticipantID: seat.ParticipantID, At: seat.TakenAt})
+}
+
+// SeatClosed is never called: no seat ends during the benchmark.
+func (historyObserver) SeatClosed(store.Seat, string, time.Time) {}
 
 // countingStore counts every call to the store. It wraps, not embeds, the
 // store, so that the compiler makes every method counted.
@@ -282,7 +314,7 @@ func (c *countingStore) Close() error { return c.inner.Close() }
 // a join, new or repeated, is one store call and no IVS call.
 func TestViewerTokenOneRoundTrip(t *testing.T) {
 	cs := &countingStore{inner: memory.New()}
-	svc := benchFleet(t, cs, nil)
+	svc := benchFleet(t, cs, nil, nil)
 	cs.reset()
 	ctx := context.Background()
 	first := ""
