@@ -23,7 +23,8 @@ func TestLoadtestCommand(t *testing.T) {
 	done := make(chan error, 1)
 	go func() {
 		done <- run(ctx, []string{"serve", "--api-host", "127.0.0.1", "--api-port", apiPort, "--emulator-addr", emuAddr,
-			"--ivs-mode", "emulator", "--rate-limit-max-requests", "0", "--scale-down-stabilization", "1s", "--log-level", "error"}, &serveOut, &serveErr)
+			"--ivs-mode", "emulator", "--rate-limit-max-requests", "0", "--scale-down-stabilization", "1s", "--log-level", "error",
+			"--data-dir", t.TempDir()}, &serveOut, &serveErr)
 	}()
 	defer func() {
 		cancel()

@@ -81,7 +81,7 @@ type Config struct {
 	HistoryBuffer    int
 	SnapshotInterval time.Duration
 	HistoryRetention time.Duration
-	CORSOrigins          []string
+	CORSOrigins      []string
 	// WSMaxClients bounds the WebSocket connections of GET /ws; WSStatsInterval
 	// is how often its stats channel is pushed.
 	WSMaxClients    int
