@@ -9,14 +9,19 @@ import (
 	"io"
 	"os"
 	"strings"
-	"sync"
 
 	"github.com/stagefleet/stagefleet/internal/loadtest"
 )
 
-// runLoadtest runs stagefleet loadtest: the report goes to stdout, progress
-// and warnings to stderr. It fails on a run that cannot start, and with
-// --strict on a missed target.
+// errTargetsMissed is a load test that ran and missed a target: main
+// exits 1 on it, and 2 on a run that could not start, so that a script
+// can tell a service that fell short from a test that did not run.
+var errTargetsMissed = errors.New("targets missed")
+
+// runLoadtest runs stagefleet loadtest: the report goes to stdout,
+// progress and warnings to stderr. It fails on a run that cannot start
+// (with --strict, also on a setting of the target that makes the scenario
+// impossible), and with errTargetsMissed on a missed target.
 func runLoadtest(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("stagefleet loadtest", flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -37,9 +42,22 @@ func runLoadtest(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	fs.DurationVar(&cfg.Stabilization, "stabilization", 0, "the server's SCALE_DOWN_STABILIZATION: the flap check's window (default 1m0s)")
 	fs.DurationVar(&cfg.DrainWait, "drain-wait", 0, "drain: how long to wait for the replica stages to go once everyone left (default: --stabilization + 10s)")
 	fs.DurationVar(&cfg.Timeout, "timeout", 0, "stop the run after this long, whatever it is doing (default: the scenario's length + hold + drain wait + 2m)")
+	// The API does not report these: given, they are checked against the
+	// scenario before it starts.
+	fs.IntVar(&cfg.MaxStages, "max-stages", 0, "the server's MAX_STAGES, to warn when it cannot seat the audience's peak (default: unknown)")
+	fs.IntVar(&cfg.StageQuota, "stage-quota", 0, "the server's STAGE_QUOTA, to warn when the run's stages would exceed it (default: unknown)")
+	fs.Func("rate-limit", "the server's RATE_LIMIT_MAX_REQUESTS/RATE_LIMIT_WINDOW, e.g. 1000/1m (serve's default) or off, to warn when it would refuse the scenario's requests (default: unknown)", func(s string) error {
+		l, err := loadtest.ParseRateLimit(s)
+		if err != nil {
+			return err
+		}
+		cfg.RateLimit = &l
+		return nil
+	})
+	fs.BoolVar(&cfg.Strict, "strict", false, "refuse to start (exit status 2) when the target's settings make the scenario impossible")
+	progressMode := fs.String("progress", "auto", "progress on stderr: auto (a line in place on a terminal, else a line every 5s), on (a line in place), off")
 	asJSON := fs.Bool("json", false, "write the report as JSON")
-	chartFile := fs.String("chart", "", "write an SVG chart of viewers and stages over time to this file")
-	strict := fs.Bool("strict", false, "fail (exit status 2) when a target is missed")
+	chartFile := fs.String("chart", "", "write an SVG chart of viewers, seats, refusals and stages over time to this file")
 	logLevel := fs.String("log-level", "warn", "debug, info, warn or error")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -52,13 +70,27 @@ func runLoadtest(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		return fmt.Errorf("--scenario: %w", err)
 	}
 
-	progress := &progressLine{w: stderr}
-	if isTerminal(stderr) {
-		cfg.Progress = progress.show
+	var progress *loadtest.ProgressWriter
+	switch *progressMode {
+	case "auto":
+		progress = loadtest.NewProgressWriter(stderr, isTerminal(stderr))
+	case "on":
+		progress = loadtest.NewProgressWriter(stderr, true)
+	case "off":
+	default:
+		return fmt.Errorf("--progress %q: use auto, on or off", *progressMode)
 	}
-	if cfg.Logger, err = newLogger(progress, *logLevel); err != nil {
+	// Log lines and warnings go through the progress line, which clears
+	// itself first.
+	errOut := stderr
+	if progress != nil {
+		cfg.Progress = progress.Show
+		errOut = progress
+	}
+	if cfg.Logger, err = newLogger(errOut, *logLevel); err != nil {
 		return fmt.Errorf("--log-level: %w", err)
 	}
+	cfg.Warn = func(w string) { fmt.Fprintln(errOut, "stagefleet loadtest: warning:", w) }
 	// The chart's file is created first, so that a path that cannot be
 	// written fails before the run rather than after it.
 	var chart *os.File
@@ -70,7 +102,9 @@ func runLoadtest(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	}
 
 	rep, err := loadtest.Run(ctx, cfg)
-	progress.clear()
+	if progress != nil {
+		progress.Clear()
+	}
 	if err != nil {
 		if chart != nil {
 			chart.Close()
@@ -101,8 +135,8 @@ func runLoadtest(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("interrupted: %w", err)
 	}
-	if *strict && !rep.Pass {
-		return errors.New("targets missed: " + strings.Join(rep.Missed(), ", "))
+	if !rep.Pass {
+		return fmt.Errorf("%w: %s", errTargetsMissed, strings.Join(rep.Missed(), ", "))
 	}
 	return nil
 }
@@ -116,40 +150,4 @@ func isTerminal(w io.Writer) bool {
 	}
 	fi, err := f.Stat()
 	return err == nil && fi.Mode()&os.ModeCharDevice != 0
-}
-
-// progressLine is one status line on a terminal, rewritten in place. Log
-// lines written through it clear the line first, so the two do not mix.
-type progressLine struct {
-	mu    sync.Mutex
-	w     io.Writer
-	shown bool
-}
-
-func (p *progressLine) show(pr loadtest.Progress) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	fmt.Fprintf(p.w, "\r\033[K%-10s %6.1fs  seated %d/%d  waiting %d  left %d  refused %d  stages %d",
-		pr.Phase, pr.Elapsed.Seconds(), pr.Seated, pr.Planned, pr.Waiting, pr.Left, pr.Refused, pr.Stages)
-	p.shown = true
-}
-
-func (p *progressLine) clear() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.clearLocked()
-}
-
-func (p *progressLine) clearLocked() {
-	if p.shown {
-		fmt.Fprint(p.w, "\r\033[K")
-		p.shown = false
-	}
-}
-
-func (p *progressLine) Write(b []byte) (int, error) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.clearLocked()
-	return p.w.Write(b)
 }

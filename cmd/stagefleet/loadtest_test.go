@@ -4,6 +4,9 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -41,14 +44,18 @@ func TestLoadtestCommand(t *testing.T) {
 
 	chart := filepath.Join(t.TempDir(), "run.svg")
 	var stdout, stderr bytes.Buffer
+	// serve's own limits (MAX_STAGES and STAGE_QUOTA by default, its rate
+	// limit off), which allow the run: no warning.
 	err := run(t.Context(), []string{"loadtest", "--api", "http://" + apiAddr, "--scenario", "drain", "--viewers", "60", "--rate", "60",
-		"--hold", "200ms", "--stabilization", "1s", "--drain-wait", "10s", "--timeout", "1m", "--json", "--chart", chart}, &stdout, &stderr)
+		"--hold", "200ms", "--stabilization", "1s", "--drain-wait", "10s", "--timeout", "1m", "--json", "--chart", chart,
+		"--max-stages", "20", "--stage-quota", "100", "--rate-limit", "off"}, &stdout, &stderr)
 	if err != nil {
 		t.Fatalf("loadtest: %v\nstderr:\n%s\nstdout:\n%s", err, stderr.String(), stdout.String())
 	}
 	var rep struct {
-		Scenario string `json:"scenario"`
-		Emulator string `json:"emulator"`
+		Scenario string   `json:"scenario"`
+		Emulator string   `json:"emulator"`
+		Warnings []string `json:"warnings"`
 		Viewers  struct {
 			Seated int `json:"seated"`
 		} `json:"viewers"`
@@ -75,6 +82,8 @@ func TestLoadtestCommand(t *testing.T) {
 		t.Errorf("emulator %q; want the one /api/health names, http://%s", rep.Emulator, emuAddr)
 	case rep.Drain == nil || len(rep.Drain.ReplicasLeft) != 0 || len(rep.Targets) != 5:
 		t.Errorf("drain %+v, targets %+v; want no replica stage left and five targets", rep.Drain, rep.Targets)
+	case rep.Warnings == nil || len(rep.Warnings) != 0:
+		t.Errorf("warnings %q; want an empty list", rep.Warnings)
 	}
 	for _, target := range rep.Targets {
 		// Time to seat is measured, not asserted: -race on a busy machine
@@ -87,22 +96,64 @@ func TestLoadtestCommand(t *testing.T) {
 	if err != nil || !bytes.Contains(svg, []byte("<svg")) {
 		t.Errorf("--chart wrote %d bytes (%v); want an SVG", len(svg), err)
 	}
-	// stderr is no terminal here: no progress line, no warnings.
-	if stderr.Len() != 0 {
-		t.Errorf("stderr: %q; want nothing", stderr.String())
+	// stderr is no terminal here: at most plain progress lines (one every
+	// 5 s), nothing rewritten in place, no warning.
+	for line := range strings.Lines(stderr.String()) {
+		if !strings.HasSuffix(line, " joins/s\n") || strings.ContainsAny(line, "\r\033") {
+			t.Errorf("stderr line %q; want only plain progress lines", line)
+		}
 	}
 
-	// --strict fails a run that misses a target, after writing its report:
-	// a drain that does not wait for the stabilization window leaves
-	// replica stages.
+	// A run that misses a target fails, after writing its report, with
+	// exit status 1: a drain that does not wait for the stabilization
+	// window leaves replica stages.
 	stdout.Reset()
+	stderr.Reset()
 	err = run(t.Context(), []string{"loadtest", "--api", "http://" + apiAddr, "--scenario", "drain", "--viewers", "60", "--rate", "60",
-		"--hold", "200ms", "--stabilization", "1s", "--drain-wait", "1ms", "--timeout", "1m", "--strict"}, &stdout, &stderr)
-	if err == nil || !strings.Contains(err.Error(), "targets missed") || !strings.Contains(err.Error(), "drain leaves no replica stage") {
-		t.Errorf("loadtest --strict with replicas left = %v; want targets missed naming the drain", err)
+		"--hold", "200ms", "--stabilization", "1s", "--drain-wait", "1ms", "--timeout", "1m", "--progress", "off"}, &stdout, &stderr)
+	if !errors.Is(err, errTargetsMissed) || !strings.Contains(err.Error(), "drain leaves no replica stage") || exitStatus(err) != 1 {
+		t.Errorf("loadtest with replicas left = %v (exit status %d); want targets missed naming the drain, exit status 1", err, exitStatus(err))
 	}
 	if !strings.Contains(stdout.String(), "FAIL  drain leaves no replica stage") {
-		t.Errorf("--strict printed no text report with the missed target:\n%s", stdout.String())
+		t.Errorf("no text report with the missed target:\n%s", stdout.String())
+	}
+	if stderr.Len() != 0 {
+		t.Errorf("stderr %q with --progress off and no warning; want nothing", stderr.String())
+	}
+
+	// --strict refuses to start a scenario the target's settings make
+	// impossible: 60 viewers on one broadcast do not fit one stage of 50.
+	stdout.Reset()
+	stderr.Reset()
+	err = run(t.Context(), []string{"loadtest", "--api", "http://" + apiAddr, "--scenario", "storm", "--viewers", "60", "--rate", "60",
+		"--max-stages", "1", "--strict", "--json"}, &stdout, &stderr)
+	if err == nil || errors.Is(err, errTargetsMissed) || !strings.Contains(err.Error(), "--strict") || exitStatus(err) != 2 {
+		t.Errorf("loadtest --strict with MAX_STAGES too low = %v (exit status %d); want a refusal to start, exit status 2", err, exitStatus(err))
+	}
+	if !strings.Contains(stderr.String(), "stagefleet loadtest: warning: a broadcast's audience peaks at 60 viewers, and MAX_STAGES=1") ||
+		!strings.Contains(stderr.String(), "MAX_STAGES=2 or more") {
+		t.Errorf("stderr %q; want a warning naming MAX_STAGES", stderr.String())
+	}
+	if stdout.Len() != 0 {
+		t.Errorf("stdout %q; want no report from a run that did not start", stdout.String())
+	}
+}
+
+func TestExitStatus(t *testing.T) {
+	tests := []struct {
+		err  error
+		want int
+	}{
+		{nil, 0},
+		{flag.ErrHelp, 0},
+		{fmt.Errorf("%w: p99 time to seat", errTargetsMissed), 1},
+		{errors.New("unknown command \"x\""), 2},
+		{fmt.Errorf("interrupted: %w", context.Canceled), 2},
+	}
+	for _, tt := range tests {
+		if got := exitStatus(tt.err); got != tt.want {
+			t.Errorf("exitStatus(%v) = %d, want %d", tt.err, got, tt.want)
+		}
 	}
 }
 
@@ -143,6 +194,9 @@ func TestLoadtestCommandErrors(t *testing.T) {
 		{"stray argument", []string{"loadtest", "extra"}, "extra"},
 		{"unwritable chart", []string{"loadtest", "--chart", "/nonexistent-dir/x.svg"}, "--chart"},
 		{"nothing listening", []string{"loadtest", "--api", "http://127.0.0.1:1"}, "does not answer"},
+		{"unknown progress", []string{"loadtest", "--progress", "sometimes"}, "--progress"},
+		{"malformed rate limit", []string{"loadtest", "--rate-limit", "1000"}, "requests/window"},
+		{"negative MAX_STAGES", []string{"loadtest", "--max-stages", "-1"}, "--max-stages"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

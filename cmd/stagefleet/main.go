@@ -37,12 +37,23 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
-	switch {
-	case errors.Is(err, flag.ErrHelp):
-		// Help was asked for and printed: not a failure.
-	case err != nil:
+	if code := exitStatus(err); code != 0 {
 		fmt.Fprintln(os.Stderr, "stagefleet:", err)
-		os.Exit(2)
+		os.Exit(code)
+	}
+}
+
+// exitStatus is the process's exit status for run's error: 0 for none or
+// for help asked for and printed, 1 for a load test that ran and missed a
+// target, 2 for anything else (a usage error, a run that could not start).
+func exitStatus(err error) int {
+	switch {
+	case err == nil || errors.Is(err, flag.ErrHelp):
+		return 0
+	case errors.Is(err, errTargetsMissed):
+		return 1
+	default:
+		return 2
 	}
 }
 

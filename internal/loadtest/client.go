@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 )
 
@@ -21,6 +22,9 @@ type client struct {
 	api    string
 	emu    string
 	apiKey string
+	// rateLimited says the API answered 429: before the first viewer, that
+	// shows a rate limit the operator may not have named.
+	rateLimited atomic.Bool
 }
 
 func newClient(api, apiKey string) *client {
@@ -82,6 +86,9 @@ func (c *client) callAPI(ctx context.Context, method, path string, body, out any
 		return apiResult{}, err
 	}
 	res := apiResult{Status: resp.StatusCode, Elapsed: time.Since(start)}
+	if res.Status == http.StatusTooManyRequests {
+		c.rateLimited.Store(true)
+	}
 	if s, err := strconv.Atoi(resp.Header.Get("Retry-After")); err == nil && s > 0 {
 		res.RetryAfter = time.Duration(s) * time.Second
 	}

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"maps"
 	"net/http"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -150,6 +151,13 @@ func TestStormAgainstServe(t *testing.T) {
 	if rep.Stages.PeakReplicas < 3 {
 		t.Errorf("peak %d replica stages; 200 viewers on capacity 50 need at least 3", rep.Stages.PeakReplicas)
 	}
+	refused := 0
+	for _, n := range rep.Refused {
+		refused += n
+	}
+	if last := rep.Series[len(rep.Series)-1]; last.PlannedArrivals != 200 || last.Refused != refused {
+		t.Errorf("last sample %+v; want 200 planned arrivals and the %d refusals counted", last, refused)
+	}
 	if rep.Drain != nil {
 		t.Errorf("a storm reports a drain: %+v", rep.Drain)
 	}
@@ -158,11 +166,22 @@ func TestStormAgainstServe(t *testing.T) {
 func TestDrainAgainstServe(t *testing.T) {
 	t.Parallel()
 	api := startServe(t, map[string]string{"SCALE_DOWN_STABILIZATION": "1s"}, nil)
+	// serve's MAX_STAGES and rate limit allow the drain; a STAGE_QUOTA of
+	// 2, below the 4 stages its 200 viewers need at once, is only warned
+	// about.
+	var warnings []string
 	rep := runJSON(t, loadtest.Config{
 		API: api, Scenario: loadtest.Drain, Viewers: 200, Rate: 100, Hold: 300 * time.Millisecond,
 		Stabilization: time.Second, DrainWait: 15 * time.Second,
+		MaxStages: 30, RateLimit: &loadtest.RateLimit{}, StageQuota: 2,
+		Warn: func(w string) { warnings = append(warnings, w) },
 	})
 	checkCommon(t, rep, 200)
+	// The emulator's state counts the run's origin, its one stage so far.
+	const quota = "the run needs 3 more stages and the deployment holds 1, over STAGE_QUOTA=2: start serve with STAGE_QUOTA=4 or more"
+	if len(warnings) != 1 || warnings[0] != quota || !slices.Equal(rep.Warnings, warnings) {
+		t.Errorf("warnings %q, in the report %q; want only %q", warnings, rep.Warnings, quota)
+	}
 	if rep.Drain == nil || len(rep.Drain.ReplicasLeft) != 0 || rep.Drain.DrainedAfterSeconds == nil {
 		t.Fatalf("drain %+v; want no replica stage left", rep.Drain)
 	}

@@ -64,6 +64,19 @@ type Config struct {
 	Timeout time.Duration
 	// SampleEvery is how often the emulator's state is sampled.
 	SampleEvery time.Duration
+	// MaxStages, StageQuota and RateLimit are the server's MAX_STAGES,
+	// STAGE_QUOTA and rate limit, which its API does not report; when
+	// known (not 0 or nil), the scenario is checked against them before
+	// the viewers start.
+	MaxStages  int
+	StageQuota int
+	RateLimit  *RateLimit
+	// Warn is given each setting of the target that makes the scenario
+	// impossible, in a line naming the setting to change, before the
+	// viewers start; nil: they are logged at warn.
+	Warn func(string)
+	// Strict refuses to start the viewers when there is such a warning.
+	Strict bool
 	// Progress, when set, is called after every sample.
 	Progress func(Progress)
 	Logger   *slog.Logger
@@ -131,6 +144,10 @@ func (cfg Config) withDefaults() (Config, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
+	if cfg.Warn == nil {
+		log := cfg.Logger
+		cfg.Warn = func(w string) { log.Warn(w) }
+	}
 	switch {
 	case cfg.Viewers < 0 || cfg.Viewers > 100_000:
 		return cfg, fmt.Errorf("--viewers %d: must be between 1 and 100000", cfg.Viewers)
@@ -140,8 +157,10 @@ func (cfg Config) withDefaults() (Config, error) {
 		return cfg, errors.New("durations must not be negative")
 	case cfg.Broadcasts < 1 || cfg.Broadcasts > 50:
 		return cfg, fmt.Errorf("--broadcasts %d: must be between 1 and 50", cfg.Broadcasts)
-	case cfg.Capacity < 0 || cfg.Threshold < 0 || cfg.Waves < 0:
-		return cfg, errors.New("--capacity, --threshold and --waves must not be negative")
+	case cfg.Capacity < 0 || cfg.Threshold < 0 || cfg.Waves < 0 || cfg.MaxStages < 0 || cfg.StageQuota < 0:
+		return cfg, errors.New("--capacity, --threshold, --waves, --max-stages and --stage-quota must not be negative")
+	case cfg.RateLimit != nil && (cfg.RateLimit.Requests < 0 || cfg.RateLimit.Requests > 0 && cfg.RateLimit.Window <= 0):
+		return cfg, fmt.Errorf("--rate-limit %v: want 0 or more requests in a positive window", *cfg.RateLimit)
 	case cfg.Scenario != Flap && cfg.Viewers < cfg.Broadcasts:
 		return cfg, fmt.Errorf("--viewers %d: at least one per broadcast (%d)", cfg.Viewers, cfg.Broadcasts)
 	}
@@ -156,6 +175,10 @@ type run struct {
 	broadcasts []string
 	rec        *recorder
 	smp        *sampler
+	// arrivals are the viewers' plan, once the capacity is known;
+	// warnings, what the target's settings make impossible.
+	arrivals []arrival
+	warnings []string
 }
 
 // host is a broadcast's simulated host, publishing in its origin.
@@ -167,8 +190,8 @@ type host struct {
 
 // Run runs the load test cfg describes and reports what it measured. The
 // error is for a run that could not start (a bad setting, no server, no
-// host going live); a run stopped by Config.Timeout or by ctx still
-// reports, with StoppedBy saying so.
+// host going live, with Config.Strict a warning); a run stopped by
+// Config.Timeout or by ctx still reports, with StoppedBy saying so.
 func Run(ctx context.Context, cfg Config) (*Report, error) {
 	cfg, err := cfg.withDefaults()
 	if err != nil {
@@ -234,7 +257,14 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		stop := time.AfterFunc(cfg.Timeout-time.Since(r.smp.start), func() { cancel(errTimeout) })
 		defer stop.Stop()
 	}
-	r.cfg = cfg
+	r.cfg, r.arrivals = cfg, p
+	r.warnings = checkLimits(planDemand(p, cfg), r.targetLimits(runCtx))
+	for _, w := range r.warnings {
+		cfg.Warn(w)
+	}
+	if cfg.Strict && len(r.warnings) > 0 {
+		return nil, fmt.Errorf("not starting the viewers (--strict): the target's settings make this scenario impossible (%d warning(s))", len(r.warnings))
+	}
 
 	r.smp.setPhase(phaseViewers)
 	r.rec.setPlanned(len(p))

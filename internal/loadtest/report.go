@@ -6,6 +6,7 @@ import (
 	"maps"
 	"math"
 	"slices"
+	"sort"
 	"time"
 )
 
@@ -25,6 +26,9 @@ type Report struct {
 	ViewersStartSeconds float64 `json:"viewersStartSeconds"`
 	// StoppedBy is completed, timeout or interrupted.
 	StoppedBy string `json:"stoppedBy"`
+	// Warnings name the target's settings that made the scenario
+	// impossible, as found before the viewers started.
+	Warnings []string `json:"warnings"`
 
 	Viewers ViewerCounts `json:"viewers"`
 	// TokenLatency is how long POST /api/token/viewer took to answer 200
@@ -71,6 +75,11 @@ type Settings struct {
 	DrainWaitSeconds     float64 `json:"drainWaitSeconds"`
 	TimeoutSeconds       float64 `json:"timeoutSeconds"`
 	SampleIntervalMs     float64 `json:"sampleIntervalMs"`
+	// MaxStages, StageQuota and RateLimit are the server's settings as the
+	// operator gave them (absent: unknown).
+	MaxStages  int    `json:"maxStages,omitempty"`
+	StageQuota int    `json:"stageQuota,omitempty"`
+	RateLimit  string `json:"rateLimit,omitempty"`
 }
 
 // ViewerCounts count the simulated viewers.
@@ -125,9 +134,13 @@ type StageSeats struct {
 // Sample is one point of the series.
 type Sample struct {
 	Seconds float64 `json:"t"`
+	// PlannedArrivals are the viewers the plan has arrived by now.
+	PlannedArrivals int `json:"plannedArrivals"`
 	// Seated are viewers on a stage now; Waiting, viewers asking for a seat.
 	Seated  int `json:"seated"`
 	Waiting int `json:"waiting"`
+	// Refused are the viewer-token answers retried so far.
+	Refused int `json:"refused"`
 	// Stages and Replicas are the run's stages in IVS; Subscribers, their
 	// subscribers as IVS counts them.
 	Stages      int `json:"stages"`
@@ -284,7 +297,9 @@ func (r *run) report(viewersStart, allLeft time.Time, drained *time.Duration) *R
 			Broadcasts: cfg.Broadcasts, Capacity: cfg.Capacity, Threshold: cfg.Threshold, Waves: cfg.Waves,
 			StabilizationSeconds: seconds(cfg.Stabilization), DrainWaitSeconds: seconds(cfg.DrainWait),
 			TimeoutSeconds: seconds(cfg.Timeout), SampleIntervalMs: ms(cfg.SampleEvery),
+			MaxStages: cfg.MaxStages, StageQuota: cfg.StageQuota,
 		},
+		Warnings:            append([]string{}, r.warnings...),
 		StartedAt:           r.smp.start.UTC().Round(time.Millisecond),
 		DurationSeconds:     seconds(time.Since(r.smp.start)),
 		ViewersStartSeconds: seconds(viewersStart.Sub(r.smp.start)),
@@ -310,9 +325,15 @@ func (r *run) report(viewersStart, allLeft time.Time, drained *time.Duration) *R
 	quotas := s.quotas
 	rep.SamplesFailed = s.failures
 	s.mu.Unlock()
+	if cfg.RateLimit != nil {
+		rep.Settings.RateLimit = cfg.RateLimit.String()
+	}
 	rep.Series = make([]Sample, len(samples))
 	for i, smp := range samples {
 		rep.Series[i] = smp.point
+		// The plan is in order of arrival.
+		due := smp.at - viewersStart.Sub(r.smp.start)
+		rep.Series[i].PlannedArrivals = sort.Search(len(r.arrivals), func(j int) bool { return r.arrivals[j].At > due })
 		rep.Stages.Peak = max(rep.Stages.Peak, smp.point.Stages)
 		rep.Stages.PeakReplicas = max(rep.Stages.PeakReplicas, smp.point.Replicas)
 	}

@@ -129,11 +129,13 @@ func sampleReport() *Report {
 		Emulator:   "http://127.0.0.1:4566",
 		Broadcasts: []string{"loadtest-abc123-1"},
 		Settings: Settings{Viewers: 2000, Rate: 200, HoldSeconds: 10, HeartbeatSeconds: 15, Broadcasts: 1, Capacity: 50, Threshold: 45,
-			Waves: 4, StabilizationSeconds: 60, DrainWaitSeconds: 70, TimeoutSeconds: 300, SampleIntervalMs: 250},
+			Waves: 4, StabilizationSeconds: 60, DrainWaitSeconds: 70, TimeoutSeconds: 300, SampleIntervalMs: 250,
+			MaxStages: 20, StageQuota: 100, RateLimit: "off"},
 		StartedAt:           time.Date(2026, 11, 22, 3, 0, 0, 123e6, time.UTC),
 		DurationSeconds:     95.5,
 		ViewersStartSeconds: 0.75,
 		StoppedBy:           "completed",
+		Warnings:            []string{"a broadcast's audience peaks at 2000 viewers, and MAX_STAGES=20 stages of 50 seat 1000: start serve with MAX_STAGES=40 or more"},
 		Viewers:             ViewerCounts{Planned: 2000, Requested: 2000, Seated: 1999, Left: 1999, StoppedWaiting: 1, JoinsPerSecond: 187.3},
 		TokenLatency:        Distribution{Count: 1999, P50Ms: 1.2, P95Ms: 700, P99Ms: 1100, MaxMs: 1900},
 		TimeToSeat:          Distribution{Count: 1999, P50Ms: 2.5, P95Ms: 800, P99Ms: 2100, MaxMs: 3000},
@@ -147,8 +149,9 @@ func sampleReport() *Report {
 		Flap:           FlapCheck{WindowSeconds: 60, ReplicasCreated: 40, ReplicasDeleted: 40, MostCreationsPerSlot: 2, ShortestRecreateSeconds: &shortest},
 		Drain:          &DrainCheck{WaitSeconds: 70, ReplicasLeft: []string{}, DrainedAfterSeconds: &drained},
 		IVSCalls:       []OperationCalls{{Operation: "CreateStage", Calls: 41, Throttled: 3, PeakPerSecond: 5, QuotaPerSecond: 5}},
-		Series:         []Sample{{Seconds: 0, Stages: 0}, {Seconds: 0.25, Seated: 10, Waiting: 2, Stages: 1, Subscribers: 10}},
-		SamplesFailed:  1,
+		Series: []Sample{{Seconds: 0, Stages: 0}, {Seconds: 0.25, PlannedArrivals: 12, Seated: 10, Waiting: 2, Stages: 1, Subscribers: 10},
+			{Seconds: 0.5, PlannedArrivals: 60, Seated: 50, Waiting: 10, Refused: 4, Stages: 1, Subscribers: 50}},
+		SamplesFailed: 1,
 	}
 }
 
@@ -171,7 +174,7 @@ func TestReportJSONRoundTrip(t *testing.T) {
 	if err := json.Unmarshal(raw, &fields); err != nil {
 		t.Fatal(err)
 	}
-	for _, name := range []string{"scenario", "viewers", "tokenLatency", "timeToSeat", "refused", "errors", "stages", "replicationLag", "flap", "drain", "ivsCalls", "series", "targets", "pass"} {
+	for _, name := range []string{"scenario", "warnings", "viewers", "tokenLatency", "timeToSeat", "refused", "errors", "stages", "replicationLag", "flap", "drain", "ivsCalls", "series", "targets", "pass"} {
 		if _, ok := fields[name]; !ok {
 			t.Errorf("JSON report has no %q", name)
 		}
@@ -241,17 +244,35 @@ func TestWriteTextAndChart(t *testing.T) {
 	if err := rep.WriteText(&text); err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"1999 seated", "p99 2.10 s", "STAGE_FULL 12", "CreateStage", "FAIL  every viewer seated", "result: FAIL"} {
+	for _, want := range []string{"warning: a broadcast's audience peaks at 2000", "1999 seated", "p99 2.10 s", "STAGE_FULL 12", "CreateStage", "FAIL  every viewer seated", "result: FAIL"} {
 		if !strings.Contains(text.String(), want) {
 			t.Errorf("text report lacks %q:\n%s", want, text.String())
 		}
 	}
 
+	chart := writeChart(t, rep)
+	// Every series is named, in the legend or by its axis.
+	for _, want := range []string{"viewers seated", "planned arrivals (cumulative)", "viewers waiting", "seat capacity (stages × capacity)",
+		"MAX_STAGES × capacity", "refusals (cumulative)", "stages", "viewers and seats", "seconds since the start of the run"} {
+		if !strings.Contains(chart, ">"+want+"<") {
+			t.Errorf("chart lacks the label %q", want)
+		}
+	}
+	// MAX_STAGES × capacity is only drawn when MAX_STAGES is known.
+	rep.Settings.MaxStages = 0
+	if chart := writeChart(t, rep); strings.Contains(chart, "MAX_STAGES") {
+		t.Error("chart draws MAX_STAGES × capacity with MAX_STAGES unknown")
+	}
+}
+
+// writeChart returns rep's chart, checked to be well-formed XML whose root
+// is an svg element.
+func writeChart(t *testing.T, rep *Report) string {
+	t.Helper()
 	var svg bytes.Buffer
 	if err := rep.WriteChart(&svg); err != nil {
 		t.Fatal(err)
 	}
-	// Well-formed XML whose root is an svg element, with both axes labelled.
 	chart := svg.String()
 	dec := xml.NewDecoder(strings.NewReader(chart))
 	root := ""
@@ -270,9 +291,5 @@ func TestWriteTextAndChart(t *testing.T) {
 	if root != "svg" {
 		t.Errorf("chart's root element is %q, want svg", root)
 	}
-	for _, want := range []string{"viewers seated", "stages"} {
-		if !strings.Contains(chart, want) {
-			t.Errorf("chart lacks the label %q", want)
-		}
-	}
+	return chart
 }

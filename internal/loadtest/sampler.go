@@ -123,7 +123,7 @@ func (s *sampler) sample(ctx context.Context) error {
 // observe records one state; s.mu is held.
 func (s *sampler) observe(now time.Time, st emulator.State, c counts) Sample {
 	at := now.Sub(s.start)
-	p := Sample{Seconds: at.Seconds(), Seated: c.seatedNow, Waiting: c.waiting}
+	p := Sample{Seconds: at.Seconds(), Seated: c.seatedNow, Waiting: c.waiting, Refused: c.refused}
 	present := map[string]bool{}
 	for _, stage := range st.Stages {
 		b := stage.Tags[tagBroadcast]

@@ -19,7 +19,11 @@ func (rep *Report) WriteText(w io.Writer) error {
 		rep.Scenario, s.Viewers, s.Rate, s.Broadcasts, sec(s.HoldSeconds), sec(s.HeartbeatSeconds))
 	fmt.Fprintf(&b, "api %s, emulator %s, capacity %d, threshold %d; ran %s (%s)\n",
 		rep.API, rep.Emulator, s.Capacity, s.Threshold, fmtDuration(sec(rep.DurationSeconds)), rep.StoppedBy)
-	fmt.Fprintf(&b, "broadcasts %s\n\n", strings.Join(rep.Broadcasts, ", "))
+	fmt.Fprintf(&b, "broadcasts %s\n", strings.Join(rep.Broadcasts, ", "))
+	for _, w := range rep.Warnings {
+		fmt.Fprintf(&b, "warning: %s\n", w)
+	}
+	b.WriteString("\n")
 
 	tw := tabwriter.NewWriter(&b, 0, 4, 2, ' ', 0)
 	v := rep.Viewers
