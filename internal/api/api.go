@@ -148,6 +148,8 @@ type server struct {
 	opts  Options
 	fleet Fleet
 	log   *slog.Logger
+	// proxies are the trusted ones, whose headers name the client.
+	proxies trustedProxies
 }
 
 // route is one registered route; the OpenAPI document is checked against
@@ -218,8 +220,9 @@ func New(opts Options, f Fleet) http.Handler {
 	if opts.MaxBodyBytes <= 0 {
 		opts.MaxBodyBytes = 64 << 10
 	}
-	s := &server{opts: opts, fleet: f, log: opts.Logger}
-	client := trustedProxies(opts.TrustedProxies).clientIP
+	proxies := trustedProxies(opts.TrustedProxies)
+	s := &server{opts: opts, fleet: f, log: opts.Logger, proxies: proxies}
+	client := proxies.clientIP
 	limit := func(h http.Handler) http.Handler { return h }
 	if opts.RateLimitMax > 0 {
 		limit = newRateLimiter(opts.RateLimitMax, opts.RateLimitWindow, client).middleware

@@ -1,6 +1,7 @@
 package api
 
 import (
+	"context"
 	_ "embed"
 	"errors"
 	"fmt"
@@ -98,6 +99,26 @@ func (s *server) viewerTokenData(t fleet.IssuedToken) viewerTokenData {
 	return viewerTokenData{tokenData: s.tokenData(t), SeatKey: t.SeatKey, IsNewViewer: t.NewSeat, CurrentViewers: t.StageViewers}
 }
 
+// maxUserAgent bounds the user agent kept with a viewing session.
+const maxUserAgent = 512
+
+// withClient is the request's context telling the fleet who asks: for the
+// viewing history's user_agent, ip_address and country_code. The country
+// is a CDN's header (CloudFront-Viewer-Country), believed only from a
+// trusted proxy.
+func (s *server) withClient(r *http.Request) context.Context {
+	c := fleet.Client{UserAgent: r.UserAgent(), IP: s.proxies.clientIP(r)}
+	if len(c.UserAgent) > maxUserAgent {
+		c.UserAgent = c.UserAgent[:maxUserAgent]
+	}
+	if s.proxies.viaTrusted(r) {
+		if cc := r.Header.Get("CloudFront-Viewer-Country"); len(cc) == 2 {
+			c.Country = strings.ToUpper(cc)
+		}
+	}
+	return fleet.WithClient(r.Context(), c)
+}
+
 // publishInstructions says how a host publishes with its token: the
 // previous server's instructions field.
 type publishInstructions struct {
@@ -162,7 +183,7 @@ func (s *server) viewerToken(w http.ResponseWriter, r *http.Request) *apiError {
 	if e != nil {
 		return e
 	}
-	t, err := s.fleet.ViewerToken(r.Context(), in.BroadcastID, in.UserID, in.StageArn)
+	t, err := s.fleet.ViewerToken(s.withClient(r), in.BroadcastID, in.UserID, in.StageArn)
 	if err != nil {
 		return s.fail(err)
 	}
@@ -175,7 +196,7 @@ func (s *server) rejoin(w http.ResponseWriter, r *http.Request) *apiError {
 	if e != nil {
 		return e
 	}
-	t, err := s.fleet.Rejoin(r.Context(), in.BroadcastID, in.UserID, in.StageArn, in.ParticipantID)
+	t, err := s.fleet.Rejoin(s.withClient(r), in.BroadcastID, in.UserID, in.StageArn, in.ParticipantID)
 	if err != nil {
 		return s.fail(err)
 	}
@@ -225,7 +246,7 @@ func (s *server) heartbeat(w http.ResponseWriter, r *http.Request) *apiError {
 			message: "missing required fields: participantId (the viewer token's; a heartbeat renews only that participant's seat)",
 			details: map[string]any{"missingFields": []string{"participantId"}}}
 	}
-	seat, err := s.fleet.Heartbeat(r.Context(), in.BroadcastID, in.UserID, fleet.SeatProof{
+	seat, err := s.fleet.Heartbeat(s.withClient(r), in.BroadcastID, in.UserID, fleet.SeatProof{
 		StageArn: in.StageArn, ParticipantID: in.ParticipantID, SeatKey: in.SeatKey,
 	})
 	if err != nil {

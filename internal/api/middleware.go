@@ -182,6 +182,13 @@ func (tp trustedProxies) clientIP(r *http.Request) string {
 	return addr.String()
 }
 
+// viaTrusted says whether a request came through a trusted proxy, whose
+// headers about the client may be believed.
+func (tp trustedProxies) viaTrusted(r *http.Request) bool {
+	peer, err := netip.ParseAddrPort(r.RemoteAddr)
+	return err == nil && tp.contains(peer.Addr().Unmap())
+}
+
 // rateLimiter allows each client (as client tells it) max requests per
 // window, refilled evenly, as a token bucket of size max.
 type rateLimiter struct {

@@ -44,10 +44,11 @@ type sessions struct {
 	instance string
 }
 
-func (s sessions) SeatOpened(seat store.Seat) {
+func (s sessions) SeatOpened(seat store.Seat, client fleet.Client) {
 	s.w.Record(history.Event{
 		Kind: history.Open, SessionID: fleet.SessionID(seat), BroadcastID: seat.BroadcastID, UserID: seat.UserID,
 		StageArn: seat.StageArn, ParticipantID: seat.ParticipantID, Instance: s.instance, At: seat.TakenAt,
+		UserAgent: client.UserAgent, IPAddress: client.IP, CountryCode: client.Country,
 	})
 }
 

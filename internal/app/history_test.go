@@ -516,3 +516,30 @@ func TestHistoryPostgresOutage(t *testing.T) {
 		t.Errorf("%d viewers who joined have no session: %v", len(users), slices.Sorted(maps.Keys(users)))
 	}
 }
+
+// TestHistoryRecordsClient: a session keeps who asked for the seat: the
+// user agent and address as the API saw them, and the country only from a
+// trusted proxy's header.
+func TestHistoryRecordsClient(t *testing.T) {
+	t.Parallel()
+	db := sqliteDB(t)
+	db.env["TRUSTED_PROXIES"] = "127.0.0.1"
+	a := startApp(t, db.env)
+	st := db.open(t)
+	a.goLive(t, "default", "host-1")
+	hdr := http.Header{
+		"User-Agent":                {"player/1.2 (iPhone)"},
+		"X-Forwarded-For":           {"203.0.113.7"},
+		"Cloudfront-Viewer-Country": {"tw"},
+	}
+	r := a.callWith(t, "POST", "/api/token/viewer", map[string]any{"userId": "viewer-ua"}, hdr)
+	if r.Status != http.StatusOK {
+		t.Fatalf("viewer token: %s", r)
+	}
+	a.expect(t, "POST", "/api/viewer/leave", map[string]any{"userId": "viewer-ua"}, http.StatusOK)
+	a.waitHistory(t, "viewer-ua", allClosed(1))
+	got := stored(t, st, "viewer-ua")
+	if len(got) != 1 || got[0].UserAgent != "player/1.2 (iPhone)" || got[0].IPAddress != "203.0.113.7" || got[0].CountryCode != "TW" {
+		t.Errorf("stored sessions %+v; want the user agent, the forwarded address and TW", got)
+	}
+}

@@ -156,7 +156,7 @@ func benchViewerToken(b *testing.B, st store.Store, m fleet.Metrics, obs fleet.S
 // queueing it.
 type historyObserver struct{ w *history.Writer }
 
-func (o historyObserver) SeatOpened(seat store.Seat) {
+func (o historyObserver) SeatOpened(seat store.Seat, _ fleet.Client) {
 	o.w.Record(history.Event{Kind: history.Open, SessionID: fleet.SessionID(seat), BroadcastID: seat.BroadcastID,
 		UserID: seat.UserID, StageArn: seat.StageArn, ParticipantID: seat.ParticipantID, At: seat.TakenAt})
 }

@@ -1,6 +1,7 @@
 package fleet
 
 import (
+	"context"
 	"crypto/sha256"
 	"encoding/base32"
 	"fmt"
@@ -13,7 +14,8 @@ import (
 // viewing history. It is called on the join path: it must not block or do
 // I/O (queue and return).
 type SeatObserver interface {
-	SeatOpened(seat store.Seat)
+	// SeatOpened: a viewer took seat; client is who asked, when known.
+	SeatOpened(seat store.Seat, client Client)
 	// SeatClosed: the seat ended for reason; lastSeen is the last moment
 	// the viewer was known present (its last heartbeat, for an expiry).
 	SeatClosed(seat store.Seat, reason string, lastSeen time.Time)
@@ -37,9 +39,30 @@ func SessionID(seat store.Seat) string {
 	return base32.StdEncoding.WithPadding(base32.NoPadding).EncodeToString(sum[:16])
 }
 
+// Client is who asked for a seat, as the API saw them: recorded with the
+// viewing session.
+type Client struct {
+	UserAgent string
+	IP        string
+	// Country is an ISO 3166 code, when a trusted proxy told it.
+	Country string
+}
+
+type clientKey struct{}
+
+// WithClient tells the fleet who is asking for a seat with ctx.
+func WithClient(ctx context.Context, c Client) context.Context {
+	return context.WithValue(ctx, clientKey{}, c)
+}
+
+func clientOf(ctx context.Context) Client {
+	c, _ := ctx.Value(clientKey{}).(Client)
+	return c
+}
+
 type noObserver struct{}
 
-func (noObserver) SeatOpened(store.Seat)                    {}
+func (noObserver) SeatOpened(store.Seat, Client)            {}
 func (noObserver) SeatClosed(store.Seat, string, time.Time) {}
 
 // seatsEnded tells the observer of seats freed with their stage or

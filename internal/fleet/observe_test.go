@@ -22,7 +22,7 @@ type closing struct {
 	lastSeen time.Time
 }
 
-func (r *recorder) SeatOpened(s store.Seat) {
+func (r *recorder) SeatOpened(s store.Seat, _ fleet.Client) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.opened = append(r.opened, s)

@@ -137,7 +137,7 @@ func (s *Service) takeSeat(ctx context.Context, req store.SeatRequest) (IssuedTo
 		return IssuedToken{}, failWrap(ErrToken, err, "could not generate the viewer token")
 	}
 	if isNew {
-		s.observer.SeatOpened(seat)
+		s.observer.SeatOpened(seat, clientOf(ctx))
 	}
 	return IssuedToken{
 		Token:         tok.Token,
@@ -383,7 +383,7 @@ func (s *Service) Heartbeat(ctx context.Context, broadcastID, userID string, p S
 	switch {
 	case err == nil:
 		s.log.Info("seat re-established by heartbeat", "broadcast", broadcastID, "stage", p.StageArn, "user", userID)
-		s.observer.SeatOpened(seat)
+		s.observer.SeatOpened(seat, clientOf(ctx))
 		return seat, nil
 	case errors.Is(err, store.ErrFull), errors.Is(err, store.ErrNotEligible), errors.Is(err, store.ErrNotFound), errors.Is(err, store.ErrNotLive):
 		return store.Seat{}, fail(ErrNotFound, "viewer %s has no seat in broadcast %s, and stage %s cannot take it back (%v); request a viewer token", userID, broadcastID, p.StageArn, err)
