@@ -167,6 +167,10 @@ func (f *fuzzFleet) Seats(context.Context, string, string) ([]store.Seat, error)
 	return []store.Seat{fuzzSeat()}, f.call()
 }
 
+func (f *fuzzFleet) SeatsPage(context.Context, string, string, int) ([]store.Seat, string, store.Stage, error) {
+	return []store.Seat{fuzzSeat()}, "", fuzzStage().Stage, f.call()
+}
+
 func (f *fuzzFleet) Broadcasts(context.Context) ([]store.Broadcast, error) {
 	return []store.Broadcast{{ID: "default", OriginArn: fuzzArn, CreatedAt: fuzzNow}}, f.call()
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"math"
 	"net/http"
+	"strconv"
 	"strings"
 	"time"
 
@@ -334,7 +335,15 @@ func (s *server) viewerList(w http.ResponseWriter, r *http.Request) *apiError {
 	if e != nil {
 		return e
 	}
-	seats, err := s.fleet.Seats(r.Context(), "", arn)
+	limit := defaultListLimit
+	if v := r.URL.Query().Get("limit"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > maxListLimit {
+			return badRequest("limit must be a whole number from 1 to %d", maxListLimit)
+		}
+		limit = n
+	}
+	seats, next, rec, err := s.fleet.SeatsPage(r.Context(), arn, r.URL.Query().Get("cursor"), limit)
 	if err != nil {
 		return s.fail(err)
 	}
@@ -342,12 +351,23 @@ func (s *server) viewerList(w http.ResponseWriter, r *http.Request) *apiError {
 	for i, seat := range seats {
 		viewers[i] = s.seatData(seat)
 	}
-	// Every listed seat's lease is live: total and active are one number,
-	// kept under both of the previous server's names.
-	ok(w, http.StatusOK, map[string]any{"stageArn": arn, "viewers": viewers, "count": len(viewers),
-		"totalViewers": len(viewers), "activeViewers": len(viewers)}, "")
+	// Every seat's lease is live: total and active are one number, the
+	// stage's, kept under both of the previous server's names.
+	data := map[string]any{"stageArn": arn, "viewers": viewers, "count": len(viewers),
+		"totalViewers": rec.Seats, "activeViewers": rec.Seats}
+	if next != "" {
+		data["nextCursor"] = next
+	}
+	ok(w, http.StatusOK, data, "")
 	return nil
 }
+
+// A page of a stage's viewers: 1,000 unless ?limit= says otherwise, at
+// most 10,000 (a stage's default capacity).
+const (
+	defaultListLimit = 1000
+	maxListLimit     = 10_000
+)
 
 // formatDuration writes seconds as H:MM:SS.
 func formatDuration(seconds int) string {

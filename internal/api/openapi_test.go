@@ -382,6 +382,12 @@ func (f *oaFleet) Seats(context.Context, string, string) ([]store.Seat, error) {
 	}
 	return []store.Seat{f.seat("default", "viewer-1")}, f.err
 }
+func (f *oaFleet) SeatsPage(_ context.Context, arn, _ string, _ int) ([]store.Seat, string, store.Stage, error) {
+	if f.empty {
+		return nil, "", f.stage(arn).Stage, f.err
+	}
+	return []store.Seat{f.seat("default", "viewer-1")}, "next-page", f.stage(arn).Stage, f.err
+}
 func (f *oaFleet) Broadcasts(context.Context) ([]store.Broadcast, error) {
 	return []store.Broadcast{{ID: "default", OriginArn: oaArn, CreatedAt: oaTime}}, f.err
 }

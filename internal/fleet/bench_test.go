@@ -280,6 +280,10 @@ func (c *countingStore) ListSeats(ctx context.Context, b string) ([]store.Seat, 
 	c.count("ListSeats")
 	return c.inner.ListSeats(ctx, b)
 }
+func (c *countingStore) ScanSeats(ctx context.Context, b, cursor string, n int) ([]store.Seat, string, error) {
+	c.count("ScanSeats")
+	return c.inner.ScanSeats(ctx, b, cursor, n)
+}
 func (c *countingStore) FirstSeen(ctx context.Context, id string, ttl time.Duration) (bool, error) {
 	c.count("FirstSeen")
 	return c.inner.FirstSeen(ctx, id, ttl)

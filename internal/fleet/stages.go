@@ -409,6 +409,40 @@ func (s *Service) Broadcasts(ctx context.Context) ([]store.Broadcast, error) {
 	return bs, nil
 }
 
+// SeatsPage lists a page of one stage's live seats: up to about limit,
+// from cursor ("" to begin), and the cursor of the rest ("" when done),
+// with the stage's record (its seat count). A call looks at a bounded
+// number of the broadcast's seats, so a page may hold fewer than limit
+// while a cursor is still given; a seat may show on two pages.
+func (s *Service) SeatsPage(ctx context.Context, stageArn, cursor string, limit int) ([]store.Seat, string, store.Stage, error) {
+	rec, err := s.record(ctx, stageArn)
+	if err != nil {
+		return nil, "", store.Stage{}, err
+	}
+	var out []store.Seat
+	seen := map[string]bool{}
+	for looked := 0; looked < 10*limit && len(out) < limit; {
+		page, next, err := s.store.ScanSeats(ctx, rec.BroadcastID, cursor, limit)
+		if errors.Is(err, store.ErrNotFound) {
+			return nil, "", store.Stage{}, fail(ErrInvalid, "cursor %q is not one this server gave", cursor)
+		}
+		if err != nil {
+			return nil, "", store.Stage{}, failWrap(ErrUnavailable, err, "listing seats")
+		}
+		looked += len(page)
+		for _, seat := range page {
+			if seat.StageArn == stageArn && !seen[seat.UserID] {
+				seen[seat.UserID] = true
+				out = append(out, seat)
+			}
+		}
+		if cursor = next; cursor == "" {
+			break
+		}
+	}
+	return out, cursor, rec, nil
+}
+
 // Broadcast returns one broadcast's record.
 func (s *Service) Broadcast(ctx context.Context, id string) (store.Broadcast, error) {
 	b, err := s.store.GetBroadcast(ctx, id)

@@ -197,6 +197,12 @@ func (s *Store) ListSeats(ctx context.Context, broadcastID string) ([]store.Seat
 	return out, err
 }
 
+func (s *Store) ScanSeats(ctx context.Context, broadcastID, cursor string, count int) ([]store.Seat, string, error) {
+	out, next, err := s.next.ScanSeats(ctx, broadcastID, cursor, count)
+	s.count("ScanSeats", err)
+	return out, next, err
+}
+
 func (s *Store) AcquireLease(ctx context.Context, broadcastID, name, holder string, ttl time.Duration) (store.Lease, error) {
 	out, err := s.next.AcquireLease(ctx, broadcastID, name, holder, ttl)
 	s.count("AcquireLease", err)

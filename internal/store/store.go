@@ -258,6 +258,13 @@ type SeatStore interface {
 	// again while it gets a full batch.
 	ExpireSeats(ctx context.Context, broadcastID string, now time.Time) ([]Seat, error)
 	ListSeats(ctx context.Context, broadcastID string) ([]Seat, error)
+	// ScanSeats returns about count of the broadcast's seats from cursor
+	// ("" to begin) and the cursor of the rest ("" when done), in the
+	// store's order: a seat held throughout a scan is returned at least
+	// once. count must be at least 1. In Redis a page costs O(count),
+	// whatever the number of seats (the memory store sorts the broadcast's
+	// user ids per page).
+	ScanSeats(ctx context.Context, broadcastID, cursor string, count int) ([]Seat, string, error)
 }
 
 // RecordStore holds what stagefleet knows of its broadcasts: stages, hosts

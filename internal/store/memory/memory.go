@@ -423,6 +423,32 @@ func (s *Store) ExpireSeats(_ context.Context, broadcastID string, now time.Time
 	return freed, nil
 }
 
+func (s *Store) ScanSeats(_ context.Context, broadcastID, cursor string, count int) ([]store.Seat, string, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	// By user id after the cursor: one process's map, so sorting the
+	// broadcast's user ids is what a page costs here.
+	var users []string
+	for k := range s.seats {
+		if k.broadcast == broadcastID && k.user > cursor {
+			users = append(users, k.user)
+		}
+	}
+	slices.Sort(users)
+	next := ""
+	if count < 1 {
+		count = 1
+	}
+	if len(users) > count {
+		users, next = users[:count], users[count-1]
+	}
+	out := make([]store.Seat, len(users))
+	for i, u := range users {
+		out[i] = s.seats[seatKey{broadcastID, u}]
+	}
+	return out, next, nil
+}
+
 func (s *Store) ListSeats(_ context.Context, broadcastID string) ([]store.Seat, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()

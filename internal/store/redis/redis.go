@@ -624,6 +624,33 @@ func (s *Store) ExpireSeats(ctx context.Context, broadcastID string, now time.Ti
 	return decodeAll[store.Seat](out)
 }
 
+func (s *Store) ScanSeats(ctx context.Context, broadcastID, cursor string, count int) ([]store.Seat, string, error) {
+	var from uint64
+	if cursor != "" {
+		n, err := strconv.ParseUint(cursor, 10, 64)
+		if err != nil {
+			return nil, "", fmt.Errorf("seat cursor %q: %w", cursor, store.ErrNotFound)
+		}
+		from = n
+	}
+	kv, next, err := s.rdb.HScan(ctx, s.bc(broadcastID).seats(), from, "*", int64(count)).Result()
+	if err != nil {
+		return nil, "", err
+	}
+	out := make([]store.Seat, 0, len(kv)/2)
+	for i := 1; i < len(kv); i += 2 {
+		var seat store.Seat
+		if err := json.Unmarshal([]byte(kv[i]), &seat); err != nil {
+			return nil, "", fmt.Errorf("decoding seat: %w", err)
+		}
+		out = append(out, seat)
+	}
+	if next == 0 {
+		return out, "", nil
+	}
+	return out, strconv.FormatUint(next, 10), nil
+}
+
 func (s *Store) ListSeats(ctx context.Context, broadcastID string) ([]store.Seat, error) {
 	return hvals(ctx, s, s.bc(broadcastID).seats(), func(a, b store.Seat) int {
 		return cmp.Or(a.TakenAt.Compare(b.TakenAt), cmp.Compare(a.UserID, b.UserID))

@@ -100,6 +100,7 @@ func Run(t *testing.T, newStore func(t *testing.T, eventLimit int) store.Store) 
 		{name: "ReleaseSeat", run: testReleaseSeat},
 		{name: "ExpireSeats", run: testExpireSeats},
 		{name: "ExpireBatch", run: testExpireBatch},
+		{name: "ScanSeats", run: testScanSeats},
 		{name: "ListSeats", run: testListSeats},
 		{name: "FirstSeen", run: testFirstSeen},
 		{name: "FirstSeen/Limit", run: testEventLimit, eventLimit: smallEventLimit},
@@ -1167,6 +1168,48 @@ func testExpireBatch(t *testing.T, st store.Store) {
 		}
 	}
 	wantSeats(t, st, s.Arn, 0)
+}
+
+// testScanSeats: a scan returns every seat at least once, a page at a
+// time, and ends.
+func testScanSeats(t *testing.T, st store.Store) {
+	ctx := testCtx(t)
+	s := stageRec("scan", bcA, 5000, true, 0)
+	putStages(t, st, s)
+	const n, count = 2500, 100
+	for i := range n {
+		reserve(t, st, bcA, fmt.Sprintf("u%05d", i), "")
+	}
+	seen := map[string]bool{}
+	cursor, pages := "", 0
+	for {
+		page, next, err := st.ScanSeats(ctx, bcA, cursor, count)
+		must(t, err, "ScanSeats")
+		pages++
+		// COUNT is a hint to Redis; a page stays of its order.
+		if len(page) > 10*count {
+			t.Fatalf("a page of %d seats for count %d", len(page), count)
+		}
+		for _, seat := range page {
+			if seat.BroadcastID != bcA || seat.StageArn != s.Arn {
+				t.Fatalf("scanned seat %+v, not of the broadcast's stage", seat)
+			}
+			seen[seat.UserID] = true
+		}
+		if next == "" {
+			break
+		}
+		if pages > n {
+			t.Fatal("the scan does not end")
+		}
+		cursor = next
+	}
+	if len(seen) != n || pages < 2 {
+		t.Errorf("scanned %d of %d seats in %d pages; want all, in several", len(seen), n, pages)
+	}
+	if page, next, err := st.ScanSeats(ctx, bcB, "", count); err != nil || len(page) != 0 || next != "" {
+		t.Errorf("scan of a broadcast without seats: %d seats, next %q, %v", len(page), next, err)
+	}
 }
 
 func testExpireSeats(t *testing.T, st store.Store) {

@@ -1,0 +1,79 @@
+package app_test
+
+import (
+	"fmt"
+	"maps"
+	"net/http"
+	"net/url"
+	"slices"
+	"testing"
+
+	"github.com/stagefleet/stagefleet/internal/redistest"
+)
+
+// TestViewerListPages: ?limit= and nextCursor walk every viewer of a
+// stage exactly as seated, on both stores, while totalViewers counts them
+// all on every page.
+func TestViewerListPages(t *testing.T) {
+	t.Parallel()
+	run := func(t *testing.T, env map[string]string) {
+		a := startApp(t, env)
+		a.goLive(t, "default", "host-1")
+		want := map[string][]string{}
+		for i := range 23 {
+			v := a.token(t, "viewer", map[string]any{"userId": fmt.Sprintf("viewer-%02d", i)})
+			want[v.StageArn] = append(want[v.StageArn], v.UserID)
+		}
+		for arn, users := range want {
+			var got []string
+			cursor, pages := "", 0
+			for {
+				q := url.Values{"limit": {"4"}}
+				if cursor != "" {
+					q.Set("cursor", cursor)
+				}
+				page := dataOf[struct {
+					Viewers      []listedSeat `json:"viewers"`
+					Count        int          `json:"count"`
+					TotalViewers int          `json:"totalViewers"`
+					NextCursor   string       `json:"nextCursor"`
+				}](t, a.expect(t, "GET", "/api/viewer/list/"+arn+"?"+q.Encode(), nil, http.StatusOK))
+				if page.Count != len(page.Viewers) || page.TotalViewers != len(users) {
+					t.Errorf("page %d of %s: count %d, %d viewers, total %d; want total %d",
+						pages, arn, page.Count, len(page.Viewers), page.TotalViewers, len(users))
+				}
+				for _, v := range page.Viewers {
+					if v.StageArn != arn {
+						t.Errorf("viewer %s of stage %s listed on %s", v.UserID, v.StageArn, arn)
+					}
+					if !slices.Contains(got, v.UserID) {
+						got = append(got, v.UserID)
+					}
+				}
+				if pages++; page.NextCursor == "" || pages > 100 {
+					break
+				}
+				cursor = page.NextCursor
+			}
+			slices.Sort(got)
+			slices.Sort(users)
+			if !slices.Equal(got, users) {
+				t.Errorf("stage %s: pages listed %v, want %v", arn, got, users)
+			}
+			if len(users) > 4 && pages < 2 {
+				t.Errorf("stage %s: %d viewers in %d page(s) of 4", arn, len(users), pages)
+			}
+			for _, bad := range []string{"0", "-1", "10001", "four"} {
+				wantError(t, a.call(t, "GET", "/api/viewer/list/"+arn+"?limit="+bad, nil), http.StatusBadRequest, "VALIDATION_ERROR")
+			}
+		}
+	}
+	env := map[string]string{"HEARTBEAT_TIMEOUT": "1m"}
+	t.Run("memory", func(t *testing.T) { run(t, env) })
+	t.Run("redis", func(t *testing.T) {
+		srv := redistest.Start(t)
+		withRedis := maps.Clone(env)
+		withRedis["REDIS_URL"] = srv.URL()
+		run(t, withRedis)
+	})
+}
