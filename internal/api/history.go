@@ -164,6 +164,9 @@ func (s *server) statsHistory(w http.ResponseWriter, r *http.Request) *apiError 
 		}
 		step = d
 	}
+	if !from.Before(to) {
+		c.problem("from must be before to")
+	}
 	if e := c.err(); e != nil {
 		return e
 	}

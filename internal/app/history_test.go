@@ -543,3 +543,20 @@ func TestHistoryRecordsClient(t *testing.T) {
 		t.Errorf("stored sessions %+v; want the user agent, the forwarded address and TW", got)
 	}
 }
+
+// TestHistorySeriesBounds: a range or step the series cannot hold, however
+// far out, is a 400 that says why, not a 500 or an empty answer.
+func TestHistorySeriesBounds(t *testing.T) {
+	t.Parallel()
+	a := startApp(t, sqliteDB(t).env)
+	for _, q := range []string{
+		"from=1000-01-01T00:00:01Z&step=8760h",
+		"from=0001-01-01T00:00:01Z&step=2562047h",
+		"from=2026-01-01T00:00:00Z&to=2026-01-02T00:00:00Z&step=1s",
+		"from=2026-01-02T00:00:00Z&to=2026-01-01T00:00:00Z",
+		"from=2026-01-01T00:00:00Z&to=2026-01-01T00:00:00Z",
+	} {
+		wantError(t, a.call(t, "GET", "/api/stats/history?"+q, nil), http.StatusBadRequest, "VALIDATION_ERROR")
+	}
+	a.expect(t, "GET", "/api/stats/history?from=2026-01-01T00:00:00Z&to=2026-01-01T01:00:00Z&step=1m", nil, http.StatusOK)
+}

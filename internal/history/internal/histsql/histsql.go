@@ -9,6 +9,7 @@ import (
 	"encoding/base64"
 	"fmt"
 	"io/fs"
+	"math"
 	"path"
 	"slices"
 	"strconv"
@@ -149,9 +150,17 @@ func SeriesSteps(from, to time.Time, step time.Duration) (int, error) {
 	if !to.After(from) {
 		return 0, nil
 	}
-	n := (to.Sub(from) + step - 1) / step
-	if n > history.MaxSeriesPoints {
-		return 0, fmt.Errorf("%w: series of %d points (at most %d)", history.ErrInvalid, n, history.MaxSeriesPoints)
+	// Checked with Add, not Sub: Sub saturates at about 292 years, and a
+	// step times the point count must itself fit in a Duration.
+	if step > time.Duration(math.MaxInt64/history.MaxSeriesPoints) ||
+		from.Add(history.MaxSeriesPoints*step).Before(to) {
+		return 0, fmt.Errorf("%w: series from %s to %s by %v is more than %d points",
+			history.ErrInvalid, from.Format(time.RFC3339), to.Format(time.RFC3339), step, history.MaxSeriesPoints)
+	}
+	span := to.Sub(from)
+	n := span / step
+	if span%step != 0 {
+		n++
 	}
 	return int(n), nil
 }

@@ -137,3 +137,32 @@ func TestAverage(t *testing.T) {
 		t.Errorf("Average(10, 4) = %v, want 2.5s", got)
 	}
 }
+
+func TestSeriesSteps(t *testing.T) {
+	at := time.Date(2026, 12, 3, 0, 0, 0, 0, time.UTC)
+	tests := []struct {
+		name     string
+		from, to time.Time
+		step     time.Duration
+		want     int
+		invalid  bool
+	}{
+		{"exact", at, at.Add(time.Hour), time.Minute, 60, false},
+		{"rounds up", at, at.Add(time.Hour + time.Second), time.Minute, 61, false},
+		{"empty", at, at, time.Minute, 0, false},
+		{"backwards", at, at.Add(-time.Hour), time.Minute, 0, false},
+		{"at most", at, at.Add(history.MaxSeriesPoints * time.Second), time.Second, history.MaxSeriesPoints, false},
+		{"too many", at, at.Add(history.MaxSeriesPoints*time.Second + 1), time.Second, 0, true},
+		{"zero step", at, at.Add(time.Hour), 0, 0, true},
+		{"span past Sub's range", time.Date(1000, 1, 1, 0, 0, 1, 0, time.UTC), at, 8760 * time.Hour, 0, true},
+		{"step past Duration's range", time.Date(1, 1, 1, 0, 0, 1, 0, time.UTC), at, 2562047 * time.Hour, 0, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			n, err := SeriesSteps(tt.from, tt.to, tt.step)
+			if tt.invalid != errors.Is(err, history.ErrInvalid) || n != tt.want {
+				t.Errorf("SeriesSteps = %d, %v; want %d, invalid %v", n, err, tt.want, tt.invalid)
+			}
+		})
+	}
+}
