@@ -141,6 +141,21 @@ type setting struct {
 	set  func(c *Config, v string) error
 }
 
+// secretSettings hold credentials: an error about one never shows its
+// value, which would land in logs.
+var secretSettings = map[string]bool{
+	"API_SECRET_KEY": true, "INTERNAL_SECRET": true, "EVENTS_SECRET": true, "SEAT_KEY_SECRET": true,
+	"REDIS_URL": true, "REDIS_PASSWORD": true, "DATABASE_URL": true, "DB_PASSWORD": true,
+}
+
+// shown is v as an error may quote it: a secret's value is hidden.
+func (s setting) shown(v string) string {
+	if secretSettings[s.env] {
+		return "(value hidden)"
+	}
+	return strconv.Quote(v)
+}
+
 func (s setting) flagName() string {
 	return strings.ReplaceAll(strings.ToLower(s.env), "_", "-")
 }
@@ -449,15 +464,25 @@ func Load(args []string, getenv func(string) string, usage io.Writer, register f
 	fs := flag.NewFlagSet("stagefleet serve", flag.ContinueOnError)
 	fs.SetOutput(usage)
 	envErrs := map[string]error{}
+	var flagErrs []error
 	for _, s := range settings {
 		v := s.def
 		if e := getenv(s.env); e != "" {
 			v = e
 		}
 		if err := s.set(&c, v); err != nil {
-			envErrs[s.flagName()] = fmt.Errorf("%s=%q: %w", s.env, v, err)
+			envErrs[s.flagName()] = fmt.Errorf("%s=%s: %w", s.env, s.shown(v), err)
 		}
-		fs.Func(s.flagName(), s.help+" ($"+s.env+")", func(v string) error { return s.set(&c, v) })
+		fs.Func(s.flagName(), s.help+" ($"+s.env+")", func(v string) error {
+			err := s.set(&c, v)
+			if err != nil && secretSettings[s.env] {
+				// The flag package would print the value: keep the error
+				// for after Parse, where it is reported without it.
+				flagErrs = append(flagErrs, fmt.Errorf("--%s=%s: %w", s.flagName(), s.shown(v), err))
+				return nil
+			}
+			return err
+		})
 	}
 	if register != nil {
 		register(fs)
@@ -468,6 +493,9 @@ func Load(args []string, getenv func(string) string, usage io.Writer, register f
 	}
 	if fs.NArg() > 0 {
 		return Config{}, fmt.Errorf("unexpected arguments: %v", fs.Args())
+	}
+	if len(flagErrs) > 0 {
+		return Config{}, flagErrs[0]
 	}
 	var owned error
 	fs.Visit(func(f *flag.Flag) {

@@ -556,3 +556,35 @@ func TestMetricsListenAddr(t *testing.T) {
 		}
 	}
 }
+
+// TestSecretsNotEchoed: a bad credential-bearing value is refused with an
+// error naming the setting but not quoting the value, from the
+// environment or a flag, on stderr or in the error.
+func TestSecretsNotEchoed(t *testing.T) {
+	const secret = "TopSecret9"
+	tests := []struct {
+		name    string
+		env     map[string]string
+		args    []string
+		mention string
+	}{
+		{"database url env", map[string]string{"DATABASE_URL": "mysql://user:" + secret + "@db:5432/x"}, nil, "DATABASE_URL"},
+		{"database url flag", nil, []string{"--database-url=mysql://user:" + secret + "@db/x"}, "database-url"},
+		{"redis url env", map[string]string{"REDIS_URL": "http://:" + secret + "@h"}, nil, "REDIS_URL"},
+		{"redis url flag", nil, []string{"--redis-url=http://:" + secret + "@h"}, "redis-url"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, out, err := load(tt.args, tt.env)
+			if err == nil {
+				t.Fatalf("Load(%q, %v) took a bad value", tt.args, tt.env)
+			}
+			if !strings.Contains(err.Error(), tt.mention) {
+				t.Errorf("error %q does not name %s", err, tt.mention)
+			}
+			if strings.Contains(err.Error(), secret) || strings.Contains(out, secret) {
+				t.Errorf("the secret was shown: error %q, output %q", err, out)
+			}
+		})
+	}
+}
