@@ -485,14 +485,21 @@ func (a *App) Run(ctx context.Context) error {
 	sctx, cancel := context.WithTimeout(context.Background(), a.cfg.ShutdownTimeout)
 	defer cancel()
 	// WebSocket connections are hijacked: Shutdown neither closes nor
-	// waits for them.
-	a.live.Close(sctx)
+	// waits for them, so the hub closes them alongside, not before: a
+	// client slow to answer its close frame must not eat the requests'
+	// share of the budget while the listener still takes new ones.
+	hubDone := make(chan struct{})
+	go func() {
+		defer close(hubDone)
+		a.live.Close(sctx)
+	}()
 	var errs []error
 	for _, s := range servers {
 		if err := s.Shutdown(sctx); err != nil {
 			errs = append(errs, fmt.Errorf("shutdown: %w", err))
 		}
 	}
+	<-hubDone
 	return errors.Join(errs...)
 }
 

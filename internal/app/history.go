@@ -22,7 +22,11 @@ import (
 func openHistory(ctx context.Context, cfg config.Config) (history.Store, error) {
 	switch cfg.HistoryKind() {
 	case "postgres":
-		st, err := postgres.Open(ctx, cfg.PostgresURL())
+		// An unreachable host would otherwise hold start-up for the
+		// system's connect timeout, often minutes.
+		octx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		st, err := postgres.Open(octx, cfg.PostgresURL())
 		if err != nil {
 			return nil, fmt.Errorf("viewing history on PostgreSQL (DATABASE_URL or DB_HOST): %w", err)
 		}
