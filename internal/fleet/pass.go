@@ -80,7 +80,9 @@ func (s *Service) step(ctx context.Context, broadcastID string) (intent, stepRes
 		return intent{}, stepResult{}, err
 	}
 	if in.creates > 0 {
-		in.broadcast.Creating += in.creates
+		// An intent past its deadline is one whose pass never came back
+		// (a crash, a failed phase): it counts for nothing from now on.
+		in.broadcast.Creating = v.creating(s.now()) + in.creates
 		in.broadcast.CreatingUntil = s.now().Add(creatingFor)
 		if err := s.store.PutBroadcast(ctx, in.broadcast); err != nil {
 			return intent{}, stepResult{}, err
@@ -149,6 +151,20 @@ func (s *Service) act(ctx context.Context, in intent) created {
 // with their back-off, unless an event got there first.
 func (s *Service) recordActs(ctx context.Context, in intent, out created) error {
 	b := in.broadcast.ID
+	cur, err := s.store.GetBroadcast(ctx, b)
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		// The broadcast ended while its stages were being made: they
+		// would have no broadcast to serve, and no end would find them.
+		for _, st := range out.stages {
+			if derr := s.ivs.DeleteStage(context.WithoutCancel(ctx), st.Arn); derr != nil {
+				s.log.Error("deleting a stage made for an ended broadcast", "stage", st.Arn, "error", derr)
+			}
+		}
+		return nil
+	case err != nil:
+		return err
+	}
 	var errs []error
 	for _, st := range out.stages {
 		// CreatedAt is when the stage is known to exist in IVS: a resync
@@ -164,15 +180,8 @@ func (s *Service) recordActs(ctx context.Context, in intent, out created) error 
 		s.provisionStart.Store(st.Arn, out.asked)
 		s.log.Info("replica stage created", "broadcast", b, "stage", st.Arn, "reason", "scale up")
 	}
-	cur, err := s.store.GetBroadcast(ctx, b)
-	switch {
-	case errors.Is(err, store.ErrNotFound):
-		return nil
-	case err != nil:
-		return err
-	}
 	if in.creates > 0 {
-		cur.Creating = max(0, cur.Creating-in.creates)
+		cur.Creating = max(0, view{broadcast: cur}.creating(s.now())-in.creates)
 		if cur.Creating == 0 {
 			cur.CreatingUntil = time.Time{}
 		}

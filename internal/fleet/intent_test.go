@@ -1,0 +1,121 @@
+package fleet_test
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"testing"
+	"time"
+
+	"github.com/stagefleet/stagefleet/internal/fleet"
+	"github.com/stagefleet/stagefleet/internal/store"
+	"github.com/stagefleet/stagefleet/internal/store/memory"
+)
+
+// TestLapsedCreatingIntent: an intent to create stages whose pass never
+// came back (a crash, a failed lock) counts for nothing once its deadline
+// passed, and the next scale-up does not bring it back.
+func TestLapsedCreatingIntent(t *testing.T) {
+	ctx := t.Context()
+	svc, st, f, clk := controlled(t, fleet.Config{StageCapacity: 10, ScaleUpThreshold: 8, MaxStages: 20, HeartbeatTimeout: time.Minute, ScaleDownStabilization: time.Minute})
+	b, _ := st.GetBroadcast(ctx, fleet.DefaultBroadcast)
+	// A pass that created 3 stages never got to record them (crash, or its
+	// phase-3 lock failed) long ago.
+	b.Creating, b.CreatingUntil = 3, clk.Now().Add(-time.Hour)
+	if err := st.PutBroadcast(ctx, b); err != nil {
+		t.Fatal(err)
+	}
+	// Fill the origin: free 0 < headroom 2, so one stage is wanted.
+	for i := range 10 {
+		if _, err := st.ReserveSeat(ctx, store.SeatRequest{BroadcastID: fleet.DefaultBroadcast, UserID: fmt.Sprint("u", i), ParticipantID: "p", Now: clk.Now(), TTL: time.Hour}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	pass(t, svc)
+	b, _ = st.GetBroadcast(ctx, fleet.DefaultBroadcast)
+	if b.Creating != 0 || f.creates != 1 || len(replicaStages(t, st)) != 1 {
+		t.Errorf("after a pass that made %d stage(s) (%d recorded): Creating %d until %v; want one stage and no intent left",
+			f.creates, len(replicaStages(t, st)), b.Creating, b.CreatingUntil.Sub(clk.Now()))
+	}
+}
+
+// blockCreate blocks CreateStage of replicas until release.
+type blockCreate struct {
+	*fakeIVS
+	entered chan struct{}
+	release chan struct{}
+}
+
+func (b *blockCreate) CreateStage(ctx context.Context, name string, tags map[string]string) (fleet.IVSStage, error) {
+	if tags[fleet.TagRole] == string(store.RoleReplica) {
+		select {
+		case b.entered <- struct{}{}:
+		default:
+		}
+		<-b.release
+	}
+	return b.fakeIVS.CreateStage(ctx, name, tags)
+}
+
+// TestEndDuringAct: a broadcast ended while a pass is making its stages
+// leaves neither a stage record nor an IVS stage behind.
+func TestEndDuringAct(t *testing.T) {
+	ctx := t.Context()
+	clk := &clock{now: time.Date(2026, 11, 22, 12, 0, 0, 0, time.UTC)}
+	st := memory.New()
+	f := newFakeIVS()
+	f.stages[origin] = fleet.IVSStage{Arn: origin, Tags: map[string]string{fleet.TagBroadcast: fleet.DefaultBroadcast, fleet.TagRole: "origin"}}
+	_ = st.PutStage(ctx, store.Stage{Arn: origin, BroadcastID: fleet.DefaultBroadcast, Role: store.RoleOrigin, Capacity: 10, Seatable: true, CreatedAt: clk.Now()})
+	_, _ = st.CreateBroadcast(ctx, store.Broadcast{ID: fleet.DefaultBroadcast, OriginArn: origin, CreatedAt: clk.Now()})
+	_ = st.PutHost(ctx, store.Host{BroadcastID: fleet.DefaultBroadcast, ParticipantID: hostID, StageArn: origin, Publishing: true, JoinedAt: clk.Now()})
+	bi := &blockCreate{fakeIVS: f, entered: make(chan struct{}, 1), release: make(chan struct{})}
+	svc := fleet.New(fleet.Config{StageCapacity: 10, ScaleUpThreshold: 8, MinIdleStages: 1, Now: clk.Now, HeartbeatTimeout: time.Minute}, st, bi, nopIssuer{}, slog.New(slog.DiscardHandler))
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if _, err := svc.ReconcileBroadcast(ctx, fleet.DefaultBroadcast); err != nil {
+			t.Errorf("reconcile: %v", err)
+		}
+	}()
+	<-bi.entered
+	if _, err := svc.EndBroadcast(ctx, fleet.DefaultBroadcast, "test"); err != nil {
+		t.Fatal(err)
+	}
+	close(bi.release)
+	<-done
+	all, err := st.ListStages(ctx, fleet.DefaultBroadcast)
+	if err != nil || len(all) != 0 {
+		t.Errorf("stage records left: %d (%v)", len(all), err)
+	}
+	clk.advance(time.Minute)
+	if err := svc.Resync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	f.mu.Lock()
+	left := len(f.stages)
+	f.mu.Unlock()
+	if left > 0 {
+		t.Errorf("%d IVS stage(s) left after the broadcast ended and a resync ran", left)
+	}
+}
+
+// blockList blocks ListReplicas (after its answer is computed) until
+// release.
+type blockList struct {
+	*fakeIVS
+	armed   bool
+	entered chan struct{}
+	release chan struct{}
+}
+
+func (b *blockList) ListReplicas(ctx context.Context, source, participantID string) ([]fleet.IVSReplica, error) {
+	out, err := b.fakeIVS.ListReplicas(ctx, source, participantID)
+	if b.armed {
+		b.entered <- struct{}{}
+		<-b.release
+	}
+	return out, err
+}
+
+// 3. A resync's IVS reading taken before a ReplicationStopped event undoes
+// the event: the replica reopens to viewers while its replication is
