@@ -282,7 +282,23 @@ func (s *Service) createOrigin(ctx context.Context, broadcastID string) (string,
 	}
 	now := s.now()
 	rec := store.Stage{Arn: st.Arn, BroadcastID: broadcastID, Role: store.RoleOrigin, Name: st.Name, Capacity: s.cfg.StageCapacity, CreatedAt: now}
+	// drop takes back an origin that did not become the broadcast's: its
+	// record would otherwise seat viewers where no host will publish.
+	drop := func(record bool, why string) {
+		ctx := context.WithoutCancel(ctx)
+		if record {
+			if _, err := s.store.DeleteStage(ctx, st.Arn); err != nil {
+				s.log.Warn("dropping origin record", "stage", st.Arn, "why", why, "error", err)
+			}
+		}
+		if created {
+			if err := s.ivs.DeleteStage(ctx, st.Arn); err != nil {
+				s.log.Warn("deleting origin stage", "stage", st.Arn, "why", why, "error", err)
+			}
+		}
+	}
 	if err := s.store.PutStage(ctx, rec); err != nil {
+		drop(false, "not recorded")
 		return "", failWrap(ErrUnavailable, err, "recording origin stage")
 	}
 	b, err := s.store.CreateBroadcast(ctx, store.Broadcast{ID: broadcastID, OriginArn: st.Arn, CreatedAt: now})
@@ -291,17 +307,10 @@ func (s *Service) createOrigin(ctx context.Context, broadcastID string) (string,
 		// Reconcile adopted this very stage meanwhile.
 		return st.Arn, nil
 	case errors.Is(err, store.ErrExists):
-		// Another instance won the race: drop ours.
-		if _, err := s.store.DeleteStage(ctx, st.Arn); err != nil {
-			s.log.Warn("dropping losing origin record", "stage", st.Arn, "error", err)
-		}
-		if created {
-			if err := s.ivs.DeleteStage(ctx, st.Arn); err != nil {
-				s.log.Warn("deleting losing origin stage", "stage", st.Arn, "error", err)
-			}
-		}
+		drop(true, "another instance made the broadcast's origin")
 		return b.OriginArn, nil
 	case err != nil:
+		drop(true, "broadcast not recorded")
 		return "", failWrap(ErrUnavailable, err, "recording broadcast %s", broadcastID)
 	}
 	s.log.Info("origin stage ready", "broadcast", broadcastID, "stage", st.Arn, "created", created)
