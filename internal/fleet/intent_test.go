@@ -98,24 +98,3 @@ func TestEndDuringAct(t *testing.T) {
 		t.Errorf("%d IVS stage(s) left after the broadcast ended and a resync ran", left)
 	}
 }
-
-// blockList blocks ListReplicas (after its answer is computed) until
-// release.
-type blockList struct {
-	*fakeIVS
-	armed   bool
-	entered chan struct{}
-	release chan struct{}
-}
-
-func (b *blockList) ListReplicas(ctx context.Context, source, participantID string) ([]fleet.IVSReplica, error) {
-	out, err := b.fakeIVS.ListReplicas(ctx, source, participantID)
-	if b.armed {
-		b.entered <- struct{}{}
-		<-b.release
-	}
-	return out, err
-}
-
-// 3. A resync's IVS reading taken before a ReplicationStopped event undoes
-// the event: the replica reopens to viewers while its replication is

@@ -244,7 +244,7 @@ func (s *Service) pass(ctx context.Context, broadcastID string, fresh *ivsView) 
 			if err := s.pruneHosts(ctx, cur, fresh.present); err != nil {
 				return intent{}, 0, false, fmt.Errorf("pruning hosts: %w", err)
 			}
-			if err := s.applyReplicas(ctx, cur, fresh.active); err != nil {
+			if err := s.applyReplicas(ctx, cur, fresh.active, fresh.seen); err != nil {
 				return intent{}, 0, false, fmt.Errorf("repairing replications: %w", err)
 			}
 		}
@@ -401,7 +401,7 @@ func (s *Service) activeReplicas(ctx context.Context, b store.Broadcast) (map[re
 
 // applyReplicas sets each replication record to what IVS shows, and the
 // stages' seating with them.
-func (s *Service) applyReplicas(ctx context.Context, b store.Broadcast, active map[replKey]bool) error {
+func (s *Service) applyReplicas(ctx context.Context, b store.Broadcast, active map[replKey]bool, seen time.Time) error {
 	reps, err := s.store.ListReplications(ctx, b.ID)
 	if err != nil {
 		return err
@@ -421,7 +421,7 @@ func (s *Service) applyReplicas(ctx context.Context, b store.Broadcast, active m
 			if key.dest != st.Arn || recorded[key] || st.Role != store.RoleReplica {
 				continue
 			}
-			r := store.Replication{BroadcastID: b.ID, ParticipantID: key.participant, SourceArn: b.OriginArn, DestArn: st.Arn, State: store.ReplActive, UpdatedAt: s.now()}
+			r := store.Replication{BroadcastID: b.ID, ParticipantID: key.participant, SourceArn: b.OriginArn, DestArn: st.Arn, State: store.ReplActive, UpdatedAt: s.now(), EventTime: seen}
 			if err := s.store.PutReplication(ctx, r); err != nil {
 				return err
 			}
@@ -437,11 +437,15 @@ func (s *Service) applyReplicas(ctx context.Context, b store.Broadcast, active m
 		case r.State == store.ReplActive:
 			want = store.ReplStopped
 		}
-		if want == r.State {
+		// As with hosts: an event applied since the listing began is
+		// newer than what it shows (a replica must not reopen to viewers
+		// on a reading from before its replication stopped).
+		newer := r.EventTime.After(seen) && !r.EventTime.After(s.now())
+		if want == r.State || newer {
 			continue
 		}
 		s.log.Info("replication state repaired from IVS", "broadcast", b.ID, "stage", r.DestArn, "participant", r.ParticipantID, "from", r.State, "to", want)
-		r.State, r.Reason, r.UpdatedAt = want, "", s.now()
+		r.State, r.Reason, r.UpdatedAt, r.EventTime = want, "", s.now(), seen
 		if err := s.store.PutReplication(ctx, r); err != nil {
 			return err
 		}
