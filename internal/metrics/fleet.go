@@ -6,8 +6,16 @@ import "time"
 
 // ViewerToken counts a viewer token request's outcome and how long its
 // answer took.
+// Only an outcome that shows the broadcast exists may give its id a label
+// of its own: any client could otherwise spend the label slots on made-up
+// ids, one refused request each, and fold the real broadcasts into Other.
 func (m *Metrics) ViewerToken(broadcastID, outcome string, took time.Duration) {
-	m.viewerTokens.WithLabelValues(m.broadcasts.of(broadcastID), outcome).Inc()
+	label := m.broadcasts.known(broadcastID)
+	switch outcome {
+	case "ok", "full", "limit":
+		label = m.broadcasts.of(broadcastID)
+	}
+	m.viewerTokens.WithLabelValues(label, outcome).Inc()
 	m.joinSeconds.Observe(seconds(took))
 }
 

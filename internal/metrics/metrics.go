@@ -226,5 +226,14 @@ func (l *broadcastLabels) of(id string) string {
 	return id
 }
 
+// known is id when it already has its own label value, else Other: it
+// gives none out.
+func (l *broadcastLabels) known(id string) string {
+	if _, ok := l.seen.Load(id); ok && id != Other {
+		return id
+	}
+	return Other
+}
+
 // seconds is d in seconds, never below 0.
 func seconds(d time.Duration) float64 { return max(0, d.Seconds()) }

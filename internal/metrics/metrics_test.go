@@ -81,6 +81,21 @@ func TestBroadcastLabelsFold(t *testing.T) {
 	}
 }
 
+// TestMadeUpBroadcastsTakeNoLabel: refused requests for ids that may not
+// exist are counted under Other and leave the label slots to broadcasts
+// shown to exist.
+func TestMadeUpBroadcastsTakeNoLabel(t *testing.T) {
+	m := New(Options{MaxBroadcasts: 1})
+	for i := range 5 {
+		m.ViewerToken(fmt.Sprint("nope-", i), "not_live", time.Millisecond)
+	}
+	m.ViewerToken("show", "ok", time.Millisecond)
+	m.ViewerToken("show", "not_live", time.Millisecond)
+	wantValue(t, m, "stagefleet_viewer_tokens_total", map[string]string{"broadcast": Other, "outcome": "not_live"}, 5)
+	wantValue(t, m, "stagefleet_viewer_tokens_total", map[string]string{"broadcast": "show", "outcome": "ok"}, 1)
+	wantValue(t, m, "stagefleet_viewer_tokens_total", map[string]string{"broadcast": "show", "outcome": "not_live"}, 1)
+}
+
 func TestFleetReports(t *testing.T) {
 	m := New(Options{MaxBroadcasts: 1})
 	m.ViewerToken("show-1", "ok", 10*time.Millisecond)
