@@ -2,6 +2,7 @@ package fleet_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"testing"
@@ -96,5 +97,33 @@ func TestEndDuringAct(t *testing.T) {
 	f.mu.Unlock()
 	if left > 0 {
 		t.Errorf("%d IVS stage(s) left after the broadcast ended and a resync ran", left)
+	}
+}
+
+// TestUnknownBroadcastLeavesNoDemand: viewer requests for ids that are no
+// broadcast leave no demand record in the store.
+func TestUnknownBroadcastLeavesNoDemand(t *testing.T) {
+	ctx := t.Context()
+	svc, st, _, _ := controlled(t, fleet.Config{StageCapacity: 10, ScaleUpThreshold: 8, HeartbeatTimeout: time.Minute, SeatWait: time.Millisecond})
+	for i := range 100 {
+		id := fmt.Sprint("nope", i)
+		if _, err := svc.ViewerToken(ctx, id, "u", ""); !errors.Is(err, fleet.ErrNotLive) {
+			t.Fatalf("viewer token for %s: %v, want ErrNotLive", id, err)
+		}
+		// What the queue's worker does with the enqueued key.
+		if _, err := svc.ReconcileBroadcast(ctx, id); err != nil {
+			t.Fatalf("reconcile %s: %v", id, err)
+		}
+	}
+	n := 0
+	for i := range 100 {
+		d, err := st.ListDemand(ctx, fmt.Sprint("nope", i), time.Time{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		n += len(d)
+	}
+	if n > 0 {
+		t.Errorf("%d demand records kept for broadcasts that do not exist", n)
 	}
 }

@@ -99,4 +99,3 @@ func TestStaleReplicaRead(t *testing.T) {
 		t.Errorf("after the pass: replica seatable %v, replication %s; want closed and not active", s3.Seatable, r.State)
 	}
 }
-
