@@ -39,6 +39,7 @@ type Fleet interface {
 	Hosts(ctx context.Context, broadcastID string) ([]store.Host, error)
 	Publisher(ctx context.Context, broadcastID string) (store.Host, bool, error)
 	Seats(ctx context.Context, broadcastID, stageArn string) ([]store.Seat, error)
+	Seat(ctx context.Context, broadcastID, userID string) (store.Seat, bool, error)
 	SeatsPage(ctx context.Context, stageArn, cursor string, limit int) ([]store.Seat, string, store.Stage, error)
 	Broadcasts(ctx context.Context) ([]store.Broadcast, error)
 	Broadcast(ctx context.Context, id string) (store.Broadcast, error)

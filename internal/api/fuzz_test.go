@@ -167,6 +167,10 @@ func (f *fuzzFleet) Seats(context.Context, string, string) ([]store.Seat, error)
 	return []store.Seat{fuzzSeat()}, f.call()
 }
 
+func (f *fuzzFleet) Seat(context.Context, string, string) (store.Seat, bool, error) {
+	return fuzzSeat(), true, f.call()
+}
+
 func (f *fuzzFleet) SeatsPage(context.Context, string, string, int) ([]store.Seat, string, store.Stage, error) {
 	return []store.Seat{fuzzSeat()}, "", fuzzStage().Stage, f.call()
 }

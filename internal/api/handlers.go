@@ -411,16 +411,13 @@ func (s *server) viewerDuration(w http.ResponseWriter, r *http.Request) *apiErro
 // viewerWatchTime is the previous server's form: one viewer's watch time
 // on its seat (on stageArn, when given), 0 when it has none.
 func (s *server) viewerWatchTime(w http.ResponseWriter, r *http.Request, b, userID, stageArn string) *apiError {
-	seats, err := s.fleet.Seats(r.Context(), b, "")
+	seat, has, err := s.fleet.Seat(r.Context(), b, userID)
 	if err != nil {
 		return s.fail(err)
 	}
 	data := map[string]any{"userId": userID, "broadcastId": b, "stageArn": stageArn, "watchDurationSeconds": 0,
 		"watchDurationFormatted": formatDuration(0), "hasSeat": false}
-	for _, seat := range seats {
-		if seat.UserID != userID || (stageArn != "" && seat.StageArn != stageArn) {
-			continue
-		}
+	if has && (stageArn == "" || seat.StageArn == stageArn) {
 		d := s.seatData(seat)
 		data["stageArn"], data["watchDurationSeconds"], data["watchDurationFormatted"] = seat.StageArn, d.WatchSeconds, formatDuration(d.WatchSeconds)
 		data["hasSeat"], data["joinedAt"] = true, d.JoinedAt

@@ -382,6 +382,12 @@ func (f *oaFleet) Seats(context.Context, string, string) ([]store.Seat, error) {
 	}
 	return []store.Seat{f.seat("default", "viewer-1")}, f.err
 }
+func (f *oaFleet) Seat(_ context.Context, b, user string) (store.Seat, bool, error) {
+	if f.empty || user != "viewer-1" {
+		return store.Seat{}, false, f.err
+	}
+	return f.seat(b, user), true, f.err
+}
 func (f *oaFleet) SeatsPage(_ context.Context, arn, _ string, _ int) ([]store.Seat, string, store.Stage, error) {
 	if f.empty {
 		return nil, "", f.stage(arn).Stage, f.err

@@ -280,6 +280,11 @@ func (c *countingStore) ListSeats(ctx context.Context, b string) ([]store.Seat, 
 	c.count("ListSeats")
 	return c.inner.ListSeats(ctx, b)
 }
+func (c *countingStore) GetSeat(ctx context.Context, b, user string) (store.Seat, error) {
+	c.count("GetSeat")
+	return c.inner.GetSeat(ctx, b, user)
+}
+
 func (c *countingStore) ScanSeats(ctx context.Context, b, cursor string, n int) ([]store.Seat, string, error) {
 	c.count("ScanSeats")
 	return c.inner.ScanSeats(ctx, b, cursor, n)

@@ -409,6 +409,19 @@ func (s *Service) Broadcasts(ctx context.Context) ([]store.Broadcast, error) {
 	return bs, nil
 }
 
+// Seat returns one viewer's seat in a broadcast; ok is false when it has
+// none. It reads that seat only, whatever the audience.
+func (s *Service) Seat(ctx context.Context, broadcastID, userID string) (store.Seat, bool, error) {
+	seat, err := s.store.GetSeat(ctx, broadcastID, userID)
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		return store.Seat{}, false, nil
+	case err != nil:
+		return store.Seat{}, false, failWrap(ErrUnavailable, err, "reading the seat of %s", userID)
+	}
+	return seat, true, nil
+}
+
 // SeatsPage lists a page of one stage's live seats: up to about limit,
 // from cursor ("" to begin), and the cursor of the rest ("" when done),
 // with the stage's record (its seat count). A call looks at a bounded

@@ -197,6 +197,12 @@ func (s *Store) ListSeats(ctx context.Context, broadcastID string) ([]store.Seat
 	return out, err
 }
 
+func (s *Store) GetSeat(ctx context.Context, broadcastID, userID string) (store.Seat, error) {
+	out, err := s.next.GetSeat(ctx, broadcastID, userID)
+	s.count("GetSeat", err)
+	return out, err
+}
+
 func (s *Store) ScanSeats(ctx context.Context, broadcastID, cursor string, count int) ([]store.Seat, string, error) {
 	out, next, err := s.next.ScanSeats(ctx, broadcastID, cursor, count)
 	s.count("ScanSeats", err)

@@ -258,6 +258,8 @@ type SeatStore interface {
 	// again while it gets a full batch.
 	ExpireSeats(ctx context.Context, broadcastID string, now time.Time) ([]Seat, error)
 	ListSeats(ctx context.Context, broadcastID string) ([]Seat, error)
+	// GetSeat returns one viewer's seat, ErrNotFound when it has none.
+	GetSeat(ctx context.Context, broadcastID, userID string) (Seat, error)
 	// ScanSeats returns about count of the broadcast's seats from cursor
 	// ("" to begin) and the cursor of the rest ("" when done), in the
 	// store's order: a seat held throughout a scan is returned at least

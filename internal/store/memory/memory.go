@@ -423,6 +423,16 @@ func (s *Store) ExpireSeats(_ context.Context, broadcastID string, now time.Time
 	return freed, nil
 }
 
+func (s *Store) GetSeat(_ context.Context, broadcastID, userID string) (store.Seat, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	seat, ok := s.seats[seatKey{broadcastID, userID}]
+	if !ok {
+		return store.Seat{}, fmt.Errorf("seat of %s: %w", userID, store.ErrNotFound)
+	}
+	return seat, nil
+}
+
 func (s *Store) ScanSeats(_ context.Context, broadcastID, cursor string, count int) ([]store.Seat, string, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()

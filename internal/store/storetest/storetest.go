@@ -101,6 +101,7 @@ func Run(t *testing.T, newStore func(t *testing.T, eventLimit int) store.Store) 
 		{name: "ExpireSeats", run: testExpireSeats},
 		{name: "ExpireBatch", run: testExpireBatch},
 		{name: "ScanSeats", run: testScanSeats},
+		{name: "GetSeat", run: testGetSeat},
 		{name: "ListSeats", run: testListSeats},
 		{name: "FirstSeen", run: testFirstSeen},
 		{name: "FirstSeen/Limit", run: testEventLimit, eventLimit: smallEventLimit},
@@ -1168,6 +1169,31 @@ func testExpireBatch(t *testing.T, st store.Store) {
 		}
 	}
 	wantSeats(t, st, s.Arn, 0)
+}
+
+// testGetSeat: a viewer's seat as reserved, and ErrNotFound for a viewer
+// without one (or with one in another broadcast) and after release.
+func testGetSeat(t *testing.T, st store.Store) {
+	ctx := testCtx(t)
+	s := stageRec("get", bcA, 10, true, 0)
+	putStages(t, st, s)
+	want := reserve(t, st, bcA, "alice", "")
+	got, err := st.GetSeat(ctx, bcA, "alice")
+	must(t, err, "GetSeat")
+	if got.UserID != "alice" || got.StageArn != s.Arn || got.ParticipantID != want.ParticipantID || !got.ExpiresAt.Equal(want.ExpiresAt) {
+		t.Errorf("GetSeat = %+v, want %+v", got, want)
+	}
+	for _, c := range []struct{ b, user string }{{bcA, "bob"}, {bcB, "alice"}} {
+		if _, err := st.GetSeat(ctx, c.b, c.user); !errors.Is(err, store.ErrNotFound) {
+			t.Errorf("GetSeat(%s, %s) = %v, want ErrNotFound", c.b, c.user, err)
+		}
+	}
+	if _, err := st.ReleaseSeat(ctx, bcA, "alice"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.GetSeat(ctx, bcA, "alice"); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("GetSeat after release = %v, want ErrNotFound", err)
+	}
 }
 
 // testScanSeats: a scan returns every seat at least once, a page at a
