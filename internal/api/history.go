@@ -3,6 +3,7 @@ package api
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/http"
 	"strconv"
 	"time"
@@ -32,8 +33,23 @@ func (s *server) historyFail(err error) *apiError {
 	if errors.Is(err, history.ErrInvalid) {
 		return badRequest("%v", err)
 	}
+	if errors.Is(err, context.DeadlineExceeded) {
+		s.log.Warn("viewing history read timed out", "timeout", historyReadTimeout, "error", err)
+		return &apiError{status: http.StatusInternalServerError, code: CodeInternal,
+			message: fmt.Sprintf("the viewing history did not answer within %v: ask for a shorter range", historyReadTimeout)}
+	}
 	s.log.Error("viewing history", "error", err)
 	return &apiError{status: http.StatusInternalServerError, code: CodeInternal, message: "the viewing history could not be read"}
+}
+
+// historyReadTimeout bounds one history read: the write timeout does not
+// cancel a handler, and a read over months of sessions would otherwise run
+// to its end while holding one of the database's few connections.
+const historyReadTimeout = 10 * time.Second
+
+// historyCtx is the request's context with historyReadTimeout.
+func historyCtx(r *http.Request) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(r.Context(), historyReadTimeout)
 }
 
 func rfc3339(t time.Time) any {
@@ -64,7 +80,9 @@ func (s *server) viewerHistory(w http.ResponseWriter, r *http.Request) *apiError
 	if e := c.err(); e != nil {
 		return e
 	}
-	page, next, total, err := h.History(r.Context(), userID, limit, r.URL.Query().Get("cursor"))
+	ctx, cancel := historyCtx(r)
+	defer cancel()
+	page, next, total, err := h.History(ctx, userID, limit, r.URL.Query().Get("cursor"))
 	if err != nil {
 		return s.historyFail(err)
 	}
@@ -110,7 +128,9 @@ func (s *server) viewerStats(w http.ResponseWriter, r *http.Request) *apiError {
 		}
 		days = n
 	}
-	st, err := h.StageStats(r.Context(), arn, time.Now().AddDate(0, 0, -days))
+	ctx, cancel := historyCtx(r)
+	defer cancel()
+	st, err := h.StageStats(ctx, arn, time.Now().AddDate(0, 0, -days))
 	if err != nil {
 		return s.historyFail(err)
 	}
@@ -170,7 +190,9 @@ func (s *server) statsHistory(w http.ResponseWriter, r *http.Request) *apiError 
 	if e := c.err(); e != nil {
 		return e
 	}
-	points, err := h.Series(r.Context(), b, from, to, step)
+	ctx, cancel := historyCtx(r)
+	defer cancel()
+	points, err := h.Series(ctx, b, from, to, step)
 	if err != nil {
 		return s.historyFail(err)
 	}
@@ -193,7 +215,9 @@ func (s *server) broadcastStats(w http.ResponseWriter, r *http.Request) *apiErro
 	if e := c.err(); e != nil {
 		return e
 	}
-	st, err := h.BroadcastStats(r.Context(), b)
+	ctx, cancel := historyCtx(r)
+	defer cancel()
+	st, err := h.BroadcastStats(ctx, b)
 	if err != nil {
 		return s.historyFail(err)
 	}
