@@ -178,6 +178,9 @@ func New(ctx context.Context, cfg config.Config, emuCfg emulator.Config, log *sl
 		Observer:             observer,
 	}, a.store, client, issuer, log)
 	a.metrics.ObserveState(a.store, a.fleet.Waiting)
+	if a.histW != nil {
+		a.metrics.ObserveHistory(a.histW.Len, a.histW.Dropped)
+	}
 	var apiMetrics http.Handler
 	if a.metricsLn == nil {
 		apiMetrics = a.metrics.Handler()

@@ -170,6 +170,19 @@ func (a *App) health(ctx context.Context) api.Health {
 	} else {
 		checks["origins"] = api.Check{Status: checkOK, Message: "every broadcast's origin exists in IVS"}
 	}
+	if a.histW != nil {
+		// Degraded, not failed: seating goes on while the history waits,
+		// and what it missed is written when the database is back (up to
+		// HISTORY_BUFFER records).
+		waiting, dropped := a.histW.Len(), a.histW.Dropped()
+		if err := a.histW.Failing(); err != nil {
+			checks["history"] = api.Check{Status: checkDegraded, Message: fmt.Sprintf(
+				"the viewing history cannot be written (%v): %d records waiting, %d dropped since start", err, waiting, dropped)}
+		} else {
+			checks["history"] = api.Check{Status: checkOK, Message: fmt.Sprintf(
+				"the viewing history is written: %d records waiting, %d dropped since start", waiting, dropped)}
+		}
+	}
 	if cs := checks["controller"]; cs.Status != checkOK {
 		h.Controller.Status, h.Controller.Error = cs.Status, cs.Message
 	}

@@ -456,9 +456,20 @@ func TestHistoryPostgresOutage(t *testing.T) {
 	outage := time.Now()
 	// The history routes say the database is down; the joins do not.
 	wantError(t, a.call(t, "GET", "/api/viewer/history/viewer-1", nil), http.StatusInternalServerError, "INTERNAL_ERROR")
+	// Health says so too: degraded (the API still answers 200), with the
+	// records waiting; then ok once the database is back.
+	historyCheck := func(want string) func() (bool, string) {
+		return func() (bool, string) {
+			status, h := a.health(t)
+			c := h.Checks["history"]
+			return status == http.StatusOK && c.Status == want, fmt.Sprintf("%d %+v", status, c)
+		}
+	}
+	eventually(t, 8*time.Second, historyCheck("degraded"))
 	time.Sleep(10*time.Second - time.Since(outage))
 	srv.Restart()
 	down.Store(false)
+	eventually(t, 10*time.Second, historyCheck("ok"))
 	time.Sleep(2 * time.Second)
 	close(stop)
 	workers.Wait()

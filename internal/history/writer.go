@@ -83,6 +83,7 @@ type Writer struct {
 	snaps   []Snapshot // queued, oldest first
 	pending int        // queued and in the batch being written
 	closed  bool
+	failing error // the last attempt's error; nil once one succeeds
 
 	full    atomic.Int64 // dropped: the buffer was full, or the writer closed
 	invalid atomic.Int64 // dropped: refused by Validate or by the store
@@ -174,6 +175,14 @@ func (w *Writer) Len() int {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	return w.pending
+}
+
+// Failing returns the error of the last write attempt while writes fail,
+// nil once one succeeds: the history's health.
+func (w *Writer) Failing() error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.failing
 }
 
 // Dropped returns how many events and snapshots were dropped since the
@@ -273,6 +282,9 @@ func (w *Writer) write(b batch) bool {
 	backoff := min(100*time.Millisecond, w.cfg.MaxBackoff)
 	for {
 		err := w.attempt(&b)
+		w.mu.Lock()
+		w.failing = err
+		w.mu.Unlock()
 		if err == nil {
 			return true
 		}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -250,7 +251,11 @@ func TestWriterRetries(t *testing.T) {
 	if logs.warn.Load() == 0 {
 		t.Error("no warning while the store failed")
 	}
+	if err := w.Failing(); err == nil || !strings.Contains(err.Error(), "connection refused") {
+		t.Errorf("Failing while down = %v, want the store's error", err)
+	}
 	down.Store(false)
+	eventually(t, "a write after the outage", func() bool { return w.Failing() == nil })
 	closeWriter(t, w)
 	if got := st.ids(); !slices.Equal(got, ids(0, 100)) {
 		t.Errorf("written %v, want all 100 in order", got)

@@ -270,3 +270,13 @@ func TestHandlerServesRuntimeAndProcess(t *testing.T) {
 		}
 	}
 }
+
+func TestObserveHistory(t *testing.T) {
+	m := New(Options{})
+	pending, dropped := 3, int64(0)
+	m.ObserveHistory(func() int { return pending }, func() int64 { return dropped })
+	wantValue(t, m, "stagefleet_history_pending", nil, 3)
+	pending, dropped = 0, 7
+	wantValue(t, m, "stagefleet_history_pending", nil, 0)
+	wantValue(t, m, "stagefleet_history_dropped_total", nil, 7)
+}

@@ -72,6 +72,22 @@ func (m *Metrics) ObserveState(src StateSource, waiting func() map[string]int) {
 	m.reg.MustRegister(m.state)
 }
 
+// ObserveHistory reports the viewing history's writer at every scrape:
+// records waiting to be written (pending) and dropped since the start
+// (dropped). Call it once, when the history is on.
+func (m *Metrics) ObserveHistory(pending func() int, dropped func() int64) {
+	m.reg.MustRegister(
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "stagefleet_history_pending",
+			Help: "Viewing history records (session events and snapshots) queued or being written.",
+		}, func() float64 { return float64(pending()) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "stagefleet_history_dropped_total",
+			Help: "Viewing history records dropped: the buffer was full (a long database outage) or the record was invalid.",
+		}, func() float64 { return float64(dropped()) }),
+	)
+}
+
 // snapshot is one reading of the state.
 type snapshot struct {
 	// broadcasts by label value: folded broadcasts add up under Other.
