@@ -18,6 +18,7 @@ import (
 	"net/http"
 	"os"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -435,37 +436,29 @@ func (a *App) Handler() http.Handler { return a.api }
 func (a *App) Run(ctx context.Context) error {
 	srv := a.httpServer(a.api)
 	bg, stop := context.WithCancel(context.WithoutCancel(ctx))
-	fleetDone := make(chan struct{})
-	go func() {
-		defer close(fleetDone)
-		a.fleet.Run(bg)
-	}()
-	// The controller stops before Close shuts what it uses.
+	// Every background goroutine (the controller, the IVS probe, the
+	// hub, the history recorder, the CloudWatch writer) uses the store or
+	// the history: all stop before Close shuts them.
+	var background sync.WaitGroup
 	defer func() {
 		stop()
-		<-fleetDone
+		background.Wait()
 	}()
-	go a.probe.run(bg, probeInterval)
-	// The hub reads the store too: it stops before Close shuts it.
-	liveDone := make(chan struct{})
-	go func() {
-		defer close(liveDone)
-		a.live.Run(bg)
-	}()
-	defer func() {
-		stop()
-		<-liveDone
-	}()
+	background.Go(func() { a.fleet.Run(bg) })
+	background.Go(func() { a.probe.run(bg, probeInterval) })
+	background.Go(func() { a.live.Run(bg) })
 	if a.hist != nil {
 		r := &recorder{fleet: a.fleet, leases: a.store, w: a.histW, hist: a.hist, holder: instanceName(a.cfg) + "-" + rand.Text()[:6],
 			interval: a.cfg.SnapshotInterval, retention: a.cfg.HistoryRetention, log: a.log.With("component", "history")}
-		go r.run(bg)
+		background.Go(func() { r.run(bg) })
 	}
 	if a.cfg.EnableMonitoring {
-		go a.metrics.RunCloudWatch(bg, os.Stdout, metrics.CloudWatch{
-			Namespace:   a.cfg.CloudWatchNamespace,
-			Environment: a.cfg.Environment,
-			Interval:    a.cfg.MetricsInterval,
+		background.Go(func() {
+			a.metrics.RunCloudWatch(bg, os.Stdout, metrics.CloudWatch{
+				Namespace:   a.cfg.CloudWatchNamespace,
+				Environment: a.cfg.Environment,
+				Interval:    a.cfg.MetricsInterval,
+			})
 		})
 	}
 	errc := make(chan error, 2)
@@ -481,6 +474,14 @@ func (a *App) Run(ctx context.Context) error {
 	}
 	select {
 	case err := <-errc:
+		// One server failed: the other goes too, and the hub's
+		// connections with it, so that the process ends whole.
+		for _, s := range servers {
+			_ = s.Close()
+		}
+		cctx, cancel := context.WithTimeout(context.Background(), a.cfg.ShutdownTimeout)
+		defer cancel()
+		a.live.Close(cctx)
 		return err
 	case <-ctx.Done():
 	}
