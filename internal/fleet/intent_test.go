@@ -127,3 +127,46 @@ func TestUnknownBroadcastLeavesNoDemand(t *testing.T) {
 		t.Errorf("%d demand records kept for broadcasts that do not exist", n)
 	}
 }
+
+// TestIdleEndRechecked: a broadcast found idle is ended only if it still
+// is when the end holds the lock; a host publishing again keeps it.
+func TestIdleEndRechecked(t *testing.T) {
+	ctx := t.Context()
+	svc, st, f, clk := controlled(t, fleet.Config{StageCapacity: 10, ScaleUpThreshold: 8, HeartbeatTimeout: time.Minute, BroadcastIdleTimeout: time.Minute})
+	h, err := st.GetHost(ctx, fleet.DefaultBroadcast, hostID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.Publishing = false
+	if err := st.PutHost(ctx, h); err != nil {
+		t.Fatal(err)
+	}
+	clk.advance(2 * time.Minute)
+	// The host publishes again after a pass found the broadcast idle.
+	h.Publishing = true
+	if err := st.PutHost(ctx, h); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := svc.EndIdle(ctx, fleet.DefaultBroadcast); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.GetBroadcast(ctx, fleet.DefaultBroadcast); err != nil {
+		t.Errorf("broadcast with a host publishing again: %v, want it kept", err)
+	}
+	// Idle still: it ends, origin and all.
+	h.Publishing = false
+	if err := st.PutHost(ctx, h); err != nil {
+		t.Fatal(err)
+	}
+	if end, err := svc.EndIdle(ctx, fleet.DefaultBroadcast); err != nil || end.StagesDeleted != 1 {
+		t.Errorf("EndIdle of an idle broadcast = %+v, %v; want its origin deleted", end, err)
+	}
+	if _, err := st.GetBroadcast(ctx, fleet.DefaultBroadcast); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("idle broadcast after EndIdle: %v, want it gone", err)
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if len(f.stages) != 0 {
+		t.Errorf("%d IVS stages left", len(f.stages))
+	}
+}

@@ -24,15 +24,36 @@ type Ended struct {
 // is only forgotten. A failure part-way leaves the broadcast with the
 // stages not yet deleted, and ending it again finishes the work.
 func (s *Service) EndBroadcast(ctx context.Context, broadcastID, reason string) (Ended, error) {
+	return s.endBroadcast(ctx, broadcastID, reason, false)
+}
+
+// endIdle ends a broadcast found idle, if it still is: a host may have
+// started publishing, or a viewer taken a seat, since the pass that found
+// it idle released the lock.
+func (s *Service) endIdle(ctx context.Context, broadcastID string) (Ended, error) {
+	return s.endBroadcast(ctx, broadcastID, "idle for BROADCAST_IDLE_TIMEOUT", true)
+}
+
+func (s *Service) endBroadcast(ctx context.Context, broadcastID, reason string, ifIdle bool) (Ended, error) {
 	ctx, unlock, err := s.lock(ctx, broadcastID, "end broadcast")
 	if err != nil {
 		return Ended{}, err
 	}
 	defer unlock()
-	if _, err := s.store.GetBroadcast(ctx, broadcastID); errors.Is(err, store.ErrNotFound) {
+	b, err := s.store.GetBroadcast(ctx, broadcastID)
+	if errors.Is(err, store.ErrNotFound) {
 		return Ended{}, fail(ErrNotFound, "there is no broadcast %s", broadcastID)
 	} else if err != nil {
 		return Ended{}, failWrap(ErrUnavailable, err, "reading broadcast %s", broadcastID)
+	}
+	if ifIdle {
+		idle, err := s.idle(ctx, b, s.now())
+		if err != nil {
+			return Ended{}, failWrap(ErrUnavailable, err, "checking broadcast %s is still idle", broadcastID)
+		}
+		if !idle {
+			return Ended{BroadcastID: broadcastID}, nil
+		}
 	}
 	stages, err := s.store.ListStages(ctx, broadcastID)
 	if err != nil {

@@ -166,7 +166,7 @@ func (s *Service) ReconcileBroadcast(ctx context.Context, broadcastID string) (t
 		}
 	}
 	if ended {
-		if _, err := s.EndBroadcast(ctx, broadcastID, "idle for BROADCAST_IDLE_TIMEOUT"); err != nil {
+		if _, err := s.endIdle(ctx, broadcastID); err != nil && !errors.Is(err, ErrNotFound) {
 			return 0, fmt.Errorf("ending idle broadcast: %w", err)
 		}
 		return 0, nil
