@@ -67,7 +67,11 @@ func (s *Service) endBroadcast(ctx context.Context, broadcastID, reason string, 
 	}
 	end := Ended{BroadcastID: broadcastID}
 	// Replicas first, the origin last: a replica never outlives its
-	// source by more than this call.
+	// source by more than this call. The records go all at once with the
+	// broadcast's below: dropping them stage by stage would read the
+	// broadcast's seats once per stage. Until then, after a failure, the
+	// closed records seat nobody, and ending again skips the stages IVS
+	// no longer has.
 	for i := len(stages) - 1; i >= 0; i-- {
 		st := stages[i]
 		if st.Arn != s.cfg.OriginArn {
@@ -76,12 +80,6 @@ func (s *Service) endBroadcast(ctx context.Context, broadcastID, reason string, 
 			}
 			end.StagesDeleted++
 		}
-		freed, err := s.store.DeleteStage(ctx, st.Arn)
-		if err != nil && !errors.Is(err, store.ErrNotFound) {
-			return end, failWrap(ErrUnavailable, err, "dropping the record of %s", st.Arn)
-		}
-		s.seatsEnded(freed, EndBroadcastEnded)
-		end.SeatsFreed += len(freed)
 		s.provisionStart.Delete(st.Arn)
 	}
 	freed, err := s.store.DeleteBroadcast(ctx, broadcastID)
