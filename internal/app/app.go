@@ -533,6 +533,13 @@ func (a *App) MetricsAddr() string {
 
 // Close stops the embedded emulator and the store.
 func (a *App) Close() {
+	if a.histW != nil && a.cfg.StoreKind() == "memory" {
+		// The broadcasts end with the process: their viewers' sessions
+		// close now, or they would stay open in the history for good.
+		if err := a.fleet.CloseSessions(context.Background()); err != nil {
+			a.log.Warn("history: closing the sessions of the memory store's seats", "error", err)
+		}
+	}
 	if a.histW != nil {
 		// What the fleet queued is written before the process ends.
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)

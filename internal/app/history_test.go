@@ -371,6 +371,9 @@ func TestHistorySurvivesRestart(t *testing.T) {
 		a.goLive(t, "default", "host-1")
 		tok = a.token(t, "viewer", map[string]any{"userId": "viewer-1"})
 		a.expect(t, "POST", "/api/viewer/leave", map[string]any{"userId": "viewer-1"}, http.StatusOK)
+		// viewer-2 is still seated when the process stops: the memory
+		// store's broadcasts end with it, and so does the session.
+		a.token(t, "viewer", map[string]any{"userId": "viewer-2"})
 		// Stopped at once, not waiting for a flush: the writer's Close
 		// writes what is queued.
 	})
@@ -384,6 +387,9 @@ func TestHistorySurvivesRestart(t *testing.T) {
 	}
 	if s := h.History[0]; s.StageArn != tok.StageArn || s.ParticipantID != tok.ParticipantID || s.EndReason != history.EndLeave || s.LeftAt == nil {
 		t.Errorf("session %+v, want the seat on %s ended by a leave", s, tok.StageArn)
+	}
+	if h := a.viewerHistory(t, "viewer-2"); len(h.History) != 1 || h.History[0].LeftAt == nil || h.History[0].EndReason != history.EndBroadcastEnded {
+		t.Errorf("viewer seated at the stop: %+v, want one session closed as broadcast_ended", h)
 	}
 }
 

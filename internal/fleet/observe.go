@@ -67,6 +67,24 @@ func (noObserver) SeatClosed(store.Seat, string, time.Time) {}
 
 // seatsEnded tells the observer of seats freed with their stage or
 // broadcast: the viewers were there until now.
+// CloseSessions tells the observer that every seat held is closing, as
+// the broadcasts end: for a store that goes with the process (the memory
+// store), whose seats no later process will expire or close.
+func (s *Service) CloseSessions(ctx context.Context) error {
+	bs, err := s.store.ListBroadcasts(ctx)
+	if err != nil {
+		return fmt.Errorf("listing broadcasts: %w", err)
+	}
+	for _, b := range bs {
+		seats, err := s.store.ListSeats(ctx, b.ID)
+		if err != nil {
+			return fmt.Errorf("listing the seats of %s: %w", b.ID, err)
+		}
+		s.seatsEnded(seats, EndBroadcastEnded)
+	}
+	return nil
+}
+
 func (s *Service) seatsEnded(seats []store.Seat, reason string) {
 	now := s.now()
 	for _, seat := range seats {
