@@ -170,3 +170,52 @@ func TestIdleEndRechecked(t *testing.T) {
 		t.Errorf("%d IVS stages left", len(f.stages))
 	}
 }
+
+// TestQuotaCountsOtherIntents: a broadcast making stages holds its share
+// of STAGE_QUOTA before IVS has them, so another broadcast's scale-up in
+// the meantime does not pass the quota.
+func TestQuotaCountsOtherIntents(t *testing.T) {
+	ctx := t.Context()
+	svc, st, f, clk := controlled(t, fleet.Config{StageCapacity: 10, ScaleUpThreshold: 8, HeartbeatTimeout: time.Minute, StageQuota: 4})
+	const other, otherOrigin = "show-2", "arn:aws:ivs:us-east-1:123456789012:stage/Origin000002"
+	f.mu.Lock()
+	f.stages[otherOrigin] = fleet.IVSStage{Arn: otherOrigin, Tags: map[string]string{fleet.TagBroadcast: other, fleet.TagRole: "origin"}}
+	f.mu.Unlock()
+	if err := st.PutStage(ctx, store.Stage{Arn: otherOrigin, BroadcastID: other, Role: store.RoleOrigin, Capacity: 10, Seatable: true, CreatedAt: clk.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.CreateBroadcast(ctx, store.Broadcast{ID: other, OriginArn: otherOrigin, CreatedAt: clk.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.PutHost(ctx, store.Host{BroadcastID: other, ParticipantID: "HOST2", StageArn: otherOrigin, Publishing: true, JoinedAt: clk.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	// The default broadcast is making two stages: 2 + 2 of the quota's 4.
+	b, err := st.GetBroadcast(ctx, fleet.DefaultBroadcast)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.Creating, b.CreatingUntil = 2, clk.Now().Add(30*time.Second)
+	if err := st.PutBroadcast(ctx, b); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 10 {
+		if _, err := st.ReserveSeat(ctx, store.SeatRequest{BroadcastID: other, UserID: fmt.Sprint("u", i), ParticipantID: "p", Now: clk.Now(), TTL: time.Hour}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := svc.ReconcileBroadcast(ctx, other); err != nil {
+		t.Fatal(err)
+	}
+	if f.creates != 0 {
+		t.Errorf("%d stages made for %s while the quota was taken by the other's intent", f.creates, other)
+	}
+	// Once that intent lapses, its share is free again.
+	clk.advance(time.Minute)
+	if _, err := svc.ReconcileBroadcast(ctx, other); err != nil {
+		t.Fatal(err)
+	}
+	if f.creates == 0 {
+		t.Errorf("no stage made for %s after the other's intent lapsed", other)
+	}
+}

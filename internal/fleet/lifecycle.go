@@ -130,7 +130,9 @@ func (s *Service) admitStages(ctx context.Context, n int) error {
 	return nil
 }
 
-// stagesInUse counts the stages recorded for every broadcast.
+// stagesInUse counts the stages recorded for every broadcast, and those
+// being made (an unexpired intent): passes of several broadcasts at once,
+// on any instance, see each other's stages before IVS has them.
 func (s *Service) stagesInUse(ctx context.Context) (int, error) {
 	bs, err := s.store.ListBroadcasts(ctx)
 	if err != nil {
@@ -142,7 +144,7 @@ func (s *Service) stagesInUse(ctx context.Context) (int, error) {
 		if err != nil {
 			return 0, failWrap(ErrUnavailable, err, "listing stages of %s", b.ID)
 		}
-		n += len(stages)
+		n += len(stages) + view{broadcast: b}.creating(s.now())
 	}
 	return n, nil
 }

@@ -341,7 +341,7 @@ func (s *Service) scaleUp(ctx context.Context, v view, b *passBudgets) (int, err
 	if err != nil {
 		return 0, err
 	}
-	n = min(n, s.cfg.StageQuota-inUse-creating)
+	n = min(n, s.cfg.StageQuota-inUse) // inUse counts this broadcast's creating too
 	if held := n <= 0; held != l.atQuota {
 		l.atQuota = held
 		if held {
