@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
+	"sync"
 	"testing"
 	"time"
 
@@ -217,5 +219,54 @@ func TestQuotaCountsOtherIntents(t *testing.T) {
 	}
 	if f.creates == 0 {
 		t.Errorf("no stage made for %s after the other's intent lapsed", other)
+	}
+}
+
+// reasonObserver records the seats opened and the reasons seats closed.
+type reasonObserver struct {
+	mu      sync.Mutex
+	opened  int
+	reasons []string
+}
+
+func (o *reasonObserver) SeatOpened(store.Seat, fleet.Client) { o.mu.Lock(); o.opened++; o.mu.Unlock() }
+func (o *reasonObserver) SeatClosed(_ store.Seat, reason string, _ time.Time) {
+	o.mu.Lock()
+	o.reasons = append(o.reasons, reason)
+	o.mu.Unlock()
+}
+
+// TestReseatClosesSession: a viewer the store moves off a stage that no
+// longer takes viewers has its old seat's session closed, as moved; with
+// nowhere to go, it keeps its seat.
+func TestReseatClosesSession(t *testing.T) {
+	ctx := t.Context()
+	obs := &reasonObserver{}
+	svc, st, _, clk := controlled(t, fleet.Config{StageCapacity: 10, ScaleUpThreshold: 8, HeartbeatTimeout: time.Minute, SeatWait: time.Millisecond, Observer: obs})
+	first, err := svc.ViewerToken(ctx, fleet.DefaultBroadcast, "alice", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.SetSeatable(ctx, origin, false); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := svc.ViewerToken(ctx, fleet.DefaultBroadcast, "alice", ""); !errors.Is(err, fleet.ErrNotLive) {
+		t.Fatalf("token with no stage taking viewers: %v, want ErrNotLive", err)
+	}
+	if seat, err := st.GetSeat(ctx, fleet.DefaultBroadcast, "alice"); err != nil || seat.StageArn != first.StageArn {
+		t.Errorf("seat after a refused token: %+v, %v; want the one on %s kept", seat, err, first.StageArn)
+	}
+	const replica = "arn:aws:ivs:us-east-1:123456789012:stage/Replica00001"
+	if err := st.PutStage(ctx, store.Stage{Arn: replica, BroadcastID: fleet.DefaultBroadcast, Role: store.RoleReplica, Capacity: 10, Seatable: true, CreatedAt: clk.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	moved, err := svc.ViewerToken(ctx, fleet.DefaultBroadcast, "alice", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	obs.mu.Lock()
+	defer obs.mu.Unlock()
+	if moved.StageArn != replica || obs.opened != 2 || !slices.Equal(obs.reasons, []string{fleet.EndMoved}) {
+		t.Errorf("moved to %s; %d opened, closed %v; want on %s, 2 opened, one closed as moved", moved.StageArn, obs.opened, obs.reasons, replica)
 	}
 }

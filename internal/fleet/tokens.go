@@ -117,6 +117,11 @@ func (s *Service) takeSeat(ctx context.Context, req store.SeatRequest) (IssuedTo
 	if err != nil {
 		return IssuedToken{}, err
 	}
+	if seat.Replaced != nil {
+		// The viewer's stage stopped taking viewers: the store moved it,
+		// and the old seat's session ends here.
+		s.observer.SeatClosed(*seat.Replaced, EndMoved, s.now())
+	}
 	isNew := seat.ParticipantID == req.ParticipantID && !seat.TakenAt.Before(arrived)
 	tok, err := s.tokens.Issue(ctx, token.Request{
 		StageArn:      seat.StageArn,

@@ -155,6 +155,10 @@ type Seat struct {
 	// right after it, this one included (what the previous server called
 	// currentViewers). Not stored.
 	StageSeats int `json:"-"`
+	// Replaced is set by ReserveSeat only: the viewer's previous seat,
+	// freed because its stage no longer took viewers, so that its session
+	// can be closed. Not stored.
+	Replaced *Seat `json:"-"`
 }
 
 // SeatRequest asks for a seat in one atomic step.
@@ -242,7 +246,8 @@ type SeatStore interface {
 	// ReserveSeat is the join path's one round trip: it returns the
 	// viewer's seat if it has one on a stage that still takes viewers
 	// (renewed, whatever stage is asked for, so a viewer is never moved
-	// while watching; a seat on a stage that stopped serving is given up),
+	// while watching; a seat on a stage that stopped serving is given up
+	// when another is taken, and answered as Replaced),
 	// else takes one on the asked-for stage or on the fullest seatable
 	// stage with room (Fuller), never beyond capacity. ErrNotLive, ErrFull,
 	// ErrNotEligible, ErrNotFound.

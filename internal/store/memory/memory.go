@@ -307,6 +307,7 @@ func (s *Store) ReserveSeat(_ context.Context, req store.SeatRequest) (store.Sea
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	k := seatKey{req.BroadcastID, req.UserID}
+	var replaced *store.Seat
 	if seat, ok := s.seats[k]; ok {
 		if st, ok := s.stages[seat.StageArn]; ok && st.Seatable {
 			seat.ExpiresAt = req.Now.Add(req.TTL)
@@ -314,8 +315,9 @@ func (s *Store) ReserveSeat(_ context.Context, req store.SeatRequest) (store.Sea
 			seat.StageSeats = st.Seats
 			return seat, nil
 		}
-		// Its stage no longer serves the show: seat the viewer again.
-		s.freeLocked(k, seat)
+		// Its stage no longer serves the show: seat the viewer again,
+		// freeing this one once there is another to take.
+		replaced = &seat
 	}
 	var best *store.Stage
 	anySeatable := false
@@ -337,6 +339,9 @@ func (s *Store) ReserveSeat(_ context.Context, req store.SeatRequest) (store.Sea
 	if best == nil {
 		return store.Seat{}, s.noSeat(req, anySeatable)
 	}
+	if replaced != nil {
+		s.freeLocked(k, *replaced)
+	}
 	best.Seats++
 	s.stages[best.Arn] = *best
 	seat := store.Seat{
@@ -348,7 +353,7 @@ func (s *Store) ReserveSeat(_ context.Context, req store.SeatRequest) (store.Sea
 		ExpiresAt:     req.Now.Add(req.TTL),
 	}
 	s.seats[k] = seat
-	seat.StageSeats = best.Seats
+	seat.StageSeats, seat.Replaced = best.Seats, replaced
 	return seat, nil
 }
 

@@ -19,7 +19,8 @@ type seatCall struct {
 
 // seatResult is what a seat function answered.
 type seatResult struct {
-	status, seat, count string
+	// replaced is reserve's fourth answer: the freed seat's JSON, or "".
+	status, seat, count, replaced string
 	err                 error
 }
 
@@ -105,7 +106,7 @@ func (b *batcher) run(broadcastID string, batch []pendingCall) {
 	// Not the callers' contexts: the batch is theirs together, and one
 	// caller giving up must not fail the others.
 	out, err := seatBatch.Run(context.Background(), b.s.rdb, b.s.bc(broadcastID).seatKeys(), args...).Slice()
-	if err == nil && len(out) != 3*len(batch) {
+	if err == nil && len(out) != 4*len(batch) {
 		err = fmt.Errorf("seat batch answered %d values for %d operations", len(out), len(batch))
 	}
 	for i, p := range batch {
@@ -113,6 +114,6 @@ func (b *batcher) run(broadcastID string, batch []pendingCall) {
 			p.done <- seatResult{err: err}
 			continue
 		}
-		p.done <- seatResult{status: fmt.Sprint(out[3*i]), seat: fmt.Sprint(out[3*i+1]), count: fmt.Sprint(out[3*i+2])}
+		p.done <- seatResult{status: fmt.Sprint(out[4*i]), seat: fmt.Sprint(out[4*i+1]), count: fmt.Sprint(out[4*i+2]), replaced: fmt.Sprint(out[4*i+3])}
 	}
 }

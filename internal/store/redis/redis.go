@@ -591,6 +591,10 @@ func (s *Store) seatOp(ctx context.Context, broadcastID, what string, alone *gor
 		if len(out) > 1 {
 			res.count = fmt.Sprint(out[1])
 		}
+		if len(out) > 2 {
+			// A nil reply when nothing was replaced (Lua's false).
+			res.replaced, _ = out[2].(string)
+		}
 	}
 	if res.err != nil {
 		return store.Seat{}, res.err
@@ -608,6 +612,13 @@ func (s *Store) seatOp(ctx context.Context, broadcastID, what string, alone *gor
 			return store.Seat{}, fmt.Errorf("seat count %q: %w", res.count, err)
 		}
 		seat.StageSeats = n
+	}
+	if res.replaced != "" {
+		var old store.Seat
+		if err := json.Unmarshal([]byte(res.replaced), &old); err != nil {
+			return store.Seat{}, fmt.Errorf("decoding replaced seat: %w", err)
+		}
+		seat.Replaced = &old
 	}
 	return seat, nil
 }

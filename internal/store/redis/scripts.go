@@ -39,20 +39,21 @@ end
 const seatFuncs = freeSeat + `
 -- reserve: the viewer's seat if its stage still takes viewers (renewed),
 -- else a seat on the asked-for stage (want, or '' for any) or the fullest
--- seatable one with room: store.Fuller, never beyond capacity.
+-- seatable one with room: store.Fuller, never beyond capacity. A seat on a
+-- stage that no longer takes viewers is freed once there is another, and
+-- answered fourth (for its session to close).
 local function reserve(user, want, pid, takenAt, expRfc, expMicros, bid)
   local cur = redis.call('HGET', KEYS[4], user)
+  local old
   if cur then
-    local seat = cjson.decode(cur)
-    if redis.call('SISMEMBER', KEYS[1], seat.stageArn) == 1 then
-      seat.expiresAt = expRfc
-      cur = cjson.encode(seat)
+    old = cjson.decode(cur)
+    if redis.call('SISMEMBER', KEYS[1], old.stageArn) == 1 then
+      old.expiresAt = expRfc
+      cur = cjson.encode(old)
       redis.call('HSET', KEYS[4], user, cur)
       redis.call('ZADD', KEYS[5], expMicros, user)
-      return {'ok', cur, redis.call('HGET', KEYS[2], seat.stageArn) or '0'}
+      return {'ok', cur, redis.call('HGET', KEYS[2], old.stageArn) or '0'}
     end
-    -- Its stage no longer serves the show: seat the viewer again.
-    freeSeat(KEYS[2], KEYS[4], KEYS[5], user, seat)
   end
   local open = redis.call('SMEMBERS', KEYS[1])
   local best, bestN, bestCreated
@@ -75,11 +76,12 @@ local function reserve(user, want, pid, takenAt, expRfc, expMicros, bid)
     if #open == 0 then return {'notlive'} end
     return {'full'}
   end
+  if old then freeSeat(KEYS[2], KEYS[4], KEYS[5], user, old) end
   local n = redis.call('HINCRBY', KEYS[2], best, 1)
   local seat = cjson.encode({broadcastId = bid, userId = user, stageArn = best, participantId = pid, takenAt = takenAt, expiresAt = expRfc})
   redis.call('HSET', KEYS[4], user, seat)
   redis.call('ZADD', KEYS[5], expMicros, user)
-  return {'ok', seat, tostring(n)}
+  return {'ok', seat, tostring(n), cur or ''}
 end
 
 -- renew: the seat's lease, if its owner is the one named ('' for any).
@@ -267,6 +269,7 @@ while i <= #ARGV do
   table.insert(out, r[1])
   table.insert(out, r[2] or '')
   table.insert(out, r[3] or '')
+  table.insert(out, r[4] or '')
 end
 return out
 `)

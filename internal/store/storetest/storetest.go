@@ -102,6 +102,7 @@ func Run(t *testing.T, newStore func(t *testing.T, eventLimit int) store.Store) 
 		{name: "ExpireBatch", run: testExpireBatch},
 		{name: "ScanSeats", run: testScanSeats},
 		{name: "GetSeat", run: testGetSeat},
+		{name: "ReserveReplaces", run: testReserveReplaces},
 		{name: "ListSeats", run: testListSeats},
 		{name: "FirstSeen", run: testFirstSeen},
 		{name: "FirstSeen/Limit", run: testEventLimit, eventLimit: smallEventLimit},
@@ -186,7 +187,7 @@ func normRepl(r store.Replication) store.Replication {
 func normSeat(s store.Seat) store.Seat {
 	// StageSeats is an answer of ReserveSeat, not part of the seat: tested
 	// on its own.
-	s.StageSeats = 0
+	s.StageSeats, s.Replaced = 0, nil
 	s.TakenAt, s.ExpiresAt = tm(s.TakenAt), tm(s.ExpiresAt)
 	return s
 }
@@ -1169,6 +1170,36 @@ func testExpireBatch(t *testing.T, st store.Store) {
 		}
 	}
 	wantSeats(t, st, s.Arn, 0)
+}
+
+// testReserveReplaces: a viewer whose stage stopped taking viewers gets a
+// seat elsewhere, and the answer names the seat it freed; while there is
+// no other seat, it keeps the one it has. A renewal replaces nothing.
+func testReserveReplaces(t *testing.T, st store.Store) {
+	ctx := testCtx(t)
+	s1 := stageRec("r1", bcA, 10, true, 0)
+	s2 := stageRec("r2", bcA, 1, false, time.Second)
+	putStages(t, st, s1, s2)
+	first := reserve(t, st, bcA, "alice", "")
+	if first.Replaced != nil {
+		t.Errorf("a first seat replaced %+v", *first.Replaced)
+	}
+	if again := reserve(t, st, bcA, "alice", ""); again.Replaced != nil {
+		t.Errorf("a renewal replaced %+v", *again.Replaced)
+	}
+	must(t, st.SetSeatable(ctx, s1.Arn, false), "SetSeatable false")
+	_, err := st.ReserveSeat(ctx, seatReq(bcA, "alice", ""))
+	wantErr(t, err, store.ErrNotLive, "ReserveSeat with no stage taking viewers")
+	if _, err := st.GetSeat(ctx, bcA, "alice"); err != nil {
+		t.Errorf("the seat after a refused reserve: %v, want it kept", err)
+	}
+	must(t, st.SetSeatable(ctx, s2.Arn, true), "SetSeatable true")
+	moved := reserve(t, st, bcA, "alice", "")
+	if moved.StageArn != s2.Arn || moved.Replaced == nil || moved.Replaced.StageArn != s1.Arn || moved.Replaced.ParticipantID != first.ParticipantID {
+		t.Fatalf("moved seat %+v (replaced %+v), want one on %s replacing the seat on %s", moved, moved.Replaced, s2.Arn, s1.Arn)
+	}
+	wantSeats(t, st, s1.Arn, 0)
+	wantSeats(t, st, s2.Arn, 1)
 }
 
 // testGetSeat: a viewer's seat as reserved, and ErrNotFound for a viewer
