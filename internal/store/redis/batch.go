@@ -21,7 +21,7 @@ type seatCall struct {
 type seatResult struct {
 	// replaced is reserve's fourth answer: the freed seat's JSON, or "".
 	status, seat, count, replaced string
-	err                 error
+	err                           error
 }
 
 type pendingCall struct {
