@@ -46,7 +46,7 @@ func runLoadtest(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	// scenario before it starts.
 	fs.IntVar(&cfg.MaxStages, "max-stages", 0, "the server's MAX_STAGES, to warn when it cannot seat the audience's peak (default: unknown)")
 	fs.IntVar(&cfg.StageQuota, "stage-quota", 0, "the server's STAGE_QUOTA, to warn when the run's stages would exceed it (default: unknown)")
-	fs.Func("rate-limit", "the server's RATE_LIMIT_MAX_REQUESTS/RATE_LIMIT_WINDOW, e.g. 1000/1m (serve's default) or off, to warn when it would refuse the scenario's requests (default: unknown)", func(s string) error {
+	fs.Func("rate-limit", "the server's RATE_LIMIT_MAX_REQUESTS/RATE_LIMIT_WINDOW_MS as a duration, e.g. 1000/1m (serve's default) or off, to warn when it would refuse the scenario's requests (default: unknown)", func(s string) error {
 		l, err := loadtest.ParseRateLimit(s)
 		if err != nil {
 			return err

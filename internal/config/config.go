@@ -379,7 +379,7 @@ var settings = []setting{
 	{"DB_POOL_MAX", "10", "most PostgreSQL connections", func(c *Config, v string) error { return intRange(&c.DBPoolMax, v, 1, 1000) }},
 	{"DB_POOL_MIN", "1", "PostgreSQL connections kept open", func(c *Config, v string) error { return intRange(&c.DBPoolMin, v, 0, 1000) }},
 	{"DB_SSL_ENABLED", "false", "true: TLS to DB_HOST (sslmode=require)", func(c *Config, v string) error { return boolean(&c.DBSSL, v) }},
-	{"HISTORY_BUFFER", "10000", "history events held in memory while the database is slow or down; beyond, they are dropped and counted", func(c *Config, v string) error {
+	{"HISTORY_BUFFER", "10000", "history records (session events and snapshots) held in memory while the database is slow or down; beyond, they are dropped and counted", func(c *Config, v string) error {
 		return intRange(&c.HistoryBuffer, v, 100, 10_000_000)
 	}},
 	{"SNAPSHOT_INTERVAL", "5m", "how often each stage's viewers are recorded (one instance of the fleet writes each round)", func(c *Config, v string) error {
