@@ -402,7 +402,7 @@ func (s *Service) remove(ctx context.Context, v view, st store.Stage, b *passBud
 }
 
 // drainAndDelete removes a stage that is not the origin: it is drained
-// (see drain), and if it stayed empty, deleted (see deleteDrained). The
+// (see drain), and if it stayed empty, deleted (stopAndDelete, then dropRecords). The
 // caller holds the broadcast's lock. A failure leaves the record draining,
 // and the next controller pass finishes the removal.
 func (s *Service) drainAndDelete(ctx context.Context, st store.Stage, reps []store.Replication, reason string) (bool, error) {
