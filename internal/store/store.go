@@ -90,9 +90,9 @@ type Stage struct {
 	Role        Role   `json:"role"`
 	Name        string `json:"name"`
 	Capacity    int    `json:"capacity"`
-	// Seatable says the stage takes viewers: not draining, and every host
-	// publishing is seen there (on the origin, published; on a replica,
-	// its replication active). Kept by fleet.
+	// Seatable says the stage takes viewers: an origin while a host
+	// publishes; a replica, not draining, while a host publishes and every
+	// publishing host's replication into it is active. Kept by fleet.
 	Seatable bool `json:"seatable"`
 	Seats    int  `json:"seats"`
 	// CreatedAt is when the stage was recorded, after IVS had created it.
