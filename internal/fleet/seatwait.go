@@ -105,14 +105,12 @@ func (s *Service) reportDemand(ctx context.Context, broadcastID string, l *local
 	}
 	if !l.exists.Load() {
 		// Requests for ids that are no broadcast (mistyped, made up) come
-		// through the join path too: they must leave nothing behind, in
-		// the store or here.
+		// through the join path too: they must leave nothing in the store.
+		// The local stays: its mutex may be held for a broadcast being
+		// made, and a second one would let two holders in.
 		_, err := s.store.GetBroadcast(ctx, broadcastID)
 		switch {
 		case errors.Is(err, store.ErrNotFound):
-			if l.waiting.Load() == 0 {
-				s.locals.CompareAndDelete(broadcastID, l)
-			}
 			return
 		case err != nil:
 			s.log.Warn("recording demand", "broadcast", broadcastID, "error", err)
