@@ -78,11 +78,11 @@ func (m *Metrics) ObserveState(src StateSource, waiting func() map[string]int) {
 func (m *Metrics) ObserveHistory(pending func() int, dropped func() int64) {
 	m.reg.MustRegister(
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-			Name: "stagefleet_history_pending",
+			Namespace: namespace, Name: "history_pending",
 			Help: "Viewing history records (session events and snapshots) queued or being written.",
 		}, func() float64 { return float64(pending()) }),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{
-			Name: "stagefleet_history_dropped_total",
+			Namespace: namespace, Name: "history_dropped_total",
 			Help: "Viewing history records dropped: the buffer was full (a long database outage) or the record was invalid.",
 		}, func() float64 { return float64(dropped()) }),
 	)
