@@ -13,7 +13,6 @@ import (
 )
 
 var (
-	broadcastIDPattern = regexp.MustCompile(`^[a-zA-Z0-9_-]{1,64}$`)
 	participantPattern = regexp.MustCompile(`^[a-zA-Z0-9-]{1,64}$`)
 	stageNamePattern   = regexp.MustCompile(`^[a-zA-Z0-9_-]{1,128}$`)
 	stageIDPattern     = regexp.MustCompile(`^[a-zA-Z0-9-]{1,64}$`)
@@ -72,7 +71,7 @@ func (c *check) broadcast(v string) string {
 	if v == "" {
 		return fleet.DefaultBroadcast
 	}
-	if !broadcastIDPattern.MatchString(v) {
+	if !fleet.ValidBroadcastID(v) {
 		c.problem("broadcastId must be 1 to 64 letters, digits, '-' or '_'")
 	}
 	return v

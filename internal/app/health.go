@@ -103,12 +103,11 @@ func (a *App) health(ctx context.Context) api.Health {
 		Controller:  api.Component{Status: "ok"},
 	}
 	h.Services.AWS = api.HealthAWS{Region: a.cfg.AWSRegion, Mode: a.cfg.Mode()}
-	if _, err := a.fleet.Broadcast(ctx, fleet.DefaultBroadcast); err == nil || a.cfg.MasterStageArn != "" {
-		h.Services.AWS.StageConfigured = true
-	}
-
 	pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
+	if _, err := a.fleet.Broadcast(pctx, fleet.DefaultBroadcast); err == nil || a.cfg.MasterStageArn != "" {
+		h.Services.AWS.StageConfigured = true
+	}
 	storeErr := a.store.Ping(pctx)
 	switch {
 	case storeErr != nil:

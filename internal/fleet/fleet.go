@@ -8,6 +8,7 @@ import (
 	"crypto/rand"
 	"errors"
 	"log/slog"
+	"regexp"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -32,6 +33,14 @@ const DefaultDeployment = "default"
 
 // DefaultBroadcast is the broadcast of requests that name none.
 const DefaultBroadcast = "default"
+
+// broadcastIDPattern is what a broadcast id may be: it names keys, tags
+// and stage names.
+var broadcastIDPattern = regexp.MustCompile(`^[a-zA-Z0-9_-]{1,64}$`)
+
+// ValidBroadcastID says whether id may name a broadcast: 1 to 64 letters,
+// digits, '_' and '-'. The API and the live channels check ids with it.
+func ValidBroadcastID(id string) bool { return broadcastIDPattern.MatchString(id) }
 
 // Config is the fleet's policy.
 type Config struct {

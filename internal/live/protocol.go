@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"regexp"
 	"slices"
 	"strings"
 	"time"
@@ -24,9 +23,6 @@ const (
 	chanBroadcast = "broadcast:"
 )
 
-// broadcastIDPattern is the API's: a channel names only a broadcast the API
-// could have made.
-var broadcastIDPattern = regexp.MustCompile(`^[a-zA-Z0-9_-]{1,64}$`)
 
 // checkChannel says what is wrong with a channel's name, if anything.
 func checkChannel(name string) error {
@@ -34,7 +30,8 @@ func checkChannel(name string) error {
 	case name == chanStats || name == chanBroadcasts:
 		return nil
 	case strings.HasPrefix(name, chanBroadcast):
-		if !broadcastIDPattern.MatchString(strings.TrimPrefix(name, chanBroadcast)) {
+		// A channel names only a broadcast the API could have made.
+		if !fleet.ValidBroadcastID(strings.TrimPrefix(name, chanBroadcast)) {
 			return fmt.Errorf("channel %q: a broadcast id is 1 to 64 letters, digits, '-' or '_'", name)
 		}
 		return nil
