@@ -24,11 +24,3 @@ func Region(s string) string {
 	return f[3]
 }
 
-// StageID is the id part of a stage ARN (after "stage/"), or "" for
-// anything that is not a stage ARN.
-func StageID(stageArn string) string {
-	if !StagePattern.MatchString(stageArn) {
-		return ""
-	}
-	return stageArn[strings.LastIndexByte(stageArn, '/')+1:]
-}

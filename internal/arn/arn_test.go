@@ -2,17 +2,16 @@ package arn
 
 import "testing"
 
-func TestStageID(t *testing.T) {
-	tests := []struct{ in, want string }{
-		{"arn:aws:ivs:us-east-1:123456789012:stage/AbCdEf123456", "AbCdEf123456"},
-		{"arn:aws:ivs:us-east-1:123456789012:public-key/AbCdEf123456", ""},
-		{"arn:aws:ivs:us-east-1:123456789012:stage/", ""},
-		{"stage/AbCd", ""},
-		{"", ""},
-	}
-	for _, tt := range tests {
-		if got := StageID(tt.in); got != tt.want {
-			t.Errorf("StageID(%q) = %q, want %q", tt.in, got, tt.want)
+func TestStagePattern(t *testing.T) {
+	for in, want := range map[string]bool{
+		"arn:aws:ivs:us-east-1:123456789012:stage/AbCdEf123456":      true,
+		"arn:aws:ivs:us-east-1:123456789012:public-key/AbCdEf123456": false,
+		"arn:aws:ivs:us-east-1:123456789012:stage/":                  false,
+		"stage/AbCd": false,
+		"":           false,
+	} {
+		if got := StagePattern.MatchString(in); got != want {
+			t.Errorf("StagePattern matches %q: %v, want %v", in, got, want)
 		}
 	}
 }

@@ -55,8 +55,6 @@ type stepResult struct {
 	// next is when to look at the broadcast again (0: only when something
 	// happens).
 	next time.Duration
-	// started counts the replications the pass asked IVS to start.
-	started int
 }
 
 // step is phase 1, under the broadcast's lock.
@@ -99,7 +97,7 @@ func (s *Service) step(ctx context.Context, broadcastID string) (intent, stepRes
 	if err := errors.Join(downErr, s.applySeating(ctx, broadcastID)); err != nil {
 		return intent{}, stepResult{}, err
 	}
-	res := stepResult{next: next, started: len(in.starts)}
+	res := stepResult{next: next}
 	if b.spent() {
 		// The rest next pass, after the quota's second has passed.
 		res.next = time.Second

@@ -254,7 +254,7 @@ func (s *Service) pass(ctx context.Context, broadcastID string, fresh *ivsView) 
 		return intent{}, 0, false, err
 	}
 	next = res.next
-	if fresh != nil && res.started > 0 {
+	if fresh != nil && len(in.starts) > 0 {
 		// What IVS showed is out of date now: read the replications back
 		// once they have had time to start.
 		s.resyncs.Store(broadcastID, struct{}{})

@@ -636,18 +636,7 @@ func (s *Store) ExpireSeats(ctx context.Context, broadcastID string, now time.Ti
 }
 
 func (s *Store) GetSeat(ctx context.Context, broadcastID, userID string) (store.Seat, error) {
-	data, err := s.rdb.HGet(ctx, s.bc(broadcastID).seats(), userID).Bytes()
-	if errors.Is(err, goredis.Nil) {
-		return store.Seat{}, fmt.Errorf("seat of %s: %w", userID, store.ErrNotFound)
-	}
-	if err != nil {
-		return store.Seat{}, err
-	}
-	var seat store.Seat
-	if err := json.Unmarshal(data, &seat); err != nil {
-		return store.Seat{}, fmt.Errorf("decoding seat of %s: %w", userID, err)
-	}
-	return seat, nil
+	return hget[store.Seat](ctx, s, s.bc(broadcastID).seats(), userID, "seat of "+userID)
 }
 
 func (s *Store) ScanSeats(ctx context.Context, broadcastID, cursor string, count int) ([]store.Seat, string, error) {
