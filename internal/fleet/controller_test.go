@@ -96,7 +96,7 @@ func (f *fakeIVS) DeleteStage(_ context.Context, arn string) error {
 	defer f.mu.Unlock()
 	if f.deleteFails > 0 {
 		f.deleteFails--
-		return errors.New("DeleteStage: throttled")
+		return errDeleteRefused
 	}
 	delete(f.stages, arn)
 	f.deletes = append(f.deletes, arn)
@@ -200,7 +200,18 @@ func controlled(t *testing.T, cfg fleet.Config) (*fleet.Service, store.Store, *f
 func pass(t *testing.T, svc *fleet.Service) {
 	t.Helper()
 	if _, err := svc.ReconcileBroadcast(t.Context(), fleet.DefaultBroadcast); err != nil {
-		t.Logf("reconcile: %v", err)
+		t.Errorf("reconcile: %v", err)
+	}
+}
+
+// errDeleteRefused is the fake's DeleteStage refusal (deleteFails).
+var errDeleteRefused = errors.New("DeleteStage: throttled")
+
+// failingPass is a pass that IVS's refusal must fail with want.
+func failingPass(t *testing.T, svc *fleet.Service, want error) {
+	t.Helper()
+	if _, err := svc.ReconcileBroadcast(t.Context(), fleet.DefaultBroadcast); !errors.Is(err, want) {
+		t.Errorf("reconcile: %v, want %v", err, want)
 	}
 }
 
@@ -337,7 +348,7 @@ func TestRemovalFinishedAfterFailure(t *testing.T) {
 	f.mu.Lock()
 	f.deleteFails = 1
 	f.mu.Unlock()
-	pass(t, svc2)
+	failingPass(t, svc2, errDeleteRefused)
 	if _, _, deletes := f.counts(); len(deletes) != 0 {
 		t.Fatalf("deleted %v although IVS refused", deletes)
 	}
@@ -383,7 +394,7 @@ func TestViewerLeftIsNoHost(t *testing.T) {
 func TestCreateStageBackoff(t *testing.T) {
 	svc, st, f, clk := controlled(t, fleet.Config{StageCapacity: 50, ScaleUpThreshold: 45, MinIdleStages: 1})
 	f.createErr = fmt.Errorf("CreateStage: Stages per account quota of 100 exceeded: %w", fleet.ErrIVSQuota)
-	pass(t, svc)
+	failingPass(t, svc, fleet.ErrIVSQuota)
 	pass(t, svc)
 	pass(t, svc)
 	f.mu.Lock()
