@@ -23,4 +23,3 @@ func Region(s string) string {
 	}
 	return f[3]
 }
-

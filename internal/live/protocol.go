@@ -23,7 +23,6 @@ const (
 	chanBroadcast = "broadcast:"
 )
 
-
 // checkChannel says what is wrong with a channel's name, if anything.
 func checkChannel(name string) error {
 	switch {
