@@ -95,9 +95,14 @@ func (e *Emulator) controlJoin(w http.ResponseWriter, r *http.Request) {
 		writeError(w, validationError("token is required"))
 		return
 	}
+	claims, aerr := e.verifyToken(in.Token)
+	if aerr != nil {
+		writeError(w, aerr)
+		return
+	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	g, aerr := e.verifyToken(in.Token)
+	g, aerr := e.grantFor(claims)
 	if aerr != nil {
 		writeError(w, aerr)
 		return
@@ -214,6 +219,12 @@ type ReplicationState struct {
 
 // Snapshot returns the emulator's whole state.
 func (e *Emulator) Snapshot() State {
+	return e.snapshot(true)
+}
+
+// snapshot returns the state, with each session's participants or (for a
+// poller of an account holding a million of them) without.
+func (e *Emulator) snapshot(withParticipants bool) State {
 	_, stats, _ := e.events.snapshot()
 	e.mu.Lock()
 	defer e.mu.Unlock()
@@ -241,6 +252,9 @@ func (e *Emulator) Snapshot() State {
 		for _, ss := range s.sessions {
 			sj := SessionState{SessionID: ss.id, StartTime: isoTime(ss.start), EndTime: isoTime(ss.end), Participants: []ParticipantState{}}
 			for _, p := range ss.participants {
+				if !withParticipants {
+					break
+				}
 				sj.Participants = append(sj.Participants, ParticipantState{
 					ParticipantID:    p.id,
 					UserID:           p.userID,
@@ -287,8 +301,19 @@ func (e *Emulator) Snapshot() State {
 	return out
 }
 
-func (e *Emulator) controlState(w http.ResponseWriter, _ *http.Request) {
-	writeJSON(w, e.Snapshot())
+// controlState answers GET /_emulator/state; ?participants=false leaves
+// the sessions' participants out (the counts stay).
+func (e *Emulator) controlState(w http.ResponseWriter, r *http.Request) {
+	with := true
+	switch v := r.URL.Query().Get("participants"); v {
+	case "", "true":
+	case "false":
+		with = false
+	default:
+		writeError(w, validationError("participants must be true or false, not %q", v))
+		return
+	}
+	writeJSON(w, e.snapshot(with))
 }
 
 // SetFault installs f for its operation ("*" for all); a fault with neither

@@ -630,6 +630,19 @@ func TestState(t *testing.T) {
 			t.Errorf("counters of %s: %+v, want %d calls and nothing else", op, c, calls)
 		}
 	}
+
+	// Without participants: the same stages, sessions and counts.
+	var brief State
+	if status := env.control(t, http.MethodGet, "/_emulator/state?participants=false", nil, &brief); status != http.StatusOK {
+		t.Fatalf("GET /_emulator/state?participants=false: status %d", status)
+	}
+	if len(brief.Stages) != 2 || brief.Stages[0].Subscribers != 1 || brief.Stages[0].MaxSubscribers != 2 ||
+		len(brief.Stages[0].Sessions) != 1 || len(brief.Stages[0].Sessions[0].Participants) != 0 || len(brief.Replications) != 1 {
+		t.Errorf("state without participants: %+v; want both stages and their counts, no participants", brief)
+	}
+	if status := env.control(t, http.MethodGet, "/_emulator/state?participants=some", nil, nil); status != http.StatusBadRequest {
+		t.Errorf("participants=some: status %d, want 400", status)
+	}
 }
 
 // controlRoutes are the POST routes of the control API.
