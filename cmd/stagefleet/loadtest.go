@@ -26,13 +26,24 @@ func runLoadtest(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	fs := flag.NewFlagSet("stagefleet loadtest", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	var cfg loadtest.Config
-	fs.StringVar(&cfg.API, "api", "http://127.0.0.1:3000", "stagefleet serve's URL (this machine only)")
+	fs.StringVar(&cfg.API, "api", "http://127.0.0.1:3000", "stagefleet serve's URL (this machine only); several instances separated by commas are called in turn")
 	fs.StringVar(&cfg.Emulator, "emulator", "", "the IVS emulator's URL (default: the one GET /api/health names, else "+loadtest.DefaultEmulator+")")
 	fs.StringVar(&cfg.APIKey, "api-key", os.Getenv("API_SECRET_KEY"), "x-api-key to send ($API_SECRET_KEY)")
-	scenario := fs.String("scenario", string(loadtest.Storm), "steady, storm, flap or drain")
-	fs.IntVar(&cfg.Viewers, "viewers", 0, "viewers over all broadcasts (default: steady 600, storm and drain 2000, flap capacity + (capacity - threshold) per broadcast)")
-	fs.Float64Var(&cfg.Rate, "rate", 0, "viewer arrivals per second over all broadcasts (default: steady 20, storm and drain 200, flap 10)")
-	fs.DurationVar(&cfg.Hold, "hold", 0, "how long a viewer stays once seated; in flap, the pause at each end of a wave (default: steady 10s, storm 30s, flap 5s, drain 10s)")
+	scenario := fs.String("scenario", string(loadtest.Storm), "steady, storm, flap, drain or million")
+	fs.IntVar(&cfg.Viewers, "viewers", 0, "viewers over all broadcasts (default: steady 600, storm and drain 2000, flap capacity + (capacity - threshold) per broadcast, million 1000000)")
+	fs.Float64Var(&cfg.Rate, "rate", 0, "viewer arrivals per second over all broadcasts (default: steady 20, storm and drain 200, flap 10, million 10000 as a ceiling)")
+	fs.DurationVar(&cfg.Hold, "hold", 0, "how long a viewer stays once seated; in flap, the pause at each end of a wave; in million, the audience's hold after the renewals (default: steady 10s, storm 30s, flap 5s, drain and million 10s)")
+	fs.IntVar(&cfg.Concurrency, "concurrency", 0, "million: viewers seated or renewed at once (default 256)")
+	fs.IntVar(&cfg.Renewals, "renewals", 0, "million: rounds of renewals once everyone is seated, each renewing every seat once (default 1)")
+	fs.Func("process", "NAME=PID of a process of the deployment whose peak memory the report gives; repeatable", func(s string) error {
+		p, err := loadtest.ParseProcess(s)
+		if err != nil {
+			return err
+		}
+		cfg.Processes = append(cfg.Processes, p)
+		return nil
+	})
+	fs.StringVar(&cfg.Redis, "redis", "", "the deployment's Redis (redis://127.0.0.1:PORT), whose commands, CPU and memory per API request the report gives")
 	// Zero defaults: loadtest.Config's own (named in the help) apply.
 	fs.DurationVar(&cfg.Heartbeat, "heartbeat", 0, "how often a seated viewer sends a heartbeat (default 15s)")
 	fs.IntVar(&cfg.Broadcasts, "broadcasts", 0, "shows at once, each with its own host (default 1)")

@@ -10,7 +10,6 @@ import (
 	"net"
 	"net/http"
 	"strconv"
-	"strings"
 	"sync/atomic"
 	"time"
 )
@@ -18,16 +17,20 @@ import (
 // client talks to stagefleet's API and to the emulator's control API, both
 // on this machine only.
 type client struct {
-	http   *http.Client
-	api    string
-	emu    string
-	apiKey string
+	http *http.Client
+	// apis are the API's instances, taken in turn call by call.
+	apis []string
+	next atomic.Uint64
+	// requests counts the calls made of the API.
+	requests atomic.Int64
+	emu      string
+	apiKey   string
 	// rateLimited says the API answered 429: before the first viewer, that
 	// shows a rate limit the operator may not have named.
 	rateLimited atomic.Bool
 }
 
-func newClient(api, apiKey string) *client {
+func newClient(apis []string, apiKey string) *client {
 	dialer := &net.Dialer{Timeout: 5 * time.Second, Control: loopbackOnly}
 	return &client{
 		http: &http.Client{
@@ -49,9 +52,14 @@ func newClient(api, apiKey string) *client {
 				return errors.New("the load test does not follow redirects")
 			},
 		},
-		api:    strings.TrimRight(api, "/"),
+		apis:   apis,
 		apiKey: apiKey,
 	}
+}
+
+// api is the instance the next call goes to.
+func (c *client) api() string {
+	return c.apis[(c.next.Add(1)-1)%uint64(len(c.apis))]
 }
 
 func (c *client) close() { c.http.CloseIdleConnections() }
@@ -81,7 +89,8 @@ func (c *client) callAPI(ctx context.Context, method, path string, body, out any
 		hdr.Set("x-api-key", c.apiKey)
 	}
 	start := time.Now()
-	resp, raw, err := c.do(ctx, method, c.api+path, body, hdr)
+	c.requests.Add(1)
+	resp, raw, err := c.do(ctx, method, c.api()+path, body, hdr)
 	if err != nil {
 		return apiResult{}, err
 	}

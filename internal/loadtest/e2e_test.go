@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"maps"
 	"net/http"
+	"os"
 	"slices"
 	"strings"
 	"testing"
@@ -17,6 +18,7 @@ import (
 	"github.com/stagefleet/stagefleet/internal/config"
 	"github.com/stagefleet/stagefleet/internal/emulator"
 	"github.com/stagefleet/stagefleet/internal/loadtest"
+	"github.com/stagefleet/stagefleet/internal/redistest"
 )
 
 // startServe runs a real stagefleet serve (embedded emulator, memory store)
@@ -326,4 +328,52 @@ func targetNamed(rep loadtest.Report, name string) loadtest.Target {
 		}
 	}
 	return loadtest.Target{Name: fmt.Sprintf("%s (missing)", name)}
+}
+
+// TestMillionScenarioAgainstServe runs the million scenario at a size the
+// test suite carries: the viewers seated by a pool of workers, renewed in
+// rounds, the broadcast ended, and what Redis and the process used read.
+func TestMillionScenarioAgainstServe(t *testing.T) {
+	t.Parallel()
+	rdb := redistest.Start(t)
+	api := startServe(t, map[string]string{
+		"REDIS_URL": rdb.URL(), "STAGE_CAPACITY": "300", "SCALE_UP_THRESHOLD": "270", "MAX_STAGES": "10",
+		// Every seat must outlast the join phase: million renews only after it.
+		"HEARTBEAT_TIMEOUT": "10m",
+	}, nil)
+	const viewers = 1500
+	rep := runJSON(t, loadtest.Config{
+		// The same instance twice: calls alternate between the URLs.
+		API: api + "," + api, Scenario: loadtest.Million, Viewers: viewers, Concurrency: 32, Renewals: 2, Hold: 100 * time.Millisecond,
+		Processes: []loadtest.Process{{Name: "test", PID: os.Getpid()}}, Redis: rdb.URL(),
+	})
+	v := rep.Viewers
+	if v.Planned != viewers || v.Seated != viewers || v.Left != viewers || len(rep.Errors) != 0 {
+		t.Errorf("viewers %+v, errors %v; want all %d seated, and gone with the broadcast", v, rep.Errors, viewers)
+	}
+	if rep.Stages.OverCapacity != 0 || rep.Stages.MaxSeats > 300 || rep.Stages.Peak < viewers/300 {
+		t.Errorf("stages %+v; want at least %d, none over 300", rep.Stages, viewers/300)
+	}
+	if r := rep.Renewals; r == nil || r.Rounds != 2 || r.Requested != 2*viewers || r.Renewed != r.Requested || r.PerSecond <= 0 {
+		t.Errorf("renewals %+v; want 2 rounds renewing all %d seats", r, viewers)
+	}
+	if rep.Drain == nil || len(rep.Drain.ReplicasLeft) != 0 || rep.Drain.DrainedAfterSeconds == nil {
+		t.Errorf("after the end %+v; want no replica stage left", rep.Drain)
+	}
+	if n := connectedViewers(t, rep.Emulator); n != 0 {
+		t.Errorf("%d viewers still connected in IVS after the broadcast ended", n)
+	}
+	res := rep.Resources
+	if res == nil || len(res.Processes) != 1 || res.Processes[0].PeakRSSBytes <= 0 || res.Redis == nil {
+		t.Fatalf("resources %+v; want this process's peak and Redis's usage", res)
+	}
+	if u := res.Redis; u.APIRequests < 3*viewers || u.Commands <= 0 || u.ScriptCalls <= 0 || u.CPUSeconds <= 0 ||
+		u.AudienceSeats != viewers || u.BytesPerSeat <= 0 || u.PeakMemoryBytes < u.AudienceMemoryBytes {
+		t.Errorf("redis %+v; want the requests of %d joins and two renewal rounds, and the audience's memory", u, viewers)
+	}
+	for _, name := range []string{"every viewer seated", "no stage over capacity", "every renewal answered", "ending the broadcast leaves no replica stage"} {
+		if !targetNamed(rep, name).Pass {
+			t.Errorf("target %q missed: %+v", name, targetNamed(rep, name))
+		}
+	}
 }

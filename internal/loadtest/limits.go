@@ -204,7 +204,7 @@ func (r *run) targetLimits(ctx context.Context) limits {
 		rateLimited: r.c.rateLimited.Load(),
 	}
 	var st emulator.State
-	res, err := r.c.callEmulator(ctx, http.MethodGet, "/_emulator/state", nil, &st)
+	res, err := r.c.callEmulator(ctx, http.MethodGet, "/_emulator/state?participants=false", nil, &st)
 	if err != nil || res.Status != http.StatusOK {
 		r.log.Warn("the emulator's limits are unknown: its state did not answer", "answer", res, "error", err)
 		return l

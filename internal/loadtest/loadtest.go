@@ -26,7 +26,8 @@ const DefaultEmulator = "http://127.0.0.1:4566"
 
 // Config is one run.
 type Config struct {
-	// API is stagefleet serve's base URL.
+	// API is stagefleet serve's base URL; several instances of one
+	// deployment, separated by commas, are called in turn.
 	API string
 	// Emulator is the IVS emulator's base URL; "" asks GET /api/health,
 	// then falls back to DefaultEmulator.
@@ -77,6 +78,18 @@ type Config struct {
 	Warn func(string)
 	// Strict refuses to start the viewers when there is such a warning.
 	Strict bool
+	// Concurrency is how many viewers million seats, or renews, at once;
+	// 0: 256.
+	Concurrency int
+	// Renewals is how many rounds of renewals million runs once everyone
+	// is seated, each renewing every seat once; 0: 1.
+	Renewals int
+	// Processes are the deployment's processes whose peak memory the
+	// report gives (Linux).
+	Processes []Process
+	// Redis is the deployment's Redis (a redis:// URL on this machine),
+	// whose commands, CPU and memory the report gives; "": not measured.
+	Redis string
 	// Progress, when set, is called after every sample.
 	Progress func(Progress)
 	Logger   *slog.Logger
@@ -109,10 +122,16 @@ var errTimeout = errors.New("the run's timeout was reached")
 // hosts leaving, the last sample.
 const cleanupTimeout = 10 * time.Second
 
+// Most viewers of a run: per viewer goroutines, or million's pool.
+const (
+	maxViewers        = 100_000
+	maxMillionViewers = 1_000_000
+)
+
 func (cfg Config) withDefaults() (Config, error) {
 	d, ok := scenarioDefaults[cfg.Scenario]
 	if !ok {
-		return cfg, fmt.Errorf("unknown scenario %q: use steady, storm, flap or drain", cfg.Scenario)
+		return cfg, fmt.Errorf("unknown scenario %q: use steady, storm, flap, drain or million", cfg.Scenario)
 	}
 	if cfg.Viewers == 0 {
 		cfg.Viewers = d.viewers
@@ -141,6 +160,12 @@ func (cfg Config) withDefaults() (Config, error) {
 	if cfg.SampleEvery == 0 {
 		cfg.SampleEvery = 250 * time.Millisecond
 	}
+	if cfg.Concurrency == 0 {
+		cfg.Concurrency = 256
+	}
+	if cfg.Renewals == 0 {
+		cfg.Renewals = 1
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -149,8 +174,16 @@ func (cfg Config) withDefaults() (Config, error) {
 		cfg.Warn = func(w string) { log.Warn(w) }
 	}
 	switch {
-	case cfg.Viewers < 0 || cfg.Viewers > 100_000:
-		return cfg, fmt.Errorf("--viewers %d: must be between 1 and 100000", cfg.Viewers)
+	case cfg.Scenario == Million && (cfg.Viewers < 0 || cfg.Viewers > maxMillionViewers):
+		return cfg, fmt.Errorf("--viewers %d: must be between 1 and %d", cfg.Viewers, maxMillionViewers)
+	case cfg.Scenario != Million && (cfg.Viewers < 0 || cfg.Viewers > maxViewers):
+		// Every viewer of these scenarios is a goroutine with its own
+		// heartbeat; million holds its audience without.
+		return cfg, fmt.Errorf("--viewers %d: must be between 1 and %d (more with --scenario million)", cfg.Viewers, maxViewers)
+	case cfg.Concurrency < 1 || cfg.Concurrency > 10_000:
+		return cfg, fmt.Errorf("--concurrency %d: must be between 1 and 10000", cfg.Concurrency)
+	case cfg.Renewals < 0 || cfg.Renewals > 100:
+		return cfg, fmt.Errorf("--renewals %d: must be between 1 and 100", cfg.Renewals)
 	case cfg.Rate <= 0 || cfg.Rate > 10_000:
 		return cfg, fmt.Errorf("--rate %v: must be above 0 and at most 10000 per second", cfg.Rate)
 	case cfg.Hold < 0 || cfg.Heartbeat < 0 || cfg.Stabilization < 0 || cfg.DrainWait < 0 || cfg.Timeout < 0:
@@ -172,6 +205,7 @@ type run struct {
 	cfg        Config
 	log        *slog.Logger
 	c          *client
+	res        *resources
 	broadcasts []string
 	rec        *recorder
 	smp        *sampler
@@ -197,8 +231,12 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := CheckLoopback("api", cfg.API); err != nil {
-		return nil, err
+	var apis []string
+	for api := range strings.SplitSeq(cfg.API, ",") {
+		if err := CheckLoopback("api", api); err != nil {
+			return nil, err
+		}
+		apis = append(apis, strings.TrimRight(api, "/"))
 	}
 	if cfg.Emulator != "" {
 		if err := CheckLoopback("emulator", cfg.Emulator); err != nil {
@@ -212,7 +250,12 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		defer stop.Stop()
 	}
 
-	r := &run{cfg: cfg, log: cfg.Logger, c: newClient(cfg.API, cfg.APIKey), rec: newRecorder(cfg.Logger)}
+	res, err := newResources(cfg.Processes, cfg.Redis)
+	if err != nil {
+		return nil, err
+	}
+	defer res.close()
+	r := &run{cfg: cfg, log: cfg.Logger, c: newClient(apis, cfg.APIKey), res: res, rec: newRecorder(cfg.Logger)}
 	defer r.c.close()
 	if r.c.emu, err = r.findEmulator(runCtx); err != nil {
 		return nil, err
@@ -233,7 +276,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 
 	r.smp.setPhase(phaseLive)
 	hosts, capacity, err := r.goLive(runCtx)
-	defer r.hostsLeave(ctx, hosts)
+	defer func() { r.hostsLeave(ctx, hosts) }()
 	if err != nil {
 		return nil, err
 	}
@@ -254,6 +297,11 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	}
 	if cfg.Timeout == 0 {
 		cfg.Timeout = time.Since(r.smp.start) + planLength(p) + cfg.Hold + cfg.DrainWait + 2*time.Minute
+		if cfg.Scenario == Million {
+			// Its pace is the deployment's, not the plan's: allow at least
+			// 500 viewer requests a second.
+			cfg.Timeout += time.Duration(cfg.Viewers*(1+cfg.Renewals)/500) * time.Second
+		}
 		stop := time.AfterFunc(cfg.Timeout-time.Since(r.smp.start), func() { cancel(errTimeout) })
 		defer stop.Stop()
 	}
@@ -268,12 +316,25 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 
 	r.smp.setPhase(phaseViewers)
 	r.rec.setPlanned(len(p))
+	if err := r.res.begin(runCtx, r.c.requests.Load()); err != nil {
+		return nil, err
+	}
 	viewersStart := time.Now()
-	r.viewers(runCtx, viewersStart, p)
+	var renewals *RenewalCounts
+	if cfg.Scenario == Million {
+		rc, held := r.million(runCtx, viewersStart, p)
+		renewals = &rc
+		// The show is over: the hosts stop, the operator ends it.
+		r.hostsLeave(ctx, hosts)
+		hosts = nil
+		r.endBroadcasts(runCtx, held)
+	} else {
+		r.viewers(runCtx, viewersStart, p)
+	}
 	allLeft := time.Now()
 
 	var drained *time.Duration
-	if cfg.Scenario == Drain && runCtx.Err() == nil {
+	if (cfg.Scenario == Drain || cfg.Scenario == Million) && runCtx.Err() == nil {
 		r.smp.setPhase(phaseDrain)
 		drained = r.waitDrained(runCtx, allLeft)
 	}
@@ -287,6 +348,11 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	}
 
 	rep := r.report(viewersStart, allLeft, drained)
+	rep.Renewals = renewals
+	rep.Resources, err = r.res.end(finalCtx, r.c.requests.Load())
+	if err != nil {
+		r.log.Warn("reading what the deployment used failed; the report leaves it out", "error", err)
+	}
 	switch {
 	case context.Cause(runCtx) == errTimeout:
 		rep.StoppedBy = "timeout"
@@ -315,12 +381,15 @@ func (r *run) findEmulator(ctx context.Context) (string, error) {
 			Endpoint string `json:"endpoint"`
 		} `json:"ivs"`
 	}
-	res, err := r.c.callAPI(ctx, http.MethodGet, "/api/health", nil, &h)
-	if err != nil {
-		return "", fmt.Errorf("stagefleet serve does not answer at %s (start it with: stagefleet serve): %w", r.cfg.API, err)
-	}
-	if res.Status != http.StatusOK && res.Status != http.StatusServiceUnavailable {
-		return "", fmt.Errorf("GET /api/health at %s: %s", r.cfg.API, res)
+	// Calls go to the instances in turn: one call each asks every one.
+	for _, api := range r.c.apis {
+		res, err := r.c.callAPI(ctx, http.MethodGet, "/api/health", nil, &h)
+		if err != nil {
+			return "", fmt.Errorf("stagefleet serve does not answer at %s (start it with: stagefleet serve): %w", api, err)
+		}
+		if res.Status != http.StatusOK && res.Status != http.StatusServiceUnavailable {
+			return "", fmt.Errorf("GET /api/health at %s: %s", api, res)
+		}
 	}
 	if r.cfg.Emulator != "" {
 		return strings.TrimRight(r.cfg.Emulator, "/"), nil
@@ -470,8 +539,7 @@ func (r *run) viewers(ctx context.Context, start time.Time, p []arrival) {
 	}
 	for i, a := range p {
 		wg.Go(func() {
-			v := viewer{run: r, userID: fmt.Sprintf("viewer-%d", i+1), broadcast: r.broadcasts[a.Broadcast], plan: a}
-			v.play(ctx, start, sync.OnceFunc(settled.Done), leaveAll)
+			r.newViewer(i, a).play(ctx, start, sync.OnceFunc(settled.Done), leaveAll)
 		})
 	}
 	wg.Wait()

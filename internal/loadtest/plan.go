@@ -24,17 +24,21 @@ const (
 	// Drain: a storm, then everyone leaves at once; the run then waits past
 	// the scale-down stabilization window and counts the stages left.
 	Drain Scenario = "drain"
+	// Million: a million viewers (by default) seated as fast as the
+	// deployment takes them, their seats renewed in rounds, then the
+	// broadcast ended; see million.go.
+	Million Scenario = "million"
 )
 
 // Scenarios lists every scenario.
-var Scenarios = []Scenario{Steady, Storm, Flap, Drain}
+var Scenarios = []Scenario{Steady, Storm, Flap, Drain, Million}
 
 // ParseScenario returns the scenario named s.
 func ParseScenario(s string) (Scenario, error) {
 	if slices.Contains(Scenarios, Scenario(s)) {
 		return Scenario(s), nil
 	}
-	return "", fmt.Errorf("unknown scenario %q: use steady, storm, flap or drain", s)
+	return "", fmt.Errorf("unknown scenario %q: use steady, storm, flap, drain or million", s)
 }
 
 // scenarioDefaults are what a scenario uses where Config leaves a value 0.
@@ -48,6 +52,8 @@ var scenarioDefaults = map[Scenario]struct {
 	Storm:  {viewers: 2000, rate: 200, hold: 30 * time.Second},
 	Flap:   {rate: 10, hold: 5 * time.Second},
 	Drain:  {viewers: 2000, rate: 200, hold: 10 * time.Second},
+	// Million's rate is a ceiling: the deployment sets the pace.
+	Million: {viewers: 1_000_000, rate: 10_000, hold: 10 * time.Second},
 }
 
 // arrival is one simulated viewer's plan.

@@ -7,6 +7,7 @@ import (
 	"math"
 	"slices"
 	"sort"
+	"strings"
 	"time"
 )
 
@@ -52,6 +53,11 @@ type Report struct {
 	Flap           FlapCheck        `json:"flap"`
 	Drain          *DrainCheck      `json:"drain,omitempty"`
 	IVSCalls       []OperationCalls `json:"ivsCalls"`
+	// Renewals are million's renewal rounds (absent in other scenarios).
+	Renewals *RenewalCounts `json:"renewals,omitempty"`
+	// Resources are the peak memory of the processes named with
+	// --process and what the Redis named with --redis did.
+	Resources *Resources `json:"resources,omitempty"`
 	// Series is the audience and the stages over time, one point per sample.
 	Series        []Sample `json:"series"`
 	SamplesFailed int      `json:"samplesFailed"`
@@ -63,14 +69,17 @@ type Report struct {
 // Settings are the run's settings once defaults and what the server
 // reported are filled in.
 type Settings struct {
-	Viewers              int     `json:"viewers"`
-	Rate                 float64 `json:"rate"`
-	HoldSeconds          float64 `json:"holdSeconds"`
-	HeartbeatSeconds     float64 `json:"heartbeatSeconds"`
-	Broadcasts           int     `json:"broadcasts"`
-	Capacity             int     `json:"capacity"`
-	Threshold            int     `json:"threshold"`
-	Waves                int     `json:"waves"`
+	Viewers          int     `json:"viewers"`
+	Rate             float64 `json:"rate"`
+	HoldSeconds      float64 `json:"holdSeconds"`
+	HeartbeatSeconds float64 `json:"heartbeatSeconds"`
+	Broadcasts       int     `json:"broadcasts"`
+	Capacity         int     `json:"capacity"`
+	Threshold        int     `json:"threshold"`
+	Waves            int     `json:"waves"`
+	// Concurrency and RenewalRounds are million's workers and rounds.
+	Concurrency          int     `json:"concurrency,omitempty"`
+	RenewalRounds        int     `json:"renewalRounds,omitempty"`
 	StabilizationSeconds float64 `json:"stabilizationSeconds"`
 	DrainWaitSeconds     float64 `json:"drainWaitSeconds"`
 	TimeoutSeconds       float64 `json:"timeoutSeconds"`
@@ -175,7 +184,8 @@ type FlapCheck struct {
 	ShortestRecreateSeconds *float64 `json:"shortestRecreateSeconds,omitempty"`
 }
 
-// DrainCheck is what was left after drain's wait.
+// DrainCheck is what was left after drain's wait (in million: after the
+// broadcasts were ended).
 type DrainCheck struct {
 	WaitSeconds float64 `json:"waitSeconds"`
 	// ReplicasLeft are the replica stages still in IVS after the wait.
@@ -289,7 +299,7 @@ func (r *run) report(viewersStart, allLeft time.Time, drained *time.Duration) *R
 	cfg := r.cfg
 	rep := &Report{
 		Scenario:   cfg.Scenario,
-		API:        r.c.api,
+		API:        strings.Join(r.c.apis, ","),
 		Emulator:   r.c.emu,
 		Broadcasts: r.broadcasts,
 		Settings: Settings{
@@ -328,6 +338,9 @@ func (r *run) report(viewersStart, allLeft time.Time, drained *time.Duration) *R
 	if cfg.RateLimit != nil {
 		rep.Settings.RateLimit = cfg.RateLimit.String()
 	}
+	if cfg.Scenario == Million {
+		rep.Settings.Concurrency, rep.Settings.RenewalRounds = cfg.Concurrency, cfg.Renewals
+	}
 	rep.Series = make([]Sample, len(samples))
 	for i, smp := range samples {
 		rep.Series[i] = smp.point
@@ -363,7 +376,7 @@ func (r *run) report(viewersStart, allLeft time.Time, drained *time.Duration) *R
 	}
 	rep.ReplicationLag = distribution(lags)
 	rep.Flap = flapCheck(tracks, cfg.Stabilization)
-	if cfg.Scenario == Drain && !allLeft.IsZero() {
+	if (cfg.Scenario == Drain || cfg.Scenario == Million) && !allLeft.IsZero() {
 		rep.Drain = &DrainCheck{WaitSeconds: seconds(cfg.DrainWait), ReplicasLeft: left}
 		if drained != nil && len(left) == 0 {
 			d := seconds(*drained)
@@ -413,8 +426,22 @@ func (rep *Report) evaluate() {
 	}
 	rep.Targets = []Target{seated, capacity, seat, flap}
 
-	if rep.Scenario == Drain {
+	if r := rep.Renewals; r != nil {
+		renew := Target{Name: "every renewal answered", Want: fmt.Sprintf("all %d renewed", r.Requested),
+			Got: fmt.Sprintf("%d of %d in %d round(s), %.0f/s", r.Renewed, r.Requested, r.Rounds, r.PerSecond)}
+		renew.Pass = r.Renewed == r.Requested && r.Rounds > 0
+		if !renew.Pass {
+			renew.Miss = fmt.Sprintf("%d not renewed", r.Requested-r.Renewed)
+		}
+		rep.Targets = append(rep.Targets, renew)
+	}
+	if rep.Scenario == Drain || rep.Scenario == Million {
+		event := "everyone left"
 		drain := Target{Name: "drain leaves no replica stage", Want: "0 left"}
+		if rep.Scenario == Million {
+			event = "the broadcast ended"
+			drain.Name = "ending the broadcast leaves no replica stage"
+		}
 		switch {
 		case rep.Drain == nil:
 			drain.Got, drain.Miss = "not reached", "the run stopped before everyone left"
@@ -422,7 +449,7 @@ func (rep *Report) evaluate() {
 			n := len(rep.Drain.ReplicasLeft)
 			drain.Got = fmt.Sprintf("%d left after %s", n, fmtDuration(time.Duration(rep.Drain.WaitSeconds*float64(time.Second))))
 			if rep.Drain.DrainedAfterSeconds != nil {
-				drain.Got = fmt.Sprintf("0 left, the last gone %s after everyone left", fmtDuration(time.Duration(*rep.Drain.DrainedAfterSeconds*float64(time.Second))))
+				drain.Got = fmt.Sprintf("0 left, the last gone %s after %s", fmtDuration(time.Duration(*rep.Drain.DrainedAfterSeconds*float64(time.Second))), event)
 			}
 			drain.Pass = n == 0
 			if !drain.Pass {

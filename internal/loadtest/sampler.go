@@ -98,7 +98,9 @@ func (s *sampler) run(ctx context.Context) {
 // sample takes one sample.
 func (s *sampler) sample(ctx context.Context) error {
 	var st emulator.State
-	res, err := s.c.callEmulator(ctx, http.MethodGet, "/_emulator/state", nil, &st)
+	// The participants are not needed, and a million of them would make
+	// each sample hundreds of megabytes.
+	res, err := s.c.callEmulator(ctx, http.MethodGet, "/_emulator/state?participants=false", nil, &st)
 	if err != nil {
 		return err
 	}

@@ -42,10 +42,36 @@ func (rep *Report) WriteText(w io.Writer) error {
 	fmt.Fprintf(tw, "flap\t%d replicas created, %d deleted; most creations of one slot per %s: %d\n",
 		f.ReplicasCreated, f.ReplicasDeleted, fmtDuration(sec(f.WindowSeconds)), f.MostCreationsPerSlot)
 	if d := rep.Drain; d != nil {
+		event := "everyone left"
+		if rep.Scenario == Million {
+			event = "the broadcast ended"
+		}
 		if d.DrainedAfterSeconds != nil {
-			fmt.Fprintf(tw, "drain\tno replica stage left; the last went %s after everyone left\n", fmtDuration(sec(*d.DrainedAfterSeconds)))
+			fmt.Fprintf(tw, "drain\tno replica stage left; the last went %s after %s\n", fmtDuration(sec(*d.DrainedAfterSeconds)), event)
 		} else {
 			fmt.Fprintf(tw, "drain\t%d replica stage(s) left after %s: %s\n", len(d.ReplicasLeft), fmtDuration(sec(d.WaitSeconds)), strings.Join(d.ReplicasLeft, ", "))
+		}
+	}
+	if rc := rep.Renewals; rc != nil {
+		fmt.Fprintf(tw, "renewals\t%d of %d renewed in %d round(s) after everyone was seated (each seat once a round, as fast as %d workers go), %.0f/s\n",
+			rc.Renewed, rc.Requested, rc.Rounds, s.Concurrency, rc.PerSecond)
+	}
+	if res := rep.Resources; res != nil {
+		for _, p := range res.Processes {
+			if p.Error != "" {
+				fmt.Fprintf(tw, "peak memory %s\tunknown: %s\n", p.Name, p.Error)
+				continue
+			}
+			fmt.Fprintf(tw, "peak memory %s\t%s (pid %d)\n", p.Name, fmtBytes(p.PeakRSSBytes), p.PID)
+		}
+		if u := res.Redis; u != nil {
+			fmt.Fprintf(tw, "redis\t%d API requests: %d commands (%.3f each, commands inside scripts included), %d script calls (%.3f each), %.1f s of CPU (%.1f µs each)\n",
+				u.APIRequests, u.Commands, u.CommandsPerRequest, u.ScriptCalls, u.ScriptCallsPerRequest, u.CPUSeconds, u.CPUMicrosPerRequest)
+			fmt.Fprintf(tw, "redis memory\tpeak %s; %s before the viewers", fmtBytes(u.PeakMemoryBytes), fmtBytes(u.BaselineMemoryBytes))
+			if u.AudienceSeats > 0 {
+				fmt.Fprintf(tw, ", %s with %d seats held (%.0f B a seat)", fmtBytes(u.AudienceMemoryBytes), u.AudienceSeats, u.BytesPerSeat)
+			}
+			fmt.Fprintln(tw)
 		}
 	}
 	if rep.SamplesFailed > 0 {
@@ -92,6 +118,14 @@ func (rep *Report) WriteText(w io.Writer) error {
 	}
 	_, err := io.WriteString(w, b.String())
 	return err
+}
+
+// fmtBytes prints a size in MB (10⁶ bytes), or in kB below one.
+func fmtBytes(n int64) string {
+	if n < 1_000_000 {
+		return fmt.Sprintf("%.1f kB", float64(n)/1e3)
+	}
+	return fmt.Sprintf("%.1f MB", float64(n)/1e6)
 }
 
 func fmtDistribution(d Distribution) string {

@@ -155,10 +155,6 @@ func (v *viewer) join(ctx context.Context, token string) bool {
 func (v *viewer) watch(ctx context.Context, leave <-chan time.Time, leaveAll <-chan struct{}) {
 	tick := time.NewTicker(v.cfg.Heartbeat)
 	defer tick.Stop()
-	// The seat is the token's participant's: a heartbeat names it, and
-	// carries the seat key that takes the seat back if the store lost it.
-	body := map[string]string{"userId": v.userID, "broadcastId": v.broadcast,
-		"stageArn": v.stageArn, "participantId": v.participantID, "seatKey": v.seatKey}
 	for {
 		select {
 		case <-ctx.Done():
@@ -168,20 +164,31 @@ func (v *viewer) watch(ctx context.Context, leave <-chan time.Time, leaveAll <-c
 		case <-leaveAll:
 			return
 		case <-tick.C:
-			res, err := v.c.callAPI(ctx, http.MethodPost, "/api/viewer/heartbeat", body, nil)
-			switch {
-			case err != nil:
-				if ctx.Err() == nil {
-					v.rec.fail("heartbeat: "+errorKind(err), err)
-				}
-			case res.Status != http.StatusOK:
-				// 404: the seat's lease ran out; the viewer is still on
-				// the stage, so the server may seat someone else in its
-				// place.
-				v.rec.fail("heartbeat: "+res.String(), errors.New(res.Message))
-			}
+			v.renew(ctx)
 		}
 	}
+}
+
+// renew heartbeats once and says whether the server renewed the seat.
+func (v *viewer) renew(ctx context.Context) bool {
+	// The seat is the token's participant's: a heartbeat names it, and
+	// carries the seat key that takes the seat back if the store lost it.
+	body := map[string]string{"userId": v.userID, "broadcastId": v.broadcast,
+		"stageArn": v.stageArn, "participantId": v.participantID, "seatKey": v.seatKey}
+	res, err := v.c.callAPI(ctx, http.MethodPost, "/api/viewer/heartbeat", body, nil)
+	switch {
+	case err != nil:
+		if ctx.Err() == nil {
+			v.rec.fail("heartbeat: "+errorKind(err), err)
+		}
+		return false
+	case res.Status != http.StatusOK:
+		// 404: the seat's lease ran out; the viewer is still on the stage,
+		// so the server may seat someone else in its place.
+		v.rec.fail("heartbeat: "+res.String(), errors.New(res.Message))
+		return false
+	}
+	return true
 }
 
 // emuLeave disconnects from the stage before the seat is given back, so
@@ -308,9 +315,14 @@ func (r *recorder) gaveUp(stopped bool) {
 }
 
 func (r *recorder) left() {
+	r.leftWith(1)
+}
+
+// leftWith counts n viewers gone together (their broadcast ended).
+func (r *recorder) leftWith(n int) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.leftTotal++
+	r.leftTotal += n
 }
 
 // fail counts a failure by kind and logs the first of each kind.
