@@ -146,7 +146,7 @@ func (f *fakeIVS) ListReplicas(_ context.Context, source, participantID string) 
 	return out, nil
 }
 
-func (f *fakeIVS) ListParticipants(context.Context, string, string) ([]fleet.IVSParticipant, error) {
+func (f *fakeIVS) ListPublishers(context.Context, string, string) ([]fleet.IVSParticipant, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	var out []fleet.IVSParticipant

@@ -17,7 +17,9 @@ type IVS interface {
 	StopReplication(ctx context.Context, sourceArn, destArn, participantID string) error
 	ListStages(ctx context.Context, keep func(IVSStage) bool) ([]IVSStage, error)
 	ListReplicas(ctx context.Context, sourceArn, participantID string) ([]IVSReplica, error)
-	ListParticipants(ctx context.Context, stageArn, sessionID string) ([]IVSParticipant, error)
+	// ListPublishers lists the participants of a session who have
+	// published in it: its hosts, never its viewers.
+	ListPublishers(ctx context.Context, stageArn, sessionID string) ([]IVSParticipant, error)
 }
 
 // IVSStage is a stage as IVS shows it.

@@ -312,7 +312,7 @@ func (s *Service) originParticipants(ctx context.Context, b store.Broadcast) (ma
 	if origin.ActiveSessionID == "" {
 		return present, nil
 	}
-	ps, err := s.ivs.ListParticipants(ctx, b.OriginArn, origin.ActiveSessionID)
+	ps, err := s.ivs.ListPublishers(ctx, b.OriginArn, origin.ActiveSessionID)
 	if err != nil {
 		return nil, err
 	}

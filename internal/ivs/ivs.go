@@ -501,11 +501,14 @@ func (c *Client) ListReplicas(ctx context.Context, sourceArn, participantID stri
 	})
 }
 
-// ListParticipants returns the participants of a stage's session (all pages).
-func (c *Client) ListParticipants(ctx context.Context, stageArn, sessionID string) ([]Participant, error) {
+// ListPublishers returns the participants of a stage's session who have
+// published in it (all pages). IVS filters them, so that a stage of ten
+// thousand viewers costs one call, not a hundred pages.
+func (c *Client) ListPublishers(ctx context.Context, stageArn, sessionID string) ([]Participant, error) {
 	p := ivsrealtime.NewListParticipantsPaginator(c.api, &ivsrealtime.ListParticipantsInput{
-		StageArn:  aws.String(stageArn),
-		SessionId: aws.String(sessionID),
+		StageArn:          aws.String(stageArn),
+		SessionId:         aws.String(sessionID),
+		FilterByPublished: true,
 	})
 	return allPages(ctx, c, "ListParticipants", p, func(page *ivsrealtime.ListParticipantsOutput) []Participant {
 		out := make([]Participant, len(page.Participants))

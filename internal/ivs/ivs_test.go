@@ -327,25 +327,25 @@ func TestReplicationAndParticipants(t *testing.T) {
 		t.Errorf("ListReplicas = %+v, want [%+v]", reps, want)
 	}
 
-	ps, err := c.ListParticipants(ctx, src.Arn, h.SessionID)
+	ps, err := c.ListPublishers(ctx, src.Arn, h.SessionID)
 	if err != nil {
-		t.Fatalf("ListParticipants(src): %v", err)
+		t.Fatalf("ListPublishers(src): %v", err)
 	}
 	wantP := ivs.Participant{ID: h.ParticipantID, UserID: "host-1", Connected: true, Published: true}
 	if len(ps) != 1 || ps[0] != wantP {
-		t.Errorf("ListParticipants(src) = %+v, want [%+v]", ps, wantP)
+		t.Errorf("ListPublishers(src) = %+v, want [%+v]", ps, wantP)
 	}
 
 	d, err := c.GetStage(ctx, dst.Arn)
 	if err != nil || d.ActiveSessionID == "" {
 		t.Fatalf("GetStage(dst) = %+v, %v; want an active session (the replica)", d, err)
 	}
-	ps, err = c.ListParticipants(ctx, dst.Arn, d.ActiveSessionID)
+	ps, err = c.ListPublishers(ctx, dst.Arn, d.ActiveSessionID)
 	if err != nil {
-		t.Fatalf("ListParticipants(dst): %v", err)
+		t.Fatalf("ListPublishers(dst): %v", err)
 	}
 	if len(ps) != 1 || ps[0].ID != h.ParticipantID || !ps[0].Replica || !ps[0].Connected {
-		t.Errorf("ListParticipants(dst) = %+v, want the connected replica %s", ps, h.ParticipantID)
+		t.Errorf("ListPublishers(dst) = %+v, want the connected replica %s", ps, h.ParticipantID)
 	}
 
 	if err := c.StopReplication(ctx, src.Arn, dst.Arn, h.ParticipantID); err != nil {
@@ -392,9 +392,10 @@ func TestIssue(t *testing.T) {
 	if j.ParticipantID != tok.ParticipantID || j.StageArn != s.Arn {
 		t.Errorf("joined as %+v, want participant %s on %s", j, tok.ParticipantID, s.Arn)
 	}
-	ps, err := c.ListParticipants(ctx, s.Arn, j.SessionID)
-	if err != nil || len(ps) != 1 || ps[0].UserID != "viewer-7" {
-		t.Errorf("ListParticipants = %+v, %v; want viewer-7", ps, err)
+	// A viewer never publishes: the hosts' list leaves it out.
+	ps, err := c.ListPublishers(ctx, s.Arn, j.SessionID)
+	if err != nil || len(ps) != 0 {
+		t.Errorf("ListPublishers = %+v, %v; want nobody (viewer-7 only watches)", ps, err)
 	}
 	// Subscribe only: the token carries no PUBLISH capability.
 	err = e.control("participants/publish", map[string]string{"stageArn": s.Arn, "participantId": j.ParticipantID}, nil)
