@@ -110,9 +110,10 @@ type Progress struct {
 
 // Phases of a run, in order.
 const (
-	phaseLive    = "going live"
-	phaseViewers = "viewers"
-	phaseDrain   = "drain wait"
+	phaseLive     = "going live"
+	phaseViewers  = "viewers"
+	phaseRenewals = "renewals"
+	phaseDrain    = "drain wait"
 )
 
 // errTimeout is the cause of a run's context ending at Config.Timeout.

@@ -106,6 +106,7 @@ func (r *run) million(ctx context.Context, start time.Time, p []arrival) (Renewa
 		}
 	}
 
+	r.smp.setPhase(phaseRenewals)
 	rc := RenewalCounts{}
 	var requested, renewed atomic.Int64
 	for range r.cfg.Renewals {

@@ -203,6 +203,16 @@ func TestEvaluate(t *testing.T) {
 			[]string{"drain leaves no replica stage"}, "2 replica stage(s) left"},
 		{"stopped before the drain", func(r *Report) { r.Drain = nil }, []string{"drain leaves no replica stage"}, "stopped before everyone left"},
 		{"no drain target outside drain", func(r *Report) { r.Scenario, r.Drain = Storm, nil }, nil, ""},
+		{"million with every renewal answered", func(r *Report) {
+			r.Scenario, r.Renewals = Million, &RenewalCounts{Rounds: 1, Requested: 2000, Renewed: 2000}
+		}, nil, ""},
+		{"million with a renewal refused", func(r *Report) {
+			r.Scenario, r.Renewals = Million, &RenewalCounts{Rounds: 1, Requested: 2000, Renewed: 1997}
+		}, []string{"every renewal answered"}, "3 not renewed"},
+		{"million with replicas left after the end", func(r *Report) {
+			r.Scenario, r.Renewals = Million, &RenewalCounts{Rounds: 1, Requested: 2000, Renewed: 2000}
+			r.Drain.ReplicasLeft, r.Drain.DrainedAfterSeconds = []string{"arn:a"}, nil
+		}, []string{"ending the broadcast leaves no replica stage"}, "1 replica stage(s) left"},
 		{"nobody seated", func(r *Report) { r.Viewers.Seated, r.TimeToSeat = 0, Distribution{} },
 			[]string{"every viewer seated", "p99 time to seat"}, "2000 not seated"},
 	}
@@ -247,6 +257,30 @@ func TestWriteTextAndChart(t *testing.T) {
 	for _, want := range []string{"warning: a broadcast's audience peaks at 2000", "1999 seated", "p99 2.10 s", "STAGE_FULL 12", "CreateStage", "FAIL  every viewer seated", "result: FAIL"} {
 		if !strings.Contains(text.String(), want) {
 			t.Errorf("text report lacks %q:\n%s", want, text.String())
+		}
+	}
+
+	// A million run's own lines: the renewals, the processes, Redis.
+	million := sampleReport()
+	million.Scenario, million.Settings.Concurrency, million.Settings.RenewalRounds = Million, 256, 1
+	million.Renewals = &RenewalCounts{Rounds: 1, Requested: 2000, Renewed: 2000, Seconds: 0.5, PerSecond: 4000}
+	million.Resources = &Resources{
+		Processes: []ProcessPeak{{Name: "serve-1", PID: 42, PeakRSSBytes: 61_500_000}, {Name: "gone", PID: 43, Error: "no such process"}},
+		Redis: &RedisUsage{APIRequests: 4000, Commands: 48000, CommandsPerRequest: 12, ScriptCalls: 2300, ScriptCallsPerRequest: 0.575,
+			CPUSeconds: 0.25, CPUMicrosPerRequest: 62.5, BaselineMemoryBytes: 1_800_000, PeakMemoryBytes: 3_000_000,
+			AudienceMemoryBytes: 2_800_000, AudienceSeats: 2000, BytesPerSeat: 500},
+	}
+	million.evaluate()
+	text.Reset()
+	if err := million.WriteText(&text); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"256 workers, 1 renewal round(s)", "2000 of 2000 renewed in 1 round(s)", "4000/s",
+		"peak memory serve-1  61.5 MB (pid 42)", "peak memory gone     unknown: no such process",
+		"4000 API requests: 48000 commands (12.000 each", "2300 script calls (0.575 each)", "62.5 µs each",
+		"2.8 MB with 2000 seats held (500 B a seat)", "PASS  every renewal answered"} {
+		if !strings.Contains(text.String(), want) {
+			t.Errorf("million's text report lacks %q:\n%s", want, text.String())
 		}
 	}
 

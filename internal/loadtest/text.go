@@ -15,8 +15,13 @@ func (rep *Report) WriteText(w io.Writer) error {
 	s := rep.Settings
 	sec := func(f float64) time.Duration { return time.Duration(f * float64(time.Second)) }
 	var b strings.Builder
-	fmt.Fprintf(&b, "stagefleet loadtest: %s, %d viewers at %g/s over %d broadcast(s), hold %v, heartbeat %v\n",
-		rep.Scenario, s.Viewers, s.Rate, s.Broadcasts, sec(s.HoldSeconds), sec(s.HeartbeatSeconds))
+	if rep.Scenario == Million {
+		fmt.Fprintf(&b, "stagefleet loadtest: %s, %d viewers at up to %g/s over %d broadcast(s), %d workers, %d renewal round(s) once all are seated, hold %v\n",
+			rep.Scenario, s.Viewers, s.Rate, s.Broadcasts, s.Concurrency, s.RenewalRounds, sec(s.HoldSeconds))
+	} else {
+		fmt.Fprintf(&b, "stagefleet loadtest: %s, %d viewers at %g/s over %d broadcast(s), hold %v, heartbeat %v\n",
+			rep.Scenario, s.Viewers, s.Rate, s.Broadcasts, sec(s.HoldSeconds), sec(s.HeartbeatSeconds))
+	}
 	fmt.Fprintf(&b, "api %s, emulator %s, capacity %d, threshold %d; ran %s (%s)\n",
 		rep.API, rep.Emulator, s.Capacity, s.Threshold, fmtDuration(sec(rep.DurationSeconds)), rep.StoppedBy)
 	fmt.Fprintf(&b, "broadcasts %s\n", strings.Join(rep.Broadcasts, ", "))

@@ -55,12 +55,23 @@ local function reserve(user, want, pid, takenAt, expRfc, expMicros, bid)
       return {'ok', cur, redis.call('HGET', KEYS[2], old.stageArn) or '0'}
     end
   end
-  local open = redis.call('SMEMBERS', KEYS[1])
+  local open
+  if want == '' then
+    open = redis.call('SMEMBERS', KEYS[1])
+  elseif redis.call('SISMEMBER', KEYS[1], want) == 1 then
+    open = {want}
+  else
+    open = {}
+  end
   local best, bestN, bestCreated
-  for _, arn in ipairs(open) do
-    if want == '' or arn == want then
-      local n = tonumber(redis.call('HGET', KEYS[2], arn) or '0')
-      local cap, created = string.match(redis.call('HGET', KEYS[3], arn) or '0 0', '^(%d+) (%-?%d+)$')
+  if #open > 0 then
+    -- Two reads for all the stages, not two per stage: a join's cost is
+    -- then mostly the loop below.
+    local counts = redis.call('HMGET', KEYS[2], unpack(open))
+    local ranks = redis.call('HMGET', KEYS[3], unpack(open))
+    for i, arn in ipairs(open) do
+      local n = tonumber(counts[i] or '0')
+      local cap, created = string.match(ranks[i] or '0 0', '^(%d+) (%-?%d+)$')
       cap, created = tonumber(cap), tonumber(created)
       if n < cap and (best == nil or n > bestN or (n == bestN and (created < bestCreated or (created == bestCreated and arn < best)))) then
         best, bestN, bestCreated = arn, n, created
