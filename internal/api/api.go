@@ -38,9 +38,10 @@ type Fleet interface {
 
 	Hosts(ctx context.Context, broadcastID string) ([]store.Host, error)
 	Publisher(ctx context.Context, broadcastID string) (store.Host, bool, error)
-	Seats(ctx context.Context, broadcastID, stageArn string) ([]store.Seat, error)
 	Seat(ctx context.Context, broadcastID, userID string) (store.Seat, bool, error)
 	SeatsPage(ctx context.Context, stageArn, cursor string, limit int) ([]store.Seat, string, store.Stage, error)
+	BroadcastSeatsPage(ctx context.Context, broadcastID, cursor string, limit int) ([]store.Seat, string, error)
+	WatchTotals(ctx context.Context, broadcastID string) (viewers int, seconds int64, err error)
 	Broadcasts(ctx context.Context) ([]store.Broadcast, error)
 	Broadcast(ctx context.Context, id string) (store.Broadcast, error)
 	HandleEvent(ctx context.Context, ev fleet.Event) (fleet.EventResult, error)

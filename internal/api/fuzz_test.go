@@ -163,8 +163,11 @@ func (f *fuzzFleet) Publisher(context.Context, string) (store.Host, bool, error)
 	return fuzzHost(), true, f.call()
 }
 
-func (f *fuzzFleet) Seats(context.Context, string, string) ([]store.Seat, error) {
-	return []store.Seat{fuzzSeat()}, f.call()
+func (f *fuzzFleet) BroadcastSeatsPage(context.Context, string, string, int) ([]store.Seat, string, error) {
+	return []store.Seat{fuzzSeat()}, "", f.call()
+}
+func (f *fuzzFleet) WatchTotals(context.Context, string) (int, int64, error) {
+	return 1, 60, f.call()
 }
 
 func (f *fuzzFleet) Seat(context.Context, string, string) (store.Seat, bool, error) {

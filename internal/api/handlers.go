@@ -326,7 +326,9 @@ func (s *server) seatData(seat store.Seat) seatData {
 		JoinedAt:      seat.TakenAt.UTC().Format(time.RFC3339),
 		ExpiresAt:     seat.ExpiresAt.UTC().Format(time.RFC3339),
 		LastHeartbeat: seat.ExpiresAt.Add(-s.fleet.SeatLease()).UTC().Format(time.RFC3339),
-		WatchSeconds:  int(s.fleet.Now().Sub(seat.TakenAt).Seconds()),
+		// Whole seconds from TakenAt's second, as the broadcast's totals
+		// count them.
+		WatchSeconds: int(s.fleet.Now().Unix() - seat.TakenAt.Unix()),
 	}
 }
 
@@ -335,13 +337,9 @@ func (s *server) viewerList(w http.ResponseWriter, r *http.Request) *apiError {
 	if e != nil {
 		return e
 	}
-	limit := defaultListLimit
-	if v := r.URL.Query().Get("limit"); v != "" {
-		n, err := strconv.Atoi(v)
-		if err != nil || n < 1 || n > maxListLimit {
-			return badRequest("limit must be a whole number from 1 to %d", maxListLimit)
-		}
-		limit = n
+	limit, e := listLimit(r)
+	if e != nil {
+		return e
 	}
 	seats, next, rec, err := s.fleet.SeatsPage(r.Context(), arn, r.URL.Query().Get("cursor"), limit)
 	if err != nil {
@@ -362,12 +360,25 @@ func (s *server) viewerList(w http.ResponseWriter, r *http.Request) *apiError {
 	return nil
 }
 
-// A page of a stage's viewers: 1,000 unless ?limit= says otherwise, at
-// most 10,000 (a stage's default capacity).
+// A page of viewers: 1,000 unless ?limit= says otherwise, at most 10,000
+// (a stage's default capacity).
 const (
 	defaultListLimit = 1000
 	maxListLimit     = 10_000
 )
+
+// listLimit reads a page's ?limit=.
+func listLimit(r *http.Request) (int, *apiError) {
+	v := r.URL.Query().Get("limit")
+	if v == "" {
+		return defaultListLimit, nil
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 1 || n > maxListLimit {
+		return 0, badRequest("limit must be a whole number from 1 to %d", maxListLimit)
+	}
+	return n, nil
+}
 
 // formatDuration writes seconds as H:MM:SS.
 func formatDuration(seconds int) string {
@@ -389,22 +400,34 @@ func (s *server) viewerDuration(w http.ResponseWriter, r *http.Request) *apiErro
 	if userID != "" {
 		return s.viewerWatchTime(w, r, b, userID, stageArn)
 	}
-	seats, err := s.fleet.Seats(r.Context(), b, "")
+	limit, e := listLimit(r)
+	if e != nil {
+		return e
+	}
+	// The totals are the whole broadcast's, read without its seats; the
+	// viewers come a page at a time.
+	n, total, err := s.fleet.WatchTotals(r.Context(), b)
 	if err != nil {
 		return s.fail(err)
 	}
-	viewers := []seatData{}
-	total := 0
-	for _, seat := range seats {
-		d := s.seatData(seat)
-		viewers = append(viewers, d)
-		total += d.WatchSeconds
+	seats, next, err := s.fleet.BroadcastSeatsPage(r.Context(), b, r.URL.Query().Get("cursor"), limit)
+	if err != nil {
+		return s.fail(err)
+	}
+	viewers := make([]seatData, len(seats))
+	for i, seat := range seats {
+		viewers[i] = s.seatData(seat)
 	}
 	avg := 0.0
-	if len(viewers) > 0 {
-		avg = float64(total) / float64(len(viewers))
+	if n > 0 {
+		avg = float64(total) / float64(n)
 	}
-	ok(w, http.StatusOK, map[string]any{"broadcastId": b, "viewers": viewers, "totalSeconds": total, "averageSeconds": avg}, "")
+	data := map[string]any{"broadcastId": b, "viewers": viewers, "count": len(viewers), "totalViewers": n,
+		"totalSeconds": total, "averageSeconds": avg}
+	if next != "" {
+		data["nextCursor"] = next
+	}
+	ok(w, http.StatusOK, data, "")
 	return nil
 }
 

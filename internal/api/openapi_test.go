@@ -376,11 +376,17 @@ func (f *oaFleet) Publisher(context.Context, string) (store.Host, bool, error) {
 	}
 	return f.host(), true, f.err
 }
-func (f *oaFleet) Seats(context.Context, string, string) ([]store.Seat, error) {
+func (f *oaFleet) BroadcastSeatsPage(context.Context, string, string, int) ([]store.Seat, string, error) {
 	if f.empty {
-		return nil, f.err
+		return nil, "", f.err
 	}
-	return []store.Seat{f.seat("default", "viewer-1")}, f.err
+	return []store.Seat{f.seat("default", "viewer-1")}, "viewer-1", f.err
+}
+func (f *oaFleet) WatchTotals(context.Context, string) (int, int64, error) {
+	if f.empty {
+		return 0, 0, f.err
+	}
+	return 1, 60, f.err
 }
 func (f *oaFleet) Seat(_ context.Context, b, user string) (store.Seat, bool, error) {
 	if f.empty || user != "viewer-1" {

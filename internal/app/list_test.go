@@ -67,6 +67,42 @@ func TestViewerListPages(t *testing.T) {
 				wantError(t, a.call(t, "GET", "/api/viewer/list/"+arn+"?limit="+bad, nil), http.StatusBadRequest, "VALIDATION_ERROR")
 			}
 		}
+
+		// The broadcast's watch time pages its viewers the same way, and
+		// every page carries the whole broadcast's totals.
+		var got []string
+		cursor, pages := "", 0
+		for {
+			q := url.Values{"limit": {"5"}}
+			if cursor != "" {
+				q.Set("cursor", cursor)
+			}
+			page := dataOf[struct {
+				Viewers        []listedSeat `json:"viewers"`
+				Count          int          `json:"count"`
+				TotalViewers   int          `json:"totalViewers"`
+				TotalSeconds   int          `json:"totalSeconds"`
+				AverageSeconds float64      `json:"averageSeconds"`
+				NextCursor     string       `json:"nextCursor"`
+			}](t, a.expect(t, "GET", "/api/viewer/duration?"+q.Encode(), nil, http.StatusOK))
+			if page.Count != len(page.Viewers) || page.TotalViewers != 23 || page.TotalSeconds < 0 || page.AverageSeconds != float64(page.TotalSeconds)/23 {
+				t.Errorf("duration page %d: count %d of %d viewers, totals %d viewers %d s (average %v); want all 23 in the totals",
+					pages, page.Count, len(page.Viewers), page.TotalViewers, page.TotalSeconds, page.AverageSeconds)
+			}
+			for _, v := range page.Viewers {
+				if !slices.Contains(got, v.UserID) {
+					got = append(got, v.UserID)
+				}
+			}
+			if pages++; page.NextCursor == "" || pages > 100 {
+				break
+			}
+			cursor = page.NextCursor
+		}
+		if len(got) != 23 || pages < 5 {
+			t.Errorf("duration pages listed %d distinct viewers in %d pages of 5; want all 23 in 5 or more", len(got), pages)
+		}
+		wantError(t, a.call(t, "GET", "/api/viewer/duration?limit=0", nil), http.StatusBadRequest, "VALIDATION_ERROR")
 	}
 	env := map[string]string{"HEARTBEAT_TIMEOUT": "1m"}
 	t.Run("memory", func(t *testing.T) { run(t, env) })

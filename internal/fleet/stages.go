@@ -375,31 +375,6 @@ func (s *Service) Publisher(ctx context.Context, broadcastID string) (store.Host
 	return best, true, nil
 }
 
-// Seats lists the live seats of a broadcast, or of one of its stages.
-func (s *Service) Seats(ctx context.Context, broadcastID, stageArn string) ([]store.Seat, error) {
-	if stageArn != "" {
-		rec, err := s.record(ctx, stageArn)
-		if err != nil {
-			return nil, err
-		}
-		broadcastID = rec.BroadcastID
-	}
-	all, err := s.store.ListSeats(ctx, broadcastID)
-	if err != nil {
-		return nil, failWrap(ErrUnavailable, err, "listing seats")
-	}
-	if stageArn == "" {
-		return all, nil
-	}
-	var out []store.Seat
-	for _, seat := range all {
-		if seat.StageArn == stageArn {
-			out = append(out, seat)
-		}
-	}
-	return out, nil
-}
-
 // Broadcasts lists every broadcast.
 func (s *Service) Broadcasts(ctx context.Context) ([]store.Broadcast, error) {
 	bs, err := s.store.ListBroadcasts(ctx)
@@ -454,6 +429,51 @@ func (s *Service) SeatsPage(ctx context.Context, stageArn, cursor string, limit 
 		}
 	}
 	return out, cursor, rec, nil
+}
+
+// BroadcastSeatsPage returns about limit of a broadcast's seats from
+// cursor ("" to begin) and the cursor of the rest ("" when done).
+func (s *Service) BroadcastSeatsPage(ctx context.Context, broadcastID, cursor string, limit int) ([]store.Seat, string, error) {
+	page, next, err := s.store.ScanSeats(ctx, broadcastID, cursor, limit)
+	if errors.Is(err, store.ErrNotFound) {
+		return nil, "", fail(ErrInvalid, "cursor %q is not one this server gave", cursor)
+	}
+	if err != nil {
+		return nil, "", failWrap(ErrUnavailable, err, "listing seats")
+	}
+	return page, next, nil
+}
+
+// WatchTotals returns a broadcast's viewers seated now and their watch
+// time so far, in whole seconds (each seat's from its TakenAt's second),
+// from the store's totals without reading the seats; only seats the
+// totals leave out (see store.SeatTotals) are read, page by page.
+func (s *Service) WatchTotals(ctx context.Context, broadcastID string) (viewers int, seconds int64, err error) {
+	t, err := s.store.SeatTotals(ctx, broadcastID)
+	if err != nil {
+		return 0, 0, failWrap(ErrUnavailable, err, "reading the seat totals of %s", broadcastID)
+	}
+	now := s.now().Unix()
+	if t.Untracked == 0 {
+		return t.Seats, int64(t.Seats)*now - t.TakenAtSum, nil
+	}
+	seen := map[string]bool{}
+	cursor := ""
+	for {
+		page, next, err := s.store.ScanSeats(ctx, broadcastID, cursor, 1000)
+		if err != nil {
+			return 0, 0, failWrap(ErrUnavailable, err, "listing seats")
+		}
+		for _, seat := range page {
+			if !seen[seat.UserID] {
+				seen[seat.UserID] = true
+				seconds += now - seat.TakenAt.Unix()
+			}
+		}
+		if cursor = next; cursor == "" {
+			return len(seen), seconds, nil
+		}
+	}
 }
 
 // Broadcast returns one broadcast's record.

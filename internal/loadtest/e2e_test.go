@@ -364,8 +364,15 @@ func TestMillionScenarioAgainstServe(t *testing.T) {
 		t.Errorf("%d viewers still connected in IVS after the broadcast ended", n)
 	}
 	res := rep.Resources
-	if res == nil || len(res.Processes) != 1 || res.Processes[0].PeakRSSBytes <= 0 || res.Redis == nil {
-		t.Fatalf("resources %+v; want this process's peak and Redis's usage", res)
+	// The process named, and the load generator itself: here both are this
+	// test's process.
+	if res == nil || len(res.Processes) != 2 || res.Processes[1].Name != "loadtest" || res.Redis == nil {
+		t.Fatalf("resources %+v; want the process named, the load generator, and Redis's usage", res)
+	}
+	for _, p := range res.Processes {
+		if p.PID != os.Getpid() || p.PeakRSSBytes <= 0 || p.CPUSeconds <= 0 || p.Error != "" {
+			t.Errorf("process %+v; want this process's peak memory and CPU", p)
+		}
 	}
 	if u := res.Redis; u.APIRequests < 3*viewers || u.Commands <= 0 || u.ScriptCalls <= 0 || u.CPUSeconds <= 0 ||
 		u.AudienceSeats != viewers || u.BytesPerSeat <= 0 || u.PeakMemoryBytes < u.AudienceMemoryBytes {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -36,12 +37,13 @@ type Resources struct {
 	Redis     *RedisUsage   `json:"redis,omitempty"`
 }
 
-// ProcessPeak is a process's peak resident memory (VmHWM), from its start:
-// for a process started for the run, the run's peak.
+// ProcessPeak is a process's peak resident memory (VmHWM) and the CPU it
+// used, from its start: for a process started for the run, the run's.
 type ProcessPeak struct {
-	Name         string `json:"name"`
-	PID          int    `json:"pid"`
-	PeakRSSBytes int64  `json:"peakRssBytes"`
+	Name         string  `json:"name"`
+	PID          int     `json:"pid"`
+	PeakRSSBytes int64   `json:"peakRssBytes"`
+	CPUSeconds   float64 `json:"cpuSeconds"`
 	// Error says why the peak could not be read (the process had ended).
 	Error string `json:"error,omitempty"`
 }
@@ -178,10 +180,18 @@ func (r *resources) audience(ctx context.Context, seats int) error {
 // end reads every process's peak and what Redis did since begin.
 func (r *resources) end(ctx context.Context, requests int64) (*Resources, error) {
 	out := &Resources{Processes: []ProcessPeak{}}
-	for _, p := range r.procs {
+	procs := r.procs
+	if len(procs) > 0 {
+		// Where the time went includes the load's own share.
+		procs = append(slices.Clone(procs), Process{Name: "loadtest", PID: os.Getpid()})
+	}
+	for _, p := range procs {
 		pk := ProcessPeak{Name: p.Name, PID: p.PID}
 		var err error
-		if pk.PeakRSSBytes, err = peakRSS(p.PID); err != nil {
+		if pk.PeakRSSBytes, err = peakRSS(p.PID); err == nil {
+			pk.CPUSeconds, err = cpuSeconds(p.PID)
+		}
+		if err != nil {
 			pk.Error = err.Error()
 		}
 		out.Processes = append(out.Processes, pk)
@@ -210,6 +220,34 @@ func (r *resources) end(ctx context.Context, requests int64) (*Resources, error)
 }
 
 func round3(f float64) float64 { return float64(int64(f*1000+0.5)) / 1000 }
+
+// clockTicks is Linux's USER_HZ, the unit of /proc/PID/stat's times: 100
+// on every architecture Go supports.
+const clockTicks = 100
+
+// cpuSeconds reads a process's user and system time from /proc (Linux).
+func cpuSeconds(pid int) (float64, error) {
+	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, fmt.Errorf("reading the CPU time of process %d: %w", pid, err)
+	}
+	// The command name, in parentheses, may hold spaces: the fields that
+	// follow are counted from its end.
+	i := strings.LastIndexByte(string(raw), ')')
+	fields := strings.Fields(string(raw[i+1:]))
+	if i < 0 || len(fields) < 13 {
+		return 0, fmt.Errorf("process %d: /proc/%d/stat is not as Linux writes it", pid, pid)
+	}
+	var ticks int64
+	for _, f := range fields[11:13] { // utime, stime
+		n, err := strconv.ParseInt(f, 10, 64)
+		if err != nil {
+			return 0, fmt.Errorf("process %d: /proc/%d/stat: %w", pid, pid, err)
+		}
+		ticks += n
+	}
+	return float64(ticks) / clockTicks, nil
+}
 
 // peakRSS reads a process's VmHWM from /proc (Linux).
 func peakRSS(pid int) (int64, error) {

@@ -4,6 +4,7 @@ import (
 	"os"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestParseProcess(t *testing.T) {
@@ -28,13 +29,24 @@ func TestParseProcess(t *testing.T) {
 	}
 }
 
-func TestPeakRSS(t *testing.T) {
+func TestPeakRSSAndCPU(t *testing.T) {
 	n, err := peakRSS(os.Getpid())
 	if err != nil || n < 1<<20 {
 		t.Fatalf("peakRSS(this process) = %d, %v; want at least a megabyte", n, err)
 	}
 	if _, err := peakRSS(1 << 30); err == nil {
 		t.Error("peakRSS of a process that does not exist: no error")
+	}
+	// Burn a little CPU so that the reading cannot be 0.
+	start := time.Now()
+	for x := 0; time.Since(start) < 50*time.Millisecond; x++ {
+		_ = x * x
+	}
+	if cpu, err := cpuSeconds(os.Getpid()); err != nil || cpu <= 0 {
+		t.Fatalf("cpuSeconds(this process) = %v, %v; want some CPU", cpu, err)
+	}
+	if _, err := cpuSeconds(1 << 30); err == nil {
+		t.Error("cpuSeconds of a process that does not exist: no error")
 	}
 }
 

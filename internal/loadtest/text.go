@@ -67,7 +67,7 @@ func (rep *Report) WriteText(w io.Writer) error {
 				fmt.Fprintf(tw, "peak memory %s\tunknown: %s\n", p.Name, p.Error)
 				continue
 			}
-			fmt.Fprintf(tw, "peak memory %s\t%s (pid %d)\n", p.Name, fmtBytes(p.PeakRSSBytes), p.PID)
+			fmt.Fprintf(tw, "peak memory %s\t%s, %.1f s of CPU (pid %d)\n", p.Name, fmtBytes(p.PeakRSSBytes), p.CPUSeconds, p.PID)
 		}
 		if u := res.Redis; u != nil {
 			fmt.Fprintf(tw, "redis\t%d API requests: %d commands (%.3f each, commands inside scripts included), %d script calls (%.3f each), %.1f s of CPU (%.1f µs each)\n",

@@ -203,6 +203,12 @@ func (s *Store) GetSeat(ctx context.Context, broadcastID, userID string) (store.
 	return out, err
 }
 
+func (s *Store) SeatTotals(ctx context.Context, broadcastID string) (store.SeatTotals, error) {
+	out, err := s.next.SeatTotals(ctx, broadcastID)
+	s.count("SeatTotals", err)
+	return out, err
+}
+
 func (s *Store) ScanSeats(ctx context.Context, broadcastID, cursor string, count int) ([]store.Seat, string, error) {
 	out, next, err := s.next.ScanSeats(ctx, broadcastID, cursor, count)
 	s.count("ScanSeats", err)

@@ -162,6 +162,18 @@ type Seat struct {
 	Replaced *Seat `json:"-"`
 }
 
+// SeatTotals sum a broadcast's seats, so that its viewers' total watch
+// time at t is Seats×t − TakenAtSum (Unix seconds) without reading them.
+type SeatTotals struct {
+	Seats int
+	// TakenAtSum is the sum of the seats' TakenAt in Unix seconds.
+	TakenAtSum int64
+	// Untracked are seats the sums leave out: taken before the store kept
+	// them (Redis data from an earlier version). A reader who needs exact
+	// totals with Untracked above 0 reads the seats instead.
+	Untracked int
+}
+
 // SeatRequest asks for a seat in one atomic step.
 type SeatRequest struct {
 	BroadcastID string
@@ -273,6 +285,9 @@ type SeatStore interface {
 	// whatever the number of seats (the memory store sorts the broadcast's
 	// user ids per page).
 	ScanSeats(ctx context.Context, broadcastID, cursor string, count int) ([]Seat, string, error)
+	// SeatTotals sums the broadcast's seats in one step; in Redis in
+	// O(stages), whatever the number of seats.
+	SeatTotals(ctx context.Context, broadcastID string) (SeatTotals, error)
 }
 
 // RecordStore holds what stagefleet knows of its broadcasts: stages, hosts

@@ -464,6 +464,19 @@ func (s *Store) ScanSeats(_ context.Context, broadcastID, cursor string, count i
 	return out, next, nil
 }
 
+func (s *Store) SeatTotals(_ context.Context, broadcastID string) (store.SeatTotals, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var t store.SeatTotals
+	for k, seat := range s.seats {
+		if k.broadcast == broadcastID {
+			t.Seats++
+			t.TakenAtSum += seat.TakenAt.Unix()
+		}
+	}
+	return t, nil
+}
+
 func (s *Store) ListSeats(_ context.Context, broadcastID string) ([]store.Seat, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()

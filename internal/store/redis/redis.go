@@ -84,6 +84,8 @@ func (k keys) rank() string             { return k.tag + "rank" }   // arn -> "c
 func (k keys) counts() string           { return k.tag + "counts" } // arn -> seats taken
 func (k keys) seats() string            { return k.tag + "seats" }  // user -> seat JSON
 func (k keys) expiry() string           { return k.tag + "expiry" } // user by ExpiresAt (micros)
+func (k keys) onStage() string          { return k.tag + "on:" }    // prefix: on:ARN is the stage's users (a set)
+func (k keys) totals() string           { return k.tag + "totals" } // tracked seats, sum of their takenSec
 func (k keys) hosts() string            { return k.tag + "hosts" }
 func (k keys) replications() string     { return k.tag + "replications" }
 func (k keys) demand() string           { return k.tag + "demand" } // instance -> demand JSON
@@ -253,7 +255,7 @@ func (s *Store) DeleteBroadcast(ctx context.Context, id string) ([]store.Seat, e
 	lease, fence := s.fence(ctx, id)
 	status, out, err := s.run(ctx, deleteBroadcast, []string{
 		lease, k.broadcast(), k.stages(), k.seats(),
-		k.open(), k.rank(), k.counts(), k.expiry(), k.hosts(), k.replications(), k.demand(),
+		k.open(), k.rank(), k.counts(), k.expiry(), k.hosts(), k.replications(), k.demand(), k.totals(), k.onStage(),
 	}, fence...)
 	if err != nil {
 		return nil, err
@@ -415,7 +417,7 @@ func (s *Store) DeleteStage(ctx context.Context, arn string) ([]store.Seat, erro
 	k := s.bc(b)
 	lease, fence := s.fence(ctx, b)
 	status, out, err := s.run(ctx, deleteStage,
-		[]string{lease, k.stages(), k.open(), k.rank(), k.counts(), k.seats(), k.expiry()}, append(fence, arn)...)
+		[]string{lease, k.stages(), k.open(), k.rank(), k.counts(), k.seats(), k.expiry(), k.onStage(), k.totals()}, append(fence, arn)...)
 	if err != nil {
 		return nil, err
 	}
@@ -553,7 +555,7 @@ func rfc3339(t time.Time) string { return t.Format(time.RFC3339Nano) }
 // seatKeys are one broadcast's keys the seat functions use, in their
 // order.
 func (k keys) seatKeys() []string {
-	return []string{k.open(), k.counts(), k.rank(), k.seats(), k.expiry(), k.stages()}
+	return []string{k.open(), k.counts(), k.rank(), k.seats(), k.expiry(), k.stages(), k.onStage(), k.totals()}
 }
 
 func (s *Store) ReserveSeat(ctx context.Context, req store.SeatRequest) (store.Seat, error) {
@@ -563,7 +565,7 @@ func (s *Store) ReserveSeat(ctx context.Context, req store.SeatRequest) (store.S
 		what = "stage " + req.StageArn
 	}
 	return s.seatOp(ctx, req.BroadcastID, what, reserveSeat, "reserve",
-		req.UserID, req.StageArn, req.ParticipantID, rfc3339(req.Now), rfc3339(exp), exp.UnixMicro(), req.BroadcastID)
+		req.UserID, req.StageArn, req.ParticipantID, rfc3339(req.Now), rfc3339(exp), exp.UnixMicro(), req.BroadcastID, req.Now.Unix())
 }
 
 func (s *Store) RenewSeat(ctx context.Context, broadcastID, userID string, owner store.SeatOwner, now time.Time, ttl time.Duration) (store.Seat, error) {
@@ -625,7 +627,7 @@ func (s *Store) seatOp(ctx context.Context, broadcastID, what string, alone *gor
 
 func (s *Store) ExpireSeats(ctx context.Context, broadcastID string, now time.Time) ([]store.Seat, error) {
 	k := s.bc(broadcastID)
-	status, out, err := s.run(ctx, expireSeats, []string{k.counts(), k.seats(), k.expiry()}, now.UnixMicro(), store.ExpireBatch)
+	status, out, err := s.run(ctx, expireSeats, []string{k.counts(), k.seats(), k.expiry(), k.onStage(), k.totals()}, now.UnixMicro(), store.ExpireBatch)
 	if err != nil {
 		return nil, err
 	}
@@ -633,6 +635,27 @@ func (s *Store) ExpireSeats(ctx context.Context, broadcastID string, now time.Ti
 		return nil, err
 	}
 	return decodeAll[store.Seat](out)
+}
+
+func (s *Store) SeatTotals(ctx context.Context, broadcastID string) (store.SeatTotals, error) {
+	k := s.bc(broadcastID)
+	status, out, err := s.run(ctx, seatTotals, []string{k.counts(), k.totals()})
+	if err != nil {
+		return store.SeatTotals{}, err
+	}
+	if err := statusErr(status, "seat totals of "+broadcastID); err != nil {
+		return store.SeatTotals{}, err
+	}
+	if len(out) != 3 {
+		return store.SeatTotals{}, fmt.Errorf("seat totals of %s: unexpected answer %v from redis", broadcastID, out)
+	}
+	var n [3]int64
+	for i, v := range out {
+		if n[i], err = strconv.ParseInt(fmt.Sprint(v), 10, 64); err != nil {
+			return store.SeatTotals{}, fmt.Errorf("seat totals of %s: %q: %w", broadcastID, v, err)
+		}
+	}
+	return store.SeatTotals{Seats: int(n[0]), Untracked: int(n[0] - n[1]), TakenAtSum: n[2]}, nil
 }
 
 func (s *Store) GetSeat(ctx context.Context, broadcastID, userID string) (store.Seat, error) {

@@ -20,13 +20,28 @@ local function fenced()
 end
 `
 
+// untrack takes a seat (decoded) out of the broadcast's totals hash:
+// tracked seats and the sum of their takenSec. A seat from before the
+// totals were kept has no takenSec and was never in them.
+const untrack = `
+local function untrack(totals, seat)
+  if seat.takenSec then
+    redis.call('HINCRBY', totals, 'tracked', -1)
+    redis.call('HINCRBY', totals, 'takenSum', -seat.takenSec)
+  end
+end
+`
+
 // freeSeat drops a seat (decoded) of user and gives its place back to its
 // stage, if the stage is still there. KEYS: seats count hash, seat hash,
-// expiry zset (passed in).
-const freeSeat = `
-local function freeSeat(counts, seats, expiry, user, seat)
+// expiry zset, the prefix of the per-stage seat sets, totals hash (passed
+// in).
+const freeSeat = untrack + `
+local function freeSeat(counts, seats, expiry, on, totals, user, seat)
   redis.call('HDEL', seats, user)
   redis.call('ZREM', expiry, user)
+  redis.call('SREM', on .. seat.stageArn, user)
+  untrack(totals, seat)
   local n = tonumber(redis.call('HGET', counts, seat.stageArn) or '0')
   if n > 0 then redis.call('HINCRBY', counts, seat.stageArn, -1) end
 end
@@ -35,14 +50,18 @@ end
 // seatFuncs are the seat operations, as Lua functions over one broadcast's
 // keys, in the order seatKeys gives them: open (seatable ARNs), counts (ARN
 // → seats), rank (ARN → "capacity createdMicros"), seats (user → seat
-// JSON), expiry (users by ExpiresAt micros), stages (ARN → record).
+// JSON), expiry (users by ExpiresAt micros), stages (ARN → record), the
+// prefix of the per-stage seat sets (prefix..ARN: the stage's users), which
+// let a stage's seats be found without reading the broadcast's, and totals
+// (tracked seats and the sum of their takenSec, Unix seconds), which sum
+// the viewers' watch time without reading the seats.
 const seatFuncs = freeSeat + `
 -- reserve: the viewer's seat if its stage still takes viewers (renewed),
 -- else a seat on the asked-for stage (want, or '' for any) or the fullest
 -- seatable one with room: store.Fuller, never beyond capacity. A seat on a
 -- stage that no longer takes viewers is freed once there is another, and
 -- answered fourth (for its session to close).
-local function reserve(user, want, pid, takenAt, expRfc, expMicros, bid)
+local function reserve(user, want, pid, takenAt, expRfc, expMicros, bid, takenSec)
   local cur = redis.call('HGET', KEYS[4], user)
   local old
   if cur then
@@ -87,9 +106,12 @@ local function reserve(user, want, pid, takenAt, expRfc, expMicros, bid)
     if #open == 0 then return {'notlive'} end
     return {'full'}
   end
-  if old then freeSeat(KEYS[2], KEYS[4], KEYS[5], user, old) end
+  if old then freeSeat(KEYS[2], KEYS[4], KEYS[5], KEYS[7], KEYS[8], user, old) end
   local n = redis.call('HINCRBY', KEYS[2], best, 1)
-  local seat = cjson.encode({broadcastId = bid, userId = user, stageArn = best, participantId = pid, takenAt = takenAt, expiresAt = expRfc})
+  redis.call('SADD', KEYS[7] .. best, user)
+  redis.call('HINCRBY', KEYS[8], 'tracked', 1)
+  redis.call('HINCRBY', KEYS[8], 'takenSum', takenSec)
+  local seat = cjson.encode({broadcastId = bid, userId = user, stageArn = best, participantId = pid, takenAt = takenAt, expiresAt = expRfc, takenSec = tonumber(takenSec)})
   redis.call('HSET', KEYS[4], user, seat)
   redis.call('ZADD', KEYS[5], expMicros, user)
   return {'ok', seat, tostring(n), cur or ''}
@@ -114,7 +136,7 @@ end
 local function release(user)
   local cur = redis.call('HGET', KEYS[4], user)
   if not cur then return {'notfound'} end
-  freeSeat(KEYS[2], KEYS[4], KEYS[5], user, cjson.decode(cur))
+  freeSeat(KEYS[2], KEYS[4], KEYS[5], KEYS[7], KEYS[8], user, cjson.decode(cur))
   return {'ok', cur}
 end
 `
@@ -166,14 +188,16 @@ return {'ok'}
 
 	// KEYS: lease, broadcast, stages, seats, then the broadcast's other
 	// keys but its leases (open, rank, counts, expiry, hosts, replications,
-	// demand). ARGV: fence. Answers the ARNs of the stages dropped (for the
-	// stage index, on another slot) and the seats freed.
+	// demand, totals), and last the prefix of the per-stage seat sets. ARGV: fence.
+	// Answers the ARNs of the stages dropped (for the stage index, on
+	// another slot) and the seats freed.
 	deleteBroadcast = goredis.NewScript(fenceCheck + `
 if redis.call('EXISTS', KEYS[2]) == 0 then return {'notfound'} end
 if fenced() then return {'fenced'} end
 local arns = redis.call('HKEYS', KEYS[3])
 local seats = redis.call('HVALS', KEYS[4])
-redis.call('DEL', unpack(KEYS, 2))
+for _, arn in ipairs(arns) do redis.call('DEL', KEYS[#KEYS] .. arn) end
+redis.call('DEL', unpack(KEYS, 2, #KEYS - 1))
 return {'ok', arns, seats}
 `)
 
@@ -195,9 +219,13 @@ if ARGV[4] == '1' then redis.call('SADD', KEYS[3], ARGV[3]) else redis.call('SRE
 return {'ok'}
 `)
 
-	// KEYS: lease, stages, open, rank, counts, seats, expiry. ARGV: fence,
-	// arn. Answers the freed seats.
-	deleteStage = goredis.NewScript(fenceCheck + `
+	// KEYS: lease, stages, open, rank, counts, seats, expiry, the prefix of
+	// the per-stage seat sets, totals. ARGV: fence, arn. Answers the freed
+	// seats.
+	// The stage's set names its seats: O(the stage's seats). Only seats
+	// taken before the sets existed (a deployment upgraded with viewers
+	// seated: its set is short of the count) need the whole broadcast read.
+	deleteStage = goredis.NewScript(fenceCheck + untrack + `
 local arn = ARGV[3]
 if redis.call('HEXISTS', KEYS[2], arn) == 0 then return {'notfound'} end
 if fenced() then return {'fenced'} end
@@ -206,18 +234,30 @@ redis.call('HDEL', KEYS[4], arn)
 redis.call('SREM', KEYS[3], arn)
 local n = tonumber(redis.call('HGET', KEYS[5], arn) or '0')
 redis.call('HDEL', KEYS[5], arn)
+local on = KEYS[8] .. arn
 local out = {'ok'}
-if n > 0 then
+local function free(user, cur, seat)
+  redis.call('HDEL', KEYS[6], user)
+  redis.call('ZREM', KEYS[7], user)
+  untrack(KEYS[9], seat)
+  table.insert(out, cur)
+end
+if n > 0 and redis.call('SCARD', on) >= n then
+  for _, user in ipairs(redis.call('SMEMBERS', on)) do
+    local cur = redis.call('HGET', KEYS[6], user)
+    if cur then
+      local seat = cjson.decode(cur)
+      if seat.stageArn == arn then free(user, cur, seat) end
+    end
+  end
+elseif n > 0 then
   local all = redis.call('HGETALL', KEYS[6])
   for i = 1, #all, 2 do
     local seat = cjson.decode(all[i+1])
-    if seat.stageArn == arn then
-      redis.call('HDEL', KEYS[6], all[i])
-      redis.call('ZREM', KEYS[7], all[i])
-      table.insert(out, all[i+1])
-    end
+    if seat.stageArn == arn then free(all[i], all[i+1], seat) end
   end
 end
+redis.call('DEL', on)
 return out
 `)
 
@@ -237,9 +277,18 @@ return {'ok'}
 
 	// The seat operations, one at a time. KEYS: seatKeys. ARGV: those of
 	// the operation's function in seatFuncs.
-	reserveSeat = goredis.NewScript(seatFuncs + `return reserve(ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7])`)
+	reserveSeat = goredis.NewScript(seatFuncs + `return reserve(ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8])`)
 	renewSeat   = goredis.NewScript(seatFuncs + `return renew(ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5])`)
 	releaseSeat = goredis.NewScript(seatFuncs + `return release(ARGV[1])`)
+
+	// KEYS: counts, totals. Answers the seats (the stages' counts), the
+	// seats tracked in the totals and the sum of their takenSec.
+	seatTotals = goredis.NewScript(`
+local seats = 0
+for _, n in ipairs(redis.call('HVALS', KEYS[1])) do seats = seats + tonumber(n) end
+local t = redis.call('HMGET', KEYS[2], 'tracked', 'takenSum')
+return {'ok', tostring(seats), t[1] or '0', t[2] or '0'}
+`)
 
 	// KEYS: the rate's key. ARGV: emission interval (µs), burst. GCRA on
 	// Redis's clock, so that every instance agrees: answers how long
@@ -268,8 +317,8 @@ local out, i = {}, 1
 while i <= #ARGV do
   local r
   if ARGV[i] == 'reserve' then
-    r = reserve(ARGV[i+1], ARGV[i+2], ARGV[i+3], ARGV[i+4], ARGV[i+5], ARGV[i+6], ARGV[i+7])
-    i = i + 8
+    r = reserve(ARGV[i+1], ARGV[i+2], ARGV[i+3], ARGV[i+4], ARGV[i+5], ARGV[i+6], ARGV[i+7], ARGV[i+8])
+    i = i + 9
   elseif ARGV[i] == 'renew' then
     r = renew(ARGV[i+1], ARGV[i+2], ARGV[i+3], ARGV[i+4], ARGV[i+5])
     i = i + 6
@@ -285,15 +334,15 @@ end
 return out
 `)
 
-	// KEYS: counts, seats, expiry. ARGV: now (micros), most to free. Answers the freed
-	// seats.
+	// KEYS: counts, seats, expiry, the prefix of the per-stage seat sets,
+	// totals. ARGV: now (micros), most to free. Answers the freed seats.
 	expireSeats = goredis.NewScript(freeSeat + `
 local out = {'ok'}
 for _, user in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])) do
   local cur = redis.call('HGET', KEYS[2], user)
   redis.call('ZREM', KEYS[3], user)
   if cur then
-    freeSeat(KEYS[1], KEYS[2], KEYS[3], user, cjson.decode(cur))
+    freeSeat(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], user, cjson.decode(cur))
     table.insert(out, cur)
   end
 end

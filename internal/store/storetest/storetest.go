@@ -102,6 +102,7 @@ func Run(t *testing.T, newStore func(t *testing.T, eventLimit int) store.Store) 
 		{name: "ExpireBatch", run: testExpireBatch},
 		{name: "ScanSeats", run: testScanSeats},
 		{name: "GetSeat", run: testGetSeat},
+		{name: "SeatTotals", run: testSeatTotals},
 		{name: "ReserveReplaces", run: testReserveReplaces},
 		{name: "ListSeats", run: testListSeats},
 		{name: "FirstSeen", run: testFirstSeen},
@@ -1225,6 +1226,72 @@ func testGetSeat(t *testing.T, st store.Store) {
 	if _, err := st.GetSeat(ctx, bcA, "alice"); !errors.Is(err, store.ErrNotFound) {
 		t.Errorf("GetSeat after release = %v, want ErrNotFound", err)
 	}
+}
+
+// testSeatTotals: the totals follow every way a seat comes and goes
+// (reserve, a move off a stage that stopped serving, release, expiry, a
+// stage dropped, the broadcast ended), and always equal the sums over the
+// seats themselves.
+func testSeatTotals(t *testing.T, st store.Store) {
+	ctx := testCtx(t)
+	check := func(when string, broadcast string) {
+		t.Helper()
+		got, err := st.SeatTotals(ctx, broadcast)
+		must(t, err, "SeatTotals %s", when)
+		want := store.SeatTotals{}
+		for _, seat := range listSeats(t, st, broadcast) {
+			want.Seats++
+			want.TakenAtSum += seat.TakenAt.Unix()
+		}
+		if got != want {
+			t.Fatalf("SeatTotals %s = %+v, want %+v (the sums over ListSeats)", when, got, want)
+		}
+	}
+	check("of a broadcast never seen", bcA)
+	_, err := st.CreateBroadcast(ctx, store.Broadcast{ID: bcA, OriginArn: arn("t1"), CreatedAt: at(0)})
+	must(t, err, "CreateBroadcast")
+	s1 := stageRec("t1", bcA, 10, true, 0)
+	s2 := stageRec("t2", bcA, 10, false, time.Second)
+	other := stageRec("t3", bcB, 10, true, 0)
+	putStages(t, st, s1, s2, other)
+	for i, user := range []string{"ann", "bob", "cat", "dan", "eve"} {
+		req := seatReq(bcA, user, "")
+		req.Now = base.Add(time.Duration(i) * time.Minute)
+		_, err := st.ReserveSeat(ctx, req)
+		must(t, err, "ReserveSeat %s", user)
+	}
+	reserve(t, st, bcB, "zed", "")
+	check("after five seats", bcA)
+	check("of the other broadcast", bcB)
+
+	_, err = st.ReleaseSeat(ctx, bcA, "bob")
+	must(t, err, "ReleaseSeat")
+	check("after a release", bcA)
+
+	short := seatReq(bcA, "fay", "")
+	short.Now, short.TTL = base.Add(time.Hour), time.Second
+	_, err = st.ReserveSeat(ctx, short)
+	must(t, err, "ReserveSeat fay")
+	_, err = st.ExpireSeats(ctx, bcA, base.Add(time.Hour+time.Minute))
+	must(t, err, "ExpireSeats")
+	check("after an expiry", bcA)
+
+	must(t, st.SetSeatable(ctx, s1.Arn, false), "SetSeatable t1 false")
+	must(t, st.SetSeatable(ctx, s2.Arn, true), "SetSeatable t2 true")
+	moved := seatReq(bcA, "ann", "")
+	moved.Now = base.Add(2 * time.Hour)
+	_, err = st.ReserveSeat(ctx, moved)
+	must(t, err, "ReserveSeat moving ann")
+	check("after a seat moved", bcA)
+
+	_, err = st.DeleteStage(ctx, s1.Arn)
+	must(t, err, "DeleteStage t1")
+	check("after a stage with seats was dropped", bcA)
+
+	_, err = st.DeleteBroadcast(ctx, bcA)
+	must(t, err, "DeleteBroadcast")
+	check("after the broadcast ended", bcA)
+	check("of the other broadcast at the end", bcB)
 }
 
 // testScanSeats: a scan returns every seat at least once, a page at a
