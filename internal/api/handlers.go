@@ -291,7 +291,13 @@ func (s *server) endBroadcast(w http.ResponseWriter, r *http.Request) *apiError 
 	if e := c.err(); e != nil {
 		return e
 	}
-	end, err := s.fleet.EndBroadcast(r.Context(), b, "ended through the API")
+	// Once begun, an end runs to its finish even if the caller hangs up
+	// (or HTTP_WRITE_TIMEOUT cuts the answer): stopped half-way, the
+	// broadcast would keep stages and seats until ended again. A million
+	// seats take about a minute (docs/scale.md).
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), endTimeout)
+	defer cancel()
+	end, err := s.fleet.EndBroadcast(ctx, b, "ended through the API")
 	if err != nil {
 		return s.fail(err)
 	}
@@ -303,6 +309,9 @@ func (s *server) endBroadcast(w http.ResponseWriter, r *http.Request) *apiError 
 	}, "Broadcast ended")
 	return nil
 }
+
+// endTimeout bounds one end of a broadcast through the API.
+const endTimeout = 10 * time.Minute
 
 type seatData struct {
 	UserID        string `json:"userId"`

@@ -289,6 +289,10 @@ func (c *countingStore) ScanSeats(ctx context.Context, b, cursor string, n int) 
 	c.count("ScanSeats")
 	return c.inner.ScanSeats(ctx, b, cursor, n)
 }
+func (c *countingStore) DropSeats(ctx context.Context, b string, n int) ([]store.Seat, error) {
+	c.count("DropSeats")
+	return c.inner.DropSeats(ctx, b, n)
+}
 func (c *countingStore) SeatTotals(ctx context.Context, b string) (store.SeatTotals, error) {
 	c.count("SeatTotals")
 	return c.inner.SeatTotals(ctx, b)

@@ -82,6 +82,9 @@ func (s *Service) endBroadcast(ctx context.Context, broadcastID, reason string, 
 		}
 		s.provisionStart.Delete(st.Arn)
 	}
+	if err := s.dropSeats(ctx, broadcastID, &end); err != nil {
+		return end, err
+	}
 	freed, err := s.store.DeleteBroadcast(ctx, broadcastID)
 	if err != nil && !errors.Is(err, store.ErrNotFound) {
 		return end, failWrap(ErrUnavailable, err, "dropping broadcast %s", broadcastID)
@@ -92,6 +95,38 @@ func (s *Service) endBroadcast(ctx context.Context, broadcastID, reason string, 
 	s.seatsChanged()
 	s.log.Info("broadcast ended", "broadcast", broadcastID, "reason", reason, "stages_deleted", end.StagesDeleted, "seats_freed", end.SeatsFreed)
 	return end, nil
+}
+
+// dropChunk is how many seats an ending broadcast frees in one store step.
+const dropChunk = 1000
+
+// seatRoom is an observer that can wait until it has room for n more
+// records: a broadcast's end waits for it between steps, so that the
+// sessions of a million seats all close rather than overflow its queue.
+type seatRoom interface {
+	WaitRoom(ctx context.Context, n int) error
+}
+
+// dropSeats frees an ending broadcast's seats dropChunk at a time, closing
+// their sessions, so that no one store step (and in Redis no one script)
+// reads them all.
+func (s *Service) dropSeats(ctx context.Context, broadcastID string, end *Ended) error {
+	for {
+		if room, ok := s.observer.(seatRoom); ok {
+			if err := room.WaitRoom(ctx, dropChunk); err != nil {
+				return failWrap(ErrUnavailable, err, "waiting for the viewing history to take the seats of broadcast %s (ending it again finishes the work)", broadcastID)
+			}
+		}
+		freed, err := s.store.DropSeats(ctx, broadcastID, dropChunk)
+		if err != nil {
+			return failWrap(ErrUnavailable, err, "freeing the seats of broadcast %s (ending it again finishes the work)", broadcastID)
+		}
+		s.seatsEnded(freed, EndBroadcastEnded)
+		end.SeatsFreed += len(freed)
+		if len(freed) < dropChunk {
+			return nil
+		}
+	}
 }
 
 // admitBroadcast refuses a new broadcast beyond MAX_BROADCASTS, or one

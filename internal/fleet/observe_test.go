@@ -1,6 +1,8 @@
 package fleet_test
 
 import (
+	"context"
+	"fmt"
 	"sync"
 	"testing"
 	"time"
@@ -162,5 +164,57 @@ func TestHostsPruned(t *testing.T) {
 	clk.advance(31 * time.Minute)
 	if got := resync(); len(got) != 1 || got[0] != "FRESH" {
 		t.Fatalf("hosts once STALE's token ran out: %v; want only FRESH", got)
+	}
+}
+
+// roomyRecorder is a recorder that, like the viewing history's writer, can
+// be waited on for room.
+type roomyRecorder struct {
+	recorder
+	waits int
+}
+
+func (r *roomyRecorder) WaitRoom(context.Context, int) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.waits++
+	return nil
+}
+
+// Ending a broadcast of more seats than one store step takes frees them
+// all, step by step, each closed once, the observer waited on before
+// each step.
+func TestEndBroadcastManySeats(t *testing.T) {
+	rec := &roomyRecorder{}
+	svc, st, _, _ := controlled(t, fleet.Config{StageCapacity: 3000, ScaleUpThreshold: 2900, HeartbeatTimeout: time.Minute, Observer: rec})
+	ctx := t.Context()
+	const viewers = 2500
+	for i := range viewers {
+		if _, err := svc.ViewerToken(ctx, fleet.DefaultBroadcast, fmt.Sprintf("v%d", i), ""); err != nil {
+			t.Fatal(err)
+		}
+	}
+	end, err := svc.EndBroadcast(ctx, fleet.DefaultBroadcast, "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if end.SeatsFreed != viewers {
+		t.Errorf("ended with %d seats freed, want %d", end.SeatsFreed, viewers)
+	}
+	closed := map[string]int{}
+	for _, c := range rec.closed {
+		if c.reason != fleet.EndBroadcastEnded {
+			t.Errorf("%s closed as %s, want %s", c.seat.UserID, c.reason, fleet.EndBroadcastEnded)
+		}
+		closed[c.seat.UserID]++
+	}
+	if len(closed) != viewers || len(rec.closed) != viewers {
+		t.Errorf("%d closes of %d viewers, want each of %d closed once", len(rec.closed), len(closed), viewers)
+	}
+	if rec.waits < 3 {
+		t.Errorf("the observer was waited on %d times, want once per step of the 2,500 seats (3 or more)", rec.waits)
+	}
+	if seats, err := st.ListSeats(ctx, fleet.DefaultBroadcast); err != nil || len(seats) != 0 {
+		t.Errorf("seats after the end: %d, %v; want none", len(seats), err)
 	}
 }

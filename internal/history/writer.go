@@ -169,6 +169,28 @@ func (w *Writer) wake() {
 	}
 }
 
+// WaitRoom waits until n more records fit in the buffer, or ctx ends: for
+// a caller off the join path with many records at once (a broadcast's
+// end), which would rather wait than have them dropped.
+func (w *Writer) WaitRoom(ctx context.Context, n int) error {
+	t := time.NewTicker(10 * time.Millisecond)
+	defer t.Stop()
+	for {
+		w.mu.Lock()
+		// An empty buffer is room enough, whatever n.
+		room, closed := w.pending+n <= w.cfg.Buffer || w.pending == 0, w.closed
+		w.mu.Unlock()
+		if room || closed {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("the viewing history's buffer stayed full: %w", context.Cause(ctx))
+		case <-t.C:
+		}
+	}
+}
+
 // Len returns how many events and snapshots are unwritten: queued, or in
 // the batch being written.
 func (w *Writer) Len() int {

@@ -221,6 +221,33 @@ func TestWriterFullBufferDrops(t *testing.T) {
 	}
 }
 
+// WaitRoom holds a caller with many records until they fit: it waits while
+// the store is stuck, gives up with its context, and returns once the
+// buffer drains.
+func TestWriterWaitRoom(t *testing.T) {
+	st := &fakeStore{block: make(chan struct{})}
+	w, _ := newWriter(t, st, history.WriterConfig{Buffer: 10, BatchSize: 5, FlushInterval: time.Millisecond})
+	for i := range 8 {
+		w.Record(event(i))
+	}
+	short, cancel := context.WithTimeout(t.Context(), 50*time.Millisecond)
+	defer cancel()
+	if err := w.WaitRoom(short, 5); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("WaitRoom(5) with 8 of 10 unwritten and the store stuck = %v, want the context's deadline", err)
+	}
+	if err := w.WaitRoom(t.Context(), 2); err != nil {
+		t.Fatalf("WaitRoom(2) with room for 2: %v", err)
+	}
+	close(st.block)
+	if err := w.WaitRoom(t.Context(), 10); err != nil {
+		t.Fatalf("WaitRoom(10) once the store writes: %v", err)
+	}
+	if w.Len() != 0 || w.Dropped() != 0 {
+		t.Errorf("Len %d, Dropped %d after the wait; want 0, 0", w.Len(), w.Dropped())
+	}
+	closeWriter(t, w)
+}
+
 // A store that fails for a while loses nothing that fit in the buffer,
 // even with records arriving meanwhile; a batch is never split or
 // reordered by its retries.

@@ -18,6 +18,9 @@ import (
 // on this machine only.
 type client struct {
 	http *http.Client
+	// long is http without its timeout, for a call that may take minutes
+	// (ending a broadcast of a million viewers), bounded by its context.
+	long *http.Client
 	// apis are the API's instances, taken in turn call by call.
 	apis []string
 	next atomic.Uint64
@@ -32,7 +35,7 @@ type client struct {
 
 func newClient(apis []string, apiKey string) *client {
 	dialer := &net.Dialer{Timeout: 5 * time.Second, Control: loopbackOnly}
-	return &client{
+	c := &client{
 		http: &http.Client{
 			Timeout: 30 * time.Second,
 			Transport: &http.Transport{
@@ -55,6 +58,10 @@ func newClient(apis []string, apiKey string) *client {
 		apis:   apis,
 		apiKey: apiKey,
 	}
+	long := *c.http
+	long.Timeout = 0
+	c.long = &long
+	return c
 }
 
 // api is the instance the next call goes to.
@@ -84,13 +91,23 @@ func (r apiResult) String() string {
 // out on success. An error means no answer (or an answer that is not the
 // envelope); a failure status is in the result.
 func (c *client) callAPI(ctx context.Context, method, path string, body, out any) (apiResult, error) {
+	return c.call(ctx, c.http, method, path, body, out)
+}
+
+// callAPILong is callAPI for a call that may take longer than the usual
+// timeout: ctx bounds it.
+func (c *client) callAPILong(ctx context.Context, method, path string, body, out any) (apiResult, error) {
+	return c.call(ctx, c.long, method, path, body, out)
+}
+
+func (c *client) call(ctx context.Context, hc *http.Client, method, path string, body, out any) (apiResult, error) {
 	hdr := http.Header{}
 	if c.apiKey != "" {
 		hdr.Set("x-api-key", c.apiKey)
 	}
 	start := time.Now()
 	c.requests.Add(1)
-	resp, raw, err := c.do(ctx, method, c.api()+path, body, hdr)
+	resp, raw, err := c.do(ctx, hc, method, c.api()+path, body, hdr)
 	if err != nil {
 		return apiResult{}, err
 	}
@@ -136,7 +153,7 @@ func (r emuResult) String() string { return fmt.Sprintf("%d %s", r.Status, r.Typ
 // callEmulator makes one request to the emulator and decodes a 200's body
 // into out.
 func (c *client) callEmulator(ctx context.Context, method, path string, body, out any) (emuResult, error) {
-	resp, raw, err := c.do(ctx, method, c.emu+path, body, nil)
+	resp, raw, err := c.do(ctx, c.http, method, c.emu+path, body, nil)
 	if err != nil {
 		return emuResult{}, err
 	}
@@ -157,7 +174,7 @@ func (c *client) callEmulator(ctx context.Context, method, path string, body, ou
 	return res, nil
 }
 
-func (c *client) do(ctx context.Context, method, url string, body any, hdr http.Header) (*http.Response, []byte, error) {
+func (c *client) do(ctx context.Context, hc *http.Client, method, url string, body any, hdr http.Header) (*http.Response, []byte, error) {
 	var rb io.Reader
 	if body != nil {
 		b, err := json.Marshal(body)
@@ -176,7 +193,7 @@ func (c *client) do(ctx context.Context, method, url string, body any, hdr http.
 	for k, v := range hdr {
 		req.Header[k] = v
 	}
-	resp, err := c.http.Do(req)
+	resp, err := hc.Do(req)
 	if err != nil {
 		return nil, nil, err
 	}

@@ -360,6 +360,9 @@ func TestMillionScenarioAgainstServe(t *testing.T) {
 	if rep.Drain == nil || len(rep.Drain.ReplicasLeft) != 0 || rep.Drain.DrainedAfterSeconds == nil {
 		t.Errorf("after the end %+v; want no replica stage left", rep.Drain)
 	}
+	if len(rep.Ends) != 1 || rep.Ends[0].Error != "" || rep.Ends[0].SeatsFreed != viewers || rep.Ends[0].StagesDeleted != rep.Stages.Peak || rep.Ends[0].Seconds <= 0 {
+		t.Errorf("ends %+v; want the broadcast ended, its %d stages deleted and %d seats freed", rep.Ends, rep.Stages.Peak, viewers)
+	}
 	if n := connectedViewers(t, rep.Emulator); n != 0 {
 		t.Errorf("%d viewers still connected in IVS after the broadcast ended", n)
 	}

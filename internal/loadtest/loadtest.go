@@ -322,13 +322,14 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	}
 	viewersStart := time.Now()
 	var renewals *RenewalCounts
+	var ends []BroadcastEnd
 	if cfg.Scenario == Million {
 		rc, held := r.million(runCtx, viewersStart, p)
 		renewals = &rc
 		// The show is over: the hosts stop, the operator ends it.
 		r.hostsLeave(ctx, hosts)
 		hosts = nil
-		r.endBroadcasts(runCtx, held)
+		ends = r.endBroadcasts(runCtx, held)
 	} else {
 		r.viewers(runCtx, viewersStart, p)
 	}
@@ -349,7 +350,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	}
 
 	rep := r.report(viewersStart, allLeft, drained)
-	rep.Renewals = renewals
+	rep.Renewals, rep.Ends = renewals, ends
 	rep.Resources, err = r.res.end(finalCtx, r.c.requests.Load())
 	if err != nil {
 		r.log.Warn("reading what the deployment used failed; the report leaves it out", "error", err)

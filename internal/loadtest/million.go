@@ -167,22 +167,49 @@ func (r *run) seatOne(ctx context.Context, start time.Time, i int, a arrival, st
 	return heldSeat{stage: stages.index(v.stageArn), participantID: v.participantID, seatKey: v.seatKey}
 }
 
+// BroadcastEnd is how one broadcast's end went: DELETE
+// /api/broadcasts/{id}, timed from the request to the answer.
+type BroadcastEnd struct {
+	Broadcast     string  `json:"broadcast"`
+	Seconds       float64 `json:"seconds"`
+	StagesDeleted int     `json:"stagesDeleted"`
+	SeatsFreed    int     `json:"seatsFreed"`
+	// Error is why it failed; absent when it answered 200.
+	Error string `json:"error,omitempty"`
+}
+
+// endWait bounds one broadcast's end: the API's own bound on it.
+const endWait = 10 * time.Minute
+
 // endBroadcasts ends every broadcast of the run (DELETE
 // /api/broadcasts/{id}), as an operator does when the show is over: IVS
 // deletes the stages and with them the viewers. held is the seats held per
-// broadcast, counted as left once their broadcast ended.
-func (r *run) endBroadcasts(ctx context.Context, held map[int]int) {
-	ctx, cancel := afterStop(ctx)
+// broadcast, counted as left once their broadcast ended. It runs even
+// after the run was stopped, bounded by endWait: a broadcast left half
+// ended would keep its stages.
+func (r *run) endBroadcasts(ctx context.Context, held map[int]int) []BroadcastEnd {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), endWait)
 	defer cancel()
+	var out []BroadcastEnd
 	for i, b := range r.broadcasts {
-		res, err := r.c.callAPI(ctx, http.MethodDelete, "/api/broadcasts/"+url.PathEscape(b), nil, nil)
+		var ended struct {
+			StagesDeleted int `json:"stagesDeleted"`
+			SeatsFreed    int `json:"seatsFreed"`
+		}
+		start := time.Now()
+		res, err := r.c.callAPILong(ctx, http.MethodDelete, "/api/broadcasts/"+url.PathEscape(b), nil, &ended)
+		e := BroadcastEnd{Broadcast: b, Seconds: seconds(time.Since(start)), StagesDeleted: ended.StagesDeleted, SeatsFreed: ended.SeatsFreed}
 		switch {
 		case err != nil:
+			e.Error = err.Error()
 			r.rec.fail("end broadcast: "+errorKind(err), err)
 		case res.Status != http.StatusOK:
+			e.Error = res.String() + ": " + res.Message
 			r.rec.fail("end broadcast: "+res.String(), errors.New(res.Message))
 		default:
 			r.rec.leftWith(held[i])
 		}
+		out = append(out, e)
 	}
+	return out
 }

@@ -55,6 +55,8 @@ type Report struct {
 	IVSCalls       []OperationCalls `json:"ivsCalls"`
 	// Renewals are million's renewal rounds (absent in other scenarios).
 	Renewals *RenewalCounts `json:"renewals,omitempty"`
+	// Ends are million's broadcasts ended at the end of the run.
+	Ends []BroadcastEnd `json:"ends,omitempty"`
 	// Resources are the peak memory of the processes named with
 	// --process and what the Redis named with --redis did.
 	Resources *Resources `json:"resources,omitempty"`

@@ -264,6 +264,7 @@ func TestWriteTextAndChart(t *testing.T) {
 	million := sampleReport()
 	million.Scenario, million.Settings.Concurrency, million.Settings.RenewalRounds = Million, 256, 1
 	million.Renewals = &RenewalCounts{Rounds: 1, Requested: 2000, Renewed: 2000, Seconds: 0.5, PerSecond: 4000}
+	million.Ends = []BroadcastEnd{{Broadcast: "b-1", Seconds: 1.5, StagesDeleted: 41, SeatsFreed: 2000}, {Broadcast: "b-2", Seconds: 600, Error: "timed out"}}
 	million.Resources = &Resources{
 		Processes: []ProcessPeak{{Name: "serve-1", PID: 42, PeakRSSBytes: 61_500_000, CPUSeconds: 12.25}, {Name: "gone", PID: 43, Error: "no such process"}},
 		Redis: &RedisUsage{APIRequests: 4000, Commands: 48000, CommandsPerRequest: 12, ScriptCalls: 2300, ScriptCallsPerRequest: 0.575,
@@ -278,8 +279,10 @@ func TestWriteTextAndChart(t *testing.T) {
 	for _, want := range []string{"256 workers, 1 renewal round(s)", "2000 of 2000 renewed in 1 round(s)", "4000/s",
 		"peak memory serve-1  61.5 MB, 12.2 s of CPU (pid 42)", "peak memory gone     unknown: no such process",
 		"4000 API requests: 48000 commands (12.000 each", "2300 script calls (0.575 each)", "62.5 µs each",
-		"2.8 MB with 2000 seats held (500 B a seat)", "PASS  every renewal answered"} {
-		if !strings.Contains(text.String(), want) {
+		"2.8 MB with 2000 seats held (500 B a seat)", "PASS  every renewal answered",
+		"end of b-1 1.50 s: 41 stages deleted, 2000 seats freed", "end of b-2 failed after 600.00 s: timed out"} {
+		// The columns' widths are the tabwriter's: compare words.
+		if !strings.Contains(strings.Join(strings.Fields(text.String()), " "), strings.Join(strings.Fields(want), " ")) {
 			t.Errorf("million's text report lacks %q:\n%s", want, text.String())
 		}
 	}

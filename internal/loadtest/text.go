@@ -61,6 +61,13 @@ func (rep *Report) WriteText(w io.Writer) error {
 		fmt.Fprintf(tw, "renewals\t%d of %d renewed in %d round(s) after everyone was seated (each seat once a round, as fast as %d workers go), %.0f/s\n",
 			rc.Renewed, rc.Requested, rc.Rounds, s.Concurrency, rc.PerSecond)
 	}
+	for _, e := range rep.Ends {
+		if e.Error != "" {
+			fmt.Fprintf(tw, "end of %s\tfailed after %s: %s\n", e.Broadcast, fmtDuration(sec(e.Seconds)), e.Error)
+			continue
+		}
+		fmt.Fprintf(tw, "end of %s\t%s: %d stages deleted, %d seats freed\n", e.Broadcast, fmtDuration(sec(e.Seconds)), e.StagesDeleted, e.SeatsFreed)
+	}
 	if res := rep.Resources; res != nil {
 		for _, p := range res.Processes {
 			if p.Error != "" {

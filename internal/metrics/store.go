@@ -203,6 +203,12 @@ func (s *Store) GetSeat(ctx context.Context, broadcastID, userID string) (store.
 	return out, err
 }
 
+func (s *Store) DropSeats(ctx context.Context, broadcastID string, n int) ([]store.Seat, error) {
+	out, err := s.next.DropSeats(ctx, broadcastID, n)
+	s.count("DropSeats", err)
+	return out, err
+}
+
 func (s *Store) SeatTotals(ctx context.Context, broadcastID string) (store.SeatTotals, error) {
 	out, err := s.next.SeatTotals(ctx, broadcastID)
 	s.count("SeatTotals", err)

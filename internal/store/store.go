@@ -306,6 +306,11 @@ type RecordStore interface {
 	// it: stages, hosts, replications, seats (returned) and demand.
 	// Leases are left to expire. ErrNotFound if there is no broadcast.
 	DeleteBroadcast(ctx context.Context, id string) ([]Seat, error)
+	// DropSeats frees up to n of the broadcast's seats, whichever, and
+	// returns them: a broadcast's end takes its seats a bounded step at a
+	// time (before DeleteBroadcast), so that a million seats never make
+	// one long step. It honours a fence, as the record writes do.
+	DropSeats(ctx context.Context, broadcastID string, n int) ([]Seat, error)
 
 	// PutStage creates or updates a stage record; Seats is kept as stored.
 	PutStage(ctx context.Context, s Stage) error

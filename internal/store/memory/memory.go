@@ -148,6 +148,25 @@ func (s *Store) DeleteBroadcast(ctx context.Context, id string) ([]store.Seat, e
 	return freed, nil
 }
 
+func (s *Store) DropSeats(ctx context.Context, broadcastID string, n int) ([]store.Seat, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.fenced(ctx, broadcastID); err != nil {
+		return nil, err
+	}
+	var freed []store.Seat
+	for k, seat := range s.seats {
+		if len(freed) == n {
+			break
+		}
+		if k.broadcast == broadcastID {
+			s.freeLocked(k, seat)
+			freed = append(freed, seat)
+		}
+	}
+	return freed, nil
+}
+
 func (s *Store) PutStage(ctx context.Context, st store.Stage) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()

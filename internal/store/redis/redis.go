@@ -409,6 +409,20 @@ func (s *Store) SetSeatable(ctx context.Context, arn string, seatable bool) erro
 	return statusErr(status, "stage "+arn)
 }
 
+func (s *Store) DropSeats(ctx context.Context, broadcastID string, n int) ([]store.Seat, error) {
+	k := s.bc(broadcastID)
+	lease, fence := s.fence(ctx, broadcastID)
+	status, out, err := s.run(ctx, dropSeats,
+		[]string{lease, k.counts(), k.seats(), k.expiry(), k.onStage(), k.totals()}, append(fence, n)...)
+	if err != nil {
+		return nil, err
+	}
+	if err := statusErr(status, "seats of "+broadcastID); err != nil {
+		return nil, err
+	}
+	return decodeAll[store.Seat](out)
+}
+
 func (s *Store) DeleteStage(ctx context.Context, arn string) ([]store.Seat, error) {
 	b, err := s.broadcastOf(ctx, arn)
 	if err != nil {

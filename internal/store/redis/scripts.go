@@ -281,6 +281,22 @@ return {'ok'}
 	renewSeat   = goredis.NewScript(seatFuncs + `return renew(ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5])`)
 	releaseSeat = goredis.NewScript(seatFuncs + `return release(ARGV[1])`)
 
+	// KEYS: lease, counts, seats, expiry, the prefix of the per-stage seat
+	// sets, totals. ARGV: fence, most to free. Answers the freed seats.
+	dropSeats = goredis.NewScript(fenceCheck + freeSeat + `
+if fenced() then return {'fenced'} end
+local out = {'ok'}
+for _, user in ipairs(redis.call('ZRANGE', KEYS[4], 0, tonumber(ARGV[3]) - 1)) do
+  local cur = redis.call('HGET', KEYS[3], user)
+  redis.call('ZREM', KEYS[4], user)
+  if cur then
+    freeSeat(KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], user, cjson.decode(cur))
+    table.insert(out, cur)
+  end
+end
+return out
+`)
+
 	// KEYS: counts, totals. Answers the seats (the stages' counts), the
 	// seats tracked in the totals and the sum of their takenSec.
 	seatTotals = goredis.NewScript(`

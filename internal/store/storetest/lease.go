@@ -140,6 +140,7 @@ func testFence(t *testing.T, st store.Store) {
 		{"DeleteReplication", func(c context.Context) error { return st.DeleteReplication(c, bcA, "p1", arn("s2")) }},
 		{"DeleteHost", func(c context.Context) error { return st.DeleteHost(c, bcA, "p1") }},
 		{"DeleteStage", func(c context.Context) error { _, err := st.DeleteStage(c, arn("s3")); return err }},
+		{"DropSeats", func(c context.Context) error { _, err := st.DropSeats(c, bcA, 1); return err }},
 		{"DeleteBroadcast", func(c context.Context) error { _, err := st.DeleteBroadcast(c, bcA); return err }},
 	}
 	for _, w := range writes {

@@ -103,6 +103,7 @@ func Run(t *testing.T, newStore func(t *testing.T, eventLimit int) store.Store) 
 		{name: "ScanSeats", run: testScanSeats},
 		{name: "GetSeat", run: testGetSeat},
 		{name: "SeatTotals", run: testSeatTotals},
+		{name: "DropSeats", run: testDropSeats},
 		{name: "ReserveReplaces", run: testReserveReplaces},
 		{name: "ListSeats", run: testListSeats},
 		{name: "FirstSeen", run: testFirstSeen},
@@ -1292,6 +1293,46 @@ func testSeatTotals(t *testing.T, st store.Store) {
 	must(t, err, "DeleteBroadcast")
 	check("after the broadcast ended", bcA)
 	check("of the other broadcast at the end", bcB)
+}
+
+// testDropSeats: a broadcast's seats go a bounded step at a time, each
+// freed once, its stage's count and the totals following; another
+// broadcast's stay.
+func testDropSeats(t *testing.T, st store.Store) {
+	ctx := testCtx(t)
+	putStages(t, st, stageRec("d1", bcA, 4, true, 0), stageRec("d2", bcA, 10, true, time.Second), stageRec("d3", bcB, 10, true, 0))
+	var want []string
+	for i := range 7 {
+		user := fmt.Sprintf("v%d", i)
+		reserve(t, st, bcA, user, "")
+		want = append(want, user)
+	}
+	reserve(t, st, bcB, "other", "")
+	var got []string
+	for _, n := range []int{3, 3, 1} {
+		freed, err := st.DropSeats(ctx, bcA, 3)
+		must(t, err, "DropSeats")
+		if len(freed) != n {
+			t.Fatalf("DropSeats(3) freed %d seats, want %d", len(freed), n)
+		}
+		got = append(got, seatUsers(freed)...)
+		checkCounts(t, st, bcA)
+	}
+	slices.Sort(got)
+	if !slices.Equal(got, want) {
+		t.Errorf("DropSeats freed %v, want each of %v once", got, want)
+	}
+	if freed, err := st.DropSeats(ctx, bcA, 3); err != nil || len(freed) != 0 {
+		t.Errorf("DropSeats of a broadcast without seats = %v, %v; want none", freed, err)
+	}
+	wantSeats(t, st, arn("d1"), 0)
+	wantSeats(t, st, arn("d2"), 0)
+	if tot, err := st.SeatTotals(ctx, bcA); err != nil || tot != (store.SeatTotals{}) {
+		t.Errorf("SeatTotals after every seat was dropped = %+v, %v; want zero", tot, err)
+	}
+	if seats := listSeats(t, st, bcB); len(seats) != 1 {
+		t.Errorf("the other broadcast holds %d seats after the drops, want its 1", len(seats))
+	}
 }
 
 // testScanSeats: a scan returns every seat at least once, a page at a
