@@ -86,6 +86,7 @@ func (k keys) seats() string            { return k.tag + "seats" }  // user -> s
 func (k keys) expiry() string           { return k.tag + "expiry" } // user by ExpiresAt (micros)
 func (k keys) onStage() string          { return k.tag + "on:" }    // prefix: on:ARN is the stage's users (a set)
 func (k keys) totals() string           { return k.tag + "totals" } // tracked seats, sum of their takenSec
+func (k keys) room() string             { return k.tag + "room" }   // stages with room, Fuller's order
 func (k keys) hosts() string            { return k.tag + "hosts" }
 func (k keys) replications() string     { return k.tag + "replications" }
 func (k keys) demand() string           { return k.tag + "demand" } // instance -> demand JSON
@@ -253,10 +254,8 @@ func (s *Store) PutBroadcast(ctx context.Context, b store.Broadcast) error {
 func (s *Store) DeleteBroadcast(ctx context.Context, id string) ([]store.Seat, error) {
 	k := s.bc(id)
 	lease, fence := s.fence(ctx, id)
-	status, out, err := s.run(ctx, deleteBroadcast, []string{
-		lease, k.broadcast(), k.stages(), k.seats(),
-		k.open(), k.rank(), k.counts(), k.expiry(), k.hosts(), k.replications(), k.demand(), k.totals(), k.onStage(),
-	}, fence...)
+	status, out, err := s.run(ctx, deleteBroadcast,
+		append([]string{lease, k.broadcast(), k.hosts(), k.replications(), k.demand()}, k.seatKeys()...), fence...)
 	if err != nil {
 		return nil, err
 	}
@@ -314,7 +313,7 @@ func (s *Store) PutStage(ctx context.Context, st store.Stage) error {
 	k := s.bc(st.BroadcastID)
 	lease, fence := s.fence(ctx, st.BroadcastID)
 	rank := fmt.Sprintf("%d %d", st.Capacity, st.CreatedAt.UnixMicro())
-	status, _, err := s.run(ctx, putStage, []string{lease, k.stages(), k.open(), k.rank()},
+	status, _, err := s.run(ctx, putStage, k.fencedSeatKeys(lease),
 		append(fence, st.Arn, data, bit(st.Seatable), rank)...)
 	if err != nil {
 		return err
@@ -402,7 +401,7 @@ func (s *Store) SetSeatable(ctx context.Context, arn string, seatable bool) erro
 	}
 	k := s.bc(b)
 	lease, fence := s.fence(ctx, b)
-	status, _, err := s.run(ctx, setSeatable, []string{lease, k.stages(), k.open()}, append(fence, arn, bit(seatable))...)
+	status, _, err := s.run(ctx, setSeatable, k.fencedSeatKeys(lease), append(fence, arn, bit(seatable))...)
 	if err != nil {
 		return err
 	}
@@ -412,8 +411,7 @@ func (s *Store) SetSeatable(ctx context.Context, arn string, seatable bool) erro
 func (s *Store) DropSeats(ctx context.Context, broadcastID string, n int) ([]store.Seat, error) {
 	k := s.bc(broadcastID)
 	lease, fence := s.fence(ctx, broadcastID)
-	status, out, err := s.run(ctx, dropSeats,
-		[]string{lease, k.counts(), k.seats(), k.expiry(), k.onStage(), k.totals()}, append(fence, n)...)
+	status, out, err := s.run(ctx, dropSeats, k.fencedSeatKeys(lease), append(fence, n)...)
 	if err != nil {
 		return nil, err
 	}
@@ -430,8 +428,7 @@ func (s *Store) DeleteStage(ctx context.Context, arn string) ([]store.Seat, erro
 	}
 	k := s.bc(b)
 	lease, fence := s.fence(ctx, b)
-	status, out, err := s.run(ctx, deleteStage,
-		[]string{lease, k.stages(), k.open(), k.rank(), k.counts(), k.seats(), k.expiry(), k.onStage(), k.totals()}, append(fence, arn)...)
+	status, out, err := s.run(ctx, deleteStage, k.fencedSeatKeys(lease), append(fence, arn)...)
 	if err != nil {
 		return nil, err
 	}
@@ -566,10 +563,15 @@ func decodeAll[T any](out []any) ([]T, error) {
 // Lua reads back as one made in Go.
 func rfc3339(t time.Time) string { return t.Format(time.RFC3339Nano) }
 
-// seatKeys are one broadcast's keys the seat functions use, in their
-// order.
+// seatKeys are one broadcast's keys the seat scripts use, in the order of
+// seatLib's seatKeys.
 func (k keys) seatKeys() []string {
-	return []string{k.open(), k.counts(), k.rank(), k.seats(), k.expiry(), k.stages(), k.onStage(), k.totals()}
+	return []string{k.open(), k.counts(), k.rank(), k.seats(), k.expiry(), k.stages(), k.onStage(), k.totals(), k.room()}
+}
+
+// fencedSeatKeys are the seat keys after a fenced write's lease.
+func (k keys) fencedSeatKeys(lease string) []string {
+	return append([]string{lease}, k.seatKeys()...)
 }
 
 func (s *Store) ReserveSeat(ctx context.Context, req store.SeatRequest) (store.Seat, error) {
@@ -641,7 +643,7 @@ func (s *Store) seatOp(ctx context.Context, broadcastID, what string, alone *gor
 
 func (s *Store) ExpireSeats(ctx context.Context, broadcastID string, now time.Time) ([]store.Seat, error) {
 	k := s.bc(broadcastID)
-	status, out, err := s.run(ctx, expireSeats, []string{k.counts(), k.seats(), k.expiry(), k.onStage(), k.totals()}, now.UnixMicro(), store.ExpireBatch)
+	status, out, err := s.run(ctx, expireSeats, k.seatKeys(), now.UnixMicro(), store.ExpireBatch)
 	if err != nil {
 		return nil, err
 	}

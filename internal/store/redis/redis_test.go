@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -225,5 +226,75 @@ func TestBatchedStormExactCapacity(t *testing.T) {
 		t.Errorf("%d Redis commands for %d operations: %.2f each; batching should make it well below one", calls, workers*each, perOp)
 	} else {
 		t.Logf("%d Redis commands for %d operations (%.3f each)", calls, workers*each, perOp)
+	}
+}
+
+// TestRoomIndex: the index of stages with room is built on first use for
+// a broadcast whose records predate it, and an entry that does not fit
+// (here a full stage put first by hand) is passed over and put right:
+// never a seat beyond capacity.
+func TestRoomIndex(t *testing.T) {
+	srv := redistest.Start(t)
+	rdb := srv.Client(t)
+	st := redis.New(rdb, "room")
+	ctx := t.Context()
+	base := time.Now()
+	arns := []string{"arn:aws:ivs:us-east-1:123456789012:stage/a", "arn:aws:ivs:us-east-1:123456789012:stage/b", "arn:aws:ivs:us-east-1:123456789012:stage/c"}
+	for i, arn := range arns {
+		if err := st.PutStage(ctx, store.Stage{Arn: arn, BroadcastID: "b", Role: store.RoleReplica, Capacity: 3, Seatable: true, CreatedAt: base.Add(time.Duration(i) * time.Second)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	seat := func(user string) string {
+		t.Helper()
+		s, err := st.ReserveSeat(ctx, store.SeatRequest{BroadcastID: "b", UserID: user, ParticipantID: "p-" + user, Now: time.Now(), TTL: time.Hour})
+		if err != nil {
+			t.Fatalf("ReserveSeat %s: %v", user, err)
+		}
+		return s.StageArn
+	}
+	// Fullest first, then oldest: a fills, then b.
+	for i, want := range []string{arns[0], arns[0], arns[0], arns[1]} {
+		if got := seat(fmt.Sprint("v", i)); got != want {
+			t.Fatalf("viewer %d seated on %s, want %s", i, got, want)
+		}
+	}
+	// Records from before the index: it is built at the next join.
+	if err := rdb.Del(ctx, "room:{b}:room").Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := rdb.HDel(ctx, "room:{b}:totals", "room").Err(); err != nil {
+		t.Fatal(err)
+	}
+	if got := seat("v4"); got != arns[1] {
+		t.Errorf("after the index was lost, a viewer seated on %s, want the fullest with room, %s", got, arns[1])
+	}
+	if n, err := rdb.ZCard(ctx, "room:{b}:room").Result(); err != nil || n != 2 {
+		t.Errorf("the rebuilt index holds %d stages (%v), want b and c", n, err)
+	}
+	// A full stage first in the index by hand: passed over, taken out.
+	rank, err := rdb.HGet(ctx, "room:{b}:rank", arns[0]).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	created := rank[strings.IndexByte(rank, ' ')+1:]
+	member := strings.Repeat("0", 17-len(created)) + created + arns[0]
+	if err := rdb.ZAdd(ctx, "room:{b}:room", goredis.Z{Score: -100, Member: member}).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if got := seat("v5"); got != arns[1] {
+		t.Errorf("with a full stage first in the index, a viewer seated on %s, want %s", got, arns[1])
+	}
+	if _, err := rdb.ZScore(ctx, "room:{b}:room", member).Result(); !errors.Is(err, goredis.Nil) {
+		t.Errorf("the full stage is still in the index: %v", err)
+	}
+	stages, err := st.ListStages(ctx, "b")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range stages {
+		if s.Seats > s.Capacity {
+			t.Errorf("stage %s holds %d of %d", s.Arn, s.Seats, s.Capacity)
+		}
 	}
 }

@@ -20,106 +20,147 @@ local function fenced()
 end
 `
 
-// untrack takes a seat (decoded) out of the broadcast's totals hash:
-// tracked seats and the sum of their takenSec. A seat from before the
-// totals were kept has no takenSec and was never in them.
-const untrack = `
-local function untrack(totals, seat)
-  if seat.takenSec then
-    redis.call('HINCRBY', totals, 'tracked', -1)
-    redis.call('HINCRBY', totals, 'takenSum', -seat.takenSec)
+// seatLib is what every script over a broadcast's seats shares. Such a
+// script takes the broadcast's seat keys (seatKeys, in Go) from KEYS[o+1]
+// on, o being the keys before them (a fenced write's lease): open
+// (seatable ARNs), counts (ARN → seats), rank (ARN → "capacity
+// createdMicros"), seats (user → seat JSON), expiry (users by ExpiresAt
+// micros), stages (ARN → record), on (the prefix of the per-stage seat
+// sets: on..ARN holds the stage's users, so that a stage's seats are found
+// without reading the broadcast's), totals (tracked seats and the sum of
+// their takenSec, Unix seconds, so that watch time is summed without
+// reading the seats; and 'room' = 1 once room is kept), room (the stages
+// that take viewers and have room, by -seats then roomMember: ZRANGE 0 0
+// is store.Fuller's first, so that a join is O(log stages)).
+const seatLib = `
+local function seatKeys(o)
+  return {open = KEYS[o+1], counts = KEYS[o+2], rank = KEYS[o+3], seats = KEYS[o+4], expiry = KEYS[o+5],
+    stages = KEYS[o+6], on = KEYS[o+7], totals = KEYS[o+8], room = KEYS[o+9]}
+end
+
+-- roomMember orders stages of equal seats oldest first, then by ARN: the
+-- creation time (micros, from the rank; before 1970 counts as 1970) in 17
+-- digits, then the ARN, which starts at the 18th character.
+local function roomMember(rank, arn)
+  local created = string.match(rank, ' (%-?%d+)$') or '0'
+  if string.sub(created, 1, 1) == '-' then created = '0' end
+  return string.rep('0', 17 - #created) .. created .. arn
+end
+
+-- index puts a stage in room, or takes it out, from its records.
+local function index(K, arn)
+  local rank = redis.call('HGET', K.rank, arn)
+  if not rank then return end
+  local m = roomMember(rank, arn)
+  local cap = tonumber(string.match(rank, '^(%d+) ') or '0')
+  local n = tonumber(redis.call('HGET', K.counts, arn) or '0')
+  if n < cap and redis.call('SISMEMBER', K.open, arn) == 1 then
+    redis.call('ZADD', K.room, -n, m)
+  else
+    redis.call('ZREM', K.room, m)
   end
 end
-`
 
-// freeSeat drops a seat (decoded) of user and gives its place back to its
-// stage, if the stage is still there. KEYS: seats count hash, seat hash,
-// expiry zset, the prefix of the per-stage seat sets, totals hash (passed
-// in).
-const freeSeat = untrack + `
-local function freeSeat(counts, seats, expiry, on, totals, user, seat)
-  redis.call('HDEL', seats, user)
-  redis.call('ZREM', expiry, user)
-  redis.call('SREM', on .. seat.stageArn, user)
-  untrack(totals, seat)
-  local n = tonumber(redis.call('HGET', counts, seat.stageArn) or '0')
-  if n > 0 then redis.call('HINCRBY', counts, seat.stageArn, -1) end
+-- untrack takes a seat (decoded) out of the totals. A seat from before the
+-- totals were kept has no takenSec and was never in them.
+local function untrack(K, seat)
+  if seat.takenSec then
+    redis.call('HINCRBY', K.totals, 'tracked', -1)
+    redis.call('HINCRBY', K.totals, 'takenSum', -seat.takenSec)
+  end
+end
+
+-- freeSeat drops a seat (decoded) of user and gives its place back to its
+-- stage, if the stage is still there.
+local function freeSeat(K, user, seat)
+  redis.call('HDEL', K.seats, user)
+  redis.call('ZREM', K.expiry, user)
+  redis.call('SREM', K.on .. seat.stageArn, user)
+  untrack(K, seat)
+  local n = tonumber(redis.call('HGET', K.counts, seat.stageArn) or '0')
+  if n > 0 then redis.call('HINCRBY', K.counts, seat.stageArn, -1) end
+  index(K, seat.stageArn)
 end
 `
 
-// seatFuncs are the seat operations, as Lua functions over one broadcast's
-// keys, in the order seatKeys gives them: open (seatable ARNs), counts (ARN
-// → seats), rank (ARN → "capacity createdMicros"), seats (user → seat
-// JSON), expiry (users by ExpiresAt micros), stages (ARN → record), the
-// prefix of the per-stage seat sets (prefix..ARN: the stage's users), which
-// let a stage's seats be found without reading the broadcast's, and totals
-// (tracked seats and the sum of their takenSec, Unix seconds), which sum
-// the viewers' watch time without reading the seats.
-const seatFuncs = freeSeat + `
+// seatFuncs are the seat operations, as Lua functions over the seat keys
+// from KEYS[1].
+const seatFuncs = seatLib + `
+local K = seatKeys(0)
+
+-- fits says whether a stage takes viewers and has room, from its records.
+local function fits(arn)
+  if redis.call('SISMEMBER', K.open, arn) == 0 then return false end
+  local cap = tonumber(string.match(redis.call('HGET', K.rank, arn) or '0 0', '^(%d+) ') or '0')
+  return tonumber(redis.call('HGET', K.counts, arn) or '0') < cap
+end
+
+-- fullest is store.Fuller's first stage with room, from room; a broadcast
+-- whose room was never kept (its records are older) gets it built first.
+-- An entry that does not fit is put right and passed over, so that a
+-- wrong index can cost time but never a seat beyond capacity.
+local function fullest()
+  if redis.call('HGET', K.totals, 'room') ~= '1' then
+    for _, arn in ipairs(redis.call('SMEMBERS', K.open)) do index(K, arn) end
+    redis.call('HSET', K.totals, 'room', '1')
+  end
+  while true do
+    local top = redis.call('ZRANGE', K.room, 0, 0)
+    if #top == 0 then return nil end
+    local arn = string.sub(top[1], 18)
+    if fits(arn) then return arn end
+    redis.call('ZREM', K.room, top[1])
+    index(K, arn)
+  end
+end
+
 -- reserve: the viewer's seat if its stage still takes viewers (renewed),
 -- else a seat on the asked-for stage (want, or '' for any) or the fullest
 -- seatable one with room: store.Fuller, never beyond capacity. A seat on a
 -- stage that no longer takes viewers is freed once there is another, and
 -- answered fourth (for its session to close).
 local function reserve(user, want, pid, takenAt, expRfc, expMicros, bid, takenSec)
-  local cur = redis.call('HGET', KEYS[4], user)
+  local cur = redis.call('HGET', K.seats, user)
   local old
   if cur then
     old = cjson.decode(cur)
-    if redis.call('SISMEMBER', KEYS[1], old.stageArn) == 1 then
+    if redis.call('SISMEMBER', K.open, old.stageArn) == 1 then
       old.expiresAt = expRfc
       cur = cjson.encode(old)
-      redis.call('HSET', KEYS[4], user, cur)
-      redis.call('ZADD', KEYS[5], expMicros, user)
-      return {'ok', cur, redis.call('HGET', KEYS[2], old.stageArn) or '0'}
+      redis.call('HSET', K.seats, user, cur)
+      redis.call('ZADD', K.expiry, expMicros, user)
+      return {'ok', cur, redis.call('HGET', K.counts, old.stageArn) or '0'}
     end
   end
-  local open
+  local best
   if want == '' then
-    open = redis.call('SMEMBERS', KEYS[1])
-  elseif redis.call('SISMEMBER', KEYS[1], want) == 1 then
-    open = {want}
-  else
-    open = {}
-  end
-  local best, bestN, bestCreated
-  if #open > 0 then
-    -- Two reads for all the stages, not two per stage: a join's cost is
-    -- then mostly the loop below.
-    local counts = redis.call('HMGET', KEYS[2], unpack(open))
-    local ranks = redis.call('HMGET', KEYS[3], unpack(open))
-    for i, arn in ipairs(open) do
-      local n = tonumber(counts[i] or '0')
-      local cap, created = string.match(ranks[i] or '0 0', '^(%d+) (%-?%d+)$')
-      cap, created = tonumber(cap), tonumber(created)
-      if n < cap and (best == nil or n > bestN or (n == bestN and (created < bestCreated or (created == bestCreated and arn < best)))) then
-        best, bestN, bestCreated = arn, n, created
-      end
-    end
-  end
-  if not best then
-    if want ~= '' then
-      if redis.call('HEXISTS', KEYS[6], want) == 0 then return {'notfound'} end
-      if redis.call('SISMEMBER', KEYS[1], want) == 0 then return {'noteligible'} end
+    best = fullest()
+    if not best then
+      if redis.call('SCARD', K.open) == 0 then return {'notlive'} end
       return {'full'}
     end
-    if #open == 0 then return {'notlive'} end
+  elseif fits(want) then
+    best = want
+  else
+    if redis.call('HEXISTS', K.stages, want) == 0 then return {'notfound'} end
+    if redis.call('SISMEMBER', K.open, want) == 0 then return {'noteligible'} end
     return {'full'}
   end
-  if old then freeSeat(KEYS[2], KEYS[4], KEYS[5], KEYS[7], KEYS[8], user, old) end
-  local n = redis.call('HINCRBY', KEYS[2], best, 1)
-  redis.call('SADD', KEYS[7] .. best, user)
-  redis.call('HINCRBY', KEYS[8], 'tracked', 1)
-  redis.call('HINCRBY', KEYS[8], 'takenSum', takenSec)
+  if old then freeSeat(K, user, old) end
+  local n = redis.call('HINCRBY', K.counts, best, 1)
+  index(K, best)
+  redis.call('SADD', K.on .. best, user)
+  redis.call('HINCRBY', K.totals, 'tracked', 1)
+  redis.call('HINCRBY', K.totals, 'takenSum', takenSec)
   local seat = cjson.encode({broadcastId = bid, userId = user, stageArn = best, participantId = pid, takenAt = takenAt, expiresAt = expRfc, takenSec = tonumber(takenSec)})
-  redis.call('HSET', KEYS[4], user, seat)
-  redis.call('ZADD', KEYS[5], expMicros, user)
+  redis.call('HSET', K.seats, user, seat)
+  redis.call('ZADD', K.expiry, expMicros, user)
   return {'ok', seat, tostring(n), cur or ''}
 end
 
 -- renew: the seat's lease, if its owner is the one named ('' for any).
 local function renew(user, pid, stage, expRfc, expMicros)
-  local cur = redis.call('HGET', KEYS[4], user)
+  local cur = redis.call('HGET', K.seats, user)
   if not cur then return {'notfound'} end
   local seat = cjson.decode(cur)
   if (pid ~= '' and seat.participantId ~= pid) or (stage ~= '' and seat.stageArn ~= stage) then
@@ -127,16 +168,16 @@ local function renew(user, pid, stage, expRfc, expMicros)
   end
   seat.expiresAt = expRfc
   cur = cjson.encode(seat)
-  redis.call('HSET', KEYS[4], user, cur)
-  redis.call('ZADD', KEYS[5], expMicros, user)
+  redis.call('HSET', K.seats, user, cur)
+  redis.call('ZADD', K.expiry, expMicros, user)
   return {'ok', cur}
 end
 
 -- release: the seat, freed.
 local function release(user)
-  local cur = redis.call('HGET', KEYS[4], user)
+  local cur = redis.call('HGET', K.seats, user)
   if not cur then return {'notfound'} end
-  freeSeat(KEYS[2], KEYS[4], KEYS[5], KEYS[7], KEYS[8], user, cjson.decode(cur))
+  freeSeat(K, user, cjson.decode(cur))
   return {'ok', cur}
 end
 `
@@ -186,72 +227,83 @@ redis.call('SET', KEYS[2], ARGV[3])
 return {'ok'}
 `)
 
-	// KEYS: lease, broadcast, stages, seats, then the broadcast's other
-	// keys but its leases (open, rank, counts, expiry, hosts, replications,
-	// demand, totals), and last the prefix of the per-stage seat sets. ARGV: fence.
-	// Answers the ARNs of the stages dropped (for the stage index, on
-	// another slot) and the seats freed.
-	deleteBroadcast = goredis.NewScript(fenceCheck + `
+	// KEYS: lease, broadcast, hosts, replications, demand, then the seat
+	// keys. ARGV: fence. Deletes every key of the broadcast but its
+	// leases. Answers the ARNs of the stages dropped (for the stage index,
+	// on another slot) and the seats freed (few: an end frees its seats
+	// with dropSeats first).
+	deleteBroadcast = goredis.NewScript(fenceCheck + seatLib + `
 if redis.call('EXISTS', KEYS[2]) == 0 then return {'notfound'} end
 if fenced() then return {'fenced'} end
-local arns = redis.call('HKEYS', KEYS[3])
-local seats = redis.call('HVALS', KEYS[4])
-for _, arn in ipairs(arns) do redis.call('DEL', KEYS[#KEYS] .. arn) end
-redis.call('DEL', unpack(KEYS, 2, #KEYS - 1))
+local K = seatKeys(5)
+local arns = redis.call('HKEYS', K.stages)
+local seats = redis.call('HVALS', K.seats)
+for _, arn in ipairs(arns) do redis.call('DEL', K.on .. arn) end
+redis.call('DEL', KEYS[2], KEYS[3], KEYS[4], KEYS[5], K.open, K.counts, K.rank, K.seats, K.expiry, K.stages, K.totals, K.room)
 return {'ok', arns, seats}
 `)
 
-	// KEYS: lease, stages, open, rank. ARGV: fence, arn, json, seatable
+	// KEYS: lease, then the seat keys. ARGV: fence, arn, json, seatable
 	// ("1" or "0"), rank ("capacity createdMicros").
-	putStage = goredis.NewScript(fenceCheck + `
+	putStage = goredis.NewScript(fenceCheck + seatLib + `
 if fenced() then return {'fenced'} end
-redis.call('HSET', KEYS[2], ARGV[3], ARGV[4])
-redis.call('HSET', KEYS[4], ARGV[3], ARGV[6])
-if ARGV[5] == '1' then redis.call('SADD', KEYS[3], ARGV[3]) else redis.call('SREM', KEYS[3], ARGV[3]) end
-return {'ok'}
-`)
-
-	// KEYS: lease, stages, open. ARGV: fence, arn, seatable.
-	setSeatable = goredis.NewScript(fenceCheck + `
-if redis.call('HEXISTS', KEYS[2], ARGV[3]) == 0 then return {'notfound'} end
-if fenced() then return {'fenced'} end
-if ARGV[4] == '1' then redis.call('SADD', KEYS[3], ARGV[3]) else redis.call('SREM', KEYS[3], ARGV[3]) end
-return {'ok'}
-`)
-
-	// KEYS: lease, stages, open, rank, counts, seats, expiry, the prefix of
-	// the per-stage seat sets, totals. ARGV: fence, arn. Answers the freed
-	// seats.
-	// The stage's set names its seats: O(the stage's seats). Only seats
-	// taken before the sets existed (a deployment upgraded with viewers
-	// seated: its set is short of the count) need the whole broadcast read.
-	deleteStage = goredis.NewScript(fenceCheck + untrack + `
+local K = seatKeys(1)
 local arn = ARGV[3]
-if redis.call('HEXISTS', KEYS[2], arn) == 0 then return {'notfound'} end
+local old = redis.call('HGET', K.rank, arn)
+if old and old ~= ARGV[6] then redis.call('ZREM', K.room, roomMember(old, arn)) end
+redis.call('HSET', K.stages, arn, ARGV[4])
+redis.call('HSET', K.rank, arn, ARGV[6])
+if ARGV[5] == '1' then redis.call('SADD', K.open, arn) else redis.call('SREM', K.open, arn) end
+index(K, arn)
+return {'ok'}
+`)
+
+	// KEYS: lease, then the seat keys. ARGV: fence, arn, seatable.
+	setSeatable = goredis.NewScript(fenceCheck + seatLib + `
+local K = seatKeys(1)
+local arn = ARGV[3]
+if redis.call('HEXISTS', K.stages, arn) == 0 then return {'notfound'} end
 if fenced() then return {'fenced'} end
-redis.call('HDEL', KEYS[2], arn)
-redis.call('HDEL', KEYS[4], arn)
-redis.call('SREM', KEYS[3], arn)
-local n = tonumber(redis.call('HGET', KEYS[5], arn) or '0')
-redis.call('HDEL', KEYS[5], arn)
-local on = KEYS[8] .. arn
+if ARGV[4] == '1' then redis.call('SADD', K.open, arn) else redis.call('SREM', K.open, arn) end
+index(K, arn)
+return {'ok'}
+`)
+
+	// KEYS: lease, then the seat keys. ARGV: fence, arn. Answers the freed
+	// seats. The stage's set names its seats: O(the stage's seats). Only
+	// seats taken before the sets existed (a deployment upgraded with
+	// viewers seated: its set is short of the count) need the whole
+	// broadcast read.
+	deleteStage = goredis.NewScript(fenceCheck + seatLib + `
+local K = seatKeys(1)
+local arn = ARGV[3]
+if redis.call('HEXISTS', K.stages, arn) == 0 then return {'notfound'} end
+if fenced() then return {'fenced'} end
+local rank = redis.call('HGET', K.rank, arn)
+if rank then redis.call('ZREM', K.room, roomMember(rank, arn)) end
+redis.call('HDEL', K.stages, arn)
+redis.call('HDEL', K.rank, arn)
+redis.call('SREM', K.open, arn)
+local n = tonumber(redis.call('HGET', K.counts, arn) or '0')
+redis.call('HDEL', K.counts, arn)
+local on = K.on .. arn
 local out = {'ok'}
 local function free(user, cur, seat)
-  redis.call('HDEL', KEYS[6], user)
-  redis.call('ZREM', KEYS[7], user)
-  untrack(KEYS[9], seat)
+  redis.call('HDEL', K.seats, user)
+  redis.call('ZREM', K.expiry, user)
+  untrack(K, seat)
   table.insert(out, cur)
 end
 if n > 0 and redis.call('SCARD', on) >= n then
   for _, user in ipairs(redis.call('SMEMBERS', on)) do
-    local cur = redis.call('HGET', KEYS[6], user)
+    local cur = redis.call('HGET', K.seats, user)
     if cur then
       local seat = cjson.decode(cur)
       if seat.stageArn == arn then free(user, cur, seat) end
     end
   end
 elseif n > 0 then
-  local all = redis.call('HGETALL', KEYS[6])
+  local all = redis.call('HGETALL', K.seats)
   for i = 1, #all, 2 do
     local seat = cjson.decode(all[i+1])
     if seat.stageArn == arn then free(all[i], all[i+1], seat) end
@@ -281,16 +333,17 @@ return {'ok'}
 	renewSeat   = goredis.NewScript(seatFuncs + `return renew(ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5])`)
 	releaseSeat = goredis.NewScript(seatFuncs + `return release(ARGV[1])`)
 
-	// KEYS: lease, counts, seats, expiry, the prefix of the per-stage seat
-	// sets, totals. ARGV: fence, most to free. Answers the freed seats.
-	dropSeats = goredis.NewScript(fenceCheck + freeSeat + `
+	// KEYS: lease, then the seat keys. ARGV: fence, most to free.
+	// Answers the freed seats.
+	dropSeats = goredis.NewScript(fenceCheck + seatLib + `
 if fenced() then return {'fenced'} end
+local K = seatKeys(1)
 local out = {'ok'}
-for _, user in ipairs(redis.call('ZRANGE', KEYS[4], 0, tonumber(ARGV[3]) - 1)) do
-  local cur = redis.call('HGET', KEYS[3], user)
-  redis.call('ZREM', KEYS[4], user)
+for _, user in ipairs(redis.call('ZRANGE', K.expiry, 0, tonumber(ARGV[3]) - 1)) do
+  local cur = redis.call('HGET', K.seats, user)
+  redis.call('ZREM', K.expiry, user)
   if cur then
-    freeSeat(KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], user, cjson.decode(cur))
+    freeSeat(K, user, cjson.decode(cur))
     table.insert(out, cur)
   end
 end
@@ -350,15 +403,16 @@ end
 return out
 `)
 
-	// KEYS: counts, seats, expiry, the prefix of the per-stage seat sets,
-	// totals. ARGV: now (micros), most to free. Answers the freed seats.
-	expireSeats = goredis.NewScript(freeSeat + `
+	// KEYS: the seat keys. ARGV: now (micros), most to free. Answers the
+	// freed seats.
+	expireSeats = goredis.NewScript(seatLib + `
+local K = seatKeys(0)
 local out = {'ok'}
-for _, user in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])) do
-  local cur = redis.call('HGET', KEYS[2], user)
-  redis.call('ZREM', KEYS[3], user)
+for _, user in ipairs(redis.call('ZRANGEBYSCORE', K.expiry, '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])) do
+  local cur = redis.call('HGET', K.seats, user)
+  redis.call('ZREM', K.expiry, user)
   if cur then
-    freeSeat(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], user, cjson.decode(cur))
+    freeSeat(K, user, cjson.decode(cur))
     table.insert(out, cur)
   end
 end
