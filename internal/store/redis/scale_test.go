@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -189,7 +190,30 @@ func BenchmarkSeatOps(b *testing.B) {
 			}
 		})
 	})
+	// One at a time: every operation its own script call, as when an
+	// instance has one in flight: the most Redis CPU an operation costs.
+	b.Run("reserve-alone", func(b *testing.B) {
+		before := redisMicros(b, rdb)
+		defer func() { b.ReportMetric((redisMicros(b, rdb)-before)/float64(b.N), "redis-µs/op") }()
+		for b.Loop() {
+			i := next.Add(1)
+			if _, err := st.ReserveSeat(b.Context(), store.SeatRequest{BroadcastID: "b", UserID: fmt.Sprint("v", i), ParticipantID: "P", Now: time.Now(), TTL: time.Hour}); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
 	seated := next.Load()
+	b.Run("renew-alone", func(b *testing.B) {
+		before := redisMicros(b, rdb)
+		defer func() { b.ReportMetric((redisMicros(b, rdb)-before)/float64(b.N), "redis-µs/op") }()
+		var n int64
+		for b.Loop() {
+			n++
+			if _, err := st.RenewSeat(b.Context(), "b", fmt.Sprint("v", n%seated+1), store.SeatOwner{ParticipantID: "P"}, time.Now(), time.Hour); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
 	b.Run("renew", func(b *testing.B) {
 		b.SetParallelism(16)
 		before := redisMicros(b, rdb)
@@ -205,4 +229,44 @@ func BenchmarkSeatOps(b *testing.B) {
 			}
 		})
 	})
+}
+
+// BenchmarkPacedRenewals renews seats at a steady 3,000 a second, each
+// renewal from a goroutine of its own (heartbeats come to an instance from
+// independent viewers, not from a few busy clients), and reports Redis's
+// CPU and the round trips per renewal: what renewWindow saves an instance
+// carrying a share of a million viewers' heartbeats.
+func BenchmarkPacedRenewals(b *testing.B) {
+	srv := redistest.Start(b)
+	rdb := srv.Client(b)
+	st := redis.New(rdb, "paced", redis.WithSeatBatching())
+	bigStages(b, st, "b", 100, 10_000)
+	const seats, rate = 10_000, 3000
+	for i := range seats {
+		if _, err := st.ReserveSeat(b.Context(), store.SeatRequest{BroadcastID: "b", UserID: fmt.Sprint("v", i), ParticipantID: "P", Now: time.Now(), TTL: time.Hour}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	counter := &redistest.CommandCounter{}
+	rdb.AddHook(counter)
+	before := redisMicros(b, rdb)
+	var failed atomic.Int64
+	var wg sync.WaitGroup
+	start := time.Now()
+	b.ResetTimer()
+	for i := range b.N {
+		time.Sleep(time.Until(start.Add(time.Duration(i) * time.Second / rate)))
+		wg.Go(func() {
+			if _, err := st.RenewSeat(b.Context(), "b", fmt.Sprint("v", i%seats), store.SeatOwner{ParticipantID: "P"}, time.Now(), time.Hour); err != nil {
+				failed.Add(1)
+			}
+		})
+	}
+	wg.Wait()
+	b.StopTimer()
+	if failed.Load() > 0 {
+		b.Fatalf("%d renewals failed", failed.Load())
+	}
+	b.ReportMetric((redisMicros(b, rdb)-before)/float64(b.N), "redis-µs/op")
+	b.ReportMetric(float64(counter.Count())/float64(b.N), "round-trips/op")
 }
