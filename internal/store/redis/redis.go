@@ -409,13 +409,17 @@ func (s *Store) SetSeatable(ctx context.Context, arn string, seatable bool) erro
 }
 
 func (s *Store) DropSeats(ctx context.Context, broadcastID string, n int) ([]store.Seat, error) {
-	k := s.bc(broadcastID)
 	lease, fence := s.fence(ctx, broadcastID)
-	status, out, err := s.run(ctx, dropSeats, k.fencedSeatKeys(lease), append(fence, n)...)
+	return s.freeing(ctx, dropSeats, s.bc(broadcastID).fencedSeatKeys(lease), "seats of "+broadcastID, append(fence, n)...)
+}
+
+// freeing runs a script that frees seats and answers them.
+func (s *Store) freeing(ctx context.Context, script *goredis.Script, keys []string, what string, args ...any) ([]store.Seat, error) {
+	status, out, err := s.run(ctx, script, keys, args...)
 	if err != nil {
 		return nil, err
 	}
-	if err := statusErr(status, "seats of "+broadcastID); err != nil {
+	if err := statusErr(status, what); err != nil {
 		return nil, err
 	}
 	return decodeAll[store.Seat](out)
@@ -642,15 +646,7 @@ func (s *Store) seatOp(ctx context.Context, broadcastID, what string, alone *gor
 }
 
 func (s *Store) ExpireSeats(ctx context.Context, broadcastID string, now time.Time) ([]store.Seat, error) {
-	k := s.bc(broadcastID)
-	status, out, err := s.run(ctx, expireSeats, k.seatKeys(), now.UnixMicro(), store.ExpireBatch)
-	if err != nil {
-		return nil, err
-	}
-	if err := statusErr(status, "expiring seats of "+broadcastID); err != nil {
-		return nil, err
-	}
-	return decodeAll[store.Seat](out)
+	return s.freeing(ctx, expireSeats, s.bc(broadcastID).seatKeys(), "expiring seats of "+broadcastID, now.UnixMicro(), store.ExpireBatch)
 }
 
 func (s *Store) SeatTotals(ctx context.Context, broadcastID string) (store.SeatTotals, error) {

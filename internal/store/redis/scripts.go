@@ -81,6 +81,21 @@ local function freeSeat(K, user, seat)
   if n > 0 then redis.call('HINCRBY', K.counts, seat.stageArn, -1) end
   index(K, seat.stageArn)
 end
+
+-- freeAll frees the seats of users (those that have one) and answers them
+-- after 'ok'.
+local function freeAll(K, users)
+  local out = {'ok'}
+  for _, user in ipairs(users) do
+    local cur = redis.call('HGET', K.seats, user)
+    redis.call('ZREM', K.expiry, user)
+    if cur then
+      freeSeat(K, user, cjson.decode(cur))
+      table.insert(out, cur)
+    end
+  end
+  return out
+end
 `
 
 // seatFuncs are the seat operations, as Lua functions over the seat keys
@@ -338,16 +353,7 @@ return {'ok'}
 	dropSeats = goredis.NewScript(fenceCheck + seatLib + `
 if fenced() then return {'fenced'} end
 local K = seatKeys(1)
-local out = {'ok'}
-for _, user in ipairs(redis.call('ZRANGE', K.expiry, 0, tonumber(ARGV[3]) - 1)) do
-  local cur = redis.call('HGET', K.seats, user)
-  redis.call('ZREM', K.expiry, user)
-  if cur then
-    freeSeat(K, user, cjson.decode(cur))
-    table.insert(out, cur)
-  end
-end
-return out
+return freeAll(K, redis.call('ZRANGE', K.expiry, 0, tonumber(ARGV[3]) - 1))
 `)
 
 	// KEYS: counts, totals. Answers the seats (the stages' counts), the
@@ -407,16 +413,7 @@ return out
 	// freed seats.
 	expireSeats = goredis.NewScript(seatLib + `
 local K = seatKeys(0)
-local out = {'ok'}
-for _, user in ipairs(redis.call('ZRANGEBYSCORE', K.expiry, '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])) do
-  local cur = redis.call('HGET', K.seats, user)
-  redis.call('ZREM', K.expiry, user)
-  if cur then
-    freeSeat(K, user, cjson.decode(cur))
-    table.insert(out, cur)
-  end
-end
-return out
+return freeAll(K, redis.call('ZRANGEBYSCORE', K.expiry, '-inf', ARGV[1], 'LIMIT', 0, ARGV[2]))
 `)
 
 	// KEYS: events (event ids by expiry, in ms of Redis's clock). ARGV:
