@@ -58,7 +58,7 @@ func (s sessions) SeatOpened(seat store.Seat, client fleet.Client) {
 
 // WaitRoom lets a broadcast's end wait for the writer rather than drop the
 // closes of its seats.
-func (s sessions) WaitRoom(ctx context.Context, n int) error { return s.w.WaitRoom(ctx, n) }
+func (s sessions) WaitRoom(ctx context.Context, n int) (int, error) { return s.w.WaitRoom(ctx, n) }
 
 func (s sessions) SeatClosed(seat store.Seat, reason string, lastSeen time.Time) {
 	if lastSeen.Before(seat.TakenAt) {

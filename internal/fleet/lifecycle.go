@@ -97,33 +97,52 @@ func (s *Service) endBroadcast(ctx context.Context, broadcastID, reason string, 
 	return end, nil
 }
 
-// dropChunk is how many seats an ending broadcast frees in one store step.
+// dropChunk is the most seats an ending broadcast frees in one store step.
 const dropChunk = 1000
 
-// seatRoom is an observer that can wait until it has room for n more
-// records: a broadcast's end waits for it between steps, so that the
+// roomWait bounds how long an end waits for its observer to have room: a
+// history whose database is down must not hold an end (and its broadcast)
+// for as long as the outage lasts. Past it, the end goes on without
+// waiting, and the observer drops and counts what does not fit.
+const roomWait = 10 * time.Second
+
+// seatRoom is an observer that can wait until it has room for up to n
+// more records: a broadcast's end waits for it between steps, so that the
 // sessions of a million seats all close rather than overflow its queue.
 type seatRoom interface {
-	WaitRoom(ctx context.Context, n int) error
+	// WaitRoom answers the room it has, at most n, once it has that much
+	// (its whole buffer, when n is more).
+	WaitRoom(ctx context.Context, n int) (int, error)
 }
 
-// dropSeats frees an ending broadcast's seats dropChunk at a time, closing
-// their sessions, so that no one store step (and in Redis no one script)
-// reads them all.
+// dropSeats frees an ending broadcast's seats at most dropChunk at a time,
+// closing their sessions, so that no one store step (and in Redis no one
+// script) reads them all.
 func (s *Service) dropSeats(ctx context.Context, broadcastID string, end *Ended) error {
+	room, waits := s.observer.(seatRoom)
 	for {
-		if room, ok := s.observer.(seatRoom); ok {
-			if err := room.WaitRoom(ctx, dropChunk); err != nil {
-				return failWrap(ErrUnavailable, err, "waiting for the viewing history to take the seats of broadcast %s (ending it again finishes the work)", broadcastID)
+		n := dropChunk
+		if waits {
+			wctx, cancel := context.WithTimeout(ctx, roomWait)
+			k, err := room.WaitRoom(wctx, dropChunk)
+			cancel()
+			switch {
+			case err == nil:
+				n = k
+			case ctx.Err() != nil:
+				return failWrap(ErrUnavailable, ctx.Err(), "freeing the seats of broadcast %s (ending it again finishes the work)", broadcastID)
+			default:
+				s.log.Warn("the viewing history has no room: the end goes on, and the sessions that do not fit are dropped and counted", "broadcast", broadcastID, "error", err)
+				waits = false
 			}
 		}
-		freed, err := s.store.DropSeats(ctx, broadcastID, dropChunk)
+		freed, err := s.store.DropSeats(ctx, broadcastID, n)
 		if err != nil {
 			return failWrap(ErrUnavailable, err, "freeing the seats of broadcast %s (ending it again finishes the work)", broadcastID)
 		}
 		s.seatsEnded(freed, EndBroadcastEnded)
 		end.SeatsFreed += len(freed)
-		if len(freed) < dropChunk {
+		if len(freed) < n {
 			return nil
 		}
 	}

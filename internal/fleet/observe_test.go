@@ -2,6 +2,7 @@ package fleet_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"testing"
@@ -174,11 +175,12 @@ type roomyRecorder struct {
 	waits int
 }
 
-func (r *roomyRecorder) WaitRoom(context.Context, int) error {
+// WaitRoom has room for 700 at a time, less than a store step.
+func (r *roomyRecorder) WaitRoom(_ context.Context, n int) (int, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.waits++
-	return nil
+	return min(n, 700), nil
 }
 
 // Ending a broadcast of more seats than one store step takes frees them
@@ -211,10 +213,43 @@ func TestEndBroadcastManySeats(t *testing.T) {
 	if len(closed) != viewers || len(rec.closed) != viewers {
 		t.Errorf("%d closes of %d viewers, want each of %d closed once", len(rec.closed), len(closed), viewers)
 	}
-	if rec.waits < 3 {
-		t.Errorf("the observer was waited on %d times, want once per step of the 2,500 seats (3 or more)", rec.waits)
+	if rec.waits != 4 {
+		t.Errorf("the observer was waited on %d times, want once per step of 700 of the 2,500 seats (4)", rec.waits)
 	}
 	if seats, err := st.ListSeats(ctx, fleet.DefaultBroadcast); err != nil || len(seats) != 0 {
 		t.Errorf("seats after the end: %d, %v; want none", len(seats), err)
+	}
+}
+
+// downRecorder's history has no room and says so at once.
+type downRecorder struct {
+	recorder
+	waits int
+}
+
+func (r *downRecorder) WaitRoom(context.Context, int) (int, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.waits++
+	return 0, errors.New("the database is down")
+}
+
+// An observer without room does not hold an end: it is asked once, and
+// the end frees every seat.
+func TestEndBroadcastHistoryDown(t *testing.T) {
+	rec := &downRecorder{}
+	svc, _, _, _ := controlled(t, fleet.Config{StageCapacity: 3000, ScaleUpThreshold: 2900, HeartbeatTimeout: time.Minute, Observer: rec})
+	ctx := t.Context()
+	for i := range 2500 {
+		if _, err := svc.ViewerToken(ctx, fleet.DefaultBroadcast, fmt.Sprintf("v%d", i), ""); err != nil {
+			t.Fatal(err)
+		}
+	}
+	end, err := svc.EndBroadcast(ctx, fleet.DefaultBroadcast, "test")
+	if err != nil || end.SeatsFreed != 2500 {
+		t.Fatalf("EndBroadcast = %+v, %v; want all 2,500 seats freed", end, err)
+	}
+	if rec.waits != 1 {
+		t.Errorf("the observer was asked for room %d times, want once (then the end goes on)", rec.waits)
 	}
 }

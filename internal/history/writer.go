@@ -169,23 +169,27 @@ func (w *Writer) wake() {
 	}
 }
 
-// WaitRoom waits until n more records fit in the buffer, or ctx ends: for
-// a caller off the join path with many records at once (a broadcast's
-// end), which would rather wait than have them dropped.
-func (w *Writer) WaitRoom(ctx context.Context, n int) error {
+// WaitRoom waits until min(n, Buffer) more records fit in the buffer, and
+// answers that number, or ctx's error: for a caller off the join path with
+// many records at once (a broadcast's end), which would rather wait than
+// have them dropped. A closed writer has room for none.
+func (w *Writer) WaitRoom(ctx context.Context, n int) (int, error) {
+	n = min(n, w.cfg.Buffer)
 	t := time.NewTicker(10 * time.Millisecond)
 	defer t.Stop()
 	for {
 		w.mu.Lock()
-		// An empty buffer is room enough, whatever n.
-		room, closed := w.pending+n <= w.cfg.Buffer || w.pending == 0, w.closed
+		room, closed := w.pending+n <= w.cfg.Buffer, w.closed
 		w.mu.Unlock()
-		if room || closed {
-			return nil
+		switch {
+		case closed:
+			return 0, errors.New("the viewing history is closed")
+		case room:
+			return n, nil
 		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("the viewing history's buffer stayed full: %w", context.Cause(ctx))
+			return 0, fmt.Errorf("the viewing history's buffer stayed full: %w", context.Cause(ctx))
 		case <-t.C:
 		}
 	}

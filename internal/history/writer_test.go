@@ -232,20 +232,24 @@ func TestWriterWaitRoom(t *testing.T) {
 	}
 	short, cancel := context.WithTimeout(t.Context(), 50*time.Millisecond)
 	defer cancel()
-	if err := w.WaitRoom(short, 5); !errors.Is(err, context.DeadlineExceeded) {
+	if _, err := w.WaitRoom(short, 5); !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("WaitRoom(5) with 8 of 10 unwritten and the store stuck = %v, want the context's deadline", err)
 	}
-	if err := w.WaitRoom(t.Context(), 2); err != nil {
-		t.Fatalf("WaitRoom(2) with room for 2: %v", err)
+	if n, err := w.WaitRoom(t.Context(), 2); err != nil || n != 2 {
+		t.Fatalf("WaitRoom(2) with room for 2 = %d, %v; want 2", n, err)
 	}
 	close(st.block)
-	if err := w.WaitRoom(t.Context(), 10); err != nil {
-		t.Fatalf("WaitRoom(10) once the store writes: %v", err)
+	// More than the buffer holds: its whole size, once it is empty.
+	if n, err := w.WaitRoom(t.Context(), 25); err != nil || n != 10 {
+		t.Fatalf("WaitRoom(25) with a buffer of 10, once the store writes = %d, %v; want 10", n, err)
 	}
 	if w.Len() != 0 || w.Dropped() != 0 {
 		t.Errorf("Len %d, Dropped %d after the wait; want 0, 0", w.Len(), w.Dropped())
 	}
 	closeWriter(t, w)
+	if _, err := w.WaitRoom(t.Context(), 1); err == nil {
+		t.Error("WaitRoom on a closed writer: no error")
+	}
 }
 
 // A store that fails for a while loses nothing that fit in the buffer,

@@ -93,7 +93,11 @@ func (r *run) each(ctx context.Context, n int, do func(i int)) {
 // million seats the plan's viewers, runs the renewal rounds, and holds the
 // audience for Hold. It returns the seats held, by broadcast.
 func (r *run) million(ctx context.Context, start time.Time, p []arrival) (RenewalCounts, map[int]int) {
+	// A viewer the run never reached (it was stopped) holds no seat.
 	seats := make([]heldSeat, len(p))
+	for i := range seats {
+		seats[i].stage = -1
+	}
 	var stages stageIndex
 	r.each(ctx, len(p), func(i int) {
 		seats[i] = r.seatOne(ctx, start, i, p[i], &stages)
@@ -178,7 +182,7 @@ type BroadcastEnd struct {
 	Error string `json:"error,omitempty"`
 }
 
-// endWait bounds one broadcast's end: the API's own bound on it.
+// endWait bounds each broadcast's end: the API's own bound on one.
 const endWait = 10 * time.Minute
 
 // endBroadcasts ends every broadcast of the run (DELETE
@@ -188,8 +192,6 @@ const endWait = 10 * time.Minute
 // after the run was stopped, bounded by endWait: a broadcast left half
 // ended would keep its stages.
 func (r *run) endBroadcasts(ctx context.Context, held map[int]int) []BroadcastEnd {
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), endWait)
-	defer cancel()
 	var out []BroadcastEnd
 	for i, b := range r.broadcasts {
 		var ended struct {
@@ -197,7 +199,9 @@ func (r *run) endBroadcasts(ctx context.Context, held map[int]int) []BroadcastEn
 			SeatsFreed    int `json:"seatsFreed"`
 		}
 		start := time.Now()
-		res, err := r.c.callAPILong(ctx, http.MethodDelete, "/api/broadcasts/"+url.PathEscape(b), nil, &ended)
+		ectx, cancel := context.WithTimeout(context.WithoutCancel(ctx), endWait)
+		res, err := r.c.callAPILong(ectx, http.MethodDelete, "/api/broadcasts/"+url.PathEscape(b), nil, &ended)
+		cancel()
 		e := BroadcastEnd{Broadcast: b, Seconds: seconds(time.Since(start)), StagesDeleted: ended.StagesDeleted, SeatsFreed: ended.SeatsFreed}
 		switch {
 		case err != nil:

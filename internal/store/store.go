@@ -307,7 +307,7 @@ type RecordStore interface {
 	// Leases are left to expire. ErrNotFound if there is no broadcast.
 	DeleteBroadcast(ctx context.Context, id string) ([]Seat, error)
 	// DropSeats frees up to n of the broadcast's seats, whichever, and
-	// returns them: a broadcast's end takes its seats a bounded step at a
+	// returns them (none for n below 1): a broadcast's end takes its seats a bounded step at a
 	// time (before DeleteBroadcast), so that a million seats never make
 	// one long step. It honours a fence, as the record writes do.
 	DropSeats(ctx context.Context, broadcastID string, n int) ([]Seat, error)

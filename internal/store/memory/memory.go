@@ -154,6 +154,9 @@ func (s *Store) DropSeats(ctx context.Context, broadcastID string, n int) ([]sto
 	if err := s.fenced(ctx, broadcastID); err != nil {
 		return nil, err
 	}
+	if n < 1 {
+		return nil, nil
+	}
 	var freed []store.Seat
 	for k, seat := range s.seats {
 		if len(freed) == n {

@@ -34,6 +34,7 @@ type seatResult struct {
 
 type pendingCall struct {
 	call seatCall
+	at   time.Time // when it was queued
 	done chan seatResult
 }
 
@@ -74,8 +75,8 @@ func (b *batcher) do(ctx context.Context, broadcastID string, call seatCall) sea
 		q = &batchQueue{urgent: make(chan struct{}, 1)}
 		b.queues[broadcastID] = q
 	}
-	q.calls = append(q.calls, pendingCall{call: call, done: done})
-	if call.name != "renew" {
+	q.calls = append(q.calls, pendingCall{call: call, at: time.Now(), done: done})
+	if call.name != "renew" || len(q.calls) >= maxBatch {
 		select {
 		case q.urgent <- struct{}{}:
 		default:
@@ -95,18 +96,20 @@ func (b *batcher) do(ctx context.Context, broadcastID string, call seatCall) sea
 }
 
 // drain runs the queue's calls, a batch at a time, until none are left.
-// A batch of renewals only waits renewWindow for more first, unless a join
-// or leave comes.
+// A batch of renewals only waits for more until its first has waited
+// renewWindow, unless a join or leave comes or the batch is full.
 func (b *batcher) drain(broadcastID string, q *batchQueue) {
 	for {
 		b.mu.Lock()
 		if len(q.calls) > 0 && len(q.calls) < maxBatch && renewalsOnly(q.calls) {
-			b.mu.Unlock()
-			select {
-			case <-q.urgent:
-			case <-time.After(renewWindow):
+			if wait := renewWindow - time.Since(q.calls[0].at); wait > 0 {
+				b.mu.Unlock()
+				select {
+				case <-q.urgent:
+				case <-time.After(wait):
+				}
+				b.mu.Lock()
 			}
-			b.mu.Lock()
 		}
 		select {
 		case <-q.urgent: // this batch takes whatever came

@@ -409,6 +409,10 @@ func (s *Store) SetSeatable(ctx context.Context, arn string, seatable bool) erro
 }
 
 func (s *Store) DropSeats(ctx context.Context, broadcastID string, n int) ([]store.Seat, error) {
+	if n < 1 {
+		// ZRANGE 0 -1 would be every seat.
+		return nil, nil
+	}
 	lease, fence := s.fence(ctx, broadcastID)
 	return s.freeing(ctx, dropSeats, s.bc(broadcastID).fencedSeatKeys(lease), "seats of "+broadcastID, append(fence, n)...)
 }

@@ -288,6 +288,25 @@ func TestRoomIndex(t *testing.T) {
 	if _, err := rdb.ZScore(ctx, "room:{b}:room", member).Result(); !errors.Is(err, goredis.Nil) {
 		t.Errorf("the full stage is still in the index: %v", err)
 	}
+	// Every stage full; then a seat freed as an instance of an earlier
+	// version frees it, without the index: the next join finds it anyway.
+	for i := 6; i < 9; i++ {
+		if got := seat(fmt.Sprint("v", i)); got != arns[2] {
+			t.Fatalf("viewer %d seated on %s, want %s", i, got, arns[2])
+		}
+	}
+	if _, err := st.ReserveSeat(ctx, store.SeatRequest{BroadcastID: "b", UserID: "late", ParticipantID: "p", Now: time.Now(), TTL: time.Hour}); !errors.Is(err, store.ErrFull) {
+		t.Fatalf("a join with every stage full: %v, want ErrFull", err)
+	}
+	if err := rdb.HIncrBy(ctx, "room:{b}:counts", arns[0], -1).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := rdb.HDel(ctx, "room:{b}:seats", "v0").Err(); err != nil {
+		t.Fatal(err)
+	}
+	if got := seat("v9"); got != arns[0] {
+		t.Errorf("after a seat on %s was freed without the index, a viewer seated on %s", arns[0], got)
+	}
 	stages, err := st.ListStages(ctx, "b")
 	if err != nil {
 		t.Fatal(err)

@@ -110,22 +110,36 @@ local function fits(arn)
   return tonumber(redis.call('HGET', K.counts, arn) or '0') < cap
 end
 
+-- reindex puts every stage that takes viewers in room from its records.
+local function reindex()
+  for _, arn in ipairs(redis.call('SMEMBERS', K.open)) do index(K, arn) end
+end
+
 -- fullest is store.Fuller's first stage with room, from room; a broadcast
 -- whose room was never kept (its records are older) gets it built first.
 -- An entry that does not fit is put right and passed over, so that a
--- wrong index can cost time but never a seat beyond capacity.
+-- wrong index can cost time but never a seat beyond capacity. Before
+-- answering that nothing has room, room is built again from the records
+-- (O(stages), only then): instances of an earlier version, during a
+-- rolling upgrade, change seats without keeping it.
 local function fullest()
   if redis.call('HGET', K.totals, 'room') ~= '1' then
-    for _, arn in ipairs(redis.call('SMEMBERS', K.open)) do index(K, arn) end
+    reindex()
     redis.call('HSET', K.totals, 'room', '1')
   end
+  local rebuilt = false
   while true do
     local top = redis.call('ZRANGE', K.room, 0, 0)
-    if #top == 0 then return nil end
-    local arn = string.sub(top[1], 18)
-    if fits(arn) then return arn end
-    redis.call('ZREM', K.room, top[1])
-    index(K, arn)
+    if #top == 0 then
+      if rebuilt then return nil end
+      reindex()
+      rebuilt = true
+    else
+      local arn = string.sub(top[1], 18)
+      if fits(arn) then return arn end
+      redis.call('ZREM', K.room, top[1])
+      index(K, arn)
+    end
   end
 end
 

@@ -792,8 +792,9 @@ func fullerCmp(a, b store.Stage) int {
 }
 
 // testReserveFollowsFuller plays a long random sequence of seatings,
-// releases and stages opening and closing, and checks every seating against
-// store.Fuller applied to what the store lists.
+// releases, drops, and stages opening, closing, changing, going and coming
+// back, and checks every seating against store.Fuller applied to what the
+// store lists, and the counts and totals after every step.
 func testReserveFollowsFuller(t *testing.T, st store.Store) {
 	ctx := testCtx(t)
 	rng := rand.New(rand.NewPCG(7, 11))
@@ -806,8 +807,8 @@ func testReserveFollowsFuller(t *testing.T, st store.Store) {
 	putStages(t, st, stageRec("elsewhere", bcB, 100, true, 0))
 	var seated []string
 	counts := map[string]int{}
-	for step := range 600 {
-		switch r := rng.IntN(10); {
+	for step := range 1500 {
+		switch r := rng.IntN(12); {
 		case r < 5:
 			stages, err := st.ListStages(ctx, bcA)
 			must(t, err, "ListStages")
@@ -846,12 +847,40 @@ func testReserveFollowsFuller(t *testing.T, st store.Store) {
 			_, err := st.ReleaseSeat(ctx, bcA, seated[i])
 			must(t, err, "step %d: ReleaseSeat", step)
 			seated = slices.Delete(seated, i, i+1)
-		default:
+		case r < 9:
 			id := ids[rng.IntN(len(ids))]
-			s := getStage(t, st, arn(id))
+			s, err := st.GetStage(ctx, arn(id))
+			if errors.Is(err, store.ErrNotFound) {
+				continue
+			}
+			must(t, err, "step %d: GetStage", step)
 			must(t, st.SetSeatable(ctx, s.Arn, !s.Seatable), "SetSeatable")
+		case r < 10:
+			// The stage made again or changed: a new capacity (not below
+			// the seats it holds: they stay) and creation time.
+			id := ids[rng.IntN(len(ids))]
+			capacity := rng.IntN(5)
+			if s, err := st.GetStage(ctx, arn(id)); err == nil {
+				capacity = s.Seats + rng.IntN(3)
+			}
+			putStages(t, st, stageRec(id, bcA, capacity, rng.IntN(3) > 0, time.Duration(rng.IntN(3))*time.Second))
+		case r < 11:
+			id := ids[rng.IntN(len(ids))]
+			freed, err := st.DeleteStage(ctx, arn(id))
+			if errors.Is(err, store.ErrNotFound) {
+				continue
+			}
+			must(t, err, "step %d: DeleteStage", step)
+			seated = slices.DeleteFunc(seated, func(u string) bool { return slices.Contains(seatUsers(freed), u) })
+		default:
+			freed, err := st.DropSeats(ctx, bcA, 1+rng.IntN(3))
+			must(t, err, "step %d: DropSeats", step)
+			seated = slices.DeleteFunc(seated, func(u string) bool { return slices.Contains(seatUsers(freed), u) })
 		}
 		checkCounts(t, st, bcA)
+		if tot, err := st.SeatTotals(ctx, bcA); err != nil || tot.Seats != len(seated) || tot.TakenAtSum != int64(len(seated))*base.Unix() {
+			t.Fatalf("step %d: SeatTotals = %+v, %v; want the %d seats held", step, tot, err, len(seated))
+		}
 	}
 	// The sequence must have tried every outcome, or it proves little.
 	for _, k := range []string{"seated", "full", "notLive"} {
@@ -1308,6 +1337,11 @@ func testDropSeats(t *testing.T, st store.Store) {
 		want = append(want, user)
 	}
 	reserve(t, st, bcB, "other", "")
+	for _, n := range []int{0, -1} {
+		if freed, err := st.DropSeats(ctx, bcA, n); err != nil || len(freed) != 0 {
+			t.Fatalf("DropSeats(%d) = %d seats, %v; want none", n, len(freed), err)
+		}
+	}
 	var got []string
 	for _, n := range []int{3, 3, 1} {
 		freed, err := st.DropSeats(ctx, bcA, 3)
