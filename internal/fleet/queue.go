@@ -3,7 +3,6 @@ package fleet
 import (
 	"container/heap"
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
@@ -56,10 +55,6 @@ type workQueue struct {
 	clock queueClock
 	log   *slog.Logger
 
-	// baseDelay and maxDelay shape addRateLimited's back-off; set before
-	// first use.
-	baseDelay, maxDelay time.Duration
-
 	// onReconcile, when set before run, is told of every reconcile: its
 	// key, how long it took and what it returned (a recovered panic as an
 	// error). It runs on the worker, after the key is done.
@@ -76,11 +71,9 @@ type workQueue struct {
 	waiting    dueHeap
 	waitingBy  map[string]*dueKey
 	failed     map[string]int
-	shut       bool
 
-	// changed is closed and replaced whenever a key becomes ready or the
-	// queue shuts down, waking every blocked get (a sync.Cond cannot be
-	// combined with a context).
+	// changed is closed and replaced whenever a key becomes ready, waking
+	// every blocked get (a sync.Cond cannot be combined with a context).
 	changed chan struct{}
 
 	// One timer, for the earliest waiting key, is enough: when it fires
@@ -102,8 +95,6 @@ func newWorkQueue(clk queueClock, log *slog.Logger) *workQueue {
 	return &workQueue{
 		clock:      clk,
 		log:        log,
-		baseDelay:  retryBase,
-		maxDelay:   retryMax,
 		dirty:      map[string]struct{}{},
 		processing: map[string]struct{}{},
 		waitingBy:  map[string]*dueKey{},
@@ -121,9 +112,6 @@ func (q *workQueue) add(key string) {
 }
 
 func (q *workQueue) addLocked(key string) {
-	if q.shut {
-		return
-	}
 	if w, ok := q.waitingBy[key]; ok {
 		heap.Remove(&q.waiting, w.index)
 		delete(q.waitingBy, key)
@@ -149,9 +137,6 @@ func (q *workQueue) addAfter(key string, d time.Duration) {
 }
 
 func (q *workQueue) addAfterLocked(key string, d time.Duration) {
-	if q.shut {
-		return
-	}
 	if d <= 0 {
 		q.addLocked(key)
 		return
@@ -175,27 +160,24 @@ func (q *workQueue) addAfterLocked(key string, d time.Duration) {
 }
 
 // addRateLimited counts a failure of key and makes it ready after its
-// back-off: baseDelay, doubling with each failure since the last forget,
-// capped at maxDelay, give or take retryJitter. Each key backs off on its
+// back-off: retryBase, doubling with each failure since the last forget,
+// capped at retryMax, give or take retryJitter. Each key backs off on its
 // own, so one failing broadcast does not slow the others.
 func (q *workQueue) addRateLimited(key string) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	if q.shut {
-		return
-	}
 	q.failed[key]++
 	q.addAfterLocked(key, q.retryDelay(q.failed[key]))
 }
 
 // retryDelay is the back-off after the given number of failures.
 func (q *workQueue) retryDelay(failures int) time.Duration {
-	d := q.baseDelay
+	d := retryBase
 	// Doubling step by step cannot overflow, unlike a shift by failures.
-	for i := 1; i < failures && d < q.maxDelay; i++ {
+	for i := 1; i < failures && d < retryMax; i++ {
 		d *= 2
 	}
-	d = min(d, q.maxDelay)
+	d = min(d, retryMax)
 	// Jitter after the cap, so that keys failing for long spread too.
 	return time.Duration(float64(d) * (1 + retryJitter*(2*rand.Float64()-1)))
 }
@@ -216,11 +198,11 @@ func (q *workQueue) failures(key string) int {
 }
 
 // get blocks until a key is ready and hands it out; the caller must call
-// done with it. ok is false once ctx ends or the queue is shut down.
+// done with it. ok is false once ctx ends.
 func (q *workQueue) get(ctx context.Context) (key string, ok bool) {
 	q.mu.Lock()
 	for {
-		if q.shut || ctx.Err() != nil {
+		if ctx.Err() != nil {
 			q.mu.Unlock()
 			return "", false
 		}
@@ -250,35 +232,10 @@ func (q *workQueue) done(key string) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	delete(q.processing, key)
-	if _, ok := q.dirty[key]; ok && !q.shut {
+	if _, ok := q.dirty[key]; ok {
 		q.ready = append(q.ready, key)
 		q.wakeLocked()
 	}
-}
-
-// shutDown makes every get, blocked or later, return ok false and drops
-// every later add. Keys still ready are not handed out: the controller is
-// level-triggered, so whoever runs next finds the same work, and stopping
-// at once matters more (a lost lease).
-func (q *workQueue) shutDown() {
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	if q.shut {
-		return
-	}
-	q.shut = true
-	q.waiting = nil
-	clear(q.waitingBy)
-	q.armLocked()
-	q.wakeLocked()
-}
-
-// len is the number of keys ready to be handed out, not counting those
-// waiting or being processed.
-func (q *workQueue) len() int {
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	return len(q.ready)
 }
 
 func (q *workQueue) wakeLocked() {
@@ -355,11 +312,10 @@ func (h *dueHeap) Pop() any {
 	return w
 }
 
-// run processes keys with workers goroutines (at least one) until ctx ends
-// or the queue shuts down, then waits for reconciles in flight to return.
-// As in controller-runtime: an error retries the key with its back-off,
-// unless it is terminal (see terminalError), which is logged and not
-// retried; success forgets the key's failures and, when reconcile asks
+// run processes keys with workers goroutines (at least one) until ctx ends,
+// then waits for reconciles in flight to return.
+// As in controller-runtime: an error retries the key with its back-off;
+// success forgets the key's failures and, when reconcile asks
 // for it, looks at the key again after requeueAfter (ignored with an
 // error, whose back-off wins). A panic in reconcile is an error.
 func (q *workQueue) run(ctx context.Context, workers int, reconcile func(ctx context.Context, key string) (requeueAfter time.Duration, err error)) {
@@ -388,9 +344,6 @@ func (q *workQueue) processNext(ctx context.Context, reconcile func(context.Cont
 		if after > 0 {
 			q.addAfter(key, after)
 		}
-	case isTerminal(err):
-		q.forget(key)
-		q.log.Error("reconcile failed; not retrying", "broadcast", key, "error", err)
 	default:
 		q.addRateLimited(key)
 		q.log.Warn("reconcile failed; retrying", "broadcast", key, "failures", q.failures(key), "error", err)
@@ -417,25 +370,4 @@ func (q *workQueue) reconcileSafely(ctx context.Context, key string, reconcile f
 	return reconcile(ctx, key)
 }
 
-// terminalErr marks an error that retrying cannot fix.
-type terminalErr struct{ err error }
 
-func (e *terminalErr) Error() string { return "terminal error: " + e.err.Error() }
-func (e *terminalErr) Unwrap() error { return e.err }
-
-// terminalError wraps err so that run logs it and does not retry the key
-// (controller-runtime's TerminalError): for failures that only a change
-// elsewhere, which adds the key again, can fix, such as an invalid
-// configuration. It returns nil for nil.
-func terminalError(err error) error {
-	if err == nil {
-		return nil
-	}
-	return &terminalErr{err: err}
-}
-
-// isTerminal reports whether err, or any error it wraps, is terminal.
-func isTerminal(err error) bool {
-	var t *terminalErr
-	return errors.As(err, &t)
-}

@@ -3,7 +3,6 @@ package fleet
 import (
 	"context"
 	"errors"
-	"fmt"
 	"log/slog"
 	"slices"
 	"strings"
@@ -86,9 +85,15 @@ func (c *manualClock) pending() int {
 func newTestQueue(t *testing.T) (*workQueue, *manualClock) {
 	t.Helper()
 	clk := newManualClock()
-	q := newWorkQueue(clk, nil)
-	t.Cleanup(q.shutDown)
-	return q, clk
+	return newWorkQueue(clk, nil), clk
+}
+
+// len is the number of keys ready to be handed out, not counting those
+// waiting or being processed.
+func (q *workQueue) len() int {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return len(q.ready)
 }
 
 // isWaiting reports whether key waits for a time.
@@ -478,24 +483,18 @@ func TestQueueRequeueAfter(t *testing.T) {
 func TestQueueReconcileErrors(t *testing.T) {
 	errBoom := errors.New("boom")
 	tests := []struct {
-		name      string
-		fail      func() error // first call; the second succeeds
-		wantRetry bool
-		wantLog   string
+		name    string
+		fail    func() error // first call; the second succeeds
+		wantLog string
 	}{
-		{"error is retried", func() error { return errBoom }, true, "retrying"},
-		{"terminal is not retried", func() error { return terminalError(errBoom) }, false, "not retrying"},
-		{"wrapped terminal is not retried", func() error {
-			return fmt.Errorf("pass: %w", terminalError(errBoom))
-		}, false, "not retrying"},
-		{"panic is recovered and retried", func() error { panic("bug") }, true, "reconcile panicked"},
+		{"error is retried", func() error { return errBoom }, "retrying"},
+		{"panic is recovered and retried", func() error { panic("bug") }, "reconcile panicked"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			clk := newManualClock()
 			var logs strings.Builder
 			q := newWorkQueue(clk, slog.New(slog.NewTextHandler(&logs, nil)))
-			t.Cleanup(q.shutDown)
 			calls := 0
 			finished := startRun(t, q, 1, func(context.Context, string) (time.Duration, error) {
 				calls++ // one worker: no other goroutine touches calls
@@ -505,7 +504,7 @@ func TestQueueReconcileErrors(t *testing.T) {
 				return 0, nil
 			})
 
-			// One failure before, which a terminal error must forget too.
+			// One failure before this one: the back-off counts both.
 			q.addRateLimited("k")
 			q.add("k")
 			if err := recv(t, finished, "first reconcile"); err == nil {
@@ -516,23 +515,13 @@ func TestQueueReconcileErrors(t *testing.T) {
 			if !strings.Contains(logs.String(), tt.wantLog) {
 				t.Errorf("log %q does not say %q", logs.String(), tt.wantLog)
 			}
-			wantFailures := 0
-			if tt.wantRetry {
-				wantFailures = 2
+			if got := q.failures("k"); got != 2 {
+				t.Errorf("failures = %d, want 2", got)
 			}
-			if got := q.failures("k"); got != wantFailures {
-				t.Errorf("failures = %d, want %d", got, wantFailures)
-			}
-			if got := q.isWaiting("k"); got != tt.wantRetry {
-				t.Fatalf("waiting for a retry = %v, want %v", got, tt.wantRetry)
+			if !q.isWaiting("k") {
+				t.Fatal("not waiting for a retry")
 			}
 			clk.advance(retryMax * 2)
-			if !tt.wantRetry {
-				if !q.isIdle("k") {
-					t.Error("terminal error retried")
-				}
-				return
-			}
 			if err := recv(t, finished, "retry"); err != nil {
 				t.Fatalf("retry: %v", err)
 			}
@@ -540,33 +529,6 @@ func TestQueueReconcileErrors(t *testing.T) {
 				t.Errorf("failures after success = %d, want 0", got)
 			}
 		})
-	}
-}
-
-func TestQueueTerminalError(t *testing.T) {
-	errBoom := errors.New("boom")
-	tests := []struct {
-		name string
-		err  error
-		want bool
-	}{
-		{"nil", nil, false},
-		{"plain", errBoom, false},
-		{"terminal", terminalError(errBoom), true},
-		{"wrapped terminal", fmt.Errorf("pass: %w", terminalError(errBoom)), true},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			if got := isTerminal(tt.err); got != tt.want {
-				t.Errorf("isTerminal(%v) = %v, want %v", tt.err, got, tt.want)
-			}
-		})
-	}
-	if !errors.Is(terminalError(errBoom), errBoom) {
-		t.Error("terminalError hides the error it wraps from errors.Is")
-	}
-	if err := terminalError(nil); err != nil {
-		t.Errorf("terminalError(nil) = %v, want nil", err)
 	}
 }
 
@@ -598,62 +560,30 @@ func TestQueueOnReconcile(t *testing.T) {
 	recv(t, ran, "run to return")
 }
 
-func TestQueueShutDown(t *testing.T) {
-	tests := []struct {
-		name string
-		stop func(q *workQueue, cancel context.CancelFunc)
-	}{
-		{"shutDown", func(q *workQueue, _ context.CancelFunc) { q.shutDown() }},
-		{"context ends", func(_ *workQueue, cancel context.CancelFunc) { cancel() }},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			// synctest.Wait tells when get and the workers are
-			// blocked, so that stopping is seen to unblock them.
-			synctest.Test(t, func(t *testing.T) {
-				q := newWorkQueue(nil, nil)
-				ctx, cancel := context.WithCancel(t.Context())
-				var got []bool
-				var wg sync.WaitGroup
-				wg.Go(func() {
-					_, ok := q.get(ctx)
-					got = append(got, ok)
-				})
-				wg.Go(func() {
-					q.run(ctx, 4, func(context.Context, string) (time.Duration, error) { return 0, nil })
-				})
-				synctest.Wait()
-				if got != nil {
-					t.Fatal("get returned from an empty queue")
-				}
-				tt.stop(q, cancel)
-				wg.Wait()
-				if !slices.Equal(got, []bool{false}) {
-					t.Errorf("get got ok %v, want [false]", got)
-				}
-				cancel()
-			})
+// TestQueueStops: the end of the context unblocks get and the workers.
+func TestQueueStops(t *testing.T) {
+	// synctest.Wait tells when get and the workers are blocked, so that
+	// stopping is seen to unblock them.
+	synctest.Test(t, func(t *testing.T) {
+		q := newWorkQueue(nil, nil)
+		ctx, cancel := context.WithCancel(t.Context())
+		var got []bool
+		var wg sync.WaitGroup
+		wg.Go(func() {
+			_, ok := q.get(ctx)
+			got = append(got, ok)
 		})
-	}
-
-	t.Run("drops later work", func(t *testing.T) {
-		q, clk := newTestQueue(t)
-		q.addAfter("waiting", time.Second)
-		q.shutDown()
-		if n := clk.pending(); n != 0 {
-			t.Errorf("%d timers left after shutDown, want 0", n)
+		wg.Go(func() {
+			q.run(ctx, 4, func(context.Context, string) (time.Duration, error) { return 0, nil })
+		})
+		synctest.Wait()
+		if got != nil {
+			t.Fatal("get returned from an empty queue")
 		}
-		q.add("k")
-		q.addAfter("later", time.Second)
-		q.addRateLimited("failed")
-		if n := q.len(); n != 0 {
-			t.Errorf("len = %d, want 0", n)
-		}
-		if n := clk.pending(); n != 0 {
-			t.Errorf("%d timers set after shutDown, want 0", n)
-		}
-		if _, ok := q.get(context.Background()); ok {
-			t.Error("get after shutDown returned a key")
+		cancel()
+		wg.Wait()
+		if !slices.Equal(got, []bool{false}) {
+			t.Errorf("get got ok %v, want [false]", got)
 		}
 	})
 }
