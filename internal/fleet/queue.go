@@ -369,5 +369,3 @@ func (q *workQueue) reconcileSafely(ctx context.Context, key string, reconcile f
 	}()
 	return reconcile(ctx, key)
 }
-
-
