@@ -180,9 +180,9 @@ func (s *Service) reserve(ctx context.Context, req store.SeatRequest) (store.Sea
 		s.enqueue(req.BroadcastID)
 		left := deadline.Sub(s.now())
 		if left <= 0 {
-			eta, coming := s.stageComing(ctx, req.BroadcastID)
+			eta, coming, limit := s.stageComing(ctx, req.BroadcastID)
 			if !coming || s.now().Add(eta).After(start.Add(s.cfg.MaxSeatWait)) {
-				return store.Seat{}, s.noSeat(ctx, req.BroadcastID, eta)
+				return store.Seat{}, s.noSeat(req.BroadcastID, eta, limit)
 			}
 			deadline, left = s.now().Add(eta), eta
 		}
@@ -214,48 +214,51 @@ const comingMargin = 500 * time.Millisecond
 // waiting viewers, and how long it can be expected to take: one being
 // provisioned (a replica stage not yet taking viewers), or one the
 // controller may still make (below MAX_STAGES and STAGE_QUOTA, not backing
-// off). Computed at most every seatWatch per broadcast: every waiting
-// viewer asks at its deadline.
-func (s *Service) stageComing(ctx context.Context, broadcastID string) (time.Duration, bool) {
+// off), and otherwise the limit that keeps one from coming ("MAX_STAGES",
+// "STAGE_QUOTA" or ""). Computed at most every seatWatch per broadcast:
+// every waiting viewer asks at its deadline, and in a storm at the limit
+// every one of them is turned away.
+func (s *Service) stageComing(ctx context.Context, broadcastID string) (time.Duration, bool, string) {
 	l := s.local(broadcastID)
 	l.comingMu.Lock()
 	defer l.comingMu.Unlock()
-	if now := s.now(); now.Sub(l.comingAt) < seatWatch {
-		return l.comingETA, l.coming
+	if now := s.now(); now.Sub(l.comingAt) >= seatWatch {
+		l.comingAt = now
+		l.comingETA, l.coming, l.comingLimit = s.lookForStage(ctx, broadcastID)
 	}
-	l.comingAt = s.now()
-	l.comingETA, l.coming = s.lookForStage(ctx, broadcastID)
-	return l.comingETA, l.coming
+	return l.comingETA, l.coming, l.comingLimit
 }
 
-func (s *Service) lookForStage(ctx context.Context, broadcastID string) (time.Duration, bool) {
-	eta := s.provisioning.get() + comingMargin
+func (s *Service) lookForStage(ctx context.Context, broadcastID string) (eta time.Duration, coming bool, limit string) {
+	eta = s.provisioning.get() + comingMargin
 	stages, err := s.store.ListStages(ctx, broadcastID)
 	if err != nil {
-		return 0, false
+		return 0, false, ""
 	}
 	for _, st := range stages {
 		if st.Role == store.RoleReplica && !st.Seatable && !st.Draining {
-			return eta, true
+			return eta, true, ""
 		}
+	}
+	if managed(stages) >= s.cfg.MaxStages {
+		return 0, false, "MAX_STAGES"
+	}
+	if inUse, err := s.stagesInUse(ctx); err == nil && inUse >= s.cfg.StageQuota {
+		return 0, false, "STAGE_QUOTA"
+	} else if err != nil {
+		return 0, false, ""
 	}
 	b, err := s.store.GetBroadcast(ctx, broadcastID)
 	if err != nil {
-		return 0, false
+		return 0, false, ""
 	}
 	if wait := b.RetryAt.Sub(s.now()); wait > 0 {
 		// IVS is failing for this broadcast: nothing comes before the
 		// back-off ends, and then not surely.
-		return wait + eta, false
-	}
-	if managed(stages) >= s.cfg.MaxStages {
-		return 0, false
-	}
-	if inUse, err := s.stagesInUse(ctx); err != nil || inUse >= s.cfg.StageQuota {
-		return 0, false
+		return wait + eta, false, ""
 	}
 	// The controller makes one on the next pass: allow for the pass.
-	return eta + comingMargin, true
+	return eta + comingMargin, true, ""
 }
 
 // tryReserve makes one attempt at a seat; full says every seat is taken.
@@ -278,18 +281,19 @@ func (s *Service) tryReserve(ctx context.Context, req store.SeatRequest) (seat s
 }
 
 // noSeat is the answer to a viewer that waited in vain: the broadcast is
-// at MAX_STAGES or the deployment at STAGE_QUOTA, or no stage is coming in
-// time (IVS failing). Retry-After is the expected wait when one is known.
-func (s *Service) noSeat(ctx context.Context, broadcastID string, eta time.Duration) error {
+// at MAX_STAGES or the deployment at STAGE_QUOTA (limit, as stageComing
+// found it), or no stage is coming in time (IVS failing). Retry-After is
+// the expected wait when one is known.
+func (s *Service) noSeat(broadcastID string, eta time.Duration, limit string) error {
 	retry := max(s.cfg.SeatWait, time.Second, eta)
-	if stages, err := s.store.ListStages(ctx, broadcastID); err == nil && managed(stages) >= s.cfg.MaxStages {
+	switch limit {
+	case "MAX_STAGES":
 		return &Error{
 			Kind:       ErrStageLimit,
 			Msg:        "broadcast " + broadcastID + " is full and has reached its limit of stages (MAX_STAGES); try again later",
 			RetryAfter: retry,
 		}
-	}
-	if inUse, err := s.stagesInUse(ctx); err == nil && inUse >= s.cfg.StageQuota {
+	case "STAGE_QUOTA":
 		return &Error{
 			Kind:       ErrStageLimit,
 			Msg:        "broadcast " + broadcastID + " is full and this deployment has reached its limit of stages (STAGE_QUOTA); try again later",
