@@ -69,8 +69,8 @@ func (s *Service) step(ctx context.Context, broadcastID string) (intent, stepRes
 	if wait := v.broadcast.RetryAt.Sub(s.now()); wait > 0 {
 		// A pass failed lately (IVS trouble, a quota): no IVS call before
 		// its back-off ends, on any instance. Seating still follows the
-		// facts.
-		return intent{}, stepResult{next: wait}, s.applySeating(ctx, broadcastID)
+		// facts, as just read.
+		return intent{}, stepResult{next: wait}, s.seatAsRecorded(ctx, broadcastID, v.stages, v.hosts, v.reps)
 	}
 	b := s.newBudgets()
 	in := intent{broadcast: v.broadcast}

@@ -55,6 +55,12 @@ func (s *Service) applySeating(ctx context.Context, broadcastID string) error {
 	for _, r := range list {
 		reps[replKey{r.ParticipantID, r.DestArn}] = r
 	}
+	return s.seatAsRecorded(ctx, broadcastID, stages, hosts, reps)
+}
+
+// seatAsRecorded is applySeating on records the caller has just read under
+// the broadcast's lock.
+func (s *Service) seatAsRecorded(ctx context.Context, broadcastID string, stages []store.Stage, hosts []store.Host, reps map[replKey]store.Replication) error {
 	opened := false
 	for _, st := range stages {
 		want := seatable(st, hosts, reps)
