@@ -151,23 +151,9 @@ func (r *run) seatOne(ctx context.Context, start time.Time, i int, a arrival, st
 		return none
 	}
 	v := r.newViewer(i, a)
-	asked := r.rec.requested()
-	token, ok := v.takeSeat(ctx)
-	if !ok {
-		r.rec.gaveUp(ctx.Err() != nil)
+	if !v.enter(ctx, ctx) {
 		return none
 	}
-	jctx, cancel := afterStop(ctx)
-	joined := v.join(jctx, token)
-	cancel()
-	if !joined {
-		r.rec.gaveUp(false)
-		lctx, cancel := afterStop(ctx)
-		defer cancel()
-		v.apiLeave(lctx)
-		return none
-	}
-	r.rec.seated(time.Since(asked))
 	return heldSeat{stage: stages.index(v.stageArn), participantID: v.participantID, seatKey: v.seatKey}
 }
 

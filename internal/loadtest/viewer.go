@@ -40,35 +40,9 @@ func (v *viewer) play(ctx context.Context, start time.Time, settle func(), leave
 		seatCtx, cancel = context.WithDeadline(ctx, start.Add(v.plan.LeaveAt))
 		defer cancel()
 	}
-	asked := v.rec.requested()
-	token, ok := v.takeSeat(seatCtx)
-	switch {
-	case ok:
-	case ctx.Err() != nil:
-		v.rec.gaveUp(true)
-		return
-	case seatCtx.Err() != nil:
-		v.rec.fail("left before being seated (planned departure)", seatCtx.Err())
-		v.rec.gaveUp(false)
-		return
-	default:
-		v.rec.gaveUp(false)
+	if !v.enter(ctx, seatCtx) {
 		return
 	}
-	// A join cut short by the run's stop may still complete in the
-	// emulator, leaving a participant nobody removes: let it finish (for
-	// at most the clean-up time), so that the viewer can leave.
-	jctx, jcancel := afterStop(ctx)
-	joined := v.join(jctx, token)
-	jcancel()
-	if !joined {
-		v.rec.gaveUp(false)
-		lctx, cancel := afterStop(ctx)
-		defer cancel()
-		v.apiLeave(lctx)
-		return
-	}
-	v.rec.seated(time.Since(asked))
 	settle()
 
 	var leave <-chan time.Time
@@ -84,6 +58,42 @@ func (v *viewer) play(ctx context.Context, start time.Time, settle func(), leave
 	v.emuLeave(lctx)
 	v.apiLeave(lctx)
 	v.rec.left()
+}
+
+// enter asks for a seat (waiting for one at most as long as seatCtx
+// lives) and joins its stage, and says whether the viewer is seated. A
+// viewer that gives up is counted so, and gives back a seat it took.
+func (v *viewer) enter(ctx, seatCtx context.Context) bool {
+	asked := v.rec.requested()
+	token, ok := v.takeSeat(seatCtx)
+	switch {
+	case ok:
+	case ctx.Err() != nil:
+		v.rec.gaveUp(true)
+		return false
+	case seatCtx.Err() != nil:
+		v.rec.fail("left before being seated (planned departure)", seatCtx.Err())
+		v.rec.gaveUp(false)
+		return false
+	default:
+		v.rec.gaveUp(false)
+		return false
+	}
+	// A join cut short by the run's stop may still complete in the
+	// emulator, leaving a participant nobody removes: let it finish (for
+	// at most the clean-up time), so that the viewer can leave.
+	jctx, jcancel := afterStop(ctx)
+	joined := v.join(jctx, token)
+	jcancel()
+	if !joined {
+		v.rec.gaveUp(false)
+		lctx, cancel := afterStop(ctx)
+		defer cancel()
+		v.apiLeave(lctx)
+		return false
+	}
+	v.rec.seated(time.Since(asked))
+	return true
 }
 
 // afterStop is a context for giving back what a viewer took, which must
