@@ -4,14 +4,16 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/stagefleet/stagefleet/internal/testproc"
 )
 
 // syncBuffer is a bytes.Buffer that the emulator's log may write to from
@@ -36,16 +38,7 @@ func (b *syncBuffer) String() string {
 // freeAddr returns a loopback address nothing listens on. The emulator
 // command does not report the port it bound, so the test picks one first.
 func freeAddr(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := l.Addr().String()
-	if err := l.Close(); err != nil {
-		t.Fatal(err)
-	}
-	return addr
+	return fmt.Sprintf("127.0.0.1:%d", testproc.FreePort(t))
 }
 
 func TestEmulatorCommand(t *testing.T) {

@@ -11,7 +11,6 @@ import (
 	"fmt"
 	"maps"
 	"math"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -30,6 +29,7 @@ import (
 
 	"github.com/stagefleet/stagefleet/internal/ivs"
 	"github.com/stagefleet/stagefleet/internal/redistest"
+	"github.com/stagefleet/stagefleet/internal/testproc"
 	"github.com/stagefleet/stagefleet/internal/token"
 )
 
@@ -73,16 +73,6 @@ func binary(t *testing.T) string {
 	return binPath
 }
 
-func freePort(t *testing.T) int {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
-}
-
 // process is one running stagefleet command.
 type process struct {
 	name string
@@ -101,7 +91,7 @@ func startProcess(t *testing.T, name string, env []string, args ...string) *proc
 	cmd := exec.Command(binary(t), args...)
 	cmd.Env = append(os.Environ(), env...)
 	cmd.Stdout, cmd.Stderr = logFile, logFile
-	redistest.BindToParent(cmd)
+	testproc.BindToParent(cmd)
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("starting %s: %v", name, err)
 	}
@@ -153,9 +143,9 @@ func startCluster(t *testing.T, n int, env map[string]string, emuArgs ...string)
 	c := &cluster{redis: redistest.Start(t)}
 	ports := make([]int, n)
 	for i := range ports {
-		ports[i] = freePort(t)
+		ports[i] = testproc.FreePort(t)
 	}
-	emuPort := freePort(t)
+	emuPort := testproc.FreePort(t)
 	c.emuURL = fmt.Sprintf("http://127.0.0.1:%d", emuPort)
 	args := []string{"emulator", "--addr", fmt.Sprintf("127.0.0.1:%d", emuPort), "--events-secret", "events-secret", "--log-level", "warn"}
 	// EventBridge delivers each event once, to the load balancer: here,

@@ -15,7 +15,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"os/user"
@@ -27,6 +26,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/stagefleet/stagefleet/internal/testproc"
 )
 
 // BinDir is where Debian's postgresql package puts the server's programs.
@@ -57,10 +58,7 @@ func lookBin(t testing.TB) string {
 	if err == nil {
 		return filepath.Dir(initdb)
 	}
-	if os.Getenv("CI") != "" {
-		t.Fatalf("PostgreSQL is not installed (scripts/test installs it): no %s/initdb, none on PATH", BinDir)
-	}
-	t.Skipf("PostgreSQL is not installed: no %s/initdb, none on PATH; run scripts/test, which installs it", BinDir)
+	testproc.Missing(t, "PostgreSQL is not installed: no %s/initdb, none on PATH", BinDir)
 	return ""
 }
 
@@ -74,7 +72,7 @@ func Start(t testing.TB) *Server {
 	}
 	// A port found free may be taken before postgres binds it: try again.
 	for attempt := 0; ; attempt++ {
-		s.port = freePort(t)
+		s.port = testproc.FreePort(t)
 		err := s.start()
 		if err == nil {
 			break
@@ -120,16 +118,6 @@ func (s *Server) initdb() error {
 func (s *Server) dataDir() string { return filepath.Join(s.dir, "data") }
 func (s *Server) logFile() string { return filepath.Join(s.dir, "postgres.log") }
 
-func freePort(t testing.TB) int {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatalf("pgtest: finding a free port: %v", err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
-}
-
 func (s *Server) start() error {
 	logf, err := os.OpenFile(s.logFile(), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
@@ -147,7 +135,7 @@ func (s *Server) start() error {
 	// Its own process group, so that Stop reaches the backends too, and
 	// killed with the test process if that dies first.
 	s.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Credential: s.cred}
-	bindToParent(s.cmd.SysProcAttr)
+	testproc.BindToParent(s.cmd)
 	if err := s.cmd.Start(); err != nil {
 		return err
 	}

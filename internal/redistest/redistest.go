@@ -20,6 +20,8 @@ import (
 	"time"
 
 	goredis "github.com/redis/go-redis/v9"
+
+	"github.com/stagefleet/stagefleet/internal/testproc"
 )
 
 // Server is one redis-server.
@@ -39,10 +41,7 @@ func lookPath(t testing.TB, name string) string {
 	t.Helper()
 	bin, err := exec.LookPath(name)
 	if err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatalf("%s is not installed (scripts/test installs it): %v", name, err)
-		}
-		t.Skipf("%s is not installed; run scripts/test, which installs it: %v", name, err)
+		testproc.Missing(t, "%s is not installed: %v", name, err)
 	}
 	return bin
 }
@@ -58,7 +57,7 @@ func start(t testing.TB, args ...string) *Server {
 	s := &Server{t: t, bin: lookPath(t, "redis-server"), dir: t.TempDir(), args: args}
 	// A port found free may be taken before redis binds it: try again.
 	for attempt := 0; ; attempt++ {
-		s.port = freePort(t)
+		s.port = testproc.FreePort(t)
 		if err := s.start(); err == nil {
 			break
 		} else if attempt == 4 {
@@ -69,22 +68,12 @@ func start(t testing.TB, args ...string) *Server {
 	return s
 }
 
-func freePort(t testing.TB) int {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatalf("finding a free port: %v", err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
-}
-
 func (s *Server) start() error {
 	s.cmd = exec.Command(s.bin, append([]string{
 		"--bind", "127.0.0.1", "--port", strconv.Itoa(s.port),
 		"--save", "", "--appendonly", "no", "--dir", s.dir,
 		"--logfile", filepath.Join(s.dir, "redis.log")}, s.args...)...)
-	BindToParent(s.cmd)
+	testproc.BindToParent(s.cmd)
 	if err := s.cmd.Start(); err != nil {
 		return err
 	}
