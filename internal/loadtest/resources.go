@@ -1,7 +1,6 @@
 package loadtest
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"net"
@@ -12,6 +11,8 @@ import (
 	"time"
 
 	goredis "github.com/redis/go-redis/v9"
+
+	"github.com/stagefleet/stagefleet/internal/emulator"
 )
 
 // Process is a process of the deployment under test whose peak memory the
@@ -90,12 +91,8 @@ func newResources(procs []Process, redisURL string) (*resources, error) {
 	if err != nil {
 		return nil, fmt.Errorf("--redis: %w", err)
 	}
-	host, _, err := net.SplitHostPort(opts.Addr)
-	if err != nil {
-		return nil, fmt.Errorf("--redis %q: %w", redisURL, err)
-	}
-	if ip := net.ParseIP(host); !strings.EqualFold(host, "localhost") && (ip == nil || !ip.IsLoopback()) {
-		return nil, fmt.Errorf("--redis %q: the load test only reads a Redis on this machine (127.0.0.1, ::1 or localhost), not %s", redisURL, host)
+	if !emulator.IsLoopbackAddr(opts.Addr) {
+		return nil, fmt.Errorf("--redis %q: the load test only reads a Redis on this machine (127.0.0.1, ::1 or localhost), not %s", redisURL, opts.Addr)
 	}
 	dialer := &net.Dialer{Timeout: 5 * time.Second, Control: loopbackOnly}
 	opts.Dialer = dialer.DialContext
@@ -112,29 +109,24 @@ func (r *resources) close() {
 // info reads Redis's INFO sections as numbers by field name; commandstats'
 // calls come as "cmdstat_NAME.calls".
 func (r *resources) info(ctx context.Context) (map[string]float64, error) {
-	raw, err := r.rdb.Info(ctx, "stats", "memory", "cpu", "commandstats").Result()
+	sections, err := r.rdb.InfoMap(ctx, "stats", "memory", "cpu", "commandstats").Result()
 	if err != nil {
 		return nil, fmt.Errorf("redis INFO: %w", err)
 	}
 	out := map[string]float64{}
-	sc := bufio.NewScanner(strings.NewReader(raw))
-	for sc.Scan() {
-		k, v, ok := strings.Cut(strings.TrimSpace(sc.Text()), ":")
-		if !ok {
-			continue
-		}
-		if strings.HasPrefix(k, "cmdstat_") {
-			for field := range strings.SplitSeq(v, ",") {
-				if n, c, ok := strings.Cut(field, "="); ok && n == "calls" {
-					if f, err := strconv.ParseFloat(c, 64); err == nil {
-						out[k+".calls"] = f
+	for _, fields := range sections {
+		for k, v := range fields {
+			if strings.HasPrefix(k, "cmdstat_") {
+				for field := range strings.SplitSeq(v, ",") {
+					if n, c, ok := strings.Cut(field, "="); ok && n == "calls" {
+						if f, err := strconv.ParseFloat(c, 64); err == nil {
+							out[k+".calls"] = f
+						}
 					}
 				}
+			} else if f, err := strconv.ParseFloat(v, 64); err == nil {
+				out[k] = f
 			}
-			continue
-		}
-		if f, err := strconv.ParseFloat(v, 64); err == nil {
-			out[k] = f
 		}
 	}
 	return out, nil
