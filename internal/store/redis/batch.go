@@ -140,22 +140,36 @@ func renewalsOnly(calls []pendingCall) bool {
 
 // run makes one script call for the batch and hands out the results.
 func (b *batcher) run(broadcastID string, batch []pendingCall) {
-	var args []any
-	for _, p := range batch {
-		args = append(args, p.call.name)
-		args = append(args, p.call.args...)
+	calls := make([]seatCall, len(batch))
+	for i, p := range batch {
+		calls[i] = p.call
 	}
 	// Not the callers' contexts: the batch is theirs together, and one
 	// caller giving up must not fail the others.
-	out, err := seatBatch.Run(context.Background(), b.s.rdb, b.s.bc(broadcastID).seatKeys(), args...).Slice()
-	if err == nil && len(out) != 4*len(batch) {
-		err = fmt.Errorf("seat batch answered %d values for %d operations", len(out), len(batch))
+	for i, r := range b.s.seatCalls(context.Background(), broadcastID, calls) {
+		batch[i].done <- r
 	}
-	for i, p := range batch {
+}
+
+// seatCalls runs seat operations of one broadcast, in order, in one
+// script call, and answers each one's result.
+func (s *Store) seatCalls(ctx context.Context, broadcastID string, calls []seatCall) []seatResult {
+	var args []any
+	for _, c := range calls {
+		args = append(args, c.name)
+		args = append(args, c.args...)
+	}
+	out, err := seatBatch.Run(ctx, s.rdb, s.bc(broadcastID).seatKeys(), args...).Slice()
+	if err == nil && len(out) != 4*len(calls) {
+		err = fmt.Errorf("seat batch answered %d values for %d operations", len(out), len(calls))
+	}
+	res := make([]seatResult, len(calls))
+	for i := range res {
 		if err != nil {
-			p.done <- seatResult{err: err}
+			res[i] = seatResult{err: err}
 			continue
 		}
-		p.done <- seatResult{status: fmt.Sprint(out[4*i]), seat: fmt.Sprint(out[4*i+1]), count: fmt.Sprint(out[4*i+2]), replaced: fmt.Sprint(out[4*i+3])}
+		res[i] = seatResult{status: fmt.Sprint(out[4*i]), seat: fmt.Sprint(out[4*i+1]), count: fmt.Sprint(out[4*i+2]), replaced: fmt.Sprint(out[4*i+3])}
 	}
+	return res
 }

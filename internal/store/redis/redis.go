@@ -588,39 +588,29 @@ func (s *Store) ReserveSeat(ctx context.Context, req store.SeatRequest) (store.S
 	if req.StageArn != "" {
 		what = "stage " + req.StageArn
 	}
-	return s.seatOp(ctx, req.BroadcastID, what, reserveSeat, "reserve",
+	return s.seatOp(ctx, req.BroadcastID, what, "reserve",
 		req.UserID, req.StageArn, req.ParticipantID, rfc3339(req.Now), rfc3339(exp), exp.UnixMicro(), req.BroadcastID, req.Now.Unix())
 }
 
 func (s *Store) RenewSeat(ctx context.Context, broadcastID, userID string, owner store.SeatOwner, now time.Time, ttl time.Duration) (store.Seat, error) {
 	exp := now.Add(ttl)
-	return s.seatOp(ctx, broadcastID, "seat of "+userID, renewSeat, "renew",
+	return s.seatOp(ctx, broadcastID, "seat of "+userID, "renew",
 		userID, owner.ParticipantID, owner.StageArn, rfc3339(exp), exp.UnixMicro())
 }
 
 func (s *Store) ReleaseSeat(ctx context.Context, broadcastID, userID string) (store.Seat, error) {
-	return s.seatOp(ctx, broadcastID, "seat of "+userID, releaseSeat, "release", userID)
+	return s.seatOp(ctx, broadcastID, "seat of "+userID, "release", userID)
 }
 
 // seatOp runs one seat operation: in a batch with the broadcast's other
-// operations in flight when batching is on, else as its own script.
-func (s *Store) seatOp(ctx context.Context, broadcastID, what string, alone *goredis.Script, name string, args ...any) (store.Seat, error) {
+// operations in flight when batching is on, else as a batch of one.
+func (s *Store) seatOp(ctx context.Context, broadcastID, what string, name string, args ...any) (store.Seat, error) {
+	call := seatCall{name: name, args: args}
 	var res seatResult
 	if s.batches != nil {
-		res = s.batches.do(ctx, broadcastID, seatCall{name: name, args: args})
+		res = s.batches.do(ctx, broadcastID, call)
 	} else {
-		status, out, err := s.run(ctx, alone, s.bc(broadcastID).seatKeys(), args...)
-		res = seatResult{status: status, err: err}
-		if len(out) > 0 {
-			res.seat = fmt.Sprint(out[0])
-		}
-		if len(out) > 1 {
-			res.count = fmt.Sprint(out[1])
-		}
-		if len(out) > 2 {
-			// A nil reply when nothing was replaced (Lua's false).
-			res.replaced, _ = out[2].(string)
-		}
+		res = s.seatCalls(ctx, broadcastID, []seatCall{call})[0]
 	}
 	if res.err != nil {
 		return store.Seat{}, res.err

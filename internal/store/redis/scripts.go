@@ -47,14 +47,22 @@ local function roomMember(rank, arn)
   return string.rep('0', 17 - #created) .. created .. arn
 end
 
+-- fits says whether a stage takes viewers and has room, from its records,
+-- and answers its seats.
+local function fits(K, arn, rank)
+  if redis.call('SISMEMBER', K.open, arn) == 0 then return false, 0 end
+  local cap = tonumber(string.match(rank or '0 0', '^(%d+) ') or '0')
+  local n = tonumber(redis.call('HGET', K.counts, arn) or '0')
+  return n < cap, n
+end
+
 -- index puts a stage in room, or takes it out, from its records.
 local function index(K, arn)
   local rank = redis.call('HGET', K.rank, arn)
   if not rank then return end
   local m = roomMember(rank, arn)
-  local cap = tonumber(string.match(rank, '^(%d+) ') or '0')
-  local n = tonumber(redis.call('HGET', K.counts, arn) or '0')
-  if n < cap and redis.call('SISMEMBER', K.open, arn) == 1 then
+  local ok, n = fits(K, arn, rank)
+  if ok then
     redis.call('ZADD', K.room, -n, m)
   else
     redis.call('ZREM', K.room, m)
@@ -88,10 +96,11 @@ local function freeAll(K, users)
   local out = {'ok'}
   for _, user in ipairs(users) do
     local cur = redis.call('HGET', K.seats, user)
-    redis.call('ZREM', K.expiry, user)
     if cur then
       freeSeat(K, user, cjson.decode(cur))
       table.insert(out, cur)
+    else
+      redis.call('ZREM', K.expiry, user)
     end
   end
   return out
@@ -102,13 +111,6 @@ end
 // from KEYS[1].
 const seatFuncs = seatLib + `
 local K = seatKeys(0)
-
--- fits says whether a stage takes viewers and has room, from its records.
-local function fits(arn)
-  if redis.call('SISMEMBER', K.open, arn) == 0 then return false end
-  local cap = tonumber(string.match(redis.call('HGET', K.rank, arn) or '0 0', '^(%d+) ') or '0')
-  return tonumber(redis.call('HGET', K.counts, arn) or '0') < cap
-end
 
 -- reindex puts every stage that takes viewers in room from its records.
 local function reindex()
@@ -136,7 +138,7 @@ local function fullest()
       rebuilt = true
     else
       local arn = string.sub(top[1], 18)
-      if fits(arn) then return arn end
+      if fits(K, arn, redis.call('HGET', K.rank, arn)) then return arn end
       redis.call('ZREM', K.room, top[1])
       index(K, arn)
     end
@@ -168,7 +170,7 @@ local function reserve(user, want, pid, takenAt, expRfc, expMicros, bid, takenSe
       if redis.call('SCARD', K.open) == 0 then return {'notlive'} end
       return {'full'}
     end
-  elseif fits(want) then
+  elseif fits(K, want, redis.call('HGET', K.rank, want)) then
     best = want
   else
     if redis.call('HEXISTS', K.stages, want) == 0 then return {'notfound'} end
@@ -356,12 +358,6 @@ if redis.call('HDEL', KEYS[2], ARGV[3]) == 0 then return {'notfound'} end
 return {'ok'}
 `)
 
-	// The seat operations, one at a time. KEYS: seatKeys. ARGV: those of
-	// the operation's function in seatFuncs.
-	reserveSeat = goredis.NewScript(seatFuncs + `return reserve(ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8])`)
-	renewSeat   = goredis.NewScript(seatFuncs + `return renew(ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5])`)
-	releaseSeat = goredis.NewScript(seatFuncs + `return release(ARGV[1])`)
-
 	// KEYS: lease, then the seat keys. ARGV: fence, most to free.
 	// Answers the freed seats.
 	dropSeats = goredis.NewScript(fenceCheck + seatLib + `
@@ -398,9 +394,9 @@ return {'ok', string.format('%d', wait)}
 	// Many seat operations of one broadcast in one round trip, in order,
 	// each as it would run alone. KEYS: seatKeys. ARGV: the operations one
 	// after another, each its name ('reserve', 'renew' or 'release') and
-	// its function's arguments. Answers three values per operation: its
-	// status, its seat (JSON, or ''), and the stage's seats ('' but for a
-	// reserve).
+	// its function's arguments. Answers four values per operation: its
+	// status, its seat (JSON, or ''), the stage's seats ('' but for a
+	// reserve), and the seat a reserve replaced (JSON, or '').
 	seatBatch = goredis.NewScript(seatFuncs + `
 local out, i = {}, 1
 while i <= #ARGV do
