@@ -251,10 +251,11 @@ func (e *Emulator) snapshot(withParticipants bool) State {
 		}
 		for _, ss := range s.sessions {
 			sj := SessionState{SessionID: ss.id, StartTime: isoTime(ss.start), EndTime: isoTime(ss.end), Participants: []ParticipantState{}}
-			for _, p := range ss.participants {
-				if !withParticipants {
-					break
-				}
+			participants := ss.participants
+			if !withParticipants {
+				participants = nil
+			}
+			for _, p := range participants {
 				sj.Participants = append(sj.Participants, ParticipantState{
 					ParticipantID:    p.id,
 					UserID:           p.userID,

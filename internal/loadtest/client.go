@@ -91,23 +91,28 @@ func (r apiResult) String() string {
 // out on success. An error means no answer (or an answer that is not the
 // envelope); a failure status is in the result.
 func (c *client) callAPI(ctx context.Context, method, path string, body, out any) (apiResult, error) {
-	return c.call(ctx, c.http, method, path, body, out)
+	return c.call(ctx, c.http, c.api(), method, path, body, out)
 }
 
 // callAPILong is callAPI for a call that may take longer than the usual
 // timeout: ctx bounds it.
 func (c *client) callAPILong(ctx context.Context, method, path string, body, out any) (apiResult, error) {
-	return c.call(ctx, c.long, method, path, body, out)
+	return c.call(ctx, c.long, c.api(), method, path, body, out)
 }
 
-func (c *client) call(ctx context.Context, hc *http.Client, method, path string, body, out any) (apiResult, error) {
+// callInstance is callAPI to one instance named by its base URL.
+func (c *client) callInstance(ctx context.Context, base, method, path string, body, out any) (apiResult, error) {
+	return c.call(ctx, c.http, base, method, path, body, out)
+}
+
+func (c *client) call(ctx context.Context, hc *http.Client, base, method, path string, body, out any) (apiResult, error) {
 	hdr := http.Header{}
 	if c.apiKey != "" {
 		hdr.Set("x-api-key", c.apiKey)
 	}
 	start := time.Now()
 	c.requests.Add(1)
-	resp, raw, err := c.do(ctx, hc, method, c.api()+path, body, hdr)
+	resp, raw, err := c.do(ctx, hc, method, base+path, body, hdr)
 	if err != nil {
 		return apiResult{}, err
 	}

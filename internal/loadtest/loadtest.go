@@ -174,13 +174,15 @@ func (cfg Config) withDefaults() (Config, error) {
 		log := cfg.Logger
 		cfg.Warn = func(w string) { log.Warn(w) }
 	}
+	// Every viewer of the other scenarios is a goroutine with its own
+	// heartbeat; million holds its audience without.
+	most, more := maxViewers, " (more with --scenario million)"
+	if cfg.Scenario == Million {
+		most, more = maxMillionViewers, ""
+	}
 	switch {
-	case cfg.Scenario == Million && (cfg.Viewers < 0 || cfg.Viewers > maxMillionViewers):
-		return cfg, fmt.Errorf("--viewers %d: must be between 1 and %d", cfg.Viewers, maxMillionViewers)
-	case cfg.Scenario != Million && (cfg.Viewers < 0 || cfg.Viewers > maxViewers):
-		// Every viewer of these scenarios is a goroutine with its own
-		// heartbeat; million holds its audience without.
-		return cfg, fmt.Errorf("--viewers %d: must be between 1 and %d (more with --scenario million)", cfg.Viewers, maxViewers)
+	case cfg.Viewers < 0 || cfg.Viewers > most:
+		return cfg, fmt.Errorf("--viewers %d: must be between 1 and %d%s", cfg.Viewers, most, more)
 	case cfg.Concurrency < 1 || cfg.Concurrency > 10_000:
 		return cfg, fmt.Errorf("--concurrency %d: must be between 1 and 10000", cfg.Concurrency)
 	case cfg.Renewals < 0 || cfg.Renewals > 100:
@@ -383,9 +385,8 @@ func (r *run) findEmulator(ctx context.Context) (string, error) {
 			Endpoint string `json:"endpoint"`
 		} `json:"ivs"`
 	}
-	// Calls go to the instances in turn: one call each asks every one.
 	for _, api := range r.c.apis {
-		res, err := r.c.callAPI(ctx, http.MethodGet, "/api/health", nil, &h)
+		res, err := r.c.callInstance(ctx, api, http.MethodGet, "/api/health", nil, &h)
 		if err != nil {
 			return "", fmt.Errorf("stagefleet serve does not answer at %s (start it with: stagefleet serve): %w", api, err)
 		}

@@ -113,6 +113,7 @@ func (r *run) million(ctx context.Context, start time.Time, p []arrival) (Renewa
 	r.smp.setPhase(phaseRenewals)
 	rc := RenewalCounts{}
 	var requested, renewed atomic.Int64
+	var took time.Duration
 	for range r.cfg.Renewals {
 		if ctx.Err() != nil {
 			break
@@ -131,11 +132,11 @@ func (r *run) million(ctx context.Context, start time.Time, p []arrival) (Renewa
 			}
 		})
 		rc.Rounds++
-		rc.Seconds += time.Since(began).Seconds()
+		took += time.Since(began)
 	}
-	rc.Requested, rc.Renewed, rc.Seconds = requested.Load(), renewed.Load(), seconds(time.Duration(rc.Seconds*float64(time.Second)))
-	if rc.Seconds > 0 {
-		rc.PerSecond = round3(float64(rc.Renewed) / rc.Seconds)
+	rc.Requested, rc.Renewed, rc.Seconds = requested.Load(), renewed.Load(), seconds(took)
+	if took > 0 {
+		rc.PerSecond = round3(float64(rc.Renewed) / took.Seconds())
 	}
 	if err := r.res.audience(ctx, total); err != nil {
 		r.log.Warn("reading Redis's memory with the audience seated failed", "error", err)

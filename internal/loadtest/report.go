@@ -236,7 +236,10 @@ func distribution(ds []time.Duration) Distribution {
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 
-func seconds(d time.Duration) float64 { return math.Round(d.Seconds()*1000) / 1000 }
+func seconds(d time.Duration) float64 { return round3(d.Seconds()) }
+
+// round3 rounds to three decimals, as the report gives its figures.
+func round3(f float64) float64 { return math.Round(f*1000) / 1000 }
 
 // flapCheck counts creations per slot per window from the stages' lives.
 func flapCheck(tracks []stageTrack, window time.Duration) FlapCheck {

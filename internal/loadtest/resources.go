@@ -211,8 +211,6 @@ func (r *resources) end(ctx context.Context, requests int64) (*Resources, error)
 	return out, nil
 }
 
-func round3(f float64) float64 { return float64(int64(f*1000+0.5)) / 1000 }
-
 // clockTicks is Linux's USER_HZ, the unit of /proc/PID/stat's times: 100
 // on every architecture Go supports.
 const clockTicks = 100
