@@ -204,7 +204,7 @@ func New(ctx context.Context, cfg config.Config, emuCfg emulator.Config, log *sl
 		Version:         cfg.Version,
 		CORSOrigins:     cfg.CORSOrigins,
 		Live:            a.live,
-		History:         a.historyReader(),
+		History:         a.hist,
 		Logger:          log,
 		Metrics:         apiMetrics,
 
@@ -533,14 +533,14 @@ func (a *App) MetricsAddr() string {
 
 // Close stops the embedded emulator and the store.
 func (a *App) Close() {
-	if a.histW != nil && a.cfg.StoreKind() == "memory" {
-		// The broadcasts end with the process: their viewers' sessions
-		// close now, or they would stay open in the history for good.
-		if err := a.fleet.CloseSessions(context.Background()); err != nil {
-			a.log.Warn("history: closing the sessions of the memory store's seats", "error", err)
-		}
-	}
 	if a.histW != nil {
+		if a.cfg.StoreKind() == config.StoreMemory {
+			// The broadcasts end with the process: their viewers' sessions
+			// close now, or they would stay open in the history for good.
+			if err := a.fleet.CloseSessions(context.Background()); err != nil {
+				a.log.Warn("history: closing the sessions of the memory store's seats", "error", err)
+			}
+		}
 		// What the fleet queued is written before the process ends.
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		if err := a.histW.Close(ctx); err != nil {

@@ -13,6 +13,8 @@ import (
 
 	"github.com/chromedp/cdproto/runtime"
 	"github.com/chromedp/chromedp"
+
+	"github.com/stagefleet/stagefleet/internal/testproc"
 )
 
 // TestDashboard drives the operator's dashboard in headless Chromium: the key
@@ -121,10 +123,7 @@ func chromiumPath(t *testing.T) string {
 	t.Helper()
 	path, err := exec.LookPath("chromium")
 	if err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatalf("chromium is not installed (scripts/test installs it): %v", err)
-		}
-		t.Skipf("chromium is not installed; run scripts/test, which installs it: %v", err)
+		testproc.Missing(t, "chromium is not installed: %v", err)
 	}
 	return path
 }

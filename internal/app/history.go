@@ -8,7 +8,6 @@ import (
 	"os"
 	"time"
 
-	"github.com/stagefleet/stagefleet/internal/api"
 	"github.com/stagefleet/stagefleet/internal/config"
 	"github.com/stagefleet/stagefleet/internal/fleet"
 	"github.com/stagefleet/stagefleet/internal/history"
@@ -183,12 +182,4 @@ func instanceName(cfg config.Config) string {
 		host = "stagefleet"
 	}
 	return fmt.Sprintf("%s-%d", host, os.Getpid())
-}
-
-// historyReader is the history for the API: nil (off) unless there is one.
-func (a *App) historyReader() api.History {
-	if a.hist == nil {
-		return nil
-	}
-	return a.hist
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/stagefleet/stagefleet/internal/history"
 	"github.com/stagefleet/stagefleet/internal/store"
 )
 
@@ -21,13 +22,13 @@ type SeatObserver interface {
 	SeatClosed(seat store.Seat, reason string, lastSeen time.Time)
 }
 
-// Why seats end.
+// Why seats end: the viewing history's reasons, which it stores.
 const (
-	EndLeave          = "leave"
-	EndExpired        = "expired"
-	EndMoved          = "moved"
-	EndStageRemoved   = "stage_removed"
-	EndBroadcastEnded = "broadcast_ended"
+	EndLeave          = history.EndLeave
+	EndExpired        = history.EndExpired
+	EndMoved          = history.EndMoved
+	EndStageRemoved   = history.EndStageRemoved
+	EndBroadcastEnded = history.EndBroadcastEnded
 )
 
 // SessionID names the viewing a seat stands for: the same on every

@@ -171,9 +171,6 @@ func (s *Server) start() error {
 	}
 }
 
-// Port is the server's TCP port on 127.0.0.1.
-func (s *Server) Port() int { return s.port }
-
 // URL is the connection string of the database postgres, as the superuser
 // postgres.
 func (s *Server) URL() string { return s.urlOf("postgres") }
