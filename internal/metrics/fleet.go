@@ -10,10 +10,12 @@ import "time"
 // of its own: any client could otherwise spend the label slots on made-up
 // ids, one refused request each, and fold the real broadcasts into Other.
 func (m *Metrics) ViewerToken(broadcastID, outcome string, took time.Duration) {
-	label := m.broadcasts.known(broadcastID)
+	var label string
 	switch outcome {
 	case "ok", "full", "limit":
 		label = m.broadcasts.of(broadcastID)
+	default:
+		label = m.broadcasts.known(broadcastID)
 	}
 	m.viewerTokens.WithLabelValues(label, outcome).Inc()
 	m.joinSeconds.Observe(seconds(took))

@@ -169,9 +169,6 @@ func New(o Options) *Metrics {
 	return m
 }
 
-// Registry is where every collector is registered.
-func (m *Metrics) Registry() *prometheus.Registry { return m.reg }
-
 // Handler serves the registry in Prometheus's text format. A scrape whose
 // store reads fail still serves every other metric; the failure is logged.
 func (m *Metrics) Handler() http.Handler {

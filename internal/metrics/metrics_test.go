@@ -21,7 +21,7 @@ import (
 // whether it exists.
 func value(t *testing.T, m *Metrics, name string, labels map[string]string) (float64, bool) {
 	t.Helper()
-	families, err := m.Registry().Gather()
+	families, err := m.reg.Gather()
 	if err != nil {
 		t.Fatalf("Gather: %v", err)
 	}
@@ -126,7 +126,7 @@ func TestFleetReports(t *testing.T) {
 	wantValue(t, m, "stagefleet_events_received_total", nil, 1)
 	wantValue(t, m, "stagefleet_events_total", map[string]string{"result": "applied"}, 1)
 
-	families, err := m.Registry().Gather()
+	families, err := m.reg.Gather()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -181,12 +181,30 @@ func TestStoreCountsEveryMethod(t *testing.T) {
 	}
 	wantValue(t, m, "stagefleet_store_errors_total", map[string]string{"method": "GetStage"}, 1)
 
-	// Every method of the port has its series, at 0 until called.
+	// Every method of the port is counted under its own name: each is
+	// called once, with zero arguments, and its series must move by one.
+	fresh := m.WrapStore(memory.New())
 	typ := reflect.TypeFor[store.Store]()
+	ctxType := reflect.TypeFor[context.Context]()
 	for i := range typ.NumMethod() {
-		name := typ.Method(i).Name
-		if _, ok := value(t, m, "stagefleet_store_calls_total", map[string]string{"method": name}); !ok {
-			t.Errorf("no stagefleet_store_calls_total series for %s", name)
+		method := typ.Method(i)
+		labels := map[string]string{"method": method.Name}
+		before, ok := value(t, m, "stagefleet_store_calls_total", labels)
+		if !ok {
+			t.Errorf("no stagefleet_store_calls_total series for %s", method.Name)
+			continue
+		}
+		args := make([]reflect.Value, method.Type.NumIn())
+		for j := range args {
+			if in := method.Type.In(j); in == ctxType {
+				args[j] = reflect.ValueOf(ctx)
+			} else {
+				args[j] = reflect.Zero(in)
+			}
+		}
+		reflect.ValueOf(fresh).MethodByName(method.Name).Call(args)
+		if after, _ := value(t, m, "stagefleet_store_calls_total", labels); after != before+1 {
+			t.Errorf("a call of %s moved its series from %v to %v, want one more", method.Name, before, after)
 		}
 	}
 }

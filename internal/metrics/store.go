@@ -263,5 +263,9 @@ func (s *Store) Ping(ctx context.Context) error {
 	return err
 }
 
-// Close closes the store counted; it is no round trip and not counted.
-func (s *Store) Close() error { return s.next.Close() }
+// Close closes the store counted, and is counted like every method.
+func (s *Store) Close() error {
+	err := s.next.Close()
+	s.count("Close", err)
+	return err
+}
