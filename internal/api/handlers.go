@@ -108,6 +108,10 @@ const maxUserAgent = 512
 // is a CDN's header (CloudFront-Viewer-Country), believed only from a
 // trusted proxy.
 func (s *server) withClient(r *http.Request) context.Context {
+	if s.opts.History == nil {
+		// Only the viewing history records who asked.
+		return r.Context()
+	}
 	c := fleet.Client{UserAgent: r.UserAgent(), IP: s.proxies.clientIP(r)}
 	if len(c.UserAgent) > maxUserAgent {
 		c.UserAgent = c.UserAgent[:maxUserAgent]
@@ -378,13 +382,19 @@ const (
 
 // listLimit reads a page's ?limit=.
 func listLimit(r *http.Request) (int, *apiError) {
-	v := r.URL.Query().Get("limit")
+	return wholeParam(r, "limit", defaultListLimit, maxListLimit)
+}
+
+// wholeParam reads the query parameter name: a whole number from 1 to
+// most, def when it is absent.
+func wholeParam(r *http.Request, name string, def, most int) (int, *apiError) {
+	v := r.URL.Query().Get(name)
 	if v == "" {
-		return defaultListLimit, nil
+		return def, nil
 	}
 	n, err := strconv.Atoi(v)
-	if err != nil || n < 1 || n > maxListLimit {
-		return 0, badRequest("limit must be a whole number from 1 to %d", maxListLimit)
+	if err != nil || n < 1 || n > most {
+		return 0, badRequest("%s must be a whole number from 1 to %d", name, most)
 	}
 	return n, nil
 }

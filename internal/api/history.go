@@ -69,16 +69,12 @@ func (s *server) viewerHistory(w http.ResponseWriter, r *http.Request) *apiError
 	userID := r.PathValue("userId")
 	var c check
 	c.userID("userId", userID)
-	limit := history.DefaultPageSize
-	if v := r.URL.Query().Get("limit"); v != "" {
-		n, err := strconv.Atoi(v)
-		if err != nil || n < 1 || n > history.MaxPageSize {
-			c.problem("limit must be a whole number from 1 to %d", history.MaxPageSize)
-		}
-		limit = n
-	}
+	limit, le := wholeParam(r, "limit", history.DefaultPageSize, history.MaxPageSize)
 	if e := c.err(); e != nil {
 		return e
+	}
+	if le != nil {
+		return le
 	}
 	ctx, cancel := historyCtx(r)
 	defer cancel()
@@ -120,13 +116,9 @@ func (s *server) viewerStats(w http.ResponseWriter, r *http.Request) *apiError {
 	if e != nil {
 		return e
 	}
-	days := 7
-	if v := r.URL.Query().Get("days"); v != "" {
-		n, err := strconv.Atoi(v)
-		if err != nil || n < 1 || n > 3650 {
-			return badRequest("days must be a whole number from 1 to 3650")
-		}
-		days = n
+	days, e := wholeParam(r, "days", 7, 3650)
+	if e != nil {
+		return e
 	}
 	ctx, cancel := historyCtx(r)
 	defer cancel()
