@@ -112,7 +112,7 @@ func (s *Service) takeSeat(ctx context.Context, req store.SeatRequest) (IssuedTo
 	// (those already waiting are counted as waiting). Counted when seated,
 	// a storm would be seen only as fast as stages come, not viewers.
 	s.local(broadcastID).joins.addAt(arrived, arrived)
-	s.enqueue(broadcastID)
+	s.enqueueForJoin(broadcastID)
 	seat, err := s.reserve(ctx, req)
 	if err != nil {
 		return IssuedToken{}, err
@@ -177,7 +177,7 @@ func (s *Service) reserve(ctx context.Context, req store.SeatRequest) (store.Sea
 	l.waiting.Add(1)
 	defer l.waiting.Add(-1)
 	for full {
-		s.enqueue(req.BroadcastID)
+		s.enqueueForJoin(req.BroadcastID)
 		left := deadline.Sub(s.now())
 		if left <= 0 {
 			eta, coming, limit := s.stageComing(ctx, req.BroadcastID)
