@@ -66,8 +66,6 @@ type noObserver struct{}
 func (noObserver) SeatOpened(store.Seat, Client)            {}
 func (noObserver) SeatClosed(store.Seat, string, time.Time) {}
 
-// seatsEnded tells the observer of seats freed with their stage or
-// broadcast: the viewers were there until now.
 // CloseSessions tells the observer that every seat held is closing, as
 // the broadcasts end: for a store that goes with the process (the memory
 // store), whose seats no later process will expire or close.
@@ -86,6 +84,8 @@ func (s *Service) CloseSessions(ctx context.Context) error {
 	return nil
 }
 
+// seatsEnded tells the observer of seats freed with their stage or
+// broadcast: the viewers were there until now.
 func (s *Service) seatsEnded(seats []store.Seat, reason string) {
 	now := s.now()
 	for _, seat := range seats {

@@ -410,12 +410,9 @@ func (s *Service) SeatsPage(ctx context.Context, stageArn, cursor string, limit 
 	var out []store.Seat
 	seen := map[string]bool{}
 	for looked := 0; looked < 10*limit && len(out) < limit; {
-		page, next, err := s.store.ScanSeats(ctx, rec.BroadcastID, cursor, limit)
-		if errors.Is(err, store.ErrNotFound) {
-			return nil, "", store.Stage{}, fail(ErrInvalid, "cursor %q is not one this server gave", cursor)
-		}
+		page, next, err := s.BroadcastSeatsPage(ctx, rec.BroadcastID, cursor, limit)
 		if err != nil {
-			return nil, "", store.Stage{}, failWrap(ErrUnavailable, err, "listing seats")
+			return nil, "", store.Stage{}, err
 		}
 		looked += len(page)
 		for _, seat := range page {

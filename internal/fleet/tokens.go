@@ -165,18 +165,24 @@ func (s *Service) takeSeat(ctx context.Context, req store.SeatRequest) (IssuedTo
 // away to come back.
 func (s *Service) reserve(ctx context.Context, req store.SeatRequest) (store.Seat, error) {
 	start := s.now()
-	deadline := start.Add(s.cfg.SeatWait)
 	seat, full, err := s.tryReserve(ctx, req)
-	if !full {
-		if err == nil {
-			s.metrics.Seated(0)
-		}
-		return seat, err
+	if full {
+		seat, err = s.waitForSeat(ctx, req, start)
 	}
+	if err == nil {
+		s.metrics.Seated(s.now().Sub(start))
+	}
+	return seat, err
+}
+
+// waitForSeat is reserve once every seat was taken: it waits and tries
+// again until it gets a seat or the wait is over.
+func (s *Service) waitForSeat(ctx context.Context, req store.SeatRequest, start time.Time) (store.Seat, error) {
+	deadline := start.Add(s.cfg.SeatWait)
 	l := s.local(req.BroadcastID)
 	l.waiting.Add(1)
 	defer l.waiting.Add(-1)
-	for full {
+	for {
 		s.enqueueForJoin(req.BroadcastID)
 		left := deadline.Sub(s.now())
 		if left <= 0 {
@@ -198,12 +204,10 @@ func (s *Service) reserve(ctx context.Context, req store.SeatRequest) (store.Sea
 			l.queue.remove(woken)
 		}
 		timeout.Stop()
-		seat, full, err = s.tryReserve(ctx, req)
+		if seat, full, err := s.tryReserve(ctx, req); !full {
+			return seat, err
+		}
 	}
-	if err == nil {
-		s.metrics.Seated(s.now().Sub(start))
-	}
-	return seat, err
 }
 
 // comingMargin is what a waiting viewer allows a stage on its way beyond

@@ -87,7 +87,7 @@ func wrap(op string, err error) error {
 			e.Kind = ErrConflict
 		case e.Code == "ServiceQuotaExceededException":
 			e.Kind = ErrQuota
-		case e.Code == "ThrottlingException" || e.Code == "TooManyRequestsException":
+		case isThrottleCode(e.Code):
 			e.Kind = ErrThrottled
 		case e.Code == "ValidationException":
 			e.Kind = ErrValidation
@@ -348,7 +348,12 @@ func (o observer) HandleInitialize(ctx context.Context, in middleware.Initialize
 // throttling error (not this client's pacer).
 func throttledByService(err error) bool {
 	var ae smithy.APIError
-	return errors.As(err, &ae) && (ae.ErrorCode() == "ThrottlingException" || ae.ErrorCode() == "TooManyRequestsException")
+	return errors.As(err, &ae) && isThrottleCode(ae.ErrorCode())
+}
+
+// isThrottleCode says whether an AWS error code is IVS throttling a call.
+func isThrottleCode(code string) bool {
+	return code == "ThrottlingException" || code == "TooManyRequestsException"
 }
 
 // outcomes name the kinds of failure for Metrics, the more specific first:
