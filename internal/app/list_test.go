@@ -7,6 +7,7 @@ import (
 	"net/url"
 	"slices"
 	"testing"
+	"time"
 
 	"github.com/stagefleet/stagefleet/internal/redistest"
 )
@@ -24,6 +25,7 @@ func TestViewerListPages(t *testing.T) {
 			v := a.token(t, "viewer", map[string]any{"userId": fmt.Sprintf("viewer-%02d", i)})
 			want[v.StageArn] = append(want[v.StageArn], v.UserID)
 		}
+		seated := time.Now()
 		for arn, users := range want {
 			var got []string
 			cursor, pages := "", 0
@@ -68,8 +70,9 @@ func TestViewerListPages(t *testing.T) {
 			}
 		}
 
-		// The broadcast's watch time pages its viewers the same way, and
-		// every page carries the whole broadcast's totals.
+		// The broadcast's watch time pages its viewers the same way (a seat
+		// may come twice: a scan returns each at least once), and every
+		// page carries the whole broadcast's totals.
 		var got []string
 		cursor, pages := "", 0
 		for {
@@ -101,6 +104,25 @@ func TestViewerListPages(t *testing.T) {
 		}
 		if len(got) != 23 || pages < 5 {
 			t.Errorf("duration pages listed %d distinct viewers in %d pages of 5; want all 23 in 5 or more", len(got), pages)
+		}
+		// The totals are the seats' own watch times summed: read on one
+		// page of everyone once each has watched two seconds or more (a
+		// second may turn between the totals and the page: at most one
+		// more per viewer).
+		time.Sleep(time.Until(seated.Add(2 * time.Second)))
+		all := dataOf[struct {
+			Viewers []struct {
+				WatchSeconds int `json:"watchSeconds"`
+			} `json:"viewers"`
+			TotalSeconds int `json:"totalSeconds"`
+		}](t, a.expect(t, "GET", "/api/viewer/duration?limit=100", nil, http.StatusOK))
+		sum := 0
+		for _, v := range all.Viewers {
+			sum += v.WatchSeconds
+		}
+		if len(all.Viewers) != 23 || sum < 2*23 || all.TotalSeconds < sum || all.TotalSeconds > sum+23 {
+			t.Errorf("totalSeconds %d for %d viewers whose watch times sum to %d; want the sum (to a second each), 46 or more",
+				all.TotalSeconds, len(all.Viewers), sum)
 		}
 		wantError(t, a.call(t, "GET", "/api/viewer/duration?limit=0", nil), http.StatusBadRequest, "VALIDATION_ERROR")
 	}

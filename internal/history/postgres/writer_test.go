@@ -16,9 +16,6 @@ import (
 // joins and leaves recorded before, during and after the outage are all
 // written once it is back.
 func TestWriterSurvivesOutage(t *testing.T) {
-	if testing.Short() {
-		t.Skip("a 10 s outage")
-	}
 	srv := pgtest.Start(t)
 	st, err := postgres.Open(t.Context(), srv.NewDatabase(t))
 	if err != nil {
