@@ -129,10 +129,8 @@ const closeSQL = `INSERT INTO viewer_sessions
 // Apply implements history.Store: the events go as one pipelined batch,
 // which PostgreSQL runs as one implicit transaction.
 func (s *Store) Apply(ctx context.Context, events []history.Event) error {
-	for _, e := range events {
-		if err := e.Validate(); err != nil {
-			return err
-		}
+	if err := histsql.ValidateEvents(events); err != nil {
+		return err
 	}
 	if len(events) == 0 {
 		return nil
@@ -162,10 +160,8 @@ func (s *Store) Apply(ctx context.Context, events []history.Event) error {
 
 // PutSnapshots implements history.Store, in one statement over arrays.
 func (s *Store) PutSnapshots(ctx context.Context, snaps []history.Snapshot) error {
-	for _, sn := range snaps {
-		if err := sn.Validate(); err != nil {
-			return err
-		}
+	if err := histsql.ValidateSnapshots(snaps); err != nil {
+		return err
 	}
 	if len(snaps) == 0 {
 		return nil
@@ -214,16 +210,7 @@ func (s *Store) History(ctx context.Context, userID string, limit int, cursor st
 	if err != nil {
 		return nil, "", 0, fmt.Errorf("history: sessions of %s: %w", userID, err)
 	}
-	var next string
-	if len(page) > limit {
-		page = page[:limit]
-		last := page[limit-1]
-		at := last.JoinedAt
-		if at.IsZero() {
-			at = last.LeftAt
-		}
-		next = histsql.Cursor{At: at, SessionID: last.SessionID}.Encode()
-	}
+	page, next := histsql.NextPage(page, limit)
 	var total int
 	if err := s.pool.QueryRow(ctx, `SELECT COUNT(*) FROM viewer_sessions WHERE user_id = $1`, userID).Scan(&total); err != nil {
 		return nil, "", 0, fmt.Errorf("history: counting sessions of %s: %w", userID, err)

@@ -223,3 +223,40 @@ func clean(s string) string {
 	}
 	return strings.ReplaceAll(strings.ToValidUTF8(s, "\uFFFD"), "\x00", "")
 }
+
+// NextPage cuts a page read with one row more than limit to limit rows,
+// and answers the cursor of the rest ("" when there is none): the last
+// row's place in the order, its joined_at (left_at for a session whose
+// start is unknown) and its id.
+func NextPage(page []history.Session, limit int) ([]history.Session, string) {
+	if len(page) <= limit {
+		return page, ""
+	}
+	page = page[:limit]
+	last := page[limit-1]
+	at := last.JoinedAt
+	if at.IsZero() {
+		at = last.LeftAt
+	}
+	return page, Cursor{At: at, SessionID: last.SessionID}.Encode()
+}
+
+// ValidateEvents refuses a batch with an invalid event, whole.
+func ValidateEvents(events []history.Event) error {
+	for _, e := range events {
+		if err := e.Validate(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// ValidateSnapshots refuses a batch with an invalid snapshot, whole.
+func ValidateSnapshots(snaps []history.Snapshot) error {
+	for _, sn := range snaps {
+		if err := sn.Validate(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
