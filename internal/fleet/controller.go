@@ -100,6 +100,9 @@ type local struct {
 	queue   waitQueue
 	// reported: the last demand recorded in the store was not nil.
 	reported atomic.Bool
+	// exists: the store was seen to hold the broadcast, so its demand
+	// may be recorded there.
+	exists atomic.Bool
 	// atQuota: scale-up was last held at STAGE_QUOTA (logged once).
 	atQuota bool
 	// peakHeadroom is the most headroom a pass wanted within the

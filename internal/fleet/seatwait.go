@@ -2,6 +2,7 @@ package fleet
 
 import (
 	"context"
+	"errors"
 	"slices"
 	"sync"
 	"time"
@@ -101,6 +102,21 @@ func (s *Service) reportDemand(ctx context.Context, broadcastID string, l *local
 	active := d.Waiting > 0 || d.JoinRate >= 0.1
 	if !active && !l.reported.Load() {
 		return
+	}
+	if !l.exists.Load() {
+		// Requests for ids that are no broadcast (mistyped, made up) come
+		// through the join path too: they must leave nothing in the store.
+		// The local stays: its mutex may be held for a broadcast being
+		// made, and a second one would let two holders in.
+		_, err := s.store.GetBroadcast(ctx, broadcastID)
+		switch {
+		case errors.Is(err, store.ErrNotFound):
+			return
+		case err != nil:
+			s.log.Warn("recording demand", "broadcast", broadcastID, "error", err)
+			return
+		}
+		l.exists.Store(true)
 	}
 	if err := s.store.PutDemand(ctx, broadcastID, d); err != nil {
 		s.log.Warn("recording demand", "broadcast", broadcastID, "error", err)

@@ -107,6 +107,12 @@ func (s *Service) seat(ctx context.Context, req store.SeatRequest) (IssuedToken,
 func (s *Service) takeSeat(ctx context.Context, req store.SeatRequest) (IssuedToken, error) {
 	broadcastID, userID := req.BroadcastID, req.UserID
 	arrived := s.now()
+	// The join rate measures arrivals, counted as they come: scale-up
+	// makes room for those still to come while stages are provisioned
+	// (those already waiting are counted as waiting). Counted when seated,
+	// a storm would be seen only as fast as stages come, not viewers.
+	s.local(broadcastID).joins.addAt(arrived, arrived)
+	s.enqueueForJoin(broadcastID)
 	seat, err := s.reserve(ctx, req)
 	if err != nil {
 		return IssuedToken{}, err
@@ -160,16 +166,6 @@ func (s *Service) takeSeat(ctx context.Context, req store.SeatRequest) (IssuedTo
 func (s *Service) reserve(ctx context.Context, req store.SeatRequest) (store.Seat, error) {
 	start := s.now()
 	seat, full, err := s.tryReserve(ctx, req)
-	if err == nil || full {
-		// The join rate measures arrivals, counted as they come, seated
-		// or not: scale-up makes room for those still to come while
-		// stages are provisioned (those waiting are counted as waiting).
-		// Counted when seated, a storm would be seen only as fast as
-		// stages come. Only a broadcast that takes viewers counts them:
-		// an id that is no broadcast leaves nothing behind.
-		s.local(req.BroadcastID).joins.addAt(start, start)
-		s.enqueueForJoin(req.BroadcastID)
-	}
 	if full {
 		seat, err = s.waitForSeat(ctx, req, start)
 	}
