@@ -169,15 +169,6 @@ func (s *Service) Run(ctx context.Context) {
 // join path and event handling call it).
 func (s *Service) enqueue(broadcastID string) { s.queue.add(broadcastID) }
 
-// joinPassDelay is how soon a join asks for a pass of its broadcast. Joins
-// come by the thousand a second in a storm, each calling for one; a pass
-// every 50 ms reads the broadcast 20 times a second, against back to back
-// (each pass's reads and lease in Redis) with an immediate add.
-const joinPassDelay = 50 * time.Millisecond
-
-// enqueueForJoin asks for a pass of the broadcast within joinPassDelay.
-func (s *Service) enqueueForJoin(broadcastID string) { s.queue.addAfter(broadcastID, joinPassDelay) }
-
 func (s *Service) enqueueAll(ctx context.Context) {
 	bs, err := s.store.ListBroadcasts(ctx)
 	if err != nil {

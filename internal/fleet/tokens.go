@@ -112,7 +112,7 @@ func (s *Service) takeSeat(ctx context.Context, req store.SeatRequest) (IssuedTo
 	// (those already waiting are counted as waiting). Counted when seated,
 	// a storm would be seen only as fast as stages come, not viewers.
 	s.local(broadcastID).joins.addAt(arrived, arrived)
-	s.enqueueForJoin(broadcastID)
+	s.enqueue(broadcastID)
 	seat, err := s.reserve(ctx, req)
 	if err != nil {
 		return IssuedToken{}, err
@@ -183,7 +183,7 @@ func (s *Service) waitForSeat(ctx context.Context, req store.SeatRequest, start 
 	l.waiting.Add(1)
 	defer l.waiting.Add(-1)
 	for {
-		s.enqueueForJoin(req.BroadcastID)
+		s.enqueue(req.BroadcastID)
 		left := deadline.Sub(s.now())
 		if left <= 0 {
 			eta, coming, limit := s.stageComing(ctx, req.BroadcastID)
