@@ -11,5 +11,5 @@ import (
 func TestConformance(t *testing.T) {
 	storetest.Run(t, func(_ *testing.T, eventLimit int) store.Store {
 		return memory.New(memory.WithEventLimit(eventLimit))
-	})
+	}, nil)
 }

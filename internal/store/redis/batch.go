@@ -38,7 +38,8 @@ type pendingCall struct {
 	done chan seatResult
 }
 
-// batcher coalesces the seat operations of one broadcast made at once on
+// batcher coalesces the seat operations of one seat group (a broadcast's,
+// without groups) made at once on
 // this instance into one script call. A join or a leave never waits to
 // fill a batch: it goes at once, and those that come while it is in
 // flight go together in the next call. So it waits at most for one call
@@ -48,7 +49,7 @@ type batcher struct {
 	s *Store
 
 	mu     sync.Mutex
-	queues map[string]*batchQueue // broadcast id -> its waiting calls
+	queues map[string]*batchQueue // seat group's key tag -> its waiting calls
 }
 
 type batchQueue struct {
@@ -64,16 +65,16 @@ func WithSeatBatching() Option {
 	return func(s *Store) { s.batches = &batcher{s: s, queues: map[string]*batchQueue{}} }
 }
 
-// do runs call in a batch of broadcastID's operations and answers its
+// do runs call in a batch of the seat group k's operations and answers its
 // result. Once queued, an operation runs even if ctx ends meanwhile, as a
 // script already sent would: the caller is told ctx's error.
-func (b *batcher) do(ctx context.Context, broadcastID string, call seatCall) seatResult {
+func (b *batcher) do(ctx context.Context, k keys, call seatCall) seatResult {
 	done := make(chan seatResult, 1)
 	b.mu.Lock()
-	q := b.queues[broadcastID]
+	q := b.queues[k.tag]
 	if q == nil {
 		q = &batchQueue{urgent: make(chan struct{}, 1)}
-		b.queues[broadcastID] = q
+		b.queues[k.tag] = q
 	}
 	q.calls = append(q.calls, pendingCall{call: call, at: time.Now(), done: done})
 	if call.name != "renew" || len(q.calls) >= maxBatch {
@@ -84,7 +85,7 @@ func (b *batcher) do(ctx context.Context, broadcastID string, call seatCall) sea
 	}
 	if !q.running {
 		q.running = true
-		go b.drain(broadcastID, q)
+		go b.drain(k, q)
 	}
 	b.mu.Unlock()
 	select {
@@ -98,7 +99,7 @@ func (b *batcher) do(ctx context.Context, broadcastID string, call seatCall) sea
 // drain runs the queue's calls, a batch at a time, until none are left.
 // A batch of renewals only waits for more until its first has waited
 // renewWindow, unless a join or leave comes or the batch is full.
-func (b *batcher) drain(broadcastID string, q *batchQueue) {
+func (b *batcher) drain(k keys, q *batchQueue) {
 	for {
 		b.mu.Lock()
 		if len(q.calls) > 0 && len(q.calls) < maxBatch && renewalsOnly(q.calls) {
@@ -118,14 +119,14 @@ func (b *batcher) drain(broadcastID string, q *batchQueue) {
 		n := min(len(q.calls), maxBatch)
 		if n == 0 {
 			q.running = false
-			delete(b.queues, broadcastID)
+			delete(b.queues, k.tag)
 			b.mu.Unlock()
 			return
 		}
 		batch := q.calls[:n:n]
 		q.calls = q.calls[n:]
 		b.mu.Unlock()
-		b.run(broadcastID, batch)
+		b.run(k, batch)
 	}
 }
 
@@ -139,27 +140,27 @@ func renewalsOnly(calls []pendingCall) bool {
 }
 
 // run makes one script call for the batch and hands out the results.
-func (b *batcher) run(broadcastID string, batch []pendingCall) {
+func (b *batcher) run(k keys, batch []pendingCall) {
 	calls := make([]seatCall, len(batch))
 	for i, p := range batch {
 		calls[i] = p.call
 	}
 	// Not the callers' contexts: the batch is theirs together, and one
 	// caller giving up must not fail the others.
-	for i, r := range b.s.seatCalls(context.Background(), broadcastID, calls) {
+	for i, r := range b.s.seatCalls(context.Background(), k, calls) {
 		batch[i].done <- r
 	}
 }
 
-// seatCalls runs seat operations of one broadcast, in order, in one
+// seatCalls runs seat operations of one seat group, in order, in one
 // script call, and answers each one's result.
-func (s *Store) seatCalls(ctx context.Context, broadcastID string, calls []seatCall) []seatResult {
+func (s *Store) seatCalls(ctx context.Context, k keys, calls []seatCall) []seatResult {
 	var args []any
 	for _, c := range calls {
 		args = append(args, c.name)
 		args = append(args, c.args...)
 	}
-	out, err := seatBatch.Run(ctx, s.rdb, s.bc(broadcastID).seatKeys(), args...).Slice()
+	out, err := seatBatch.Run(ctx, s.rdb, k.seatKeys(), args...).Slice()
 	if err == nil && len(out) != 4*len(calls) {
 		err = fmt.Errorf("seat batch answered %d values for %d operations", len(out), len(calls))
 	}

@@ -21,6 +21,8 @@ import (
 	"fmt"
 	"slices"
 	"strconv"
+	"strings"
+	"sync/atomic"
 	"time"
 
 	goredis "github.com/redis/go-redis/v9"
@@ -40,6 +42,13 @@ type Store struct {
 	// batches coalesces seat operations (WithSeatBatching); nil: each is
 	// its own script call.
 	batches *batcher
+	// groups is how many seat groups a broadcast created here gets
+	// (WithSeatGroups; groups.go).
+	groups      int
+	groupCounts cache[int]      // broadcast id → its seat groups
+	stageRefs   cache[stageRef] // stage ARN → its broadcast and group
+	// sweepFrom turns the group an expiry sweep starts with.
+	sweepFrom atomic.Uint32
 }
 
 var _ store.Store = (*Store)(nil)
@@ -63,7 +72,7 @@ func New(rdb goredis.UniversalClient, prefix string, opts ...Option) *Store {
 	if prefix == "" {
 		prefix = DefaultPrefix
 	}
-	s := &Store{rdb: rdb, prefix: prefix, eventLimit: store.EventLogLimit}
+	s := &Store{rdb: rdb, prefix: prefix, eventLimit: store.EventLogLimit, groups: 1}
 	for _, o := range opts {
 		o(s)
 	}
@@ -87,6 +96,9 @@ func (k keys) expiry() string           { return k.tag + "expiry" } // user by E
 func (k keys) onStage() string          { return k.tag + "on:" }    // prefix: on:ARN is the stage's users (a set)
 func (k keys) totals() string           { return k.tag + "totals" } // tracked seats, sum of their takenSec
 func (k keys) room() string             { return k.tag + "room" }   // stages with room, Fuller's order
+func (k keys) away() string             { return k.tag + "away" }   // user -> group of its seat elsewhere
+func (k keys) floors() string           { return k.tag + "floors" } // lease name -> highest token (groups.go)
+func (k keys) seatGroups() string       { return k.tag + "seat-groups" }
 func (k keys) hosts() string            { return k.tag + "hosts" }
 func (k keys) replications() string     { return k.tag + "replications" }
 func (k keys) demand() string           { return k.tag + "demand" } // instance -> demand JSON
@@ -161,7 +173,8 @@ func (s *Store) CreateBroadcast(ctx context.Context, b store.Broadcast) (store.B
 		return store.Broadcast{}, err
 	}
 	lease, fence := s.fence(ctx, b.ID)
-	status, out, err := s.run(ctx, createBroadcast, []string{lease, s.bc(b.ID).broadcast()}, append(fence, data)...)
+	k := s.bc(b.ID)
+	status, out, err := s.run(ctx, createBroadcast, []string{lease, k.broadcast(), k.seatGroups()}, append(fence, data, s.groups)...)
 	if err != nil {
 		return store.Broadcast{}, err
 	}
@@ -242,36 +255,55 @@ func (s *Store) PutBroadcast(ctx context.Context, b store.Broadcast) error {
 	return statusErr(status, "broadcast "+b.ID)
 }
 
-// DeleteBroadcast drops the broadcast's records in one script, atomically.
-// Taking the broadcast off the list of broadcasts and its stages out of the
-// stage index (keys on other slots) is not atomic with it: it comes after
-// the script, as in DeleteStage, so that from the script on the broadcast
-// reads as gone everywhere (entries left behind by a failure in between
-// read as absent). A CreateBroadcast of the same id racing the delete stays
-// listed: see the SADD it makes after its record. A PutStage of one of the
-// deleted stages racing the delete may be left out of the stage index, as
-// with DeleteStage.
+// DeleteBroadcast drops the broadcast's records in one script, atomically,
+// after its seat groups on other slots (groups.go), each in a script of its
+// own: a failure in between leaves the broadcast, short of some stages,
+// for the call to be made again. Taking the broadcast off the list of
+// broadcasts and its stages out of the stage index (keys on other slots)
+// is not atomic with it: it comes after the script, as in DeleteStage, so
+// that from the script on the broadcast reads as gone everywhere (entries
+// left behind by a failure in between read as absent). A CreateBroadcast
+// of the same id racing the delete stays listed: see the SADD it makes
+// after its record. A PutStage of one of the deleted stages racing the
+// delete may be left out of the stage index, as with DeleteStage.
 func (s *Store) DeleteBroadcast(ctx context.Context, id string) ([]store.Seat, error) {
 	k := s.bc(id)
+	n, err := s.seatGroups(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	var arns, seats []any
+	for g := 1; g < n; g++ {
+		status, out, err := s.runFenced(ctx, deleteGroup, id, g)
+		if err := cmp.Or(err, statusErr(status, "broadcast "+id)); err != nil {
+			return nil, err
+		}
+		if err := s.collectDropped(out, &arns, &seats); err != nil {
+			return nil, fmt.Errorf("broadcast %s: %w", id, err)
+		}
+		if err := s.rdb.Del(ctx, s.group(id, g).floors()).Err(); err != nil {
+			return nil, err
+		}
+	}
 	lease, fence := s.fence(ctx, id)
 	status, out, err := s.run(ctx, deleteBroadcast,
-		append([]string{lease, k.broadcast(), k.hosts(), k.replications(), k.demand()}, k.seatKeys()...), fence...)
+		append([]string{lease, k.broadcast(), k.hosts(), k.replications(), k.demand(), k.seatGroups()}, k.seatKeys()...), fence...)
 	if err != nil {
 		return nil, err
 	}
 	if err := statusErr(status, "broadcast "+id); err != nil {
 		return nil, err
 	}
-	if len(out) != 2 {
-		return nil, fmt.Errorf("broadcast %s: unexpected answer %v from redis", id, out)
+	if err := s.collectDropped(out, &arns, &seats); err != nil {
+		return nil, fmt.Errorf("broadcast %s: %w", id, err)
 	}
-	arns, _ := out[0].([]any)
-	seats, _ := out[1].([]any)
+	s.groupCounts.drop(id)
 	if len(arns) > 0 {
 		fields := make([]string, 0, len(arns))
 		for _, a := range arns {
 			arn, _ := a.(string)
 			fields = append(fields, arn)
+			s.stageRefs.drop(arn)
 		}
 		if err := s.rdb.HDel(ctx, s.stageIndexKey(), fields...).Err(); err != nil {
 			return nil, err
@@ -294,6 +326,19 @@ func (s *Store) DeleteBroadcast(ctx context.Context, id string) ([]store.Seat, e
 	return decodeAll[store.Seat](seats)
 }
 
+// collectDropped adds a dropped group's ARNs and seats (its script's
+// answer) to arns and seats.
+func (s *Store) collectDropped(out []any, arns, seats *[]any) error {
+	if len(out) != 2 {
+		return fmt.Errorf("unexpected answer %v from redis", out)
+	}
+	a, _ := out[0].([]any)
+	b, _ := out[1].([]any)
+	*arns = append(*arns, a...)
+	*seats = append(*seats, b...)
+	return nil
+}
+
 func bit(b bool) string {
 	if b {
 		return "1"
@@ -307,35 +352,24 @@ func (s *Store) PutStage(ctx context.Context, st store.Stage) error {
 	if err != nil {
 		return err
 	}
-	if err := s.rdb.HSet(ctx, s.stageIndexKey(), st.Arn, st.BroadcastID).Err(); err != nil {
+	ref, err := s.placeStage(ctx, st)
+	if err != nil {
 		return err
 	}
-	k := s.bc(st.BroadcastID)
-	lease, fence := s.fence(ctx, st.BroadcastID)
 	rank := fmt.Sprintf("%d %d", st.Capacity, st.CreatedAt.UnixMicro())
-	status, _, err := s.run(ctx, putStage, k.fencedSeatKeys(lease),
-		append(fence, st.Arn, data, bit(st.Seatable), rank)...)
+	status, _, err := s.runFenced(ctx, putStage, st.BroadcastID, ref.group, st.Arn, data, bit(st.Seatable), rank)
 	if err != nil {
 		return err
 	}
 	return statusErr(status, "stage "+st.Arn)
 }
 
-// broadcastOf finds the broadcast of a stage through the index.
-func (s *Store) broadcastOf(ctx context.Context, arn string) (string, error) {
-	b, err := s.rdb.HGet(ctx, s.stageIndexKey(), arn).Result()
-	if errors.Is(err, goredis.Nil) {
-		return "", fmt.Errorf("stage %s: %w", arn, store.ErrNotFound)
-	}
-	return b, err
-}
-
 func (s *Store) GetStage(ctx context.Context, arn string) (store.Stage, error) {
-	b, err := s.broadcastOf(ctx, arn)
+	ref, err := s.lookupStage(ctx, arn)
 	if err != nil {
 		return store.Stage{}, err
 	}
-	k := s.bc(b)
+	k := s.group(ref.broadcastID, ref.group)
 	var rec, count *goredis.StringCmd
 	var open *goredis.BoolCmd
 	if _, err := s.rdb.TxPipelined(ctx, func(p goredis.Pipeliner) error {
@@ -362,31 +396,39 @@ func (s *Store) GetStage(ctx context.Context, arn string) (store.Stage, error) {
 	return st, nil
 }
 
+// ListStages reads every seat group of the broadcast, each group as one
+// snapshot (a MULTI on its slot).
 func (s *Store) ListStages(ctx context.Context, broadcastID string) ([]store.Stage, error) {
-	k := s.bc(broadcastID)
-	var recs, counts *goredis.MapStringStringCmd
-	var open *goredis.StringSliceCmd
-	if _, err := s.rdb.TxPipelined(ctx, func(p goredis.Pipeliner) error {
-		recs = p.HGetAll(ctx, k.stages())
-		counts = p.HGetAll(ctx, k.counts())
-		open = p.SMembers(ctx, k.open())
-		return nil
-	}); err != nil {
+	n, err := s.seatGroups(ctx, broadcastID)
+	if err != nil {
 		return nil, err
 	}
-	seatable := map[string]bool{}
-	for _, a := range open.Val() {
-		seatable[a] = true
-	}
-	out := make([]store.Stage, 0, len(recs.Val()))
-	for arn, data := range recs.Val() {
-		var st store.Stage
-		if err := json.Unmarshal([]byte(data), &st); err != nil {
-			return nil, fmt.Errorf("stage %s: %w", arn, err)
+	var out []store.Stage
+	for g := range n {
+		k := s.group(broadcastID, g)
+		var recs, counts *goredis.MapStringStringCmd
+		var open *goredis.StringSliceCmd
+		if _, err := s.rdb.TxPipelined(ctx, func(p goredis.Pipeliner) error {
+			recs = p.HGetAll(ctx, k.stages())
+			counts = p.HGetAll(ctx, k.counts())
+			open = p.SMembers(ctx, k.open())
+			return nil
+		}); err != nil {
+			return nil, err
 		}
-		st.Seats, _ = strconv.Atoi(counts.Val()[arn])
-		st.Seatable = seatable[arn]
-		out = append(out, st)
+		seatable := map[string]bool{}
+		for _, a := range open.Val() {
+			seatable[a] = true
+		}
+		for arn, data := range recs.Val() {
+			var st store.Stage
+			if err := json.Unmarshal([]byte(data), &st); err != nil {
+				return nil, fmt.Errorf("stage %s: %w", arn, err)
+			}
+			st.Seats, _ = strconv.Atoi(counts.Val()[arn])
+			st.Seatable = seatable[arn]
+			out = append(out, st)
+		}
 	}
 	slices.SortFunc(out, func(a, b store.Stage) int {
 		return cmp.Or(a.CreatedAt.Compare(b.CreatedAt), cmp.Compare(a.Arn, b.Arn))
@@ -395,31 +437,41 @@ func (s *Store) ListStages(ctx context.Context, broadcastID string) ([]store.Sta
 }
 
 func (s *Store) SetSeatable(ctx context.Context, arn string, seatable bool) error {
-	b, err := s.broadcastOf(ctx, arn)
+	ref, err := s.lookupStage(ctx, arn)
 	if err != nil {
 		return err
 	}
-	k := s.bc(b)
-	lease, fence := s.fence(ctx, b)
-	status, _, err := s.run(ctx, setSeatable, k.fencedSeatKeys(lease), append(fence, arn, bit(seatable))...)
+	status, _, err := s.runFenced(ctx, setSeatable, ref.broadcastID, ref.group, arn, bit(seatable))
 	if err != nil {
 		return err
 	}
 	return statusErr(status, "stage "+arn)
 }
 
+// DropSeats frees up to n seats over the broadcast's groups, the first
+// groups first.
 func (s *Store) DropSeats(ctx context.Context, broadcastID string, n int) ([]store.Seat, error) {
-	if n < 1 {
-		// ZRANGE 0 -1 would be every seat.
-		return nil, nil
+	groups, err := s.seatGroups(ctx, broadcastID)
+	if err != nil {
+		return nil, err
 	}
-	lease, fence := s.fence(ctx, broadcastID)
-	return s.freeing(ctx, dropSeats, s.bc(broadcastID).fencedSeatKeys(lease), "seats of "+broadcastID, append(fence, n)...)
+	var out []store.Seat
+	for g := 0; g < groups && len(out) < n; g++ {
+		status, freed, err := s.runFenced(ctx, dropSeats, broadcastID, g, n-len(out))
+		seats, err := freedSeats(status, freed, err, "seats of "+broadcastID)
+		if err != nil {
+			return out, err
+		}
+		if err := s.forgetAway(ctx, broadcastID, groups, g, seats); err != nil {
+			return out, err
+		}
+		out = append(out, seats...)
+	}
+	return out, nil
 }
 
-// freeing runs a script that frees seats and answers them.
-func (s *Store) freeing(ctx context.Context, script *goredis.Script, keys []string, what string, args ...any) ([]store.Seat, error) {
-	status, out, err := s.run(ctx, script, keys, args...)
+// freedSeats reads the answer of a script that frees seats.
+func freedSeats(status string, out []any, err error, what string) ([]store.Seat, error) {
 	if err != nil {
 		return nil, err
 	}
@@ -430,23 +482,27 @@ func (s *Store) freeing(ctx context.Context, script *goredis.Script, keys []stri
 }
 
 func (s *Store) DeleteStage(ctx context.Context, arn string) ([]store.Seat, error) {
-	b, err := s.broadcastOf(ctx, arn)
+	ref, err := s.lookupStage(ctx, arn)
 	if err != nil {
 		return nil, err
 	}
-	k := s.bc(b)
-	lease, fence := s.fence(ctx, b)
-	status, out, err := s.run(ctx, deleteStage, k.fencedSeatKeys(lease), append(fence, arn)...)
+	status, out, err := s.runFenced(ctx, deleteStage, ref.broadcastID, ref.group, arn)
+	seats, err := freedSeats(status, out, err, "stage "+arn)
 	if err != nil {
 		return nil, err
 	}
-	if err := statusErr(status, "stage "+arn); err != nil {
+	n, err := s.seatGroups(ctx, ref.broadcastID)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.forgetAway(ctx, ref.broadcastID, n, ref.group, seats); err != nil {
 		return nil, err
 	}
 	if err := s.rdb.HDel(ctx, s.stageIndexKey(), arn).Err(); err != nil {
 		return nil, err
 	}
-	return decodeAll[store.Seat](out)
+	s.stageRefs.drop(arn)
+	return seats, nil
 }
 
 func (s *Store) PutHost(ctx context.Context, h store.Host) error {
@@ -539,7 +595,9 @@ func hvals[T any](ctx context.Context, s *Store, key string, order func(a, b T) 
 		}
 		out = append(out, v)
 	}
-	slices.SortFunc(out, order)
+	if order != nil {
+		slices.SortFunc(out, order)
+	}
 	return out, nil
 }
 
@@ -571,47 +629,65 @@ func decodeAll[T any](out []any) ([]T, error) {
 // Lua reads back as one made in Go.
 func rfc3339(t time.Time) string { return t.Format(time.RFC3339Nano) }
 
-// seatKeys are one broadcast's keys the seat scripts use, in the order of
+// seatKeys are a seat group's keys the seat scripts use, in the order of
 // seatLib's seatKeys.
 func (k keys) seatKeys() []string {
-	return []string{k.open(), k.counts(), k.rank(), k.seats(), k.expiry(), k.stages(), k.onStage(), k.totals(), k.room()}
-}
-
-// fencedSeatKeys are the seat keys after a fenced write's lease.
-func (k keys) fencedSeatKeys(lease string) []string {
-	return append([]string{lease}, k.seatKeys()...)
+	return []string{k.open(), k.counts(), k.rank(), k.seats(), k.expiry(), k.stages(), k.onStage(), k.totals(), k.room(), k.away()}
 }
 
 func (s *Store) ReserveSeat(ctx context.Context, req store.SeatRequest) (store.Seat, error) {
-	exp := req.Now.Add(req.TTL)
 	what := "broadcast " + req.BroadcastID
 	if req.StageArn != "" {
 		what = "stage " + req.StageArn
 	}
-	return s.seatOp(ctx, req.BroadcastID, what, "reserve",
-		req.UserID, req.StageArn, req.ParticipantID, rfc3339(req.Now), rfc3339(exp), exp.UnixMicro(), req.BroadcastID, req.Now.Unix())
+	n, err := s.seatGroups(ctx, req.BroadcastID)
+	if err != nil {
+		return store.Seat{}, err
+	}
+	if n > 1 {
+		return s.reserveGrouped(ctx, req, n, what)
+	}
+	return decodeSeat(s.call(ctx, s.bc(req.BroadcastID), reserveCall(req, req.StageArn, "")), what)
 }
 
 func (s *Store) RenewSeat(ctx context.Context, broadcastID, userID string, owner store.SeatOwner, now time.Time, ttl time.Duration) (store.Seat, error) {
 	exp := now.Add(ttl)
-	return s.seatOp(ctx, broadcastID, "seat of "+userID, "renew",
-		userID, owner.ParticipantID, owner.StageArn, rfc3339(exp), exp.UnixMicro())
+	what := "seat of " + userID
+	call := seatCall{name: "renew", args: []any{userID, owner.ParticipantID, owner.StageArn, rfc3339(exp), exp.UnixMicro(), ""}}
+	n, err := s.seatGroups(ctx, broadcastID)
+	if err != nil {
+		return store.Seat{}, err
+	}
+	if n > 1 {
+		return s.renewGrouped(ctx, broadcastID, userID, owner, call, n, what)
+	}
+	return decodeSeat(s.call(ctx, s.bc(broadcastID), call), what)
 }
 
 func (s *Store) ReleaseSeat(ctx context.Context, broadcastID, userID string) (store.Seat, error) {
-	return s.seatOp(ctx, broadcastID, "seat of "+userID, "release", userID)
+	what := "seat of " + userID
+	n, err := s.seatGroups(ctx, broadcastID)
+	if err != nil {
+		return store.Seat{}, err
+	}
+	if n > 1 {
+		return s.releaseGrouped(ctx, broadcastID, userID, n, what)
+	}
+	return decodeSeat(s.call(ctx, s.bc(broadcastID), releaseCall(userID, "", "")), what)
 }
 
-// seatOp runs one seat operation: in a batch with the broadcast's other
-// operations in flight when batching is on, else as a batch of one.
-func (s *Store) seatOp(ctx context.Context, broadcastID, what string, name string, args ...any) (store.Seat, error) {
-	call := seatCall{name: name, args: args}
-	var res seatResult
+// call runs one seat operation on a seat group: in a batch with the
+// group's other operations in flight when batching is on, else as a batch
+// of one.
+func (s *Store) call(ctx context.Context, k keys, call seatCall) seatResult {
 	if s.batches != nil {
-		res = s.batches.do(ctx, broadcastID, call)
-	} else {
-		res = s.seatCalls(ctx, broadcastID, []seatCall{call})[0]
+		return s.batches.do(ctx, k, call)
 	}
+	return s.seatCalls(ctx, k, []seatCall{call})[0]
+}
+
+// decodeSeat reads a seat operation's answer.
+func decodeSeat(res seatResult, what string) (store.Seat, error) {
 	if res.err != nil {
 		return store.Seat{}, res.err
 	}
@@ -619,8 +695,8 @@ func (s *Store) seatOp(ctx context.Context, broadcastID, what string, name strin
 		return store.Seat{}, err
 	}
 	var seat store.Seat
-	if err := json.Unmarshal([]byte(res.seat), &seat); err != nil {
-		return store.Seat{}, fmt.Errorf("decoding seat: %w", err)
+	if err := decodeInto(res.seat, &seat); err != nil {
+		return store.Seat{}, err
 	}
 	if res.count != "" {
 		n, err := strconv.Atoi(res.count)
@@ -630,75 +706,173 @@ func (s *Store) seatOp(ctx context.Context, broadcastID, what string, name strin
 		seat.StageSeats = n
 	}
 	if res.replaced != "" {
-		var old store.Seat
-		if err := json.Unmarshal([]byte(res.replaced), &old); err != nil {
-			return store.Seat{}, fmt.Errorf("decoding replaced seat: %w", err)
+		seat.Replaced = &store.Seat{}
+		if err := decodeInto(res.replaced, seat.Replaced); err != nil {
+			return store.Seat{}, err
 		}
-		seat.Replaced = &old
 	}
 	return seat, nil
 }
 
+func decodeInto(data string, seat *store.Seat) error {
+	if err := json.Unmarshal([]byte(data), seat); err != nil {
+		return fmt.Errorf("decoding seat: %w", err)
+	}
+	return nil
+}
+
+// ExpireSeats sweeps the broadcast's groups in turn, starting with another
+// group each call, so that a group with many seats to free does not hold
+// back the others' sweep.
 func (s *Store) ExpireSeats(ctx context.Context, broadcastID string, now time.Time) ([]store.Seat, error) {
-	return s.freeing(ctx, expireSeats, s.bc(broadcastID).seatKeys(), "expiring seats of "+broadcastID, now.UnixMicro(), store.ExpireBatch)
+	n, err := s.seatGroups(ctx, broadcastID)
+	if err != nil {
+		return nil, err
+	}
+	first := int(s.sweepFrom.Add(1) % uint32(n))
+	var out []store.Seat
+	for i := 0; i < n && len(out) < store.ExpireBatch; i++ {
+		g := (first + i) % n
+		status, freed, err := s.run(ctx, expireSeats, s.group(broadcastID, g).seatKeys(), now.UnixMicro(), store.ExpireBatch-len(out))
+		seats, err := freedSeats(status, freed, err, "expiring seats of "+broadcastID)
+		if err != nil {
+			return out, err
+		}
+		if err := s.forgetAway(ctx, broadcastID, n, g, seats); err != nil {
+			return out, err
+		}
+		out = append(out, seats...)
+	}
+	return out, nil
 }
 
 func (s *Store) SeatTotals(ctx context.Context, broadcastID string) (store.SeatTotals, error) {
-	k := s.bc(broadcastID)
-	status, out, err := s.run(ctx, seatTotals, []string{k.counts(), k.totals()})
+	n, err := s.seatGroups(ctx, broadcastID)
 	if err != nil {
 		return store.SeatTotals{}, err
 	}
-	if err := statusErr(status, "seat totals of "+broadcastID); err != nil {
-		return store.SeatTotals{}, err
-	}
-	if len(out) != 3 {
-		return store.SeatTotals{}, fmt.Errorf("seat totals of %s: unexpected answer %v from redis", broadcastID, out)
-	}
-	var n [3]int64
-	for i, v := range out {
-		if n[i], err = strconv.ParseInt(fmt.Sprint(v), 10, 64); err != nil {
-			return store.SeatTotals{}, fmt.Errorf("seat totals of %s: %q: %w", broadcastID, v, err)
-		}
-	}
-	return store.SeatTotals{Seats: int(n[0]), Untracked: int(n[0] - n[1]), TakenAtSum: n[2]}, nil
-}
-
-func (s *Store) GetSeat(ctx context.Context, broadcastID, userID string) (store.Seat, error) {
-	return hget[store.Seat](ctx, s, s.bc(broadcastID).seats(), userID, "seat of "+userID)
-}
-
-func (s *Store) ScanSeats(ctx context.Context, broadcastID, cursor string, count int) ([]store.Seat, string, error) {
-	var from uint64
-	if cursor != "" {
-		n, err := strconv.ParseUint(cursor, 10, 64)
+	var sum [3]int64
+	for g := range n {
+		k := s.group(broadcastID, g)
+		status, out, err := s.run(ctx, seatTotals, []string{k.counts(), k.totals()})
 		if err != nil {
-			return nil, "", fmt.Errorf("seat cursor %q: %w", cursor, store.ErrNotFound)
+			return store.SeatTotals{}, err
 		}
-		from = n
+		if err := statusErr(status, "seat totals of "+broadcastID); err != nil {
+			return store.SeatTotals{}, err
+		}
+		if len(out) != 3 {
+			return store.SeatTotals{}, fmt.Errorf("seat totals of %s: unexpected answer %v from redis", broadcastID, out)
+		}
+		for i, v := range out {
+			x, err := strconv.ParseInt(fmt.Sprint(v), 10, 64)
+			if err != nil {
+				return store.SeatTotals{}, fmt.Errorf("seat totals of %s: %q: %w", broadcastID, v, err)
+			}
+			sum[i] += x
+		}
 	}
-	kv, next, err := s.rdb.HScan(ctx, s.bc(broadcastID).seats(), from, "*", int64(count)).Result()
+	return store.SeatTotals{Seats: int(sum[0]), Untracked: int(sum[0] - sum[1]), TakenAtSum: sum[2]}, nil
+}
+
+// GetSeat reads the seat in the viewer's home group, or in the group the
+// home group names.
+func (s *Store) GetSeat(ctx context.Context, broadcastID, userID string) (store.Seat, error) {
+	n, err := s.seatGroups(ctx, broadcastID)
+	if err != nil {
+		return store.Seat{}, err
+	}
+	home := s.group(broadcastID, homeGroup(userID, n))
+	seat, err := hget[store.Seat](ctx, s, home.seats(), userID, "seat of "+userID)
+	if n == 1 || !errors.Is(err, store.ErrNotFound) {
+		return seat, err
+	}
+	away, err := s.rdb.HGet(ctx, home.away(), userID).Result()
+	if errors.Is(err, goredis.Nil) {
+		return store.Seat{}, fmt.Errorf("seat of %s: %w", userID, store.ErrNotFound)
+	}
+	if err != nil {
+		return store.Seat{}, err
+	}
+	g, err := groupOf(away, n)
+	if err != nil {
+		return store.Seat{}, err
+	}
+	return hget[store.Seat](ctx, s, s.group(broadcastID, g).seats(), userID, "seat of "+userID)
+}
+
+// ScanSeats walks the groups one after another, going on to the next
+// group while a page is short. Its cursor is Redis's HSCAN cursor, after
+// the group and a colon past group 0.
+func (s *Store) ScanSeats(ctx context.Context, broadcastID, cursor string, count int) ([]store.Seat, string, error) {
+	n, err := s.seatGroups(ctx, broadcastID)
 	if err != nil {
 		return nil, "", err
 	}
-	out := make([]store.Seat, 0, len(kv)/2)
-	for i := 1; i < len(kv); i += 2 {
-		var seat store.Seat
-		if err := json.Unmarshal([]byte(kv[i]), &seat); err != nil {
-			return nil, "", fmt.Errorf("decoding seat: %w", err)
+	g, from, err := parseSeatCursor(cursor, n)
+	if err != nil {
+		return nil, "", err
+	}
+	var out []store.Seat
+	for {
+		kv, next, err := s.rdb.HScan(ctx, s.group(broadcastID, g).seats(), from, "*", int64(count)).Result()
+		if err != nil {
+			return nil, "", err
 		}
-		out = append(out, seat)
+		for i := 1; i < len(kv); i += 2 {
+			var seat store.Seat
+			if err := decodeInto(kv[i], &seat); err != nil {
+				return nil, "", err
+			}
+			out = append(out, seat)
+		}
+		switch {
+		case next != 0 && g == 0:
+			return out, strconv.FormatUint(next, 10), nil
+		case next != 0:
+			return out, fmt.Sprintf("%d:%d", g, next), nil
+		case g+1 == n:
+			return out, "", nil
+		case len(out) >= count:
+			return out, fmt.Sprintf("%d:0", g+1), nil
+		}
+		g, from = g+1, 0
 	}
-	if next == 0 {
-		return out, "", nil
+}
+
+func parseSeatCursor(cursor string, n int) (int, uint64, error) {
+	if cursor == "" {
+		return 0, 0, nil
 	}
-	return out, strconv.FormatUint(next, 10), nil
+	group, at, grouped := strings.Cut(cursor, ":")
+	if !grouped {
+		group, at = "0", cursor
+	}
+	g, err := strconv.Atoi(group)
+	from, err2 := strconv.ParseUint(at, 10, 64)
+	if err != nil || err2 != nil || g < 0 || g >= n {
+		return 0, 0, fmt.Errorf("seat cursor %q: %w", cursor, store.ErrNotFound)
+	}
+	return g, from, nil
 }
 
 func (s *Store) ListSeats(ctx context.Context, broadcastID string) ([]store.Seat, error) {
-	return hvals(ctx, s, s.bc(broadcastID).seats(), func(a, b store.Seat) int {
+	n, err := s.seatGroups(ctx, broadcastID)
+	if err != nil {
+		return nil, err
+	}
+	var out []store.Seat
+	for g := range n {
+		seats, err := hvals[store.Seat](ctx, s, s.group(broadcastID, g).seats(), nil)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, seats...)
+	}
+	slices.SortFunc(out, func(a, b store.Seat) int {
 		return cmp.Or(a.TakenAt.Compare(b.TakenAt), cmp.Compare(a.UserID, b.UserID))
 	})
+	return out, nil
 }
 
 func (s *Store) AcquireLease(ctx context.Context, broadcastID, name, holder string, ttl time.Duration) (store.Lease, error) {
@@ -707,7 +881,7 @@ func (s *Store) AcquireLease(ctx context.Context, broadcastID, name, holder stri
 	if err != nil {
 		return store.Lease{}, err
 	}
-	if len(out) != 3 {
+	if len(out) < 3 {
 		return store.Lease{}, fmt.Errorf("lease %s of broadcast %s: unexpected answer %v", name, broadcastID, out)
 	}
 	l := store.Lease{BroadcastID: broadcastID, Name: name}
@@ -721,7 +895,15 @@ func (s *Store) AcquireLease(ctx context.Context, broadcastID, name, holder stri
 	if status == "held" {
 		return l, fmt.Errorf("lease %s of broadcast %s: %w", name, broadcastID, store.ErrLeaseHeld)
 	}
-	return l, statusErr(status, "lease "+name)
+	if err := statusErr(status, "lease "+name); err != nil {
+		return l, err
+	}
+	if len(out) > 3 && out[3] == "1" {
+		if err := s.raiseFloors(ctx, l); err != nil {
+			return l, fmt.Errorf("lease %s of broadcast %s: telling its seat groups: %w", name, broadcastID, err)
+		}
+	}
+	return l, nil
 }
 
 func (s *Store) ReleaseLease(ctx context.Context, l store.Lease) (bool, error) {

@@ -25,11 +25,47 @@ func TestConformance(t *testing.T) {
 		// Each store gets its own prefix: the subtests share one server.
 		rdb := goredis.NewClient(&goredis.Options{Addr: srv.Addr()})
 		return redis.New(rdb, fmt.Sprintf("test%d", n.Add(1)), redis.WithEventLimit(eventLimit))
-	})
+	}, nil)
 }
 
+// seatGroups is how the suite sees a store made WithSeatGroups(n).
+func seatGroups(n int) *storetest.Groups {
+	return &storetest.Groups{
+		Of: func(t *testing.T, st store.Store, arn string) int {
+			t.Helper()
+			g, err := redis.StageGroup(t.Context(), st, arn)
+			if err != nil {
+				t.Fatalf("the group of stage %s: %v", arn, err)
+			}
+			return g
+		},
+		Order: func(user string) []int {
+			h := redis.HomeGroup(user, n)
+			order := make([]int, n)
+			for i := range order {
+				order[i] = (h + i) % n
+			}
+			return order
+		},
+	}
+}
+
+// TestConformanceGrouped runs the suite with every broadcast's seats split
+// over three groups, batched: one slot's scripts per group, the claims at
+// home, and the sweeps, lists and totals over every group.
+func TestConformanceGrouped(t *testing.T) {
+	srv := redistest.Start(t)
+	var n atomic.Int64
+	storetest.Run(t, func(_ *testing.T, eventLimit int) store.Store {
+		rdb := goredis.NewClient(&goredis.Options{Addr: srv.Addr()})
+		return redis.New(rdb, fmt.Sprintf("grouped%d", n.Add(1)), redis.WithEventLimit(eventLimit), redis.WithSeatBatching(), redis.WithSeatGroups(3))
+	}, seatGroups(3))
+}
+
+// seatable records broadcast b, if it is not yet, and a seatable stage.
 func seatable(t *testing.T, st *redis.Store, arn string) {
 	t.Helper()
+	createBroadcast(t, st, "b")
 	err := st.PutStage(t.Context(), store.Stage{Arn: arn, BroadcastID: "b", Role: store.RoleOrigin, Capacity: 1000, Seatable: true, CreatedAt: time.Now()})
 	if err != nil {
 		t.Fatalf("PutStage: %v", err)
@@ -45,7 +81,18 @@ func TestConformanceCluster(t *testing.T) {
 	storetest.Run(t, func(_ *testing.T, eventLimit int) store.Store {
 		rdb := goredis.NewClusterClient(&goredis.ClusterOptions{Addrs: addrs})
 		return redis.New(rdb, fmt.Sprintf("cluster%d", n.Add(1)), redis.WithEventLimit(eventLimit))
-	})
+	}, nil)
+}
+
+// TestConformanceClusterGrouped runs the suite on the cluster with seats in
+// four groups: each group's scripts must keep to its own slot.
+func TestConformanceClusterGrouped(t *testing.T) {
+	addrs := redistest.StartCluster(t)
+	var n atomic.Int64
+	storetest.Run(t, func(_ *testing.T, eventLimit int) store.Store {
+		rdb := goredis.NewClusterClient(&goredis.ClusterOptions{Addrs: addrs})
+		return redis.New(rdb, fmt.Sprintf("cg%d", n.Add(1)), redis.WithEventLimit(eventLimit), redis.WithSeatGroups(4))
+	}, seatGroups(4))
 }
 
 // A join, new or repeated, is one round trip to Redis: one EVALSHA.
@@ -178,7 +225,7 @@ func TestConformanceBatched(t *testing.T) {
 	storetest.Run(t, func(_ *testing.T, eventLimit int) store.Store {
 		rdb := goredis.NewClient(&goredis.Options{Addr: srv.Addr()})
 		return redis.New(rdb, fmt.Sprintf("batched%d", n.Add(1)), redis.WithEventLimit(eventLimit), redis.WithSeatBatching())
-	})
+	}, nil)
 }
 
 // Capacity is exact under a 32-way storm on one stage of capacity 10,000,
@@ -190,6 +237,7 @@ func TestBatchedStormExactCapacity(t *testing.T) {
 	st := redis.New(rdb, "storm", redis.WithSeatBatching())
 	const capacity, workers, each = 10_000, 32, 350
 	arn := "arn:aws:ivs:us-east-1:123456789012:stage/big"
+	createBroadcast(t, st, "b")
 	if err := st.PutStage(t.Context(), store.Stage{Arn: arn, BroadcastID: "b", Role: store.RoleOrigin, Capacity: capacity, Seatable: true, CreatedAt: time.Now()}); err != nil {
 		t.Fatal(err)
 	}

@@ -1,6 +1,7 @@
 package redis_test
 
 import (
+	"errors"
 	"fmt"
 	"strconv"
 	"sync"
@@ -18,6 +19,7 @@ import (
 // bigStages records n seatable stages of capacity each in broadcast b.
 func bigStages(tb testing.TB, st *redis.Store, b string, n, capacity int) {
 	tb.Helper()
+	createBroadcast(tb, st, b)
 	for i := range n {
 		arn := fmt.Sprintf("arn:aws:ivs:us-east-1:123456789012:stage/s%05d", i)
 		if err := st.PutStage(tb.Context(), store.Stage{Arn: arn, BroadcastID: b, Role: store.RoleReplica, Capacity: capacity, Seatable: true, CreatedAt: time.Now()}); err != nil {
@@ -257,4 +259,14 @@ func BenchmarkPacedRenewals(b *testing.B) {
 	}
 	b.ReportMetric((redisMicros(b, rdb)-before)/float64(b.N), "redis-µs/op")
 	b.ReportMetric(float64(counter.Count())/float64(b.N), "round-trips/op")
+}
+
+// createBroadcast records broadcast id unless it is already: seat
+// operations read how many seat groups it has once, then remember it.
+func createBroadcast(tb testing.TB, st *redis.Store, id string) {
+	tb.Helper()
+	_, err := st.CreateBroadcast(tb.Context(), store.Broadcast{ID: id, CreatedAt: time.Now()})
+	if err != nil && !errors.Is(err, store.ErrExists) {
+		tb.Fatalf("CreateBroadcast: %v", err)
+	}
 }

@@ -4,9 +4,9 @@ import (
 	goredis "github.com/redis/go-redis/v9"
 )
 
-// Every script touches the keys of one broadcast only, all under the
-// broadcast's hash tag, or the one key of event ids, so it runs on one slot
-// of a Redis Cluster. Scripts answer a table whose first element is a status
+// Every script touches the keys of one hash tag only: a broadcast's, one
+// of its seat groups' (groups.go), a quota's or the event ids', so it runs
+// on one slot of a Redis Cluster. Scripts answer a table whose first element is a status
 // ("ok", "fenced", "notfound", ...) and whose rest is the payload, so that
 // Go maps statuses to store errors in one place.
 //
@@ -20,6 +20,36 @@ local function fenced()
 end
 `
 
+// floorCheck is fenceCheck for a seat group on another slot than the
+// broadcast's lease (groups.go): KEYS[1] is the group's fence floors (lease
+// name → the highest token written with), ARGV[1] and ARGV[2] the fence,
+// and the last ARGV the lease's name. A write is refused once a later
+// grant of the lease has written to the group, or told it of its grant
+// (raiseFloor, when granted); the Go side checks first that the lease is
+// still held.
+const floorCheck = `
+local function fenced()
+  if ARGV[1] == '' then return false end
+  local name, t = ARGV[#ARGV], tonumber(ARGV[2])
+  local f = tonumber(redis.call('HGET', KEYS[1], name) or '0')
+  if t < f then return true end
+  if t > f then redis.call('HSET', KEYS[1], name, ARGV[2]) end
+  return false
+end
+`
+
+// fencedSeatScript is a fenced script over one seat group's keys (KEYS[2]
+// on), in two builds: fenced by the lease itself, on the broadcast's slot
+// (group 0), or by the group's floors (any other group).
+type fencedSeatScript struct{ lease, floor *goredis.Script }
+
+func newFencedSeatScript(body string) fencedSeatScript {
+	return fencedSeatScript{
+		lease: goredis.NewScript(fenceCheck + seatLib + body),
+		floor: goredis.NewScript(floorCheck + seatLib + body),
+	}
+}
+
 // seatLib is what every script over a broadcast's seats shares. Such a
 // script takes the broadcast's seat keys (seatKeys, in Go) from KEYS[o+1]
 // on, o being the keys before them (a fenced write's lease): open
@@ -31,11 +61,13 @@ end
 // their takenSec, Unix seconds, so that watch time is summed without
 // reading the seats; and 'room' = 1 once room is kept), room (the stages
 // that take viewers and have room, by -seats then roomMember: ZRANGE 0 0
-// is store.Fuller's first, so that a join is O(log stages)).
+// is store.Fuller's first, so that a join is O(log stages)), away (a seat
+// group's users whose seat is in another group: user → that group; see
+// groups.go).
 const seatLib = `
 local function seatKeys(o)
   return {open = KEYS[o+1], counts = KEYS[o+2], rank = KEYS[o+3], seats = KEYS[o+4], expiry = KEYS[o+5],
-    stages = KEYS[o+6], on = KEYS[o+7], totals = KEYS[o+8], room = KEYS[o+9]}
+    stages = KEYS[o+6], on = KEYS[o+7], totals = KEYS[o+8], room = KEYS[o+9], away = KEYS[o+10]}
 end
 
 -- roomMember orders stages of equal seats oldest first, then by ARN: the
@@ -105,6 +137,16 @@ local function freeAll(K, users)
   end
   return out
 end
+
+-- dropGroup deletes a seat group's keys and answers 'ok', the ARNs of its
+-- stages and its seats.
+local function dropGroup(K)
+  local arns = redis.call('HKEYS', K.stages)
+  local seats = redis.call('HVALS', K.seats)
+  for _, arn in ipairs(arns) do redis.call('DEL', K.on .. arn) end
+  redis.call('DEL', K.open, K.counts, K.rank, K.seats, K.expiry, K.stages, K.totals, K.room, K.away)
+  return {'ok', arns, seats}
+end
 `
 
 // seatFuncs are the seat operations, as Lua functions over the seat keys
@@ -149,8 +191,11 @@ end
 -- else a seat on the asked-for stage (want, or '' for any) or the fullest
 -- seatable one with room: store.Fuller, never beyond capacity. A seat on a
 -- stage that no longer takes viewers is freed once there is another, and
--- answered fourth (for its session to close).
-local function reserve(user, want, pid, takenAt, expRfc, expMicros, bid, takenSec)
+-- answered fourth (for its session to close); an answer without a seat
+-- answers it fourth as well. With seat groups (mode not ''), want '-' is
+-- a stage in another group, and mode 'home' (this is the user's home
+-- group) answers 'away' and the group of a seat kept in another group.
+local function reserve(user, want, pid, takenAt, expRfc, expMicros, bid, takenSec, mode)
   local cur = redis.call('HGET', K.seats, user)
   local old
   if cur then
@@ -162,20 +207,25 @@ local function reserve(user, want, pid, takenAt, expRfc, expMicros, bid, takenSe
       redis.call('ZADD', K.expiry, expMicros, user)
       return {'ok', cur, redis.call('HGET', K.counts, old.stageArn) or '0'}
     end
+  elseif mode == 'home' then
+    local g = redis.call('HGET', K.away, user)
+    if g then return {'away', g} end
   end
   local best
-  if want == '' then
+  if want == '-' then
+    return {'elsewhere', '', '', cur or ''}
+  elseif want == '' then
     best = fullest()
     if not best then
-      if redis.call('SCARD', K.open) == 0 then return {'notlive'} end
-      return {'full'}
+      if redis.call('SCARD', K.open) == 0 then return {'notlive', '', '', cur or ''} end
+      return {'full', '', '', cur or ''}
     end
   elseif fits(K, want, redis.call('HGET', K.rank, want)) then
     best = want
   else
-    if redis.call('HEXISTS', K.stages, want) == 0 then return {'notfound'} end
-    if redis.call('SISMEMBER', K.open, want) == 0 then return {'noteligible'} end
-    return {'full'}
+    if redis.call('HEXISTS', K.stages, want) == 0 then return {'notfound', '', '', cur or ''} end
+    if redis.call('SISMEMBER', K.open, want) == 0 then return {'noteligible', '', '', cur or ''} end
+    return {'full', '', '', cur or ''}
   end
   if old then freeSeat(K, user, old) end
   local n = redis.call('HINCRBY', K.counts, best, 1)
@@ -190,9 +240,14 @@ local function reserve(user, want, pid, takenAt, expRfc, expMicros, bid, takenSe
 end
 
 -- renew: the seat's lease, if its owner is the one named ('' for any).
-local function renew(user, pid, stage, expRfc, expMicros)
+-- Mode 'home' answers 'away' and the group of a seat kept in another.
+local function renew(user, pid, stage, expRfc, expMicros, mode)
   local cur = redis.call('HGET', K.seats, user)
-  if not cur then return {'notfound'} end
+  if not cur then
+    local g = mode == 'home' and redis.call('HGET', K.away, user)
+    if g then return {'away', g} end
+    return {'notfound'}
+  end
   local seat = cjson.decode(cur)
   if (pid ~= '' and seat.participantId ~= pid) or (stage ~= '' and seat.stageArn ~= stage) then
     return {'notowner'}
@@ -204,30 +259,80 @@ local function renew(user, pid, stage, expRfc, expMicros)
   return {'ok', cur}
 end
 
--- release: the seat, freed.
-local function release(user)
+-- release: the seat, freed, if it is on stage ('' for any). Mode 'home'
+-- forgets a seat kept in another group and answers 'away' and the group.
+local function release(user, mode, stage)
   local cur = redis.call('HGET', K.seats, user)
-  if not cur then return {'notfound'} end
-  freeSeat(K, user, cjson.decode(cur))
+  if not cur then
+    local g = mode == 'home' and redis.call('HGET', K.away, user)
+    if g then
+      redis.call('HDEL', K.away, user)
+      return {'away', g}
+    end
+    return {'notfound'}
+  end
+  local seat = cjson.decode(cur)
+  if stage ~= '' and seat.stageArn ~= stage then return {'notowner'} end
+  freeSeat(K, user, seat)
   return {'ok', cur}
+end
+
+-- claim, in the user's home group, records that the user's seat is now in
+-- group g ('' for this one), where it was in group from ('' for this one,
+-- or for none). It answers 'away' and the group if a join made at the same
+-- time put the seat elsewhere first, 'home' and the seat if this group has
+-- a seat for the user on a stage that takes viewers; a seat here on a stage
+-- that does not is freed and answered fourth.
+local function claim(user, g, from)
+  local at = redis.call('HGET', K.away, user)
+  if at and at ~= g and at ~= from then return {'away', at} end
+  if g == '' then
+    redis.call('HDEL', K.away, user)
+    return {'ok'}
+  end
+  local cur = redis.call('HGET', K.seats, user)
+  if cur then
+    local seat = cjson.decode(cur)
+    if redis.call('SISMEMBER', K.open, seat.stageArn) == 1 then return {'home', cur} end
+    freeSeat(K, user, seat)
+  end
+  redis.call('HSET', K.away, user, g)
+  return {'ok', '', '', cur or ''}
+end
+
+-- unclaim forgets that the user's seat is in group g, once it is freed.
+local function unclaim(user, g)
+  if redis.call('HGET', K.away, user) == g then redis.call('HDEL', K.away, user) end
+  return {'ok'}
 end
 `
 
 var (
-	// KEYS: lease, token counter. ARGV: holder, ttl ms.
+	// KEYS: lease, token counter. ARGV: holder, ttl ms. Answers the
+	// holder, the token, the ms left and '1' if the grant is new.
 	acquireLease = goredis.NewScript(`
 local cur = redis.call('HMGET', KEYS[1], 'holder', 'token')
 if cur[1] and cur[1] ~= ARGV[1] then
   redis.call('HSET', KEYS[1], 'wanted', 1)
   return {'held', cur[1], cur[2], redis.call('PTTL', KEYS[1])}
 end
-local token = cur[2]
+local token, new = cur[2], '0'
 if not cur[1] then
   token = redis.call('INCR', KEYS[2])
+  new = '1'
   redis.call('HSET', KEYS[1], 'holder', ARGV[1], 'token', token)
 end
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
-return {'ok', ARGV[1], tostring(token), tonumber(ARGV[2])}
+return {'ok', ARGV[1], tostring(token), tonumber(ARGV[2]), new}
+`)
+
+	// KEYS: a seat group's fence floors. ARGV: lease name, token. A new
+	// grant of the lease tells the groups on other slots, so that the
+	// writes of the grant before it are refused there from now on.
+	raiseFloor = goredis.NewScript(`
+local f = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0')
+if tonumber(ARGV[2]) > f then redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) end
+return {'ok'}
 `)
 
 	// KEYS: lease. ARGV: holder, token. Answers whether another holder
@@ -241,12 +346,13 @@ end
 return {'ok', '0'}
 `)
 
-	// KEYS: lease, broadcast. ARGV: fence, json.
+	// KEYS: lease, broadcast, seat groups. ARGV: fence, json, seat groups.
 	createBroadcast = goredis.NewScript(fenceCheck + `
 if fenced() then return {'fenced'} end
 local cur = redis.call('GET', KEYS[2])
 if cur then return {'exists', cur} end
 redis.call('SET', KEYS[2], ARGV[3])
+redis.call('SET', KEYS[3], ARGV[4])
 return {'ok'}
 `)
 
@@ -258,25 +364,30 @@ redis.call('SET', KEYS[2], ARGV[3])
 return {'ok'}
 `)
 
-	// KEYS: lease, broadcast, hosts, replications, demand, then the seat
-	// keys. ARGV: fence. Deletes every key of the broadcast but its
-	// leases. Answers the ARNs of the stages dropped (for the stage index,
-	// on another slot) and the seats freed (few: an end frees its seats
-	// with dropSeats first).
+	// KEYS: lease, broadcast, hosts, replications, demand, seat groups,
+	// then the seat keys. ARGV: fence. Deletes every key of the broadcast
+	// on its slot but its leases. Answers the ARNs of the stages dropped
+	// (for the stage index, on another slot) and the seats freed (few: an
+	// end frees its seats with dropSeats first).
 	deleteBroadcast = goredis.NewScript(fenceCheck + seatLib + `
 if redis.call('EXISTS', KEYS[2]) == 0 then return {'notfound'} end
 if fenced() then return {'fenced'} end
-local K = seatKeys(5)
-local arns = redis.call('HKEYS', K.stages)
-local seats = redis.call('HVALS', K.seats)
-for _, arn in ipairs(arns) do redis.call('DEL', K.on .. arn) end
-redis.call('DEL', KEYS[2], KEYS[3], KEYS[4], KEYS[5], K.open, K.counts, K.rank, K.seats, K.expiry, K.stages, K.totals, K.room)
-return {'ok', arns, seats}
+redis.call('DEL', KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6])
+return dropGroup(seatKeys(6))
 `)
 
-	// KEYS: lease, then the seat keys. ARGV: fence, arn, json, seatable
-	// ("1" or "0"), rank ("capacity createdMicros").
-	putStage = goredis.NewScript(fenceCheck + seatLib + `
+	// KEYS: floors, then the seat keys. ARGV: fence, lease name. Deletes
+	// a seat group on a slot of its own (groups.go) but its floors, and
+	// answers as deleteBroadcast.
+	deleteGroup = newFencedSeatScript(`
+if fenced() then return {'fenced'} end
+return dropGroup(seatKeys(1))
+`)
+
+	// KEYS: lease (or floors), then the seat keys. ARGV: fence, arn,
+	// json, seatable ("1" or "0"), rank ("capacity createdMicros"), lease
+	// name.
+	putStage = newFencedSeatScript(`
 if fenced() then return {'fenced'} end
 local K = seatKeys(1)
 local arn = ARGV[3]
@@ -289,8 +400,9 @@ index(K, arn)
 return {'ok'}
 `)
 
-	// KEYS: lease, then the seat keys. ARGV: fence, arn, seatable.
-	setSeatable = goredis.NewScript(fenceCheck + seatLib + `
+	// KEYS: lease (or floors), then the seat keys. ARGV: fence, arn,
+	// seatable, lease name.
+	setSeatable = newFencedSeatScript(`
 local K = seatKeys(1)
 local arn = ARGV[3]
 if redis.call('HEXISTS', K.stages, arn) == 0 then return {'notfound'} end
@@ -305,7 +417,7 @@ return {'ok'}
 	// seats taken before the sets existed (a deployment upgraded with
 	// viewers seated: its set is short of the count) need the whole
 	// broadcast read.
-	deleteStage = goredis.NewScript(fenceCheck + seatLib + `
+	deleteStage = newFencedSeatScript(`
 local K = seatKeys(1)
 local arn = ARGV[3]
 if redis.call('HEXISTS', K.stages, arn) == 0 then return {'notfound'} end
@@ -358,9 +470,10 @@ if redis.call('HDEL', KEYS[2], ARGV[3]) == 0 then return {'notfound'} end
 return {'ok'}
 `)
 
-	// KEYS: lease, then the seat keys. ARGV: fence, most to free.
+	// KEYS: lease (or floors), then the seat keys. ARGV: fence, most to
+	// free, lease name.
 	// Answers the freed seats.
-	dropSeats = goredis.NewScript(fenceCheck + seatLib + `
+	dropSeats = newFencedSeatScript(`
 if fenced() then return {'fenced'} end
 local K = seatKeys(1)
 return freeAll(K, redis.call('ZRANGE', K.expiry, 0, tonumber(ARGV[3]) - 1))
@@ -391,25 +504,35 @@ redis.call('SET', KEYS[1], string.format('%d', nxt), 'PX', math.floor((nxt - now
 return {'ok', string.format('%d', wait)}
 `)
 
-	// Many seat operations of one broadcast in one round trip, in order,
+	// Many seat operations of one seat group in one round trip, in order,
 	// each as it would run alone. KEYS: seatKeys. ARGV: the operations one
-	// after another, each its name ('reserve', 'renew' or 'release') and
-	// its function's arguments. Answers four values per operation: its
-	// status, its seat (JSON, or ''), the stage's seats ('' but for a
-	// reserve), and the seat a reserve replaced (JSON, or '').
+	// after another, each its name (one of seatFuncs's) and its function's
+	// arguments. Answers four values per operation: its status, its seat
+	// (JSON, a group for 'away', or ''), the stage's seats ('' but for a
+	// reserve), and the seat a reserve replaced or found on a stage that
+	// takes no viewers (JSON, or '').
 	seatBatch = goredis.NewScript(seatFuncs + `
 local out, i = {}, 1
 while i <= #ARGV do
   local r
-  if ARGV[i] == 'reserve' then
-    r = reserve(ARGV[i+1], ARGV[i+2], ARGV[i+3], ARGV[i+4], ARGV[i+5], ARGV[i+6], ARGV[i+7], ARGV[i+8])
-    i = i + 9
-  elseif ARGV[i] == 'renew' then
-    r = renew(ARGV[i+1], ARGV[i+2], ARGV[i+3], ARGV[i+4], ARGV[i+5])
-    i = i + 6
+  local op = ARGV[i]
+  if op == 'reserve' then
+    r = reserve(ARGV[i+1], ARGV[i+2], ARGV[i+3], ARGV[i+4], ARGV[i+5], ARGV[i+6], ARGV[i+7], ARGV[i+8], ARGV[i+9])
+    i = i + 10
+  elseif op == 'renew' then
+    r = renew(ARGV[i+1], ARGV[i+2], ARGV[i+3], ARGV[i+4], ARGV[i+5], ARGV[i+6])
+    i = i + 7
+  elseif op == 'release' then
+    r = release(ARGV[i+1], ARGV[i+2], ARGV[i+3])
+    i = i + 4
+  elseif op == 'claim' then
+    r = claim(ARGV[i+1], ARGV[i+2], ARGV[i+3])
+    i = i + 4
+  elseif op == 'unclaim' then
+    r = unclaim(ARGV[i+1], ARGV[i+2])
+    i = i + 3
   else
-    r = release(ARGV[i+1])
-    i = i + 2
+    return redis.error_reply('unknown seat operation ' .. op)
   end
   table.insert(out, r[1])
   table.insert(out, r[2] or '')

@@ -48,11 +48,22 @@ import (
 	"github.com/stagefleet/stagefleet/internal/store"
 )
 
+// Groups describes a store that splits a broadcast's stages into groups
+// (the Redis store's seat groups): a join takes store.Fuller's first stage
+// with room of the first group, in its viewer's order, that has one.
+type Groups struct {
+	// Of answers the group of a stage of st.
+	Of func(t *testing.T, st store.Store, arn string) int
+	// Order answers the groups a join of user looks in, in order.
+	Order func(user string) []int
+}
+
 // Run runs the suite. Every subtest gets a store of its own from newStore,
 // empty, and closes it when it ends (checking Close's error): newStore must
 // not close it itself. The store is to remember at most eventLimit event
 // ids at once: store.EventLogLimit, or fewer for the test of that limit.
-func Run(t *testing.T, newStore func(t *testing.T, eventLimit int) store.Store) {
+// groups, if not nil, says how the store groups stages; nil is one group.
+func Run(t *testing.T, newStore func(t *testing.T, eventLimit int) store.Store, groups *Groups) {
 	openLimited := func(t *testing.T, eventLimit int) store.Store {
 		t.Helper()
 		st := newStore(t, eventLimit)
@@ -89,8 +100,10 @@ func Run(t *testing.T, newStore func(t *testing.T, eventLimit int) store.Store) 
 		{name: "Replications", run: testReplications},
 		{name: "ReserveSeat/NotLive", cases: testReserveNotLive},
 		{name: "ReserveSeat/Full", run: testReserveFull},
-		{name: "ReserveSeat/FullestFirst", cases: testReserveFullestFirst},
-		{name: "ReserveSeat/FollowsFuller", run: testReserveFollowsFuller},
+		{name: "ReserveSeat/FullestFirst", cases: func(t *testing.T, open func(*testing.T) store.Store) {
+			testReserveFullestFirst(t, open, groups)
+		}},
+		{name: "ReserveSeat/FollowsFuller", run: func(t *testing.T, st store.Store) { testReserveFollowsFuller(t, st, groups) }},
 		{name: "ReserveSeat/AskedForStage", cases: testReserveAskedFor},
 		{name: "ReserveSeat/SameUser", run: testReserveSameUser},
 		{name: "ReserveSeat/SeatFields", run: testReserveSeatFields},
@@ -727,7 +740,7 @@ func wantOneMore(t *testing.T, before, after map[string]int, chosen string) {
 	}
 }
 
-func testReserveFullestFirst(t *testing.T, open func(*testing.T) store.Store) {
+func testReserveFullestFirst(t *testing.T, open func(*testing.T) store.Store, groups *Groups) {
 	tests := []struct {
 		name   string
 		stages []stageSpec
@@ -771,12 +784,18 @@ func testReserveFullestFirst(t *testing.T, open func(*testing.T) store.Store) {
 			st := open(t)
 			seatStages(t, st, tc.stages)
 			before := checkCounts(t, st, bcA)
+			want := arn(tc.want)
+			if groups != nil {
+				stages, err := st.ListStages(testCtx(t), bcA)
+				must(t, err, "ListStages")
+				want = firstPick(t, st, groups, stages, "u")
+			}
 			seat, err := st.ReserveSeat(testCtx(t), seatReq(bcA, "u", ""))
 			must(t, err, "ReserveSeat")
-			if seat.StageArn != arn(tc.want) {
-				t.Fatalf("seated on %s, want %s", seat.StageArn, arn(tc.want))
+			if seat.StageArn != want {
+				t.Fatalf("seated on %s, want %s", seat.StageArn, want)
 			}
-			wantOneMore(t, before, checkCounts(t, st, bcA), arn(tc.want))
+			wantOneMore(t, before, checkCounts(t, st, bcA), want)
 		})
 	}
 }
@@ -791,11 +810,39 @@ func fullerCmp(a, b store.Stage) int {
 	return 0
 }
 
+// firstPick is the stage a join of user takes, by store.Fuller and groups,
+// of stages (what the store lists); "" for none with room.
+func firstPick(t *testing.T, st store.Store, groups *Groups, stages []store.Stage, user string) string {
+	t.Helper()
+	var room []store.Stage
+	for _, s := range stages {
+		if s.Seatable && s.Seats < s.Capacity {
+			room = append(room, s)
+		}
+	}
+	slices.SortFunc(room, fullerCmp)
+	if len(room) == 0 || groups == nil {
+		if len(room) == 0 {
+			return ""
+		}
+		return room[0].Arn
+	}
+	for _, g := range groups.Order(user) {
+		for _, s := range room {
+			if groups.Of(t, st, s.Arn) == g {
+				return s.Arn
+			}
+		}
+	}
+	t.Fatalf("no group of %v holds any of the stages with room %+v", groups.Order(user), room)
+	return ""
+}
+
 // testReserveFollowsFuller plays a long random sequence of seatings,
 // releases, drops, and stages opening, closing, changing, going and coming
-// back, and checks every seating against store.Fuller applied to what the
-// store lists, and the counts and totals after every step.
-func testReserveFollowsFuller(t *testing.T, st store.Store) {
+// back, and checks every seating against store.Fuller (and groups) applied
+// to what the store lists, and the counts and totals after every step.
+func testReserveFollowsFuller(t *testing.T, st store.Store, groups *Groups) {
 	ctx := testCtx(t)
 	rng := rand.New(rand.NewPCG(7, 11))
 	var ids []string
@@ -812,29 +859,21 @@ func testReserveFollowsFuller(t *testing.T, st store.Store) {
 		case r < 5:
 			stages, err := st.ListStages(ctx, bcA)
 			must(t, err, "ListStages")
-			var open, room []store.Stage
-			for _, s := range stages {
-				if s.Seatable {
-					open = append(open, s)
-					if s.Seats < s.Capacity {
-						room = append(room, s)
-					}
-				}
-			}
-			slices.SortFunc(room, fullerCmp)
+			live := slices.ContainsFunc(stages, func(s store.Stage) bool { return s.Seatable })
 			user := fmt.Sprintf("u%d", step)
+			want := firstPick(t, st, groups, stages, user)
 			seat, err := st.ReserveSeat(ctx, seatReq(bcA, user, ""))
 			switch {
-			case len(open) == 0:
+			case !live:
 				wantErr(t, err, store.ErrNotLive, "step %d: ReserveSeat with no seatable stage", step)
 				counts["notLive"]++
-			case len(room) == 0:
+			case want == "":
 				wantErr(t, err, store.ErrFull, "step %d: ReserveSeat with every seatable stage full", step)
 				counts["full"]++
 			default:
 				must(t, err, "step %d: ReserveSeat", step)
-				if seat.StageArn != room[0].Arn {
-					t.Fatalf("step %d: seated on %s, but by store.Fuller the first of %+v is %s", step, seat.StageArn, room, room[0].Arn)
+				if seat.StageArn != want {
+					t.Fatalf("step %d: seated on %s, but by store.Fuller the first of %+v is %s", step, seat.StageArn, stages, want)
 				}
 				seated = append(seated, user)
 				counts["seated"]++

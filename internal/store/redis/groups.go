@@ -1,0 +1,541 @@
+package redis
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"strconv"
+	"strings"
+	"sync"
+
+	goredis "github.com/redis/go-redis/v9"
+
+	"github.com/stagefleet/stagefleet/internal/store"
+)
+
+// Seat groups split one broadcast's seats over several Redis slots, so that
+// a broadcast is not bound by what one Redis core does (docs/scale.md).
+//
+// A broadcast made with n groups (WithSeatGroups when it was created; 1
+// before groups existed) keeps each stage in one group: its record, count,
+// seats and their expiry under the group's hash tag, {id} for group 0 (the
+// broadcast's own tag, so that one group is the layout from before groups)
+// and {id#g} for the others ('#' is in no broadcast id). Capacity is exact
+// within a group as it is within a broadcast: one script decides a seat.
+// A new stage goes to the group with the fewest stages; the stage index
+// names its group ("id#g").
+//
+// A viewer's home group is its user id's hash modulo n. A join looks for a
+// seat at home first (store.Fuller's order within the group) and, when the
+// home group is full, in the next groups in turn. A seat taken in another
+// group is claimed at home (the group's away hash: user → group), so that
+// a later join, renewal, leave or read finds it, and so that two joins of
+// one viewer at once keep one seat: the first claim wins and the other
+// join gives its seat back. A renewal that names its stage (every
+// heartbeat does) goes straight to the stage's group.
+//
+// Fenced writes to a group on another slot than the broadcast's lease
+// cannot check the lease in the same step: such a write checks the lease
+// first, and the group keeps the highest token each lease has written or
+// been granted with (floorCheck), so that a write of a lost grant is
+// refused once the next grant exists.
+
+// MaxSeatGroups bounds WithSeatGroups: a listing or a sweep of a broadcast
+// reads every group.
+const MaxSeatGroups = 64
+
+// WithSeatGroups makes the broadcasts this store creates split their seats
+// over n groups, each on a Redis slot of its own. It panics unless
+// 1 <= n <= MaxSeatGroups.
+func WithSeatGroups(n int) Option {
+	if n < 1 || n > MaxSeatGroups {
+		panic(fmt.Sprintf("redis.WithSeatGroups(%d): want 1 to %d", n, MaxSeatGroups))
+	}
+	return func(s *Store) { s.groups = n }
+}
+
+// group names the keys of one seat group of a broadcast.
+func (s *Store) group(broadcastID string, g int) keys {
+	if g == 0 {
+		return s.bc(broadcastID)
+	}
+	return keys{tag: s.prefix + ":{" + broadcastID + "#" + strconv.Itoa(g) + "}:"}
+}
+
+// homeGroup is the group where userID's join looks first.
+func homeGroup(userID string, groups int) int {
+	h := fnv.New32a()
+	h.Write([]byte(userID))
+	return int(h.Sum32() % uint32(groups))
+}
+
+// cacheLimit bounds each of a store's caches: past it, the cache starts
+// again empty (entries of ended broadcasts and deleted stages pile up).
+const cacheLimit = 100_000
+
+// cache is a map safe for concurrent use, bounded by cacheLimit.
+type cache[V any] struct {
+	mu sync.Mutex
+	m  map[string]V
+}
+
+func (c *cache[V]) get(k string) (V, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	v, ok := c.m[k]
+	return v, ok
+}
+
+func (c *cache[V]) put(k string, v V) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.m == nil || len(c.m) >= cacheLimit {
+		c.m = map[string]V{}
+	}
+	c.m[k] = v
+}
+
+func (c *cache[V]) drop(k string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	delete(c.m, k)
+}
+
+// seatGroups answers how many groups broadcastID's seats are split over:
+// what it was created with (kept, as it never changes), 1 for a broadcast
+// created before seat groups, and this store's own setting for one that
+// does not exist (not kept: it may yet be created). A broadcast id used
+// again after its end is read with the first one's count until this
+// instance restarts, unless it ended here: keep one REDIS_SEAT_GROUPS
+// across a deployment.
+func (s *Store) seatGroups(ctx context.Context, broadcastID string) (int, error) {
+	if n, ok := s.groupCounts.get(broadcastID); ok {
+		return n, nil
+	}
+	k := s.bc(broadcastID)
+	var count *goredis.StringCmd
+	var exists *goredis.IntCmd
+	if _, err := s.rdb.TxPipelined(ctx, func(p goredis.Pipeliner) error {
+		count = p.Get(ctx, k.seatGroups())
+		exists = p.Exists(ctx, k.broadcast())
+		return nil
+	}); err != nil && !errors.Is(err, goredis.Nil) {
+		return 0, err
+	}
+	n, err := count.Int()
+	switch {
+	case err == nil && n >= 1 && n <= MaxSeatGroups:
+	case errors.Is(err, goredis.Nil) && exists.Val() > 0:
+		n = 1
+	case errors.Is(err, goredis.Nil):
+		return s.groups, nil
+	default:
+		return 0, fmt.Errorf("seat groups of broadcast %s: %q: want 1 to %d", broadcastID, count.Val(), MaxSeatGroups)
+	}
+	s.groupCounts.put(broadcastID, n)
+	return n, nil
+}
+
+// stageRef is where a stage's records are: its broadcast and seat group.
+type stageRef struct {
+	broadcastID string
+	group       int
+}
+
+// indexValue is how the stage index names a stage's broadcast and group.
+func (r stageRef) indexValue() string {
+	if r.group == 0 {
+		return r.broadcastID
+	}
+	return r.broadcastID + "#" + strconv.Itoa(r.group)
+}
+
+func parseStageRef(v string) stageRef {
+	b, g, ok := strings.Cut(v, "#")
+	if !ok {
+		return stageRef{broadcastID: v}
+	}
+	n, err := strconv.Atoi(g)
+	if err != nil || n < 0 || n >= MaxSeatGroups {
+		// No store writes this: read it as group 0, whose scripts answer
+		// that the stage is not there.
+		return stageRef{broadcastID: b}
+	}
+	return stageRef{broadcastID: b, group: n}
+}
+
+// lookupStage reads a stage's broadcast and group from the stage index.
+func (s *Store) lookupStage(ctx context.Context, arn string) (stageRef, error) {
+	v, err := s.rdb.HGet(ctx, s.stageIndexKey(), arn).Result()
+	if errors.Is(err, goredis.Nil) {
+		return stageRef{}, fmt.Errorf("stage %s: %w", arn, store.ErrNotFound)
+	}
+	if err != nil {
+		return stageRef{}, err
+	}
+	ref := parseStageRef(v)
+	s.stageRefs.put(arn, ref)
+	return ref, nil
+}
+
+// knownStage is lookupStage answered from memory when it can be: for
+// renewals, which then take one round trip. A stage deleted and made again
+// in another group is read stale; the caller checks its answer.
+func (s *Store) knownStage(ctx context.Context, arn string) (stageRef, error) {
+	if ref, ok := s.stageRefs.get(arn); ok {
+		return ref, nil
+	}
+	return s.lookupStage(ctx, arn)
+}
+
+// placeStage answers the group of a stage being put: its own if the index
+// has it, else the group with the fewest stages, lowest first.
+func (s *Store) placeStage(ctx context.Context, st store.Stage) (stageRef, error) {
+	ref, err := s.lookupStage(ctx, st.Arn)
+	if err == nil && ref.broadcastID == st.BroadcastID {
+		return ref, nil
+	}
+	if err != nil && !errors.Is(err, store.ErrNotFound) {
+		return stageRef{}, err
+	}
+	n, err := s.seatGroups(ctx, st.BroadcastID)
+	if err != nil {
+		return stageRef{}, err
+	}
+	ref = stageRef{broadcastID: st.BroadcastID}
+	if n > 1 {
+		lens := make([]*goredis.IntCmd, n)
+		if _, err := s.rdb.Pipelined(ctx, func(p goredis.Pipeliner) error {
+			for g := range n {
+				lens[g] = p.HLen(ctx, s.group(st.BroadcastID, g).stages())
+			}
+			return nil
+		}); err != nil {
+			return stageRef{}, err
+		}
+		for g := range n {
+			if lens[g].Val() < lens[ref.group].Val() {
+				ref.group = g
+			}
+		}
+	}
+	// Two puts of one new stage at once must agree on its group.
+	set, err := s.rdb.HSetNX(ctx, s.stageIndexKey(), st.Arn, ref.indexValue()).Result()
+	if err != nil {
+		return stageRef{}, err
+	}
+	if set {
+		s.stageRefs.put(st.Arn, ref)
+		return ref, nil
+	}
+	if got, err := s.lookupStage(ctx, st.Arn); err != nil || got.broadcastID == st.BroadcastID {
+		return got, err
+	}
+	// An index entry of another broadcast's stage of this ARN, left behind:
+	// the stage is this broadcast's now.
+	if err := s.rdb.HSet(ctx, s.stageIndexKey(), st.Arn, ref.indexValue()).Err(); err != nil {
+		return stageRef{}, err
+	}
+	s.stageRefs.put(st.Arn, ref)
+	return ref, nil
+}
+
+// runFenced runs a fenced script over seat group g of broadcastID, fenced
+// as ctx says: with the lease on group 0, with the group's floors on
+// another after checking the lease.
+func (s *Store) runFenced(ctx context.Context, sc fencedSeatScript, broadcastID string, g int, args ...any) (string, []any, error) {
+	k := s.group(broadcastID, g)
+	lease, fence := s.fence(ctx, broadcastID)
+	name := "control"
+	if f, ok := store.FenceFor(ctx, broadcastID); ok {
+		name = f.Name
+	}
+	args = append(append(fence, args...), name)
+	if g == 0 {
+		return s.run(ctx, sc.lease, append([]string{lease}, k.seatKeys()...), args...)
+	}
+	if err := s.leaseStillHeld(ctx, broadcastID); err != nil {
+		return "", nil, err
+	}
+	return s.run(ctx, sc.floor, append([]string{k.floors()}, k.seatKeys()...), args...)
+}
+
+// leaseStillHeld checks ctx's fence for broadcastID, if it has one, against
+// the lease as Redis has it now.
+func (s *Store) leaseStillHeld(ctx context.Context, broadcastID string) error {
+	f, ok := store.FenceFor(ctx, broadcastID)
+	if !ok {
+		return nil
+	}
+	cur, err := s.rdb.HMGet(ctx, s.bc(broadcastID).lease(f.Name), "holder", "token").Result()
+	if err != nil {
+		return err
+	}
+	if cur[0] != f.Holder || cur[1] != strconv.FormatInt(f.Token, 10) {
+		return fmt.Errorf("lease %s of broadcast %s: %w", f.Name, broadcastID, store.ErrFenced)
+	}
+	return nil
+}
+
+// raiseFloors tells every seat group on another slot than the lease of a
+// new grant of it.
+func (s *Store) raiseFloors(ctx context.Context, l store.Lease) error {
+	n, err := s.seatGroups(ctx, l.BroadcastID)
+	if err != nil {
+		return err
+	}
+	for g := 1; g < n; g++ {
+		if _, _, err := s.run(ctx, raiseFloor, []string{s.group(l.BroadcastID, g).floors()}, l.Name, l.Token); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// forgetAway takes the seats just freed in group g out of their viewers'
+// home groups' away hashes.
+func (s *Store) forgetAway(ctx context.Context, broadcastID string, n, g int, seats []store.Seat) error {
+	if n == 1 {
+		return nil
+	}
+	byHome := map[int][]seatCall{}
+	for _, seat := range seats {
+		if h := homeGroup(seat.UserID, n); h != g {
+			byHome[h] = append(byHome[h], seatCall{name: "unclaim", args: []any{seat.UserID, strconv.Itoa(g)}})
+		}
+	}
+	for h, calls := range byHome {
+		for len(calls) > 0 {
+			m := min(len(calls), maxBatch)
+			for _, r := range s.seatCalls(ctx, s.group(broadcastID, h), calls[:m]) {
+				if r.err != nil {
+					return r.err
+				}
+			}
+			calls = calls[m:]
+		}
+	}
+	return nil
+}
+
+// groupOf reads the group a script named.
+func groupOf(v string, n int) (int, error) {
+	g, err := strconv.Atoi(v)
+	if err != nil || g < 0 || g >= n {
+		return 0, fmt.Errorf("seat group %q from redis: want 0 to %d", v, n-1)
+	}
+	return g, nil
+}
+
+func reserveCall(req store.SeatRequest, want, mode string) seatCall {
+	exp := req.Now.Add(req.TTL)
+	return seatCall{name: "reserve", args: []any{req.UserID, want, req.ParticipantID, rfc3339(req.Now), rfc3339(exp),
+		exp.UnixMicro(), req.BroadcastID, req.Now.Unix(), mode}}
+}
+
+func releaseCall(userID, mode, stageArn string) seatCall {
+	return seatCall{name: "release", args: []any{userID, mode, stageArn}}
+}
+
+// reserveGrouped is ReserveSeat over n > 1 groups (see the top of this
+// file). A join that loses its seat to another join of the same viewer at
+// the same time starts again; one that keeps losing gives up.
+func (s *Store) reserveGrouped(ctx context.Context, req store.SeatRequest, n int, what string) (store.Seat, error) {
+	b := req.BroadcastID
+	h := homeGroup(req.UserID, n)
+	// target is the asked-for stage's group: -1 for any stage, n for a
+	// stage that is not this broadcast's (only an existing seat answers).
+	target := -1
+	if req.StageArn != "" {
+		ref, err := s.lookupStage(ctx, req.StageArn)
+		switch {
+		case errors.Is(err, store.ErrNotFound) || (err == nil && ref.broadcastID != b):
+			target = n
+		case err != nil:
+			return store.Seat{}, err
+		default:
+			target = ref.group
+		}
+	}
+	want := func(g int) string {
+		switch {
+		case target < 0:
+			return ""
+		case g == target:
+			return req.StageArn
+		}
+		return "-"
+	}
+	for range 2*n + 2 {
+		r := s.call(ctx, s.group(b, h), reserveCall(req, want(h), "home"))
+		if r.err != nil || r.status == "ok" {
+			return decodeSeat(r, what)
+		}
+		// from is the group of the viewer's seat (or home, for none), and
+		// stale that seat, on a stage that no longer takes viewers.
+		from, stale, answers := h, "", []string{r.status}
+		if r.status == "away" {
+			j, err := groupOf(r.seat, n)
+			if err != nil {
+				return store.Seat{}, err
+			}
+			rj := s.call(ctx, s.group(b, j), reserveCall(req, want(j), "seat"))
+			if rj.err != nil || rj.status == "ok" {
+				return decodeSeat(rj, what)
+			}
+			if rj.replaced == "" {
+				// The seat the home group named is gone: forget it, and
+				// look again from home.
+				if u := s.call(ctx, s.group(b, h), seatCall{name: "unclaim", args: []any{req.UserID, strconv.Itoa(j)}}); u.err != nil {
+					return store.Seat{}, u.err
+				}
+				continue
+			}
+			from, stale, answers = j, rj.replaced, []string{rj.status}
+		}
+		var groups []int
+		for i := range n {
+			if g := (h + i) % n; g != from && (target < 0 || g == target) {
+				groups = append(groups, g)
+			}
+		}
+		seat, again, err := s.seatElsewhere(ctx, req, what, n, groups, from, stale, want, &answers)
+		if !again {
+			if err == nil && seat.UserID == "" {
+				return store.Seat{}, groupedErr(answers, target, n, what)
+			}
+			return seat, err
+		}
+	}
+	return store.Seat{}, fmt.Errorf("%s: joins of viewer %s at once kept taking seats in different groups; try again", what, req.UserID)
+}
+
+// seatElsewhere looks for a seat in groups, in order, and claims the first
+// one at home. It answers the seat, or no seat and each group's answer
+// added to answers, or again when a join of the same viewer at the same
+// time claimed another seat first (this one is given back).
+func (s *Store) seatElsewhere(ctx context.Context, req store.SeatRequest, what string, n int, groups []int, from int, stale string,
+	want func(int) string, answers *[]string) (store.Seat, bool, error) {
+	b, h := req.BroadcastID, homeGroup(req.UserID, n)
+	for _, g := range groups {
+		rg := s.call(ctx, s.group(b, g), reserveCall(req, want(g), "seat"))
+		if rg.err != nil {
+			return store.Seat{}, false, rg.err
+		}
+		if rg.status != "ok" {
+			*answers = append(*answers, rg.status)
+			continue
+		}
+		seat, err := decodeSeat(rg, what)
+		if err != nil {
+			return store.Seat{}, false, err
+		}
+		at, was := strconv.Itoa(g), ""
+		if g == h {
+			at = ""
+		}
+		if from != h {
+			was = strconv.Itoa(from)
+		}
+		c := s.call(ctx, s.group(b, h), seatCall{name: "claim", args: []any{req.UserID, at, was}})
+		if c.err == nil && c.status == "ok" {
+			old := c.replaced
+			if from != h && stale != "" {
+				var st store.Seat
+				if err := decodeInto(stale, &st); err != nil {
+					return store.Seat{}, false, err
+				}
+				if r := s.call(ctx, s.group(b, from), releaseCall(req.UserID, "seat", st.StageArn)); r.err != nil {
+					return store.Seat{}, false, r.err
+				}
+				old = stale
+			}
+			if old != "" {
+				seat.Replaced = &store.Seat{}
+				if err := decodeInto(old, seat.Replaced); err != nil {
+					return store.Seat{}, false, err
+				}
+			}
+			return seat, false, nil
+		}
+		// Not claimed: give the seat back, on its stage only.
+		if r := s.call(ctx, s.group(b, g), releaseCall(req.UserID, "seat", seat.StageArn)); r.err != nil {
+			return store.Seat{}, false, r.err
+		}
+		if c.err != nil {
+			return store.Seat{}, false, c.err
+		}
+		return store.Seat{}, true, nil
+	}
+	return store.Seat{}, false, nil
+}
+
+// groupedErr is a join's error from every group's answer: for the asked-for
+// stage, its group's; for any, full if a group was, else not live if
+// every group was.
+func groupedErr(answers []string, target, n int, what string) error {
+	if target == n {
+		return statusErr("notfound", what)
+	}
+	status := "notlive"
+	for _, a := range answers {
+		switch {
+		case a == "elsewhere":
+		case target >= 0:
+			return statusErr(a, what)
+		case a == "full":
+			status = a
+		case a != "notlive":
+			return statusErr(a, what)
+		}
+	}
+	return statusErr(status, what)
+}
+
+// renewGrouped is RenewSeat over n > 1 groups: to the named stage's group,
+// else (or when the seat is not there) through the viewer's home group.
+func (s *Store) renewGrouped(ctx context.Context, broadcastID, userID string, owner store.SeatOwner, call seatCall, n int, what string) (store.Seat, error) {
+	h := homeGroup(userID, n)
+	if owner.StageArn != "" {
+		ref, err := s.knownStage(ctx, owner.StageArn)
+		if err != nil && !errors.Is(err, store.ErrNotFound) {
+			return store.Seat{}, err
+		}
+		if err == nil && ref.broadcastID == broadcastID && ref.group != h {
+			r := s.call(ctx, s.group(broadcastID, ref.group), withMode(call, "seat"))
+			if r.err != nil || r.status != "notfound" {
+				return decodeSeat(r, what)
+			}
+		}
+	}
+	r := s.call(ctx, s.group(broadcastID, h), withMode(call, "home"))
+	if r.err == nil && r.status == "away" {
+		j, err := groupOf(r.seat, n)
+		if err != nil {
+			return store.Seat{}, err
+		}
+		r = s.call(ctx, s.group(broadcastID, j), withMode(call, "seat"))
+	}
+	return decodeSeat(r, what)
+}
+
+// releaseGrouped is ReleaseSeat over n > 1 groups.
+func (s *Store) releaseGrouped(ctx context.Context, broadcastID, userID string, n int, what string) (store.Seat, error) {
+	r := s.call(ctx, s.group(broadcastID, homeGroup(userID, n)), releaseCall(userID, "home", ""))
+	if r.err == nil && r.status == "away" {
+		j, err := groupOf(r.seat, n)
+		if err != nil {
+			return store.Seat{}, err
+		}
+		r = s.call(ctx, s.group(broadcastID, j), releaseCall(userID, "seat", ""))
+	}
+	return decodeSeat(r, what)
+}
+
+// withMode is call with its mode, its last argument, set.
+func withMode(call seatCall, mode string) seatCall {
+	args := append([]any(nil), call.args...)
+	args[len(args)-1] = mode
+	return seatCall{name: call.name, args: args}
+}
