@@ -1,0 +1,305 @@
+package redis_test
+
+import (
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	goredis "github.com/redis/go-redis/v9"
+
+	"github.com/stagefleet/stagefleet/internal/redistest"
+	"github.com/stagefleet/stagefleet/internal/store"
+	"github.com/stagefleet/stagefleet/internal/store/redis"
+)
+
+func stageArn(id string) string { return "arn:aws:ivs:us-east-1:123456789012:stage/" + id }
+
+// groupedStages records broadcast b and one seatable stage of capacity per
+// group, named g0, g1, ...: a new stage goes to the group with the fewest.
+func groupedStages(t *testing.T, st *redis.Store, b string, groups, capacity int) []string {
+	t.Helper()
+	createBroadcast(t, st, b)
+	var arns []string
+	for g := range groups {
+		arn := stageArn(fmt.Sprintf("%s-g%d", b, g))
+		must(t, st.PutStage(t.Context(), store.Stage{Arn: arn, BroadcastID: b, Role: store.RoleReplica, Capacity: capacity, Seatable: true, CreatedAt: time.Now()}))
+		if got, err := redis.StageGroup(t.Context(), st, arn); err != nil || got != g {
+			t.Fatalf("stage %d went to group %d (%v), want the group with the fewest stages, %d", g, got, err, g)
+		}
+		arns = append(arns, arn)
+	}
+	return arns
+}
+
+func must(t *testing.T, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// awayEntries counts the entries of every away hash under prefix.
+func awayEntries(t *testing.T, rdb *goredis.Client, prefix string) int64 {
+	t.Helper()
+	keys, err := rdb.Keys(t.Context(), prefix+":*away").Result()
+	must(t, err)
+	var n int64
+	for _, k := range keys {
+		n += rdb.HLen(t.Context(), k).Val()
+	}
+	return n
+}
+
+// Viewers whose home group is full are seated in the next group with
+// room, and found there again by every seat operation: a join gets the same
+// seat back, a renewal with or without its stage renews it, a read finds
+// it, a leave frees it and the expiry sweep frees the rest; no claim is
+// left behind, and the end leaves no key of any group.
+func TestGroupedOverflow(t *testing.T) {
+	srv := redistest.Start(t)
+	rdb := srv.Client(t)
+	st := redis.New(rdb, "ov", redis.WithSeatGroups(4), redis.WithSeatBatching())
+	ctx := t.Context()
+	createBroadcast(t, st, "b")
+	// One stage, in group 0: every viewer homed elsewhere overflows.
+	only := stageArn("only")
+	must(t, st.PutStage(ctx, store.Stage{Arn: only, BroadcastID: "b", Role: store.RoleOrigin, Capacity: 40, Seatable: true, CreatedAt: time.Now()}))
+	now := time.Now().Truncate(time.Millisecond)
+	var away int
+	for i := range 40 {
+		user := fmt.Sprintf("v%d", i)
+		if redis.HomeGroup(user, 4) != 0 {
+			away++
+		}
+		seat, err := st.ReserveSeat(ctx, store.SeatRequest{BroadcastID: "b", UserID: user, ParticipantID: "p-" + user, Now: now, TTL: time.Minute})
+		if err != nil || seat.StageArn != only || seat.StageSeats != i+1 {
+			t.Fatalf("join %d: %+v, %v; want seat %d on %s", i, seat, err, i+1, only)
+		}
+	}
+	if away < 20 {
+		t.Fatalf("only %d of 40 viewers are homed away from group 0: the test proves little", away)
+	}
+	if got := awayEntries(t, rdb, "ov"); got != int64(away) {
+		t.Fatalf("%d claims recorded at home, want one per viewer seated away from home (%d)", got, away)
+	}
+	if _, err := st.ReserveSeat(ctx, store.SeatRequest{BroadcastID: "b", UserID: "late", ParticipantID: "p", Now: now, TTL: time.Minute}); !errors.Is(err, store.ErrFull) {
+		t.Fatalf("a join with every group full: %v, want ErrFull", err)
+	}
+	for i := range 40 {
+		user := fmt.Sprintf("v%d", i)
+		again, err := st.ReserveSeat(ctx, store.SeatRequest{BroadcastID: "b", UserID: user, ParticipantID: "other", Now: now, TTL: 2 * time.Minute})
+		if err != nil || again.StageArn != only || again.ParticipantID != "p-"+user || !again.ExpiresAt.Equal(now.Add(2*time.Minute)) {
+			t.Fatalf("%s joining again: %+v, %v; want its own seat, renewed", user, again, err)
+		}
+		for _, owner := range []store.SeatOwner{{ParticipantID: "p-" + user, StageArn: only}, {ParticipantID: "p-" + user}} {
+			if _, err := st.RenewSeat(ctx, "b", user, owner, now, 3*time.Minute); err != nil {
+				t.Fatalf("%s renewing as %+v: %v", user, owner, err)
+			}
+		}
+		if _, err := st.RenewSeat(ctx, "b", user, store.SeatOwner{ParticipantID: "someone-else"}, now, time.Minute); !errors.Is(err, store.ErrNotOwner) {
+			t.Fatalf("%s's seat renewed by another participant: %v, want ErrNotOwner", user, err)
+		}
+		if got, err := st.GetSeat(ctx, "b", user); err != nil || got.UserID != user {
+			t.Fatalf("GetSeat(%s) = %+v, %v", user, got, err)
+		}
+	}
+	if got, err := st.GetStage(ctx, only); err != nil || got.Seats != 40 {
+		t.Fatalf("the stage holds %d seats (%v) after every viewer joined again, want 40", got.Seats, err)
+	}
+	for i := range 10 {
+		user := fmt.Sprintf("v%d", i)
+		if _, err := st.ReleaseSeat(ctx, "b", user); err != nil {
+			t.Fatalf("ReleaseSeat(%s): %v", user, err)
+		}
+		if _, err := st.GetSeat(ctx, "b", user); !errors.Is(err, store.ErrNotFound) {
+			t.Fatalf("GetSeat(%s) after leaving: %v, want ErrNotFound", user, err)
+		}
+		if _, err := st.ReleaseSeat(ctx, "b", user); !errors.Is(err, store.ErrNotFound) {
+			t.Fatalf("ReleaseSeat(%s) twice: %v, want ErrNotFound", user, err)
+		}
+	}
+	freed, err := st.ExpireSeats(ctx, "b", now.Add(time.Hour))
+	if err != nil || len(freed) != 30 {
+		t.Fatalf("ExpireSeats freed %d (%v), want the 30 left", len(freed), err)
+	}
+	if got := awayEntries(t, rdb, "ov"); got != 0 {
+		t.Fatalf("%d claims left after every seat was freed", got)
+	}
+	l, err := st.AcquireLease(ctx, "b", "control", "me", time.Minute)
+	must(t, err)
+	if _, err := st.DeleteBroadcast(store.WithFence(ctx, l), "b"); err != nil {
+		t.Fatalf("DeleteBroadcast: %v", err)
+	}
+	keys, err := rdb.Keys(ctx, "ov:*").Result()
+	must(t, err)
+	slices.Sort(keys)
+	if want := []string{"ov:{b}:lease-tokens", "ov:{b}:lease:control"}; !slices.Equal(keys, want) {
+		t.Fatalf("keys after DeleteBroadcast: %q, want the leases' only %q", keys, want)
+	}
+}
+
+// A viewer whose seat is in another group, on a stage that stops taking
+// viewers, moves to a stage with room in any group once there is one, and
+// the old seat comes back as Replaced (for its session to close).
+func TestGroupedMoveOffClosedStage(t *testing.T) {
+	srv := redistest.Start(t)
+	st := redis.New(srv.Client(t), "mv", redis.WithSeatGroups(3))
+	ctx := t.Context()
+	arns := groupedStages(t, st, "b", 3, 5)
+	// A viewer homed in group 1, seated in group 2 (groups 0 and 1 full).
+	user := ""
+	for i := 0; user == ""; i++ {
+		if u := fmt.Sprintf("u%d", i); redis.HomeGroup(u, 3) == 1 {
+			user = u
+		}
+	}
+	for _, arn := range arns[:2] {
+		for i := range 5 {
+			if _, err := st.ReserveSeat(ctx, store.SeatRequest{BroadcastID: "b", UserID: fmt.Sprintf("fill-%s-%d", arn, i), StageArn: arn, Now: time.Now(), TTL: time.Hour}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	seat, err := st.ReserveSeat(ctx, store.SeatRequest{BroadcastID: "b", UserID: user, ParticipantID: "p", Now: time.Now(), TTL: time.Hour})
+	if err != nil || seat.StageArn != arns[2] {
+		t.Fatalf("seated on %s (%v), want %s, the only group with room", seat.StageArn, err, arns[2])
+	}
+	must(t, st.SetSeatable(ctx, arns[2], false))
+	if again, err := st.ReserveSeat(ctx, store.SeatRequest{BroadcastID: "b", UserID: user, ParticipantID: "p", Now: time.Now(), TTL: time.Hour}); !errors.Is(err, store.ErrFull) {
+		t.Fatalf("a join with no stage open with room: %+v, %v; want ErrFull, the old seat kept", again, err)
+	}
+	if _, err := st.GetSeat(ctx, "b", user); err != nil {
+		t.Fatalf("the old seat is gone after a join that found no room: %v", err)
+	}
+	// Room in group 0: the viewer moves there.
+	if _, err := st.ReleaseSeat(ctx, "b", "fill-"+arns[0]+"-0"); err != nil {
+		t.Fatal(err)
+	}
+	moved, err := st.ReserveSeat(ctx, store.SeatRequest{BroadcastID: "b", UserID: user, ParticipantID: "p", Now: time.Now(), TTL: time.Hour})
+	if err != nil || moved.StageArn != arns[0] || moved.Replaced == nil || moved.Replaced.StageArn != arns[2] {
+		t.Fatalf("moved to %+v, %v; want a seat on %s replacing the one on %s", moved, err, arns[0], arns[2])
+	}
+	if got, err := st.GetStage(ctx, arns[2]); err != nil || got.Seats != 0 {
+		t.Fatalf("the closed stage holds %d seats (%v) after its viewer moved, want 0", got.Seats, err)
+	}
+	if got, err := st.GetSeat(ctx, "b", user); err != nil || got.StageArn != arns[0] {
+		t.Fatalf("GetSeat after the move: %+v, %v; want the seat on %s", got, err, arns[0])
+	}
+}
+
+// Many instances, each viewer joining from all of them at once while
+// others leave, with fewer seats than viewers and room appearing and going
+// in every group: capacity stays exact in every group, no viewer holds two
+// seats, the joins of a viewer that never left agree on its seat, and no
+// seat is lost: joining everyone once more fills every stage exactly. (The
+// rare interleavings in which two joins of a viewer take seats in two
+// groups are played step by step in claim_test.go.)
+func TestGroupedSameViewerStorm(t *testing.T) {
+	srv := redistest.Start(t)
+	const groups, capacity, viewers, instances = 4, 25, 160, 6
+	var stores []*redis.Store
+	for range instances {
+		stores = append(stores, redis.New(goredis.NewClient(&goredis.Options{Addr: srv.Addr()}), "storm", redis.WithSeatGroups(groups), redis.WithSeatBatching()))
+	}
+	t.Cleanup(func() {
+		for _, st := range stores {
+			st.Close()
+		}
+	})
+	ctx := t.Context()
+	arns := groupedStages(t, stores[0], "b", groups, capacity)
+	var mu sync.Mutex
+	got := map[string][]string{} // viewer -> stages its successful joins answered
+	left := map[string]bool{}
+	// Every viewer joins from every instance at once; meanwhile leavers
+	// free random seats, so that room comes and goes in every group and a
+	// viewer's joins can find it in different groups.
+	var wg sync.WaitGroup
+	done := make(chan struct{})
+	var leavers sync.WaitGroup
+	for i := range 2 {
+		leavers.Go(func() {
+			rng := rand.New(rand.NewPCG(uint64(i), 3))
+			for {
+				select {
+				case <-done:
+					return
+				default:
+				}
+				leaver := fmt.Sprintf("v%d", rng.IntN(viewers))
+				mu.Lock()
+				left[leaver] = true
+				mu.Unlock()
+				if _, err := stores[i].ReleaseSeat(ctx, "b", leaver); err != nil && !errors.Is(err, store.ErrNotFound) {
+					t.Errorf("ReleaseSeat(%s): %v", leaver, err)
+				}
+				time.Sleep(200 * time.Microsecond)
+			}
+		})
+	}
+	for v := range viewers {
+		user := fmt.Sprintf("v%d", v)
+		for _, st := range stores {
+			wg.Go(func() {
+				seat, err := st.ReserveSeat(ctx, store.SeatRequest{BroadcastID: "b", UserID: user, ParticipantID: "p-" + user, Now: time.Now(), TTL: time.Hour})
+				switch {
+				case err == nil:
+					mu.Lock()
+					got[user] = append(got[user], seat.StageArn)
+					mu.Unlock()
+				case !errors.Is(err, store.ErrFull):
+					t.Errorf("ReserveSeat(%s): %v", user, err)
+				}
+			})
+		}
+	}
+	wg.Wait()
+	close(done)
+	leavers.Wait()
+	for user, answers := range got {
+		if !left[user] && len(slices.Compact(slices.Clone(answers))) != 1 {
+			t.Errorf("viewer %s never left, and its joins answered different stages: %v", user, answers)
+		}
+	}
+	check := func(when string) int {
+		t.Helper()
+		seats, err := stores[0].ListSeats(ctx, "b")
+		must(t, err)
+		perStage := map[string]int{}
+		users := map[string]bool{}
+		for _, s := range seats {
+			if users[s.UserID] {
+				t.Errorf("%s: viewer %s holds two seats", when, s.UserID)
+			}
+			users[s.UserID] = true
+			perStage[s.StageArn]++
+		}
+		stages, err := stores[0].ListStages(ctx, "b")
+		must(t, err)
+		for _, s := range stages {
+			if s.Seats > s.Capacity || s.Seats != perStage[s.Arn] {
+				t.Errorf("%s: stage %s holds %d seats of %d, and %d are listed on it", when, s.Arn, s.Seats, s.Capacity, perStage[s.Arn])
+			}
+		}
+		return len(seats)
+	}
+	check("after the storm")
+	for v := range viewers {
+		user := fmt.Sprintf("v%d", v)
+		if _, err := stores[v%instances].ReserveSeat(ctx, store.SeatRequest{BroadcastID: "b", UserID: user, ParticipantID: "p-" + user, Now: time.Now(), TTL: time.Hour}); err != nil && !errors.Is(err, store.ErrFull) {
+			t.Fatalf("ReserveSeat(%s) after the storm: %v", user, err)
+		}
+	}
+	if n := check("after everyone joined once more"); n != groups*capacity {
+		t.Errorf("%d seats held once everyone joined again, want all %d: seats were lost", n, groups*capacity)
+	}
+	for _, a := range arns {
+		if s, err := stores[0].GetStage(ctx, a); err != nil || s.Seats != capacity {
+			t.Errorf("stage %s holds %d of %d (%v) once everyone joined again", a, s.Seats, capacity, err)
+		}
+	}
+}
