@@ -260,8 +260,8 @@ func openStore(ctx context.Context, cfg config.Config, quotas map[string]float64
 		rdb.Close()
 		return nil, nil, fmt.Errorf("redis at %s does not answer: %w", where, err)
 	}
-	// Concurrent seat operations of a broadcast share one script call.
-	st := redisstore.New(rdb, cfg.RedisKeyPrefix, redisstore.WithSeatBatching())
+	// Concurrent seat operations of a seat group share one script call.
+	st := redisstore.New(rdb, cfg.RedisKeyPrefix, redisstore.WithSeatBatching(), redisstore.WithSeatGroups(cfg.RedisSeatGroups))
 	return st, &sharedLimiter{store: st, quotas: quotas, region: cfg.AWSRegion, local: local, log: log}, nil
 }
 

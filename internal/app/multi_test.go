@@ -26,6 +26,7 @@ import (
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/credentials"
+	goredis "github.com/redis/go-redis/v9"
 
 	"github.com/stagefleet/stagefleet/internal/ivs"
 	"github.com/stagefleet/stagefleet/internal/redistest"
@@ -140,7 +141,10 @@ type cluster struct {
 // and n instances configured by env on top of the defaults here.
 func startCluster(t *testing.T, n int, env map[string]string, emuArgs ...string) *cluster {
 	t.Helper()
-	c := &cluster{redis: redistest.Start(t)}
+	c := &cluster{}
+	if env["REDIS_URL"] == "" {
+		c.redis = redistest.Start(t)
+	}
 	ports := make([]int, n)
 	for i := range ports {
 		ports[i] = testproc.FreePort(t)
@@ -168,11 +172,13 @@ func startCluster(t *testing.T, n int, env map[string]string, emuArgs ...string)
 		"IVS_TOKEN_PRIVATE_KEY_FILE": keyFile,
 		"API_SECRET_KEY":             "api-secret",
 		"EVENTS_SECRET":              "events-secret",
-		"REDIS_URL":                  c.redis.URL(),
 		"DATA_DIR":                   t.TempDir(),
 		"API_HOST":                   "127.0.0.1",
 		"RATE_LIMIT_MAX_REQUESTS":    "0",
 		"LOG_LEVEL":                  "warn",
+	}
+	if c.redis != nil {
+		base["REDIS_URL"] = c.redis.URL()
 	}
 	maps.Copy(base, env)
 	for i, port := range ports {
@@ -442,6 +448,66 @@ func TestMultiInstance(t *testing.T) {
 		if seats != viewers {
 			t.Errorf("instance %d counts %d seats, want %d", i, seats, viewers)
 		}
+	}
+	c.instances[0].checkNoLeaks(t, "default")
+}
+
+// TestMultiInstanceSeatGroups: three instances on a Redis Cluster of three
+// masters, each broadcast's seats split over four seat groups, in a join
+// storm: every viewer is seated within capacity, every instance counts
+// every seat, and the seats went to more than one group (slot).
+func TestMultiInstanceSeatGroups(t *testing.T) {
+	const viewers, capacity = 1500, 50
+	addrs := redistest.StartCluster(t)
+	c := startCluster(t, 3, map[string]string{
+		"REDIS_URL":          "redis://" + addrs[0],
+		"REDIS_CLUSTER":      "true",
+		"REDIS_SEAT_GROUPS":  "4",
+		"STAGE_CAPACITY":     strconv.Itoa(capacity),
+		"SCALE_UP_THRESHOLD": "45",
+		"MAX_STAGES":         "60",
+		"SEAT_WAIT":          "30s",
+		"RECONCILE_INTERVAL": "2s",
+		"LEASE_TTL":          "2s",
+		"HEARTBEAT_TIMEOUT":  "10m",
+	}, "--stage-capacity", strconv.Itoa(capacity), "--max-stages", "200",
+		"--latency", "CreateStage=300ms", "--replica-delay", "500ms")
+	host := c.instances[0].goLive(t, "default", "host-1")
+	vs := c.seatAll(t, "viewer", viewers, 3*time.Minute)
+	c.joinAllEmu(t, vs)
+	perStage := map[string]int{}
+	for _, v := range vs {
+		perStage[v.token.StageArn]++
+	}
+	for arn, n := range perStage {
+		if n > capacity {
+			t.Errorf("stage %s was given %d viewers; capacity is %d", arn, n, capacity)
+		}
+	}
+	c.checkFleet(t, host.ParticipantID, capacity)
+	for i, a := range c.instances {
+		seats := 0
+		for _, st := range a.stages(t, "default") {
+			seats += st.Seats
+		}
+		if seats != viewers {
+			t.Errorf("instance %d counts %d seats, want %d", i, seats, viewers)
+		}
+	}
+	rdb := goredis.NewClusterClient(&goredis.ClusterOptions{Addrs: addrs})
+	defer rdb.Close()
+	groups := map[string]bool{}
+	err := rdb.ForEachMaster(t.Context(), func(ctx context.Context, node *goredis.Client) error {
+		keys, err := node.Keys(ctx, "stagefleet:{default*}:seats").Result()
+		for _, k := range keys {
+			if node.HLen(ctx, k).Val() > 0 {
+				groups[k] = true
+			}
+		}
+		return err
+	})
+	if err != nil || len(groups) < 2 {
+		t.Errorf("seats are held under %d group keys (%v): %v; want them spread over the groups", len(groups), err, groups)
 	}
 	c.instances[0].checkNoLeaks(t, "default")
 }

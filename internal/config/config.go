@@ -114,6 +114,8 @@ type Config struct {
 	RedisTLS       bool
 	RedisCluster   bool
 	RedisKeyPrefix string
+	// RedisSeatGroups is how many seat groups a new broadcast gets.
+	RedisSeatGroups int
 	LeaseTTL       time.Duration
 	InstanceID     string
 
@@ -329,6 +331,9 @@ var settings = []setting{
 		}
 		c.RedisKeyPrefix = v
 		return nil
+	}},
+	{"REDIS_SEAT_GROUPS", "1", "how many Redis slots each new broadcast's seats are split over (1-64): more than 1 when one broadcast's viewers are more than one Redis core carries (docs/scale.md)", func(c *Config, v string) error {
+		return intRange(&c.RedisSeatGroups, v, 1, 64)
 	}},
 	{"LEASE_TTL", "10s", "how long an instance keeps a broadcast's control lease without renewing it: after a crash, another instance takes the broadcast over within this", func(c *Config, v string) error {
 		return duration(&c.LeaseTTL, v, 500*time.Millisecond, 5*time.Minute)
