@@ -116,8 +116,8 @@ type Config struct {
 	RedisKeyPrefix string
 	// RedisSeatGroups is how many seat groups a new broadcast gets.
 	RedisSeatGroups int
-	LeaseTTL       time.Duration
-	InstanceID     string
+	LeaseTTL        time.Duration
+	InstanceID      string
 
 	// MetricsAddr, when set, serves /metrics there (without x-api-key)
 	// instead of on the API's address.

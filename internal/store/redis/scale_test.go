@@ -1,6 +1,7 @@
 package redis_test
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"strconv"
@@ -259,6 +260,120 @@ func BenchmarkPacedRenewals(b *testing.B) {
 	}
 	b.ReportMetric((redisMicros(b, rdb)-before)/float64(b.N), "redis-µs/op")
 	b.ReportMetric(float64(counter.Count())/float64(b.N), "round-trips/op")
+}
+
+// mastersMicros is redisMicros of every master of a cluster, by address.
+func mastersMicros(tb testing.TB, rdb *goredis.ClusterClient) map[string]float64 {
+	var mu sync.Mutex
+	out := map[string]float64{}
+	if err := rdb.ForEachMaster(tb.Context(), func(_ context.Context, node *goredis.Client) error {
+		us := redisMicros(tb, node)
+		mu.Lock()
+		defer mu.Unlock()
+		out[node.Options().Addr] = us
+		return nil
+	}); err != nil {
+		tb.Fatal(err)
+	}
+	return out
+}
+
+// reportMasters reports Redis's CPU per operation since before: in all,
+// and on the busiest master, which bounds the rate: 10⁶ / busiest-µs/op
+// operations a second once that master's core is full.
+func reportMasters(b *testing.B, rdb *goredis.ClusterClient, counter *redistest.CommandCounter, before map[string]float64) {
+	var total, busiest float64
+	for addr, us := range mastersMicros(b, rdb) {
+		d := us - before[addr]
+		total += d
+		busiest = max(busiest, d)
+	}
+	b.ReportMetric(total/float64(b.N), "redis-µs/op")
+	b.ReportMetric(busiest/float64(b.N), "busiest-µs/op")
+	b.ReportMetric(float64(counter.Count())/float64(b.N), "round-trips/op")
+}
+
+// BenchmarkSeatGroups runs the joins and renewals of one broadcast on a
+// Redis Cluster of three masters, its seats in one seat group or split
+// over several, batched as serve runs them, 32 at once. Renewals name
+// their stage, as heartbeats do. Which master holds which group's slot is
+// the cluster's: the busiest master's share depends on it.
+func BenchmarkSeatGroups(b *testing.B) {
+	addrs := redistest.StartCluster(b)
+	for _, groups := range []int{1, 6, 12} {
+		b.Run(fmt.Sprintf("groups=%d", groups), func(b *testing.B) {
+			rdb := goredis.NewClusterClient(&goredis.ClusterOptions{Addrs: addrs})
+			st := redis.New(rdb, fmt.Sprintf("g%d", groups), redis.WithSeatBatching(), redis.WithSeatGroups(groups))
+			defer st.Close()
+			bigStages(b, st, "b", 60, 10_000)
+			counter := &redistest.CommandCounter{}
+			rdb.AddHook(counter)
+			var mu sync.Mutex
+			var seats []store.Seat
+			var next atomic.Int64
+			b.Run("join", func(b *testing.B) {
+				b.SetParallelism(32)
+				before := mastersMicros(b, rdb)
+				counter.Reset()
+				defer reportMasters(b, rdb, counter, before)
+				b.RunParallel(func(pb *testing.PB) {
+					for pb.Next() {
+						seat, err := st.ReserveSeat(b.Context(), store.SeatRequest{BroadcastID: "b", UserID: fmt.Sprint("v", next.Add(1)), ParticipantID: "P", Now: time.Now(), TTL: time.Hour})
+						if err != nil {
+							b.Error(err)
+							return
+						}
+						mu.Lock()
+						seats = append(seats, seat)
+						mu.Unlock()
+					}
+				})
+			})
+			b.Run("renew", func(b *testing.B) {
+				b.SetParallelism(32)
+				before := mastersMicros(b, rdb)
+				counter.Reset()
+				defer reportMasters(b, rdb, counter, before)
+				var n atomic.Int64
+				b.RunParallel(func(pb *testing.PB) {
+					for pb.Next() {
+						seat := seats[n.Add(1)%int64(len(seats))]
+						if _, err := st.RenewSeat(b.Context(), "b", seat.UserID, store.SeatOwner{ParticipantID: "P", StageArn: seat.StageArn}, time.Now(), time.Hour); err != nil {
+							b.Error(err)
+							return
+						}
+					}
+				})
+			})
+			// An instance's heartbeats, as in BenchmarkPacedRenewals:
+			// 3,000 a second, each from a goroutine of its own. The more
+			// groups, the smaller each group's batches.
+			b.Run("renew-paced", func(b *testing.B) {
+				const rate = 3000
+				before := mastersMicros(b, rdb)
+				counter.Reset()
+				var failed atomic.Int64
+				var wg sync.WaitGroup
+				start := time.Now()
+				b.ResetTimer()
+				for i := range b.N {
+					time.Sleep(time.Until(start.Add(time.Duration(i) * time.Second / rate)))
+					seat := seats[i%len(seats)]
+					wg.Go(func() {
+						if _, err := st.RenewSeat(b.Context(), "b", seat.UserID, store.SeatOwner{ParticipantID: "P", StageArn: seat.StageArn}, time.Now(), time.Hour); err != nil {
+							failed.Add(1)
+						}
+					})
+				}
+				wg.Wait()
+				b.StopTimer()
+				if failed.Load() > 0 {
+					b.Fatalf("%d renewals failed", failed.Load())
+				}
+				reportMasters(b, rdb, counter, before)
+			})
+		})
+	}
 }
 
 // createBroadcast records broadcast id unless it is already: seat
