@@ -55,12 +55,66 @@ func WithSeatGroups(n int) Option {
 	return func(s *Store) { s.groups = n }
 }
 
-// group names the keys of one seat group of a broadcast.
-func (s *Store) group(broadcastID string, g int) keys {
-	if g == 0 {
-		return s.bc(broadcastID)
+// layout is where a broadcast's seat groups are: each group's key tag.
+type layout struct{ tags []string }
+
+// n is the number of groups.
+func (l *layout) n() int { return len(l.tags) }
+
+// group names the keys of seat group g.
+func (l *layout) group(g int) keys { return keys{tag: l.tags[g]} }
+
+// clusterSlots is the number of Redis Cluster hash slots.
+const clusterSlots = 16384
+
+// slot is Redis Cluster's hash slot of a hash tag: its CRC16 (XMODEM)
+// modulo clusterSlots.
+func slot(tag string) int {
+	var crc uint16
+	for i := range len(tag) {
+		crc ^= uint16(tag[i]) << 8
+		for range 8 {
+			if crc&0x8000 != 0 {
+				crc = crc<<1 ^ 0x1021
+			} else {
+				crc <<= 1
+			}
+		}
 	}
-	return keys{tag: s.prefix + ":{" + broadcastID + "#" + strconv.Itoa(g) + "}:"}
+	return int(crc) % clusterSlots
+}
+
+// newLayout names the n seat groups of broadcastID: group 0 under the
+// broadcast's own tag, {id}, so that one group is the layout from before
+// groups; group g under {id#g}, or {id#g.k} with the first k that puts it
+// in a part of the slot space no other group holds. The slot space is cut
+// into n equal parts, one group in each: on a Cluster whose masters hold
+// equal runs of slots (as redis-cli --cluster create makes them), n a
+// multiple of the masters puts as many groups on each.
+func (s *Store) newLayout(broadcastID string, n int) *layout {
+	l := &layout{tags: make([]string, n)}
+	l.tags[0] = s.prefix + ":{" + broadcastID + "}:"
+	part := func(tag string) int { return slot(tag) * n / clusterSlots }
+	taken := make([]bool, n)
+	taken[part(broadcastID)] = true
+	free := 0
+	for g := 1; g < n; g++ {
+		for taken[free] {
+			free++
+		}
+		taken[free] = true
+		tag := broadcastID + "#" + strconv.Itoa(g)
+		// A few times n tries find the part; the bound only makes the
+		// loop's end plain (the plain tag is as good, only less even).
+		for k := 1; part(tag) != free && k < 1000*n; k++ {
+			tag = broadcastID + "#" + strconv.Itoa(g) + "." + strconv.Itoa(k)
+		}
+		if part(tag) != free {
+			tag = broadcastID + "#" + strconv.Itoa(g)
+		}
+		l.tags[g] = s.prefix + ":{" + tag + "}:"
+	}
+	return l
 }
 
 // homeGroup is the group where userID's join looks first.
@@ -102,16 +156,16 @@ func (c *cache[V]) drop(k string) {
 	delete(c.m, k)
 }
 
-// seatGroups answers how many groups broadcastID's seats are split over:
-// what it was created with (kept, as it never changes), 1 for a broadcast
-// created before seat groups, and this store's own setting for one that
-// does not exist (not kept: it may yet be created). A broadcast id used
-// again after its end is read with the first one's count until this
-// instance restarts, unless it ended here: keep one REDIS_SEAT_GROUPS
-// across a deployment.
-func (s *Store) seatGroups(ctx context.Context, broadcastID string) (int, error) {
-	if n, ok := s.groupCounts.get(broadcastID); ok {
-		return n, nil
+// layoutOf answers the seat groups of broadcastID: as many as it was
+// created with (kept, as it never changes), 1 for a broadcast created
+// before seat groups, and this store's own setting for one that does not
+// exist (not kept: it may yet be created). A broadcast id used again after
+// its end is read with the first one's count until this instance
+// restarts, unless it ended here: keep one REDIS_SEAT_GROUPS across a
+// deployment.
+func (s *Store) layoutOf(ctx context.Context, broadcastID string) (*layout, error) {
+	if l, ok := s.layouts.get(broadcastID); ok {
+		return l, nil
 	}
 	k := s.bc(broadcastID)
 	var count *goredis.StringCmd
@@ -121,7 +175,7 @@ func (s *Store) seatGroups(ctx context.Context, broadcastID string) (int, error)
 		exists = p.Exists(ctx, k.broadcast())
 		return nil
 	}); err != nil && !errors.Is(err, goredis.Nil) {
-		return 0, err
+		return nil, err
 	}
 	n, err := count.Int()
 	switch {
@@ -129,12 +183,13 @@ func (s *Store) seatGroups(ctx context.Context, broadcastID string) (int, error)
 	case errors.Is(err, goredis.Nil) && exists.Val() > 0:
 		n = 1
 	case errors.Is(err, goredis.Nil):
-		return s.groups, nil
+		return s.newLayout(broadcastID, s.groups), nil
 	default:
-		return 0, fmt.Errorf("seat groups of broadcast %s: %q: want 1 to %d", broadcastID, count.Val(), MaxSeatGroups)
+		return nil, fmt.Errorf("seat groups of broadcast %s: %q: want 1 to %d", broadcastID, count.Val(), MaxSeatGroups)
 	}
-	s.groupCounts.put(broadcastID, n)
-	return n, nil
+	l := s.newLayout(broadcastID, n)
+	s.layouts.put(broadcastID, l)
+	return l, nil
 }
 
 // stageRef is where a stage's records are: its broadcast and seat group.
@@ -179,6 +234,25 @@ func (s *Store) lookupStage(ctx context.Context, arn string) (stageRef, error) {
 	return ref, nil
 }
 
+// stageAt finds a stage's broadcast and group, and the broadcast's seat
+// groups.
+func (s *Store) stageAt(ctx context.Context, arn string) (stageRef, *layout, error) {
+	ref, err := s.lookupStage(ctx, arn)
+	if err != nil {
+		return ref, nil, err
+	}
+	lay, err := s.layoutOf(ctx, ref.broadcastID)
+	if err != nil {
+		return ref, nil, err
+	}
+	if ref.group >= lay.n() {
+		// No store writes this: an index entry from a broadcast of the
+		// same id made with more groups.
+		return ref, nil, fmt.Errorf("stage %s: %w", arn, store.ErrNotFound)
+	}
+	return ref, lay, nil
+}
+
 // knownStage is lookupStage answered from memory when it can be: for
 // renewals, which then take one round trip. A stage deleted and made again
 // in another group is read stale; the caller checks its answer.
@@ -189,30 +263,31 @@ func (s *Store) knownStage(ctx context.Context, arn string) (stageRef, error) {
 	return s.lookupStage(ctx, arn)
 }
 
-// placeStage answers the group of a stage being put: its own if the index
-// has it, else the group with the fewest stages, lowest first.
-func (s *Store) placeStage(ctx context.Context, st store.Stage) (stageRef, error) {
-	ref, err := s.lookupStage(ctx, st.Arn)
+// placeStage answers the group of a stage being put, and its broadcast's
+// groups: its own group if the index has it, else the group with the
+// fewest stages, lowest first.
+func (s *Store) placeStage(ctx context.Context, st store.Stage) (stageRef, *layout, error) {
+	ref, lay, err := s.stageAt(ctx, st.Arn)
 	if err == nil && ref.broadcastID == st.BroadcastID {
-		return ref, nil
+		return ref, lay, nil
 	}
 	if err != nil && !errors.Is(err, store.ErrNotFound) {
-		return stageRef{}, err
+		return stageRef{}, nil, err
 	}
-	n, err := s.seatGroups(ctx, st.BroadcastID)
+	lay, err = s.layoutOf(ctx, st.BroadcastID)
 	if err != nil {
-		return stageRef{}, err
+		return stageRef{}, nil, err
 	}
 	ref = stageRef{broadcastID: st.BroadcastID}
-	if n > 1 {
+	if n := lay.n(); n > 1 {
 		lens := make([]*goredis.IntCmd, n)
 		if _, err := s.rdb.Pipelined(ctx, func(p goredis.Pipeliner) error {
 			for g := range n {
-				lens[g] = p.HLen(ctx, s.group(st.BroadcastID, g).stages())
+				lens[g] = p.HLen(ctx, lay.group(g).stages())
 			}
 			return nil
 		}); err != nil {
-			return stageRef{}, err
+			return stageRef{}, nil, err
 		}
 		for g := range n {
 			if lens[g].Val() < lens[ref.group].Val() {
@@ -223,29 +298,30 @@ func (s *Store) placeStage(ctx context.Context, st store.Stage) (stageRef, error
 	// Two puts of one new stage at once must agree on its group.
 	set, err := s.rdb.HSetNX(ctx, s.stageIndexKey(), st.Arn, ref.indexValue()).Result()
 	if err != nil {
-		return stageRef{}, err
+		return stageRef{}, nil, err
 	}
 	if set {
 		s.stageRefs.put(st.Arn, ref)
-		return ref, nil
+		return ref, lay, nil
 	}
-	if got, err := s.lookupStage(ctx, st.Arn); err != nil || got.broadcastID == st.BroadcastID {
-		return got, err
+	if got, _, err := s.stageAt(ctx, st.Arn); err == nil && got.broadcastID == st.BroadcastID {
+		return got, lay, nil
 	}
-	// An index entry of another broadcast's stage of this ARN, left behind:
-	// the stage is this broadcast's now.
+	// An index entry of another broadcast's stage of this ARN (or of a
+	// group this broadcast has not), left behind: the stage is this
+	// broadcast's now.
 	if err := s.rdb.HSet(ctx, s.stageIndexKey(), st.Arn, ref.indexValue()).Err(); err != nil {
-		return stageRef{}, err
+		return stageRef{}, nil, err
 	}
 	s.stageRefs.put(st.Arn, ref)
-	return ref, nil
+	return ref, lay, nil
 }
 
 // runFenced runs a fenced script over seat group g of broadcastID, fenced
 // as ctx says: with the lease on group 0, with the group's floors on
 // another after checking the lease.
-func (s *Store) runFenced(ctx context.Context, sc fencedSeatScript, broadcastID string, g int, args ...any) (string, []any, error) {
-	k := s.group(broadcastID, g)
+func (s *Store) runFenced(ctx context.Context, sc fencedSeatScript, broadcastID string, lay *layout, g int, args ...any) (string, []any, error) {
+	k := lay.group(g)
 	lease, fence := s.fence(ctx, broadcastID)
 	name := "control"
 	if f, ok := store.FenceFor(ctx, broadcastID); ok {
@@ -281,12 +357,12 @@ func (s *Store) leaseStillHeld(ctx context.Context, broadcastID string) error {
 // raiseFloors tells every seat group on another slot than the lease of a
 // new grant of it.
 func (s *Store) raiseFloors(ctx context.Context, l store.Lease) error {
-	n, err := s.seatGroups(ctx, l.BroadcastID)
+	lay, err := s.layoutOf(ctx, l.BroadcastID)
 	if err != nil {
 		return err
 	}
-	for g := 1; g < n; g++ {
-		if _, _, err := s.run(ctx, raiseFloor, []string{s.group(l.BroadcastID, g).floors()}, l.Name, l.Token); err != nil {
+	for g := 1; g < lay.n(); g++ {
+		if _, _, err := s.run(ctx, raiseFloor, []string{lay.group(g).floors()}, l.Name, l.Token); err != nil {
 			return err
 		}
 	}
@@ -295,7 +371,8 @@ func (s *Store) raiseFloors(ctx context.Context, l store.Lease) error {
 
 // forgetAway takes the seats just freed in group g out of their viewers'
 // home groups' away hashes.
-func (s *Store) forgetAway(ctx context.Context, broadcastID string, n, g int, seats []store.Seat) error {
+func (s *Store) forgetAway(ctx context.Context, lay *layout, g int, seats []store.Seat) error {
+	n := lay.n()
 	if n == 1 {
 		return nil
 	}
@@ -308,7 +385,7 @@ func (s *Store) forgetAway(ctx context.Context, broadcastID string, n, g int, se
 	for h, calls := range byHome {
 		for len(calls) > 0 {
 			m := min(len(calls), maxBatch)
-			for _, r := range s.seatCalls(ctx, s.group(broadcastID, h), calls[:m]) {
+			for _, r := range s.seatCalls(ctx, lay.group(h), calls[:m]) {
 				if r.err != nil {
 					return r.err
 				}
@@ -341,8 +418,8 @@ func releaseCall(userID, mode, stageArn string) seatCall {
 // reserveGrouped is ReserveSeat over n > 1 groups (see the top of this
 // file). A join that loses its seat to another join of the same viewer at
 // the same time starts again; one that keeps losing gives up.
-func (s *Store) reserveGrouped(ctx context.Context, req store.SeatRequest, n int, what string) (store.Seat, error) {
-	b := req.BroadcastID
+func (s *Store) reserveGrouped(ctx context.Context, req store.SeatRequest, lay *layout, what string) (store.Seat, error) {
+	b, n := req.BroadcastID, lay.n()
 	h := homeGroup(req.UserID, n)
 	// target is the asked-for stage's group: -1 for any stage, n for a
 	// stage that is not this broadcast's (only an existing seat answers).
@@ -368,7 +445,7 @@ func (s *Store) reserveGrouped(ctx context.Context, req store.SeatRequest, n int
 		return "-"
 	}
 	for range 2*n + 2 {
-		r := s.call(ctx, s.group(b, h), reserveCall(req, want(h), "home"))
+		r := s.call(ctx, lay.group(h), reserveCall(req, want(h), "home"))
 		if r.err != nil || r.status == "ok" {
 			return decodeSeat(r, what)
 		}
@@ -380,14 +457,14 @@ func (s *Store) reserveGrouped(ctx context.Context, req store.SeatRequest, n int
 			if err != nil {
 				return store.Seat{}, err
 			}
-			rj := s.call(ctx, s.group(b, j), reserveCall(req, want(j), "seat"))
+			rj := s.call(ctx, lay.group(j), reserveCall(req, want(j), "seat"))
 			if rj.err != nil || rj.status == "ok" {
 				return decodeSeat(rj, what)
 			}
 			if rj.replaced == "" {
 				// The seat the home group named is gone: forget it, and
 				// look again from home.
-				if u := s.call(ctx, s.group(b, h), seatCall{name: "unclaim", args: []any{req.UserID, strconv.Itoa(j)}}); u.err != nil {
+				if u := s.call(ctx, lay.group(h), seatCall{name: "unclaim", args: []any{req.UserID, strconv.Itoa(j)}}); u.err != nil {
 					return store.Seat{}, u.err
 				}
 				continue
@@ -400,7 +477,7 @@ func (s *Store) reserveGrouped(ctx context.Context, req store.SeatRequest, n int
 				groups = append(groups, g)
 			}
 		}
-		seat, again, err := s.seatElsewhere(ctx, req, what, n, groups, from, stale, want, &answers)
+		seat, again, err := s.seatElsewhere(ctx, req, what, lay, groups, from, stale, want, &answers)
 		if !again {
 			if err == nil && seat.UserID == "" {
 				return store.Seat{}, groupedErr(answers, target, n, what)
@@ -415,11 +492,11 @@ func (s *Store) reserveGrouped(ctx context.Context, req store.SeatRequest, n int
 // one at home. It answers the seat, or no seat and each group's answer
 // added to answers, or again when a join of the same viewer at the same
 // time claimed another seat first (this one is given back).
-func (s *Store) seatElsewhere(ctx context.Context, req store.SeatRequest, what string, n int, groups []int, from int, stale string,
+func (s *Store) seatElsewhere(ctx context.Context, req store.SeatRequest, what string, lay *layout, groups []int, from int, stale string,
 	want func(int) string, answers *[]string) (store.Seat, bool, error) {
-	b, h := req.BroadcastID, homeGroup(req.UserID, n)
+	h := homeGroup(req.UserID, lay.n())
 	for _, g := range groups {
-		rg := s.call(ctx, s.group(b, g), reserveCall(req, want(g), "seat"))
+		rg := s.call(ctx, lay.group(g), reserveCall(req, want(g), "seat"))
 		if rg.err != nil {
 			return store.Seat{}, false, rg.err
 		}
@@ -438,7 +515,7 @@ func (s *Store) seatElsewhere(ctx context.Context, req store.SeatRequest, what s
 		if from != h {
 			was = strconv.Itoa(from)
 		}
-		c := s.call(ctx, s.group(b, h), seatCall{name: "claim", args: []any{req.UserID, at, was}})
+		c := s.call(ctx, lay.group(h), seatCall{name: "claim", args: []any{req.UserID, at, was}})
 		if c.err == nil && c.status == "ok" {
 			old := c.replaced
 			if from != h && stale != "" {
@@ -446,7 +523,7 @@ func (s *Store) seatElsewhere(ctx context.Context, req store.SeatRequest, what s
 				if err := decodeInto(stale, &st); err != nil {
 					return store.Seat{}, false, err
 				}
-				if r := s.call(ctx, s.group(b, from), releaseCall(req.UserID, "seat", st.StageArn)); r.err != nil {
+				if r := s.call(ctx, lay.group(from), releaseCall(req.UserID, "seat", st.StageArn)); r.err != nil {
 					return store.Seat{}, false, r.err
 				}
 				old = stale
@@ -460,7 +537,7 @@ func (s *Store) seatElsewhere(ctx context.Context, req store.SeatRequest, what s
 			return seat, false, nil
 		}
 		// Not claimed: give the seat back, on its stage only.
-		if r := s.call(ctx, s.group(b, g), releaseCall(req.UserID, "seat", seat.StageArn)); r.err != nil {
+		if r := s.call(ctx, lay.group(g), releaseCall(req.UserID, "seat", seat.StageArn)); r.err != nil {
 			return store.Seat{}, false, r.err
 		}
 		if c.err != nil {
@@ -495,40 +572,42 @@ func groupedErr(answers []string, target, n int, what string) error {
 
 // renewGrouped is RenewSeat over n > 1 groups: to the named stage's group,
 // else (or when the seat is not there) through the viewer's home group.
-func (s *Store) renewGrouped(ctx context.Context, broadcastID, userID string, owner store.SeatOwner, call seatCall, n int, what string) (store.Seat, error) {
+func (s *Store) renewGrouped(ctx context.Context, broadcastID, userID string, owner store.SeatOwner, call seatCall, lay *layout, what string) (store.Seat, error) {
+	n := lay.n()
 	h := homeGroup(userID, n)
 	if owner.StageArn != "" {
 		ref, err := s.knownStage(ctx, owner.StageArn)
 		if err != nil && !errors.Is(err, store.ErrNotFound) {
 			return store.Seat{}, err
 		}
-		if err == nil && ref.broadcastID == broadcastID && ref.group != h {
-			r := s.call(ctx, s.group(broadcastID, ref.group), withMode(call, "seat"))
+		if err == nil && ref.broadcastID == broadcastID && ref.group != h && ref.group < n {
+			r := s.call(ctx, lay.group(ref.group), withMode(call, "seat"))
 			if r.err != nil || r.status != "notfound" {
 				return decodeSeat(r, what)
 			}
 		}
 	}
-	r := s.call(ctx, s.group(broadcastID, h), withMode(call, "home"))
+	r := s.call(ctx, lay.group(h), withMode(call, "home"))
 	if r.err == nil && r.status == "away" {
 		j, err := groupOf(r.seat, n)
 		if err != nil {
 			return store.Seat{}, err
 		}
-		r = s.call(ctx, s.group(broadcastID, j), withMode(call, "seat"))
+		r = s.call(ctx, lay.group(j), withMode(call, "seat"))
 	}
 	return decodeSeat(r, what)
 }
 
 // releaseGrouped is ReleaseSeat over n > 1 groups.
-func (s *Store) releaseGrouped(ctx context.Context, broadcastID, userID string, n int, what string) (store.Seat, error) {
-	r := s.call(ctx, s.group(broadcastID, homeGroup(userID, n)), releaseCall(userID, "home", ""))
+func (s *Store) releaseGrouped(ctx context.Context, userID string, lay *layout, what string) (store.Seat, error) {
+	n := lay.n()
+	r := s.call(ctx, lay.group(homeGroup(userID, n)), releaseCall(userID, "home", ""))
 	if r.err == nil && r.status == "away" {
 		j, err := groupOf(r.seat, n)
 		if err != nil {
 			return store.Seat{}, err
 		}
-		r = s.call(ctx, s.group(broadcastID, j), releaseCall(userID, "seat", ""))
+		r = s.call(ctx, lay.group(j), releaseCall(userID, "seat", ""))
 	}
 	return decodeSeat(r, what)
 }

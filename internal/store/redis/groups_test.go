@@ -197,7 +197,7 @@ func TestGroupedMoveOffClosedStage(t *testing.T) {
 // seats, the joins of a viewer that never left agree on its seat, and no
 // seat is lost: joining everyone once more fills every stage exactly. (The
 // rare interleavings in which two joins of a viewer take seats in two
-// groups are played step by step in claim_test.go.)
+// groups are played step by step in groups_internal_test.go.)
 func TestGroupedSameViewerStorm(t *testing.T) {
 	srv := redistest.Start(t)
 	const groups, capacity, viewers, instances = 4, 25, 160, 6

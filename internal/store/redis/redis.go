@@ -44,9 +44,9 @@ type Store struct {
 	batches *batcher
 	// groups is how many seat groups a broadcast created here gets
 	// (WithSeatGroups; groups.go).
-	groups      int
-	groupCounts cache[int]      // broadcast id → its seat groups
-	stageRefs   cache[stageRef] // stage ARN → its broadcast and group
+	groups    int
+	layouts   cache[*layout]  // broadcast id → its seat groups
+	stageRefs cache[stageRef] // stage ARN → its broadcast and group
 	// sweepFrom turns the group an expiry sweep starts with.
 	sweepFrom atomic.Uint32
 }
@@ -268,20 +268,20 @@ func (s *Store) PutBroadcast(ctx context.Context, b store.Broadcast) error {
 // delete may be left out of the stage index, as with DeleteStage.
 func (s *Store) DeleteBroadcast(ctx context.Context, id string) ([]store.Seat, error) {
 	k := s.bc(id)
-	n, err := s.seatGroups(ctx, id)
+	lay, err := s.layoutOf(ctx, id)
 	if err != nil {
 		return nil, err
 	}
 	var arns, seats []any
-	for g := 1; g < n; g++ {
-		status, out, err := s.runFenced(ctx, deleteGroup, id, g)
+	for g := 1; g < lay.n(); g++ {
+		status, out, err := s.runFenced(ctx, deleteGroup, id, lay, g)
 		if err := cmp.Or(err, statusErr(status, "broadcast "+id)); err != nil {
 			return nil, err
 		}
 		if err := s.collectDropped(out, &arns, &seats); err != nil {
 			return nil, fmt.Errorf("broadcast %s: %w", id, err)
 		}
-		if err := s.rdb.Del(ctx, s.group(id, g).floors()).Err(); err != nil {
+		if err := s.rdb.Del(ctx, lay.group(g).floors()).Err(); err != nil {
 			return nil, err
 		}
 	}
@@ -297,7 +297,7 @@ func (s *Store) DeleteBroadcast(ctx context.Context, id string) ([]store.Seat, e
 	if err := s.collectDropped(out, &arns, &seats); err != nil {
 		return nil, fmt.Errorf("broadcast %s: %w", id, err)
 	}
-	s.groupCounts.drop(id)
+	s.layouts.drop(id)
 	if len(arns) > 0 {
 		fields := make([]string, 0, len(arns))
 		for _, a := range arns {
@@ -352,12 +352,12 @@ func (s *Store) PutStage(ctx context.Context, st store.Stage) error {
 	if err != nil {
 		return err
 	}
-	ref, err := s.placeStage(ctx, st)
+	ref, lay, err := s.placeStage(ctx, st)
 	if err != nil {
 		return err
 	}
 	rank := fmt.Sprintf("%d %d", st.Capacity, st.CreatedAt.UnixMicro())
-	status, _, err := s.runFenced(ctx, putStage, st.BroadcastID, ref.group, st.Arn, data, bit(st.Seatable), rank)
+	status, _, err := s.runFenced(ctx, putStage, st.BroadcastID, lay, ref.group, st.Arn, data, bit(st.Seatable), rank)
 	if err != nil {
 		return err
 	}
@@ -365,11 +365,11 @@ func (s *Store) PutStage(ctx context.Context, st store.Stage) error {
 }
 
 func (s *Store) GetStage(ctx context.Context, arn string) (store.Stage, error) {
-	ref, err := s.lookupStage(ctx, arn)
+	ref, lay, err := s.stageAt(ctx, arn)
 	if err != nil {
 		return store.Stage{}, err
 	}
-	k := s.group(ref.broadcastID, ref.group)
+	k := lay.group(ref.group)
 	var rec, count *goredis.StringCmd
 	var open *goredis.BoolCmd
 	if _, err := s.rdb.TxPipelined(ctx, func(p goredis.Pipeliner) error {
@@ -399,13 +399,14 @@ func (s *Store) GetStage(ctx context.Context, arn string) (store.Stage, error) {
 // ListStages reads every seat group of the broadcast, each group as one
 // snapshot (a MULTI on its slot).
 func (s *Store) ListStages(ctx context.Context, broadcastID string) ([]store.Stage, error) {
-	n, err := s.seatGroups(ctx, broadcastID)
+	lay, err := s.layoutOf(ctx, broadcastID)
 	if err != nil {
 		return nil, err
 	}
+	n := lay.n()
 	var out []store.Stage
 	for g := range n {
-		k := s.group(broadcastID, g)
+		k := lay.group(g)
 		var recs, counts *goredis.MapStringStringCmd
 		var open *goredis.StringSliceCmd
 		if _, err := s.rdb.TxPipelined(ctx, func(p goredis.Pipeliner) error {
@@ -437,11 +438,11 @@ func (s *Store) ListStages(ctx context.Context, broadcastID string) ([]store.Sta
 }
 
 func (s *Store) SetSeatable(ctx context.Context, arn string, seatable bool) error {
-	ref, err := s.lookupStage(ctx, arn)
+	ref, lay, err := s.stageAt(ctx, arn)
 	if err != nil {
 		return err
 	}
-	status, _, err := s.runFenced(ctx, setSeatable, ref.broadcastID, ref.group, arn, bit(seatable))
+	status, _, err := s.runFenced(ctx, setSeatable, ref.broadcastID, lay, ref.group, arn, bit(seatable))
 	if err != nil {
 		return err
 	}
@@ -451,18 +452,18 @@ func (s *Store) SetSeatable(ctx context.Context, arn string, seatable bool) erro
 // DropSeats frees up to n seats over the broadcast's groups, the first
 // groups first.
 func (s *Store) DropSeats(ctx context.Context, broadcastID string, n int) ([]store.Seat, error) {
-	groups, err := s.seatGroups(ctx, broadcastID)
+	lay, err := s.layoutOf(ctx, broadcastID)
 	if err != nil {
 		return nil, err
 	}
 	var out []store.Seat
-	for g := 0; g < groups && len(out) < n; g++ {
-		status, freed, err := s.runFenced(ctx, dropSeats, broadcastID, g, n-len(out))
+	for g := 0; g < lay.n() && len(out) < n; g++ {
+		status, freed, err := s.runFenced(ctx, dropSeats, broadcastID, lay, g, n-len(out))
 		seats, err := freedSeats(status, freed, err, "seats of "+broadcastID)
 		if err != nil {
 			return out, err
 		}
-		if err := s.forgetAway(ctx, broadcastID, groups, g, seats); err != nil {
+		if err := s.forgetAway(ctx, lay, g, seats); err != nil {
 			return out, err
 		}
 		out = append(out, seats...)
@@ -482,20 +483,16 @@ func freedSeats(status string, out []any, err error, what string) ([]store.Seat,
 }
 
 func (s *Store) DeleteStage(ctx context.Context, arn string) ([]store.Seat, error) {
-	ref, err := s.lookupStage(ctx, arn)
+	ref, lay, err := s.stageAt(ctx, arn)
 	if err != nil {
 		return nil, err
 	}
-	status, out, err := s.runFenced(ctx, deleteStage, ref.broadcastID, ref.group, arn)
+	status, out, err := s.runFenced(ctx, deleteStage, ref.broadcastID, lay, ref.group, arn)
 	seats, err := freedSeats(status, out, err, "stage "+arn)
 	if err != nil {
 		return nil, err
 	}
-	n, err := s.seatGroups(ctx, ref.broadcastID)
-	if err != nil {
-		return nil, err
-	}
-	if err := s.forgetAway(ctx, ref.broadcastID, n, ref.group, seats); err != nil {
+	if err := s.forgetAway(ctx, lay, ref.group, seats); err != nil {
 		return nil, err
 	}
 	if err := s.rdb.HDel(ctx, s.stageIndexKey(), arn).Err(); err != nil {
@@ -640,12 +637,13 @@ func (s *Store) ReserveSeat(ctx context.Context, req store.SeatRequest) (store.S
 	if req.StageArn != "" {
 		what = "stage " + req.StageArn
 	}
-	n, err := s.seatGroups(ctx, req.BroadcastID)
+	lay, err := s.layoutOf(ctx, req.BroadcastID)
 	if err != nil {
 		return store.Seat{}, err
 	}
+	n := lay.n()
 	if n > 1 {
-		return s.reserveGrouped(ctx, req, n, what)
+		return s.reserveGrouped(ctx, req, lay, what)
 	}
 	return decodeSeat(s.call(ctx, s.bc(req.BroadcastID), reserveCall(req, req.StageArn, "")), what)
 }
@@ -654,24 +652,26 @@ func (s *Store) RenewSeat(ctx context.Context, broadcastID, userID string, owner
 	exp := now.Add(ttl)
 	what := "seat of " + userID
 	call := seatCall{name: "renew", args: []any{userID, owner.ParticipantID, owner.StageArn, rfc3339(exp), exp.UnixMicro(), ""}}
-	n, err := s.seatGroups(ctx, broadcastID)
+	lay, err := s.layoutOf(ctx, broadcastID)
 	if err != nil {
 		return store.Seat{}, err
 	}
+	n := lay.n()
 	if n > 1 {
-		return s.renewGrouped(ctx, broadcastID, userID, owner, call, n, what)
+		return s.renewGrouped(ctx, broadcastID, userID, owner, call, lay, what)
 	}
 	return decodeSeat(s.call(ctx, s.bc(broadcastID), call), what)
 }
 
 func (s *Store) ReleaseSeat(ctx context.Context, broadcastID, userID string) (store.Seat, error) {
 	what := "seat of " + userID
-	n, err := s.seatGroups(ctx, broadcastID)
+	lay, err := s.layoutOf(ctx, broadcastID)
 	if err != nil {
 		return store.Seat{}, err
 	}
+	n := lay.n()
 	if n > 1 {
-		return s.releaseGrouped(ctx, broadcastID, userID, n, what)
+		return s.releaseGrouped(ctx, userID, lay, what)
 	}
 	return decodeSeat(s.call(ctx, s.bc(broadcastID), releaseCall(userID, "", "")), what)
 }
@@ -725,20 +725,21 @@ func decodeInto(data string, seat *store.Seat) error {
 // group each call, so that a group with many seats to free does not hold
 // back the others' sweep.
 func (s *Store) ExpireSeats(ctx context.Context, broadcastID string, now time.Time) ([]store.Seat, error) {
-	n, err := s.seatGroups(ctx, broadcastID)
+	lay, err := s.layoutOf(ctx, broadcastID)
 	if err != nil {
 		return nil, err
 	}
+	n := lay.n()
 	first := int(s.sweepFrom.Add(1) % uint32(n))
 	var out []store.Seat
 	for i := 0; i < n && len(out) < store.ExpireBatch; i++ {
 		g := (first + i) % n
-		status, freed, err := s.run(ctx, expireSeats, s.group(broadcastID, g).seatKeys(), now.UnixMicro(), store.ExpireBatch-len(out))
+		status, freed, err := s.run(ctx, expireSeats, lay.group(g).seatKeys(), now.UnixMicro(), store.ExpireBatch-len(out))
 		seats, err := freedSeats(status, freed, err, "expiring seats of "+broadcastID)
 		if err != nil {
 			return out, err
 		}
-		if err := s.forgetAway(ctx, broadcastID, n, g, seats); err != nil {
+		if err := s.forgetAway(ctx, lay, g, seats); err != nil {
 			return out, err
 		}
 		out = append(out, seats...)
@@ -747,13 +748,14 @@ func (s *Store) ExpireSeats(ctx context.Context, broadcastID string, now time.Ti
 }
 
 func (s *Store) SeatTotals(ctx context.Context, broadcastID string) (store.SeatTotals, error) {
-	n, err := s.seatGroups(ctx, broadcastID)
+	lay, err := s.layoutOf(ctx, broadcastID)
 	if err != nil {
 		return store.SeatTotals{}, err
 	}
+	n := lay.n()
 	var sum [3]int64
 	for g := range n {
-		k := s.group(broadcastID, g)
+		k := lay.group(g)
 		status, out, err := s.run(ctx, seatTotals, []string{k.counts(), k.totals()})
 		if err != nil {
 			return store.SeatTotals{}, err
@@ -778,11 +780,12 @@ func (s *Store) SeatTotals(ctx context.Context, broadcastID string) (store.SeatT
 // GetSeat reads the seat in the viewer's home group, or in the group the
 // home group names.
 func (s *Store) GetSeat(ctx context.Context, broadcastID, userID string) (store.Seat, error) {
-	n, err := s.seatGroups(ctx, broadcastID)
+	lay, err := s.layoutOf(ctx, broadcastID)
 	if err != nil {
 		return store.Seat{}, err
 	}
-	home := s.group(broadcastID, homeGroup(userID, n))
+	n := lay.n()
+	home := lay.group(homeGroup(userID, n))
 	seat, err := hget[store.Seat](ctx, s, home.seats(), userID, "seat of "+userID)
 	if n == 1 || !errors.Is(err, store.ErrNotFound) {
 		return seat, err
@@ -798,24 +801,25 @@ func (s *Store) GetSeat(ctx context.Context, broadcastID, userID string) (store.
 	if err != nil {
 		return store.Seat{}, err
 	}
-	return hget[store.Seat](ctx, s, s.group(broadcastID, g).seats(), userID, "seat of "+userID)
+	return hget[store.Seat](ctx, s, lay.group(g).seats(), userID, "seat of "+userID)
 }
 
 // ScanSeats walks the groups one after another, going on to the next
 // group while a page is short. Its cursor is Redis's HSCAN cursor, after
 // the group and a colon past group 0.
 func (s *Store) ScanSeats(ctx context.Context, broadcastID, cursor string, count int) ([]store.Seat, string, error) {
-	n, err := s.seatGroups(ctx, broadcastID)
+	lay, err := s.layoutOf(ctx, broadcastID)
 	if err != nil {
 		return nil, "", err
 	}
+	n := lay.n()
 	g, from, err := parseSeatCursor(cursor, n)
 	if err != nil {
 		return nil, "", err
 	}
 	var out []store.Seat
 	for {
-		kv, next, err := s.rdb.HScan(ctx, s.group(broadcastID, g).seats(), from, "*", int64(count)).Result()
+		kv, next, err := s.rdb.HScan(ctx, lay.group(g).seats(), from, "*", int64(count)).Result()
 		if err != nil {
 			return nil, "", err
 		}
@@ -857,13 +861,14 @@ func parseSeatCursor(cursor string, n int) (int, uint64, error) {
 }
 
 func (s *Store) ListSeats(ctx context.Context, broadcastID string) ([]store.Seat, error) {
-	n, err := s.seatGroups(ctx, broadcastID)
+	lay, err := s.layoutOf(ctx, broadcastID)
 	if err != nil {
 		return nil, err
 	}
+	n := lay.n()
 	var out []store.Seat
 	for g := range n {
-		seats, err := hvals[store.Seat](ctx, s, s.group(broadcastID, g).seats(), nil)
+		seats, err := hvals[store.Seat](ctx, s, lay.group(g).seats(), nil)
 		if err != nil {
 			return nil, err
 		}

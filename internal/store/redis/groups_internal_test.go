@@ -3,8 +3,11 @@ package redis
 import (
 	"errors"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
+
+	goredis "github.com/redis/go-redis/v9"
 
 	"github.com/stagefleet/stagefleet/internal/redistest"
 	"github.com/stagefleet/stagefleet/internal/store"
@@ -59,7 +62,11 @@ func TestClaimLosesToEarlierJoin(t *testing.T) {
 				t.Fatalf("join A: %v", err)
 			}
 			answers := []string{"full"}
-			seat, again, err := s.seatElsewhere(ctx, req, "broadcast b", n, []int{2}, 0, "", any, &answers)
+			lay, err := s.layoutOf(ctx, "b")
+			if err != nil {
+				t.Fatal(err)
+			}
+			seat, again, err := s.seatElsewhere(ctx, req, "broadcast b", lay, []int{2}, 0, "", any, &answers)
 			if err != nil || !again || seat.UserID != "" {
 				t.Fatalf("join B's seat in group 2, claimed after A's: %+v, again %v, %v; want none and to start again", seat, again, err)
 			}
@@ -85,7 +92,7 @@ func TestClaimMovesFrom(t *testing.T) {
 	srv := redistest.Start(t)
 	s := New(srv.Client(t), "", WithSeatGroups(3))
 	ctx := t.Context()
-	home := s.group("b", 0)
+	home := s.bc("b")
 	claim := func(g, from string) seatResult {
 		return s.call(ctx, home, seatCall{name: "claim", args: []any{"u", g, from}})
 	}
@@ -122,5 +129,41 @@ func TestClaimMovesFrom(t *testing.T) {
 	}
 	if n, err := s.rdb.HLen(ctx, home.away()).Result(); err != nil || n != 0 {
 		t.Fatalf("%d claims left after the unclaim (%v), want none", n, err)
+	}
+}
+
+// A broadcast's seat groups take one part each of the slot space cut into
+// as many equal parts, by Redis's own reckoning of their slots (CLUSTER
+// KEYSLOT): on three masters holding equal runs of slots, six groups are
+// two on each.
+func TestLayoutSpreadsSlots(t *testing.T) {
+	addrs := redistest.StartCluster(t)
+	rdb := goredis.NewClient(&goredis.Options{Addr: addrs[0]})
+	t.Cleanup(func() { rdb.Close() })
+	s := New(rdb, "")
+	for _, n := range []int{1, 2, 3, 6, 12, 64} {
+		for _, id := range []string{"default", "b", "launch-night_2026"} {
+			lay := s.newLayout(id, n)
+			seen := map[int]bool{}
+			for g := range n {
+				key := lay.group(g).seats()
+				want, err := rdb.ClusterKeySlot(t.Context(), key).Result()
+				if err != nil {
+					t.Fatal(err)
+				}
+				tag := key[strings.Index(key, "{")+1 : strings.Index(key, "}")]
+				if got := slot(tag); got != int(want) {
+					t.Fatalf("slot(%q) = %d, Redis says %d", tag, got, want)
+				}
+				part := int(want) * n / clusterSlots
+				if seen[part] {
+					t.Fatalf("%d groups of %s: group %d (%s) is in part %d of the slots, as another group", n, id, g, key, part)
+				}
+				seen[part] = true
+			}
+			if g0 := lay.group(0).seats(); g0 != s.bc(id).seats() {
+				t.Fatalf("group 0's keys are %s, want the broadcast's own, %s", g0, s.bc(id).seats())
+			}
+		}
 	}
 }
