@@ -355,11 +355,16 @@ func (s *Store) leaseStillHeld(ctx context.Context, broadcastID string) error {
 }
 
 // raiseFloors tells every seat group on another slot than the lease of a
-// new grant of it.
+// new grant of it. A lease of no broadcast (a scope such as the
+// reconciler's) has no groups to tell.
 func (s *Store) raiseFloors(ctx context.Context, l store.Lease) error {
 	lay, err := s.layoutOf(ctx, l.BroadcastID)
 	if err != nil {
 		return err
+	}
+	if _, stored := s.layouts.get(l.BroadcastID); !stored {
+		// layoutOf keeps the layouts of broadcasts that exist only.
+		return nil
 	}
 	for g := 1; g < lay.n(); g++ {
 		if _, _, err := s.run(ctx, raiseFloor, []string{lay.group(g).floors()}, l.Name, l.Token); err != nil {

@@ -129,6 +129,13 @@ func TestGroupedOverflow(t *testing.T) {
 	if got := awayEntries(t, rdb, "ov"); got != 0 {
 		t.Fatalf("%d claims left after every seat was freed", got)
 	}
+	// A lease of no broadcast leaves no group keys behind.
+	if _, err := st.AcquireLease(ctx, "#all", "reconcile", "me", time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	if keys, err := rdb.Keys(ctx, "ov:{#all#*").Result(); err != nil || len(keys) > 0 {
+		t.Fatalf("a lease of no broadcast wrote %q (%v)", keys, err)
+	}
 	l, err := st.AcquireLease(ctx, "b", "control", "me", time.Minute)
 	must(t, err)
 	if _, err := st.DeleteBroadcast(store.WithFence(ctx, l), "b"); err != nil {
@@ -137,7 +144,7 @@ func TestGroupedOverflow(t *testing.T) {
 	keys, err := rdb.Keys(ctx, "ov:*").Result()
 	must(t, err)
 	slices.Sort(keys)
-	if want := []string{"ov:{b}:lease-tokens", "ov:{b}:lease:control"}; !slices.Equal(keys, want) {
+	if want := []string{"ov:{#all}:lease-tokens", "ov:{#all}:lease:reconcile", "ov:{b}:lease-tokens", "ov:{b}:lease:control"}; !slices.Equal(keys, want) {
 		t.Fatalf("keys after DeleteBroadcast: %q, want the leases' only %q", keys, want)
 	}
 }

@@ -16,7 +16,10 @@
 //     seatable, ErrFull for a full one; asked for none it answers ErrNotLive
 //     when the broadcast has no seatable stage and ErrFull when they are all
 //     full. A viewer that has a seat in the broadcast gets that seat back,
-//     renewed, whatever it asks for.
+//     renewed, whatever it asks for. A join asked for no stage takes
+//     store.Fuller's first stage with room; of a store that groups stages
+//     (Groups), the first such stage of the first group, in the viewer's
+//     order, that has one.
 //   - Times are kept to the millisecond at least; the suite uses whole
 //     milliseconds and compares instants, not locations.
 //   - Leases: one holder at a time per (broadcast, name); a grant's token is
