@@ -496,9 +496,12 @@ func TestMultiInstanceSeatGroups(t *testing.T) {
 	}
 	rdb := goredis.NewClusterClient(&goredis.ClusterOptions{Addrs: addrs})
 	defer rdb.Close()
+	var mu sync.Mutex
 	groups := map[string]bool{}
 	err := rdb.ForEachMaster(t.Context(), func(ctx context.Context, node *goredis.Client) error {
 		keys, err := node.Keys(ctx, "stagefleet:{default*}:seats").Result()
+		mu.Lock()
+		defer mu.Unlock()
 		for _, k := range keys {
 			if node.HLen(ctx, k).Val() > 0 {
 				groups[k] = true

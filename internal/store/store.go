@@ -237,7 +237,9 @@ func FenceFor(ctx context.Context, broadcastID string) (Lease, bool) {
 
 // Store is stagefleet's state port: the five concerns below, each a small
 // interface of its own so that a consumer asks for the least it needs (the
-// join path needs seats only). Every method is one atomic step. Lists are
+// join path needs seats only). Every method is one atomic step (but the
+// Redis store with seat groups, whose broadcast-wide reads, cross-group
+// joins and ends take a step per group: see its package). Lists are
 // ordered: stages by CreatedAt then ARN, hosts by JoinedAt then
 // participant id, replications by destination then participant, seats by
 // TakenAt then user. The storetest package holds every implementation to

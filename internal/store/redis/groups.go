@@ -5,9 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	goredis "github.com/redis/go-redis/v9"
 
@@ -90,7 +92,9 @@ func slot(tag string) int {
 // in a part of the slot space no other group holds. The slot space is cut
 // into n equal parts, one group in each: on a Cluster whose masters hold
 // equal runs of slots (as redis-cli --cluster create makes them), n a
-// multiple of the masters puts as many groups on each.
+// multiple of the masters puts as many groups on each. The names are
+// computed, not stored: this is a data format, which no version may
+// change while broadcasts made with groups live.
 func (s *Store) newLayout(broadcastID string, n int) *layout {
 	l := &layout{tags: make([]string, n)}
 	l.tags[0] = s.prefix + ":{" + broadcastID + "}:"
@@ -159,13 +163,19 @@ func (c *cache[V]) drop(k string) {
 // layoutOf answers the seat groups of broadcastID: as many as it was
 // created with (kept, as it never changes), 1 for a broadcast created
 // before seat groups, and this store's own setting for one that does not
-// exist (not kept: it may yet be created). A broadcast id used again after
-// its end is read with the first one's count until this instance
-// restarts, unless it ended here: keep one REDIS_SEAT_GROUPS across a
-// deployment.
+// exist. A broadcast id used again after its end is read with the first
+// one's count until this instance restarts, unless it ended here: keep
+// one REDIS_SEAT_GROUPS across a deployment.
 func (s *Store) layoutOf(ctx context.Context, broadcastID string) (*layout, error) {
+	l, _, err := s.storedLayout(ctx, broadcastID)
+	return l, err
+}
+
+// storedLayout is layoutOf, and whether the broadcast exists (only then is
+// its layout kept: one that does not exist may yet be created).
+func (s *Store) storedLayout(ctx context.Context, broadcastID string) (*layout, bool, error) {
 	if l, ok := s.layouts.get(broadcastID); ok {
-		return l, nil
+		return l, true, nil
 	}
 	k := s.bc(broadcastID)
 	var count *goredis.StringCmd
@@ -175,7 +185,7 @@ func (s *Store) layoutOf(ctx context.Context, broadcastID string) (*layout, erro
 		exists = p.Exists(ctx, k.broadcast())
 		return nil
 	}); err != nil && !errors.Is(err, goredis.Nil) {
-		return nil, err
+		return nil, false, err
 	}
 	n, err := count.Int()
 	switch {
@@ -183,13 +193,13 @@ func (s *Store) layoutOf(ctx context.Context, broadcastID string) (*layout, erro
 	case errors.Is(err, goredis.Nil) && exists.Val() > 0:
 		n = 1
 	case errors.Is(err, goredis.Nil):
-		return s.newLayout(broadcastID, s.groups), nil
+		return s.newLayout(broadcastID, s.groups), false, nil
 	default:
-		return nil, fmt.Errorf("seat groups of broadcast %s: %q: want 1 to %d", broadcastID, count.Val(), MaxSeatGroups)
+		return nil, false, fmt.Errorf("seat groups of broadcast %s: %q: want 1 to %d", broadcastID, count.Val(), MaxSeatGroups)
 	}
 	l := s.newLayout(broadcastID, n)
 	s.layouts.put(broadcastID, l)
-	return l, nil
+	return l, true, nil
 }
 
 // stageRef is where a stage's records are: its broadcast and seat group.
@@ -280,10 +290,14 @@ func (s *Store) placeStage(ctx context.Context, st store.Stage) (stageRef, *layo
 	}
 	ref = stageRef{broadcastID: st.BroadcastID}
 	if n := lay.n(); n > 1 {
+		// A record whose index entry is missing (a put racing a delete
+		// drops it) keeps its group, so that no stage is in two groups.
 		lens := make([]*goredis.IntCmd, n)
+		has := make([]*goredis.BoolCmd, n)
 		if _, err := s.rdb.Pipelined(ctx, func(p goredis.Pipeliner) error {
 			for g := range n {
 				lens[g] = p.HLen(ctx, lay.group(g).stages())
+				has[g] = p.HExists(ctx, lay.group(g).stages(), st.Arn)
 			}
 			return nil
 		}); err != nil {
@@ -292,6 +306,12 @@ func (s *Store) placeStage(ctx context.Context, st store.Stage) (stageRef, *layo
 		for g := range n {
 			if lens[g].Val() < lens[ref.group].Val() {
 				ref.group = g
+			}
+		}
+		for g := range n {
+			if has[g].Val() {
+				ref.group = g
+				break
 			}
 		}
 	}
@@ -358,13 +378,9 @@ func (s *Store) leaseStillHeld(ctx context.Context, broadcastID string) error {
 // new grant of it. A lease of no broadcast (a scope such as the
 // reconciler's) has no groups to tell.
 func (s *Store) raiseFloors(ctx context.Context, l store.Lease) error {
-	lay, err := s.layoutOf(ctx, l.BroadcastID)
-	if err != nil {
+	lay, exists, err := s.storedLayout(ctx, l.BroadcastID)
+	if err != nil || !exists {
 		return err
-	}
-	if _, stored := s.layouts.get(l.BroadcastID); !stored {
-		// layoutOf keeps the layouts of broadcasts that exist only.
-		return nil
 	}
 	for g := 1; g < lay.n(); g++ {
 		if _, _, err := s.run(ctx, raiseFloor, []string{lay.group(g).floors()}, l.Name, l.Token); err != nil {
@@ -375,39 +391,66 @@ func (s *Store) raiseFloors(ctx context.Context, l store.Lease) error {
 }
 
 // forgetAway takes the seats just freed in group g out of their viewers'
-// home groups' away hashes.
-func (s *Store) forgetAway(ctx context.Context, lay *layout, g int, seats []store.Seat) error {
+// home groups' away hashes. It is best effort: a claim left behind names a
+// seat that is gone, which every reader takes as none and the viewer's
+// next join clears, while the freed seats must reach the caller (their
+// sessions close) whatever happens here.
+func (s *Store) forgetAway(ctx context.Context, lay *layout, g int, seats []store.Seat) {
 	n := lay.n()
 	if n == 1 {
-		return nil
+		return
 	}
 	byHome := map[int][]seatCall{}
 	for _, seat := range seats {
 		if h := homeGroup(seat.UserID, n); h != g {
-			byHome[h] = append(byHome[h], seatCall{name: "unclaim", args: []any{seat.UserID, strconv.Itoa(g)}})
+			byHome[h] = append(byHome[h], unclaimCall(seat.UserID, claimValue(g, seat)))
 		}
 	}
 	for h, calls := range byHome {
-		for len(calls) > 0 {
-			m := min(len(calls), maxBatch)
-			for _, r := range s.seatCalls(ctx, lay.group(h), calls[:m]) {
-				if r.err != nil {
-					return r.err
-				}
-			}
-			calls = calls[m:]
+		for chunk := range slices.Chunk(calls, maxBatch) {
+			s.seatCalls(ctx, lay.group(h), chunk)
 		}
 	}
-	return nil
 }
 
-// groupOf reads the group a script named.
-func groupOf(v string, n int) (int, error) {
-	g, err := strconv.Atoi(v)
-	if err != nil || g < 0 || g >= n {
-		return 0, fmt.Errorf("seat group %q from redis: want 0 to %d", v, n-1)
+// freeOverGroups frees up to limit seats over the broadcast's groups, from
+// group first on, with free: one script call on group g freeing at most
+// most seats.
+func (s *Store) freeOverGroups(ctx context.Context, lay *layout, first, limit int, free func(g, most int) ([]store.Seat, error)) ([]store.Seat, error) {
+	out := []store.Seat{}
+	for i := 0; i < lay.n() && len(out) < limit; i++ {
+		g := (first + i) % lay.n()
+		seats, err := free(g, limit-len(out))
+		if err != nil {
+			return out, err
+		}
+		s.forgetAway(ctx, lay, g, seats)
+		out = append(out, seats...)
 	}
-	return g, nil
+	return out, nil
+}
+
+// claim is how a home group's away hash names a seat kept in another
+// group: the group and the seat's TakenAt (Unix ns), so that forgetting a
+// freed seat never forgets a newer seat of the same viewer in that group.
+type claim struct {
+	group int
+	value string
+}
+
+// claimValue is the away hash's value for seat, kept in group g.
+func claimValue(g int, seat store.Seat) string {
+	return strconv.Itoa(g) + " " + strconv.FormatInt(seat.TakenAt.UnixNano(), 10)
+}
+
+// parseClaim reads a claim a script answered.
+func parseClaim(v string, n int) (claim, error) {
+	group, _, _ := strings.Cut(v, " ")
+	g, err := strconv.Atoi(group)
+	if err != nil || g < 0 || g >= n {
+		return claim{}, fmt.Errorf("seat group %q from redis: want 0 to %d", v, n-1)
+	}
+	return claim{group: g, value: v}, nil
 }
 
 func reserveCall(req store.SeatRequest, want, mode string) seatCall {
@@ -416,15 +459,24 @@ func reserveCall(req store.SeatRequest, want, mode string) seatCall {
 		exp.UnixMicro(), req.BroadcastID, req.Now.Unix(), mode}}
 }
 
+func renewCall(userID string, owner store.SeatOwner, now time.Time, ttl time.Duration, mode string) seatCall {
+	exp := now.Add(ttl)
+	return seatCall{name: "renew", args: []any{userID, owner.ParticipantID, owner.StageArn, rfc3339(exp), exp.UnixMicro(), mode}}
+}
+
 func releaseCall(userID, mode, stageArn string) seatCall {
 	return seatCall{name: "release", args: []any{userID, mode, stageArn}}
+}
+
+func unclaimCall(userID, value string) seatCall {
+	return seatCall{name: "unclaim", args: []any{userID, value}}
 }
 
 // reserveGrouped is ReserveSeat over n > 1 groups (see the top of this
 // file). A join that loses its seat to another join of the same viewer at
 // the same time starts again; one that keeps losing gives up.
 func (s *Store) reserveGrouped(ctx context.Context, req store.SeatRequest, lay *layout, what string) (store.Seat, error) {
-	b, n := req.BroadcastID, lay.n()
+	n := lay.n()
 	h := homeGroup(req.UserID, n)
 	// target is the asked-for stage's group: -1 for any stage, n for a
 	// stage that is not this broadcast's (only an existing seat answers).
@@ -432,7 +484,7 @@ func (s *Store) reserveGrouped(ctx context.Context, req store.SeatRequest, lay *
 	if req.StageArn != "" {
 		ref, err := s.lookupStage(ctx, req.StageArn)
 		switch {
-		case errors.Is(err, store.ErrNotFound) || (err == nil && ref.broadcastID != b):
+		case errors.Is(err, store.ErrNotFound) || (err == nil && (ref.broadcastID != req.BroadcastID || ref.group >= n)):
 			target = n
 		case err != nil:
 			return store.Seat{}, err
@@ -454,31 +506,42 @@ func (s *Store) reserveGrouped(ctx context.Context, req store.SeatRequest, lay *
 		if r.err != nil || r.status == "ok" {
 			return decodeSeat(r, what)
 		}
-		// from is the group of the viewer's seat (or home, for none), and
-		// stale that seat, on a stage that no longer takes viewers.
-		from, stale, answers := h, "", []string{r.status}
+		// from is where the viewer's seat is: home (for none, too) or
+		// the claim of a seat away, and stale that seat when it is away,
+		// on a stage that no longer takes viewers (the claim frees one at
+		// home).
+		from, stale, answers := claim{group: h}, "", []string{r.status}
 		if r.status == "away" {
-			j, err := groupOf(r.seat, n)
+			c, err := parseClaim(r.seat, n)
 			if err != nil {
 				return store.Seat{}, err
 			}
-			rj := s.call(ctx, lay.group(j), reserveCall(req, want(j), "seat"))
-			if rj.err != nil || rj.status == "ok" {
-				return decodeSeat(rj, what)
+			rj := s.call(ctx, lay.group(c.group), reserveCall(req, want(c.group), "seat"))
+			if rj.err != nil {
+				return store.Seat{}, rj.err
+			}
+			if rj.status == "ok" {
+				// Claimed again: the seat may be a new one, its old one
+				// freed meanwhile (whose claim must not be taken for it).
+				seat, again, err := s.claimSeat(ctx, req, what, lay, c.group, c, "", rj)
+				if again {
+					continue
+				}
+				return seat, err
 			}
 			if rj.replaced == "" {
 				// The seat the home group named is gone: forget it, and
 				// look again from home.
-				if u := s.call(ctx, lay.group(h), seatCall{name: "unclaim", args: []any{req.UserID, strconv.Itoa(j)}}); u.err != nil {
+				if u := s.call(ctx, lay.group(h), unclaimCall(req.UserID, c.value)); u.err != nil {
 					return store.Seat{}, u.err
 				}
 				continue
 			}
-			from, stale, answers = j, rj.replaced, []string{rj.status}
+			from, stale, answers = c, rj.replaced, []string{rj.status}
 		}
 		var groups []int
 		for i := range n {
-			if g := (h + i) % n; g != from && (target < 0 || g == target) {
+			if g := (h + i) % n; g != from.group && (target < 0 || g == target) {
 				groups = append(groups, g)
 			}
 		}
@@ -494,63 +557,72 @@ func (s *Store) reserveGrouped(ctx context.Context, req store.SeatRequest, lay *
 }
 
 // seatElsewhere looks for a seat in groups, in order, and claims the first
-// one at home. It answers the seat, or no seat and each group's answer
-// added to answers, or again when a join of the same viewer at the same
-// time claimed another seat first (this one is given back).
-func (s *Store) seatElsewhere(ctx context.Context, req store.SeatRequest, what string, lay *layout, groups []int, from int, stale string,
+// one (claimSeat). Without one it answers no seat and each group's answer
+// added to answers.
+func (s *Store) seatElsewhere(ctx context.Context, req store.SeatRequest, what string, lay *layout, groups []int, from claim, stale string,
 	want func(int) string, answers *[]string) (store.Seat, bool, error) {
-	h := homeGroup(req.UserID, lay.n())
 	for _, g := range groups {
 		rg := s.call(ctx, lay.group(g), reserveCall(req, want(g), "seat"))
 		if rg.err != nil {
 			return store.Seat{}, false, rg.err
 		}
-		if rg.status != "ok" {
-			*answers = append(*answers, rg.status)
-			continue
+		if rg.status == "ok" {
+			return s.claimSeat(ctx, req, what, lay, g, from, stale, rg)
 		}
-		seat, err := decodeSeat(rg, what)
-		if err != nil {
-			return store.Seat{}, false, err
-		}
-		at, was := strconv.Itoa(g), ""
-		if g == h {
-			at = ""
-		}
-		if from != h {
-			was = strconv.Itoa(from)
-		}
-		c := s.call(ctx, lay.group(h), seatCall{name: "claim", args: []any{req.UserID, at, was}})
-		if c.err == nil && c.status == "ok" {
-			old := c.replaced
-			if from != h && stale != "" {
-				var st store.Seat
-				if err := decodeInto(stale, &st); err != nil {
-					return store.Seat{}, false, err
-				}
-				if r := s.call(ctx, lay.group(from), releaseCall(req.UserID, "seat", st.StageArn)); r.err != nil {
-					return store.Seat{}, false, r.err
-				}
-				old = stale
-			}
-			if old != "" {
-				seat.Replaced = &store.Seat{}
-				if err := decodeInto(old, seat.Replaced); err != nil {
-					return store.Seat{}, false, err
-				}
-			}
-			return seat, false, nil
-		}
-		// Not claimed: give the seat back, on its stage only.
+		*answers = append(*answers, rg.status)
+	}
+	return store.Seat{}, false, nil
+}
+
+// claimSeat claims at home the seat rg that a join took in group g, the
+// viewer's seat having been from (home, for none, or a claim away; stale
+// is that seat if it was away and on a stage that takes no viewers: it is
+// freed).
+// It answers again when a join of the same viewer at the same time claimed
+// another seat first: this one is given back. Once a seat is taken, the
+// steps after it go on whatever becomes of the caller, so that no seat is
+// left unclaimed.
+func (s *Store) claimSeat(ctx context.Context, req store.SeatRequest, what string, lay *layout, g int, from claim, stale string, rg seatResult) (store.Seat, bool, error) {
+	ctx = context.WithoutCancel(ctx)
+	h := homeGroup(req.UserID, lay.n())
+	seat, err := decodeSeat(rg, what)
+	if err != nil {
+		return store.Seat{}, false, err
+	}
+	at := claimValue(g, seat)
+	if g == h {
+		at = ""
+	}
+	c := s.call(ctx, lay.group(h), seatCall{name: "claim", args: []any{req.UserID, at, from.value}})
+	if c.err != nil || c.status != "ok" {
+		// Given back on its stage only; a seat a join at the same time
+		// moved within the group (notowner) or freed (notfound) is that
+		// join's to claim or give back.
 		if r := s.call(ctx, lay.group(g), releaseCall(req.UserID, "seat", seat.StageArn)); r.err != nil {
 			return store.Seat{}, false, r.err
 		}
-		if c.err != nil {
-			return store.Seat{}, false, c.err
-		}
-		return store.Seat{}, true, nil
+		return store.Seat{}, c.err == nil, c.err
 	}
-	return store.Seat{}, false, nil
+	old := c.replaced
+	if stale != "" && from.group != h && from.group != g {
+		var st store.Seat
+		if err := decodeInto(stale, &st); err != nil {
+			return store.Seat{}, false, err
+		}
+		// Freed on its stage only: a join at the same time that moved it
+		// within its group has given that seat back, or will.
+		if r := s.call(ctx, lay.group(from.group), releaseCall(req.UserID, "seat", st.StageArn)); r.err != nil {
+			return store.Seat{}, false, r.err
+		}
+		old = stale
+	}
+	if old != "" {
+		seat.Replaced = &store.Seat{}
+		if err := decodeInto(old, seat.Replaced); err != nil {
+			return store.Seat{}, false, err
+		}
+	}
+	return seat, false, nil
 }
 
 // groupedErr is a join's error from every group's answer: for the asked-for
@@ -577,7 +649,7 @@ func groupedErr(answers []string, target, n int, what string) error {
 
 // renewGrouped is RenewSeat over n > 1 groups: to the named stage's group,
 // else (or when the seat is not there) through the viewer's home group.
-func (s *Store) renewGrouped(ctx context.Context, broadcastID, userID string, owner store.SeatOwner, call seatCall, lay *layout, what string) (store.Seat, error) {
+func (s *Store) renewGrouped(ctx context.Context, broadcastID, userID string, owner store.SeatOwner, now time.Time, ttl time.Duration, lay *layout, what string) (store.Seat, error) {
 	n := lay.n()
 	h := homeGroup(userID, n)
 	if owner.StageArn != "" {
@@ -586,19 +658,19 @@ func (s *Store) renewGrouped(ctx context.Context, broadcastID, userID string, ow
 			return store.Seat{}, err
 		}
 		if err == nil && ref.broadcastID == broadcastID && ref.group != h && ref.group < n {
-			r := s.call(ctx, lay.group(ref.group), withMode(call, "seat"))
+			r := s.call(ctx, lay.group(ref.group), renewCall(userID, owner, now, ttl, "seat"))
 			if r.err != nil || r.status != "notfound" {
 				return decodeSeat(r, what)
 			}
 		}
 	}
-	r := s.call(ctx, lay.group(h), withMode(call, "home"))
+	r := s.call(ctx, lay.group(h), renewCall(userID, owner, now, ttl, "home"))
 	if r.err == nil && r.status == "away" {
-		j, err := groupOf(r.seat, n)
+		c, err := parseClaim(r.seat, n)
 		if err != nil {
 			return store.Seat{}, err
 		}
-		r = s.call(ctx, lay.group(j), withMode(call, "seat"))
+		r = s.call(ctx, lay.group(c.group), renewCall(userID, owner, now, ttl, "seat"))
 	}
 	return decodeSeat(r, what)
 }
@@ -608,18 +680,11 @@ func (s *Store) releaseGrouped(ctx context.Context, userID string, lay *layout, 
 	n := lay.n()
 	r := s.call(ctx, lay.group(homeGroup(userID, n)), releaseCall(userID, "home", ""))
 	if r.err == nil && r.status == "away" {
-		j, err := groupOf(r.seat, n)
+		c, err := parseClaim(r.seat, n)
 		if err != nil {
 			return store.Seat{}, err
 		}
-		r = s.call(ctx, lay.group(j), releaseCall(userID, "seat", ""))
+		r = s.call(ctx, lay.group(c.group), releaseCall(userID, "seat", ""))
 	}
 	return decodeSeat(r, what)
-}
-
-// withMode is call with its mode, its last argument, set.
-func withMode(call seatCall, mode string) seatCall {
-	args := append([]any(nil), call.args...)
-	args[len(args)-1] = mode
-	return seatCall{name: call.name, args: args}
 }

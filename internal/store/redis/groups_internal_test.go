@@ -66,7 +66,7 @@ func TestClaimLosesToEarlierJoin(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			seat, again, err := s.seatElsewhere(ctx, req, "broadcast b", lay, []int{2}, 0, "", any, &answers)
+			seat, again, err := s.seatElsewhere(ctx, req, "broadcast b", lay, []int{2}, claim{}, "", any, &answers)
 			if err != nil || !again || seat.UserID != "" {
 				t.Fatalf("join B's seat in group 2, claimed after A's: %+v, again %v, %v; want none and to start again", seat, again, err)
 			}
@@ -87,48 +87,104 @@ func TestClaimLosesToEarlierJoin(t *testing.T) {
 
 // A claim moving a viewer's seat from the group the home group names to
 // another takes the place of that name; it refuses when the name changed
-// meanwhile.
+// meanwhile. An unclaim forgets one seat's claim only, not a newer one's.
 func TestClaimMovesFrom(t *testing.T) {
 	srv := redistest.Start(t)
 	s := New(srv.Client(t), "", WithSeatGroups(3))
 	ctx := t.Context()
 	home := s.bc("b")
-	claim := func(g, from string) seatResult {
-		return s.call(ctx, home, seatCall{name: "claim", args: []any{"u", g, from}})
+	claim := func(at, from string) seatResult {
+		return s.call(ctx, home, seatCall{name: "claim", args: []any{"u", at, from}})
 	}
 	steps := []struct {
-		g, from, status, seat string
+		at, from, status, seat string
 	}{
-		{"1", "", "ok", ""},     // first claim: group 1
-		{"2", "1", "ok", ""},    // moved from 1 to 2
-		{"1", "", "away", "2"},  // a join that did not know of the move
-		{"1", "0", "away", "2"}, // nor of where it went
-		{"", "2", "ok", ""},     // back home, from 2
-		{"2", "", "ok", ""},     // away again
-		{"", "1", "away", "2"},  // home, from a group it was not in
-		{"2", "2", "ok", ""},    // the same group again
-		{"", "", "away", "2"},   // home, knowing of no seat away
+		{"1 100", "", "ok", ""},             // first claim: a seat in group 1
+		{"2 200", "1 100", "ok", ""},        // moved from that seat to group 2
+		{"1 300", "", "away", "2 200"},      // a join that did not know of the move
+		{"1 300", "1 100", "away", "2 200"}, // nor that the seat had moved
+		{"", "1 100", "away", "2 200"},      // home, moving from a seat no longer claimed
+		{"", "2 200", "ok", ""},             // home, from the claimed seat
+		{"2 400", "", "ok", ""},             // away again
+		{"2 500", "2 400", "ok", ""},        // a newer seat in the same group
+		{"2 600", "", "ok", ""},             // the same group, from wherever: the seat is there
+		{"", "", "away", "2 600"},           // home, knowing of no seat away
 	}
 	for _, step := range steps {
-		r := claim(step.g, step.from)
+		r := claim(step.at, step.from)
 		if r.err != nil || r.status != step.status || r.seat != step.seat {
-			t.Fatalf("claim(%q from %q) = %+v, want %s %q", step.g, step.from, r, step.status, step.seat)
+			t.Fatalf("claim(%q from %q) = %+v, want %s %q", step.at, step.from, r, step.status, step.seat)
 		}
 	}
-	if r := s.call(ctx, home, seatCall{name: "unclaim", args: []any{"u", "1"}}); r.err != nil {
-		t.Fatal(r.err)
-	}
-	if g, err := s.rdb.HGet(ctx, home.away(), "u").Result(); err != nil || g != "2" {
-		t.Fatalf("an unclaim of group 1 took the claim of group 2: %q, %v", g, err)
+	for _, old := range []string{"2 500", "1 100"} {
+		if r := s.call(ctx, home, unclaimCall("u", old)); r.err != nil {
+			t.Fatal(r.err)
+		}
+		if v, err := s.rdb.HGet(ctx, home.away(), "u").Result(); err != nil || v != "2 600" {
+			t.Fatalf("the unclaim of seat %q took the claim of seat 2 600: %q, %v", old, v, err)
+		}
 	}
 	if _, err := s.GetSeat(ctx, "b", "u"); !errors.Is(err, store.ErrNotFound) {
-		t.Fatalf("GetSeat with a claim of group 2 and no seat there: %v, want ErrNotFound", err)
+		t.Fatalf("GetSeat with a claim of a seat in group 2 and none there: %v, want ErrNotFound", err)
 	}
-	if r := s.call(ctx, home, seatCall{name: "unclaim", args: []any{"u", "2"}}); r.err != nil {
+	if r := s.call(ctx, home, unclaimCall("u", "2 600")); r.err != nil {
 		t.Fatal(r.err)
 	}
 	if n, err := s.rdb.HLen(ctx, home.away()).Result(); err != nil || n != 0 {
 		t.Fatalf("%d claims left after the unclaim (%v), want none", n, err)
+	}
+}
+
+// A seat freed away from home (by the sweep, a stage's deletion or an end)
+// is forgotten at home after its script: meanwhile the viewer may join
+// again and take a new seat in the same group. The late forgetting leaves
+// the new seat's claim, so the seat stays found and freeable.
+func TestLateUnclaimKeepsNewerSeat(t *testing.T) {
+	srv := redistest.Start(t)
+	s := New(srv.Client(t), "late", WithSeatGroups(3))
+	ctx := t.Context()
+	if _, err := s.CreateBroadcast(ctx, store.Broadcast{ID: "b"}); err != nil {
+		t.Fatal(err)
+	}
+	user := ""
+	for i := 0; user == ""; i++ {
+		if u := fmt.Sprintf("u%d", i); homeGroup(u, 3) == 0 {
+			user = u
+		}
+	}
+	for g, capacity := range []int{0, 5, 0} {
+		arn := fmt.Sprintf("arn:aws:ivs:us-east-1:123456789012:stage/g%d", g)
+		if err := s.PutStage(ctx, store.Stage{Arn: arn, BroadcastID: "b", Capacity: capacity, Seatable: true, CreatedAt: time.Now()}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	lay, err := s.layoutOf(ctx, "b")
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	first, err := s.ReserveSeat(ctx, store.SeatRequest{BroadcastID: "b", UserID: user, ParticipantID: "p", Now: now, TTL: time.Hour})
+	if err != nil || first.StageArn != "arn:aws:ivs:us-east-1:123456789012:stage/g1" {
+		t.Fatalf("first join: %+v, %v; want a seat in group 1", first, err)
+	}
+	// The freeing script, before its forgetting.
+	if r := s.call(ctx, lay.group(1), releaseCall(user, "seat", "")); r.err != nil || r.status != "ok" {
+		t.Fatalf("freeing the seat in group 1: %+v", r)
+	}
+	second, err := s.ReserveSeat(ctx, store.SeatRequest{BroadcastID: "b", UserID: user, ParticipantID: "p", Now: now.Add(time.Second), TTL: time.Hour})
+	if err != nil || second.TakenAt.Equal(first.TakenAt) {
+		t.Fatalf("joining again: %+v, %v; want a new seat", second, err)
+	}
+	s.forgetAway(ctx, lay, 1, []store.Seat{first})
+	got, err := s.GetSeat(ctx, "b", user)
+	if err != nil || !got.TakenAt.Equal(second.TakenAt) {
+		t.Fatalf("GetSeat after the first seat was forgotten late: %+v, %v; want the new seat", got, err)
+	}
+	if _, err := s.ReleaseSeat(ctx, "b", user); err != nil {
+		t.Fatalf("ReleaseSeat of the new seat: %v", err)
+	}
+	if st, err := s.GetStage(ctx, "arn:aws:ivs:us-east-1:123456789012:stage/g1"); err != nil || st.Seats != 0 {
+		t.Fatalf("group 1's stage holds %d seats (%v) after the leave, want 0", st.Seats, err)
 	}
 }
 
@@ -165,5 +221,95 @@ func TestLayoutSpreadsSlots(t *testing.T) {
 				t.Fatalf("group 0's keys are %s, want the broadcast's own, %s", g0, s.bc(id).seats())
 			}
 		}
+	}
+}
+
+// A viewer's seat away from home is on a stage that stopped taking
+// viewers. Join A finds no room in that group and takes a seat at home;
+// meanwhile join B finds room in the same group, moves the seat there and
+// claims it. A's claim, made from the old seat, loses: A gives its seat
+// back, and the viewer keeps B's.
+func TestMoveFromStaleSeatLosesToNewerClaim(t *testing.T) {
+	srv := redistest.Start(t)
+	s := New(srv.Client(t), "stale", WithSeatGroups(3))
+	ctx := t.Context()
+	if _, err := s.CreateBroadcast(ctx, store.Broadcast{ID: "b"}); err != nil {
+		t.Fatal(err)
+	}
+	user := ""
+	for i := 0; user == ""; i++ {
+		if u := fmt.Sprintf("u%d", i); homeGroup(u, 3) == 0 {
+			user = u
+		}
+	}
+	arn := func(id string) string { return "arn:aws:ivs:us-east-1:123456789012:stage/" + id }
+	// Put in this order, the stages go to groups 0, 1, 2, 0, 1.
+	for i, st := range []struct {
+		id       string
+		capacity int
+		open     bool
+		group    int
+	}{{"home-full", 0, true, 0}, {"x", 5, true, 1}, {"z", 0, true, 2}, {"home", 5, false, 0}, {"y", 5, false, 1}} {
+		if err := s.PutStage(ctx, store.Stage{Arn: arn(st.id), BroadcastID: "b", Capacity: st.capacity, Seatable: st.open, CreatedAt: time.Now().Add(time.Duration(i) * time.Second)}); err != nil {
+			t.Fatal(err)
+		}
+		if ref, err := s.lookupStage(ctx, arn(st.id)); err != nil || ref.group != st.group {
+			t.Fatalf("stage %s went to group %d (%v), want %d", st.id, ref.group, err, st.group)
+		}
+	}
+	req := store.SeatRequest{BroadcastID: "b", UserID: user, ParticipantID: "p", Now: time.Now(), TTL: time.Hour}
+	first, err := s.ReserveSeat(ctx, req)
+	if err != nil || first.StageArn != arn("x") {
+		t.Fatalf("first join: %+v, %v; want a seat on x, in group 1", first, err)
+	}
+	if err := s.SetSeatable(ctx, arn("x"), false); err != nil {
+		t.Fatal(err)
+	}
+	lay, err := s.layoutOf(ctx, "b")
+	if err != nil {
+		t.Fatal(err)
+	}
+	home := s.call(ctx, lay.group(0), reserveCall(req, "", "home"))
+	if home.status != "away" {
+		t.Fatalf("home group: %+v, want the claim away", home)
+	}
+	from, err := parseClaim(home.seat, 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A: no room in group 1 (x closed, y not open yet).
+	a1 := s.call(ctx, lay.group(1), reserveCall(req, "", "seat"))
+	if a1.status != "notlive" || a1.replaced == "" {
+		t.Fatalf("A in group 1: %+v, want no open stage and the old seat", a1)
+	}
+	// B: y opens; B moves the seat within group 1 and claims it.
+	if err := s.SetSeatable(ctx, arn("home"), true); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.SetSeatable(ctx, arn("y"), true); err != nil {
+		t.Fatal(err)
+	}
+	reqB := req
+	reqB.Now = req.Now.Add(time.Second)
+	b1 := s.call(ctx, lay.group(1), reserveCall(reqB, "", "seat"))
+	bSeat, again, err := s.claimSeat(ctx, reqB, "b", lay, 1, from, "", b1)
+	if err != nil || again || bSeat.StageArn != arn("y") {
+		t.Fatalf("B: %+v, again %v, %v; want the seat moved to y and claimed", bSeat, again, err)
+	}
+	// A: a seat at home, claimed from the old seat's claim.
+	a2 := s.call(ctx, lay.group(0), reserveCall(req, "", "seat"))
+	if a2.status != "ok" {
+		t.Fatalf("A at home: %+v", a2)
+	}
+	aSeat, again, err := s.claimSeat(ctx, req, "b", lay, 0, from, a1.replaced, a2)
+	if err != nil || !again || aSeat.UserID != "" {
+		t.Fatalf("A's claim from the old seat: %+v, again %v, %v; want to start again", aSeat, again, err)
+	}
+	seats, err := s.ListSeats(ctx, "b")
+	if err != nil || len(seats) != 1 || seats[0].StageArn != arn("y") {
+		t.Fatalf("seats after both joins: %+v, %v; want B's only, on y", seats, err)
+	}
+	if got, err := s.ReserveSeat(ctx, req); err != nil || got.StageArn != arn("y") {
+		t.Fatalf("A again: %+v, %v; want B's seat on y", got, err)
 	}
 }

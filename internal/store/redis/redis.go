@@ -265,7 +265,9 @@ func (s *Store) PutBroadcast(ctx context.Context, b store.Broadcast) error {
 // left behind by a failure in between read as absent). A CreateBroadcast
 // of the same id racing the delete stays listed: see the SADD it makes
 // after its record. A PutStage of one of the deleted stages racing the
-// delete may be left out of the stage index, as with DeleteStage.
+// delete may be left out of the stage index, as with DeleteStage. The
+// groups' fence floors stay, as the leases and their token counter do, so
+// that a write of a lost lease is refused after the end too.
 func (s *Store) DeleteBroadcast(ctx context.Context, id string) ([]store.Seat, error) {
 	k := s.bc(id)
 	lay, err := s.layoutOf(ctx, id)
@@ -278,11 +280,8 @@ func (s *Store) DeleteBroadcast(ctx context.Context, id string) ([]store.Seat, e
 		if err := cmp.Or(err, statusErr(status, "broadcast "+id)); err != nil {
 			return nil, err
 		}
-		if err := s.collectDropped(out, &arns, &seats); err != nil {
+		if err := collectDropped(out, &arns, &seats); err != nil {
 			return nil, fmt.Errorf("broadcast %s: %w", id, err)
-		}
-		if err := s.rdb.Del(ctx, lay.group(g).floors()).Err(); err != nil {
-			return nil, err
 		}
 	}
 	lease, fence := s.fence(ctx, id)
@@ -294,7 +293,7 @@ func (s *Store) DeleteBroadcast(ctx context.Context, id string) ([]store.Seat, e
 	if err := statusErr(status, "broadcast "+id); err != nil {
 		return nil, err
 	}
-	if err := s.collectDropped(out, &arns, &seats); err != nil {
+	if err := collectDropped(out, &arns, &seats); err != nil {
 		return nil, fmt.Errorf("broadcast %s: %w", id, err)
 	}
 	s.layouts.drop(id)
@@ -328,7 +327,7 @@ func (s *Store) DeleteBroadcast(ctx context.Context, id string) ([]store.Seat, e
 
 // collectDropped adds a dropped group's ARNs and seats (its script's
 // answer) to arns and seats.
-func (s *Store) collectDropped(out []any, arns, seats *[]any) error {
+func collectDropped(out []any, arns, seats *[]any) error {
 	if len(out) != 2 {
 		return fmt.Errorf("unexpected answer %v from redis", out)
 	}
@@ -403,9 +402,8 @@ func (s *Store) ListStages(ctx context.Context, broadcastID string) ([]store.Sta
 	if err != nil {
 		return nil, err
 	}
-	n := lay.n()
-	var out []store.Stage
-	for g := range n {
+	out := []store.Stage{}
+	for g := range lay.n() {
 		k := lay.group(g)
 		var recs, counts *goredis.MapStringStringCmd
 		var open *goredis.StringSliceCmd
@@ -456,19 +454,10 @@ func (s *Store) DropSeats(ctx context.Context, broadcastID string, n int) ([]sto
 	if err != nil {
 		return nil, err
 	}
-	var out []store.Seat
-	for g := 0; g < lay.n() && len(out) < n; g++ {
-		status, freed, err := s.runFenced(ctx, dropSeats, broadcastID, lay, g, n-len(out))
-		seats, err := freedSeats(status, freed, err, "seats of "+broadcastID)
-		if err != nil {
-			return out, err
-		}
-		if err := s.forgetAway(ctx, lay, g, seats); err != nil {
-			return out, err
-		}
-		out = append(out, seats...)
-	}
-	return out, nil
+	return s.freeOverGroups(ctx, lay, 0, n, func(g, most int) ([]store.Seat, error) {
+		status, freed, err := s.runFenced(ctx, dropSeats, broadcastID, lay, g, most)
+		return freedSeats(status, freed, err, "seats of "+broadcastID)
+	})
 }
 
 // freedSeats reads the answer of a script that frees seats.
@@ -492,9 +481,7 @@ func (s *Store) DeleteStage(ctx context.Context, arn string) ([]store.Seat, erro
 	if err != nil {
 		return nil, err
 	}
-	if err := s.forgetAway(ctx, lay, ref.group, seats); err != nil {
-		return nil, err
-	}
+	s.forgetAway(ctx, lay, ref.group, seats)
 	if err := s.rdb.HDel(ctx, s.stageIndexKey(), arn).Err(); err != nil {
 		return nil, err
 	}
@@ -641,26 +628,22 @@ func (s *Store) ReserveSeat(ctx context.Context, req store.SeatRequest) (store.S
 	if err != nil {
 		return store.Seat{}, err
 	}
-	n := lay.n()
-	if n > 1 {
+	if lay.n() > 1 {
 		return s.reserveGrouped(ctx, req, lay, what)
 	}
 	return decodeSeat(s.call(ctx, s.bc(req.BroadcastID), reserveCall(req, req.StageArn, "")), what)
 }
 
 func (s *Store) RenewSeat(ctx context.Context, broadcastID, userID string, owner store.SeatOwner, now time.Time, ttl time.Duration) (store.Seat, error) {
-	exp := now.Add(ttl)
 	what := "seat of " + userID
-	call := seatCall{name: "renew", args: []any{userID, owner.ParticipantID, owner.StageArn, rfc3339(exp), exp.UnixMicro(), ""}}
 	lay, err := s.layoutOf(ctx, broadcastID)
 	if err != nil {
 		return store.Seat{}, err
 	}
-	n := lay.n()
-	if n > 1 {
-		return s.renewGrouped(ctx, broadcastID, userID, owner, call, lay, what)
+	if lay.n() > 1 {
+		return s.renewGrouped(ctx, broadcastID, userID, owner, now, ttl, lay, what)
 	}
-	return decodeSeat(s.call(ctx, s.bc(broadcastID), call), what)
+	return decodeSeat(s.call(ctx, s.bc(broadcastID), renewCall(userID, owner, now, ttl, "")), what)
 }
 
 func (s *Store) ReleaseSeat(ctx context.Context, broadcastID, userID string) (store.Seat, error) {
@@ -669,8 +652,7 @@ func (s *Store) ReleaseSeat(ctx context.Context, broadcastID, userID string) (st
 	if err != nil {
 		return store.Seat{}, err
 	}
-	n := lay.n()
-	if n > 1 {
+	if lay.n() > 1 {
 		return s.releaseGrouped(ctx, userID, lay, what)
 	}
 	return decodeSeat(s.call(ctx, s.bc(broadcastID), releaseCall(userID, "", "")), what)
@@ -729,22 +711,11 @@ func (s *Store) ExpireSeats(ctx context.Context, broadcastID string, now time.Ti
 	if err != nil {
 		return nil, err
 	}
-	n := lay.n()
-	first := int(s.sweepFrom.Add(1) % uint32(n))
-	var out []store.Seat
-	for i := 0; i < n && len(out) < store.ExpireBatch; i++ {
-		g := (first + i) % n
-		status, freed, err := s.run(ctx, expireSeats, lay.group(g).seatKeys(), now.UnixMicro(), store.ExpireBatch-len(out))
-		seats, err := freedSeats(status, freed, err, "expiring seats of "+broadcastID)
-		if err != nil {
-			return out, err
-		}
-		if err := s.forgetAway(ctx, lay, g, seats); err != nil {
-			return out, err
-		}
-		out = append(out, seats...)
-	}
-	return out, nil
+	first := int(s.sweepFrom.Add(1) % uint32(lay.n()))
+	return s.freeOverGroups(ctx, lay, first, store.ExpireBatch, func(g, most int) ([]store.Seat, error) {
+		status, freed, err := s.run(ctx, expireSeats, lay.group(g).seatKeys(), now.UnixMicro(), most)
+		return freedSeats(status, freed, err, "expiring seats of "+broadcastID)
+	})
 }
 
 func (s *Store) SeatTotals(ctx context.Context, broadcastID string) (store.SeatTotals, error) {
@@ -752,9 +723,8 @@ func (s *Store) SeatTotals(ctx context.Context, broadcastID string) (store.SeatT
 	if err != nil {
 		return store.SeatTotals{}, err
 	}
-	n := lay.n()
 	var sum [3]int64
-	for g := range n {
+	for g := range lay.n() {
 		k := lay.group(g)
 		status, out, err := s.run(ctx, seatTotals, []string{k.counts(), k.totals()})
 		if err != nil {
@@ -797,11 +767,11 @@ func (s *Store) GetSeat(ctx context.Context, broadcastID, userID string) (store.
 	if err != nil {
 		return store.Seat{}, err
 	}
-	g, err := groupOf(away, n)
+	c, err := parseClaim(away, n)
 	if err != nil {
 		return store.Seat{}, err
 	}
-	return hget[store.Seat](ctx, s, lay.group(g).seats(), userID, "seat of "+userID)
+	return hget[store.Seat](ctx, s, lay.group(c.group).seats(), userID, "seat of "+userID)
 }
 
 // ScanSeats walks the groups one after another, going on to the next
@@ -817,7 +787,7 @@ func (s *Store) ScanSeats(ctx context.Context, broadcastID, cursor string, count
 	if err != nil {
 		return nil, "", err
 	}
-	var out []store.Seat
+	out := []store.Seat{}
 	for {
 		kv, next, err := s.rdb.HScan(ctx, lay.group(g).seats(), from, "*", int64(count)).Result()
 		if err != nil {
@@ -865,9 +835,8 @@ func (s *Store) ListSeats(ctx context.Context, broadcastID string) ([]store.Seat
 	if err != nil {
 		return nil, err
 	}
-	n := lay.n()
-	var out []store.Seat
-	for g := range n {
+	out := []store.Seat{}
+	for g := range lay.n() {
 		seats, err := hvals[store.Seat](ctx, s, lay.group(g).seats(), nil)
 		if err != nil {
 			return nil, err
@@ -905,7 +874,9 @@ func (s *Store) AcquireLease(ctx context.Context, broadcastID, name, holder stri
 	}
 	if len(out) > 3 && out[3] == "1" {
 		if err := s.raiseFloors(ctx, l); err != nil {
-			return l, fmt.Errorf("lease %s of broadcast %s: telling its seat groups: %w", name, broadcastID, err)
+			// Not held with floors unraised: the next grant raises them.
+			_, rerr := s.ReleaseLease(context.WithoutCancel(ctx), l)
+			return l, errors.Join(fmt.Errorf("lease %s of broadcast %s: telling its seat groups: %w", name, broadcastID, err), rerr)
 		}
 	}
 	return l, nil

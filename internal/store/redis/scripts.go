@@ -6,9 +6,9 @@ import (
 
 // Every script touches the keys of one hash tag only: a broadcast's, one
 // of its seat groups' (groups.go), a quota's or the event ids', so it runs
-// on one slot of a Redis Cluster. Scripts answer a table whose first element is a status
-// ("ok", "fenced", "notfound", ...) and whose rest is the payload, so that
-// Go maps statuses to store errors in one place.
+// on one slot of a Redis Cluster. Scripts answer a table whose first
+// element is a status ("ok", "fenced", "notfound", ...) and whose rest is
+// the payload, so that Go maps statuses to store errors in one place.
 //
 // Fenced writes take the lease key as KEYS[1] and the fence as ARGV[1]
 // (holder, "" for none) and ARGV[2] (token).
@@ -277,16 +277,19 @@ local function release(user, mode, stage)
   return {'ok', cur}
 end
 
--- claim, in the user's home group, records that the user's seat is now in
--- group g ('' for this one), where it was in group from ('' for this one,
--- or for none). It answers 'away' and the group if a join made at the same
--- time put the seat elsewhere first, 'home' and the seat if this group has
--- a seat for the user on a stage that takes viewers; a seat here on a stage
--- that does not is freed and answered fourth.
-local function claim(user, g, from)
-  local at = redis.call('HGET', K.away, user)
-  if at and at ~= g and at ~= from then return {'away', at} end
-  if g == '' then
+-- claim, in the user's home group, records that the user's seat is now the
+-- one at ('group takenAtNanos', or '' for a seat in this group), where it
+-- was the one claimed as from ('' for one in this group, or none). It
+-- answers 'away' and the claim if a join made at the same time claimed
+-- another seat in another group first, 'home' and the seat if this group
+-- has a seat for the user on a stage that takes viewers; a seat here on a
+-- stage that does not is freed and answered fourth.
+local function claim(user, at, from)
+  local claimed = redis.call('HGET', K.away, user)
+  if claimed and claimed ~= from and string.match(claimed, '^[^ ]*') ~= string.match(at, '^[^ ]*') then
+    return {'away', claimed}
+  end
+  if at == '' then
     redis.call('HDEL', K.away, user)
     return {'ok'}
   end
@@ -296,13 +299,14 @@ local function claim(user, g, from)
     if redis.call('SISMEMBER', K.open, seat.stageArn) == 1 then return {'home', cur} end
     freeSeat(K, user, seat)
   end
-  redis.call('HSET', K.away, user, g)
+  redis.call('HSET', K.away, user, at)
   return {'ok', '', '', cur or ''}
 end
 
--- unclaim forgets that the user's seat is in group g, once it is freed.
-local function unclaim(user, g)
-  if redis.call('HGET', K.away, user) == g then redis.call('HDEL', K.away, user) end
+-- unclaim forgets the claim of a seat (its exact value), once the seat is
+-- freed: a newer seat of the user's in the same group keeps its claim.
+local function unclaim(user, value)
+  if redis.call('HGET', K.away, user) == value then redis.call('HDEL', K.away, user) end
   return {'ok'}
 end
 `
@@ -412,11 +416,11 @@ index(K, arn)
 return {'ok'}
 `)
 
-	// KEYS: lease, then the seat keys. ARGV: fence, arn. Answers the freed
-	// seats. The stage's set names its seats: O(the stage's seats). Only
-	// seats taken before the sets existed (a deployment upgraded with
-	// viewers seated: its set is short of the count) need the whole
-	// broadcast read.
+	// KEYS: lease (or floors), then the seat keys. ARGV: fence, arn,
+	// lease name. Answers the freed seats. The stage's set names its
+	// seats: O(the stage's seats). Only seats taken before the sets
+	// existed (a deployment upgraded with viewers seated: its set is short
+	// of the count) need the whole group read.
 	deleteStage = newFencedSeatScript(`
 local K = seatKeys(1)
 local arn = ARGV[3]
