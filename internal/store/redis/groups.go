@@ -545,6 +545,18 @@ func (s *Store) reserveGrouped(ctx context.Context, req store.SeatRequest, lay *
 				groups = append(groups, g)
 			}
 		}
+		// In a storm most groups are full but the one or two where the
+		// fleet's newest stages are: after home, ask first where the last
+		// join of this instance away from home found room.
+		if g, ok := s.roomAt.get(req.BroadcastID); ok {
+			first := 0
+			if len(groups) > 0 && groups[0] == h {
+				first = 1
+			}
+			if i := slices.Index(groups, g); i > first {
+				groups = slices.Insert(slices.Delete(groups, i, i+1), first, g)
+			}
+		}
 		seat, again, err := s.seatElsewhere(ctx, req, what, lay, groups, from, stale, want, &answers)
 		if !again {
 			if err == nil && seat.UserID == "" {
@@ -567,6 +579,7 @@ func (s *Store) seatElsewhere(ctx context.Context, req store.SeatRequest, what s
 			return store.Seat{}, false, rg.err
 		}
 		if rg.status == "ok" {
+			s.roomAt.put(req.BroadcastID, g)
 			return s.claimSeat(ctx, req, what, lay, g, from, stale, rg)
 		}
 		*answers = append(*answers, rg.status)

@@ -70,15 +70,26 @@ func TestGroupedOverflow(t *testing.T) {
 	only := stageArn("only")
 	must(t, st.PutStage(ctx, store.Stage{Arn: only, BroadcastID: "b", Role: store.RoleOrigin, Capacity: 40, Seatable: true, CreatedAt: time.Now()}))
 	now := time.Now().Truncate(time.Millisecond)
+	counter := &redistest.CommandCounter{}
+	rdb.AddHook(counter)
 	var away int
 	for i := range 40 {
 		user := fmt.Sprintf("v%d", i)
+		// Past the first join away, this instance asks the group where
+		// it last found room first: a join away is the home group's
+		// answer, the seat, and the claim.
+		calls := int64(1)
 		if redis.HomeGroup(user, 4) != 0 {
 			away++
+			calls = 3
 		}
+		counter.Reset()
 		seat, err := st.ReserveSeat(ctx, store.SeatRequest{BroadcastID: "b", UserID: user, ParticipantID: "p-" + user, Now: now, TTL: time.Minute})
 		if err != nil || seat.StageArn != only || seat.StageSeats != i+1 {
 			t.Fatalf("join %d: %+v, %v; want seat %d on %s", i, seat, err, i+1, only)
+		}
+		if got := counter.Count(); away > 1 && got != calls {
+			t.Errorf("join %d (home %d) took %d script calls, want %d", i, redis.HomeGroup(user, 4), got, calls)
 		}
 	}
 	if away < 20 {

@@ -47,6 +47,7 @@ type Store struct {
 	groups    int
 	layouts   cache[*layout]  // broadcast id → its seat groups
 	stageRefs cache[stageRef] // stage ARN → its broadcast and group
+	roomAt    cache[int]      // broadcast id → the group a join last found room in away from home
 	// sweepFrom turns the group an expiry sweep starts with.
 	sweepFrom atomic.Uint32
 }

@@ -39,14 +39,7 @@ func seatGroups(n int) *storetest.Groups {
 			}
 			return g
 		},
-		Order: func(user string) []int {
-			h := redis.HomeGroup(user, n)
-			order := make([]int, n)
-			for i := range order {
-				order[i] = (h + i) % n
-			}
-			return order
-		},
+		Home: func(user string) int { return redis.HomeGroup(user, n) },
 	}
 }
 
