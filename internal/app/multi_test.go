@@ -363,6 +363,18 @@ func (c *cluster) joinAllEmu(t *testing.T, vs []viewer) {
 // the host. It returns the broadcast's stages in IVS.
 func (c *cluster) checkFleet(t *testing.T, hostID string, capacity int) []string {
 	t.Helper()
+	// A replica made as the storm ends (the policy's headroom) gets its
+	// replication a moment later: wait for it, no longer than a pass's
+	// retry would take.
+	eventually(t, 10*time.Second, func() (bool, string) {
+		s := c.instances[0].emuState(t)
+		for _, st := range s.Stages {
+			if st.Tags["stagefleet:broadcast"] == "default" && st.Tags["stagefleet:role"] == "replica" && activeIn(s, st.Arn, hostID) != 1 {
+				return false, fmt.Sprintf("replica stage %s has %d ACTIVE replications of the host, want 1", st.Arn, activeIn(s, st.Arn, hostID))
+			}
+		}
+		return true, ""
+	})
 	s := c.instances[0].emuState(t)
 	var arns []string
 	for _, st := range s.Stages {

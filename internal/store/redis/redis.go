@@ -271,12 +271,14 @@ func (s *Store) PutBroadcast(ctx context.Context, b store.Broadcast) error {
 // that a write of a lost lease is refused after the end too.
 func (s *Store) DeleteBroadcast(ctx context.Context, id string) ([]store.Seat, error) {
 	k := s.bc(id)
-	lay, err := s.layoutOf(ctx, id)
+	lay, exists, err := s.storedLayout(ctx, id)
 	if err != nil {
 		return nil, err
 	}
 	var arns, seats []any
-	for g := 1; g < lay.n(); g++ {
+	// A broadcast that does not exist has no groups: the script below
+	// answers so.
+	for g := 1; exists && g < lay.n(); g++ {
 		status, out, err := s.runFenced(ctx, deleteGroup, id, lay, g)
 		if err := cmp.Or(err, statusErr(status, "broadcast "+id)); err != nil {
 			return nil, err
