@@ -23,18 +23,19 @@ import (
 // before groups existed) keeps each stage in one group: its record, count,
 // seats and their expiry under the group's hash tag, {id} for group 0 (the
 // broadcast's own tag, so that one group is the layout from before groups)
-// and {id#g} for the others ('#' is in no broadcast id). Capacity is exact
-// within a group as it is within a broadcast: one script decides a seat.
-// A new stage goes to the group with the fewest stages; the stage index
-// names its group ("id#g").
+// and {id#g...} for the others ('#' is in no broadcast id; newLayout).
+// Capacity is exact within a group as it is within a broadcast: one script
+// decides a seat. A new stage goes to the group with the fewest stages;
+// the stage index names its group ("id#g").
 //
 // A viewer's home group is its user id's hash modulo n. A join looks for a
 // seat at home first (store.Fuller's order within the group) and, when the
-// home group is full, in the next groups in turn. A seat taken in another
-// group is claimed at home (the group's away hash: user → group), so that
-// a later join, renewal, leave or read finds it, and so that two joins of
-// one viewer at once keep one seat: the first claim wins and the other
-// join gives its seat back. A renewal that names its stage (every
+// home group is full, where this instance last found room, then in the
+// next groups in turn. A seat taken in another group is claimed at home
+// (the group's away hash: user → the seat's group and start time), so
+// that a later join, renewal, leave or read finds it, and so that two
+// joins of one viewer at once keep one seat: the first claim wins and the
+// other join gives its seat back. A renewal that names its stage (every
 // heartbeat does) goes straight to the stage's group.
 //
 // Fenced writes to a group on another slot than the broadcast's lease
