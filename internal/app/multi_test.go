@@ -394,20 +394,60 @@ func (c *cluster) checkFleet(t *testing.T, hostID string, capacity int) []string
 	return arns
 }
 
-// TestMultiInstance: three instances, one Redis, one emulator; 3,000
-// viewers ask at once, spread over the three.
-func TestMultiInstance(t *testing.T) {
-	const viewers, capacity = 3000, 50
-	c := startCluster(t, 3, map[string]string{
+// startStormCluster starts three instances and the emulator for a join
+// storm on stages of capacity, at most maxStages of them, with extra
+// settings on top.
+func startStormCluster(t *testing.T, capacity, maxStages int, extra map[string]string) *cluster {
+	t.Helper()
+	env := map[string]string{
 		"STAGE_CAPACITY":     strconv.Itoa(capacity),
 		"SCALE_UP_THRESHOLD": "45",
-		"MAX_STAGES":         "80",
+		"MAX_STAGES":         strconv.Itoa(maxStages),
 		"SEAT_WAIT":          "30s",
 		"RECONCILE_INTERVAL": "2s",
 		"LEASE_TTL":          "2s",
 		"HEARTBEAT_TIMEOUT":  "10m",
-	}, "--stage-capacity", strconv.Itoa(capacity), "--max-stages", "200",
+	}
+	maps.Copy(env, extra)
+	return startCluster(t, 3, env, "--stage-capacity", strconv.Itoa(capacity), "--max-stages", "200",
 		"--latency", "CreateStage=300ms", "--replica-delay", "500ms")
+}
+
+// checkSeatsCounted checks that every instance counts want seats in the
+// broadcast: they all see the same fleet.
+func (c *cluster) checkSeatsCounted(t *testing.T, want int) {
+	t.Helper()
+	for i, a := range c.instances {
+		seats := 0
+		for _, st := range a.stages(t, "default") {
+			seats += st.Seats
+		}
+		if seats != want {
+			t.Errorf("instance %d counts %d seats, want %d", i, seats, want)
+		}
+	}
+}
+
+// checkGiven counts the viewers given each stage, none beyond capacity.
+func checkGiven(t *testing.T, vs []viewer, capacity int) map[string]int {
+	t.Helper()
+	perStage := map[string]int{}
+	for _, v := range vs {
+		perStage[v.token.StageArn]++
+	}
+	for arn, n := range perStage {
+		if n > capacity {
+			t.Errorf("stage %s was given %d viewers; capacity is %d", arn, n, capacity)
+		}
+	}
+	return perStage
+}
+
+// TestMultiInstance: three instances, one Redis, one emulator; 3,000
+// viewers ask at once, spread over the three.
+func TestMultiInstance(t *testing.T) {
+	const viewers, capacity = 3000, 50
+	c := startStormCluster(t, capacity, 80, nil)
 	host := c.instances[0].goLive(t, "default", "host-1")
 
 	start := time.Now()
@@ -415,16 +455,10 @@ func TestMultiInstance(t *testing.T) {
 	took := time.Since(start)
 	c.joinAllEmu(t, vs)
 
-	perStage := map[string]int{}
+	perStage := checkGiven(t, vs, capacity)
 	waits := make([]time.Duration, 0, len(vs))
 	for _, v := range vs {
-		perStage[v.token.StageArn]++
 		waits = append(waits, v.wait)
-	}
-	for arn, n := range perStage {
-		if n > capacity {
-			t.Errorf("stage %s was given %d viewers; capacity is %d", arn, n, capacity)
-		}
 	}
 	stages := c.checkFleet(t, host.ParticipantID, capacity)
 	// The policy asks for the audience's stages plus its headroom: at
@@ -451,16 +485,7 @@ func TestMultiInstance(t *testing.T) {
 	slices.Sort(waits)
 	t.Logf("%d viewers seated in %v over 3 instances on %d stages (%d used); time to seat p50 %v, p99 %v, max %v",
 		viewers, took.Round(time.Millisecond), len(stages), len(perStage), waits[len(waits)/2], waits[len(waits)*99/100], waits[len(waits)-1])
-	// Every instance sees the same fleet.
-	for i, a := range c.instances {
-		seats := 0
-		for _, st := range a.stages(t, "default") {
-			seats += st.Seats
-		}
-		if seats != viewers {
-			t.Errorf("instance %d counts %d seats, want %d", i, seats, viewers)
-		}
-	}
+	c.checkSeatsCounted(t, viewers)
 	c.instances[0].checkNoLeaks(t, "default")
 }
 
@@ -471,41 +496,17 @@ func TestMultiInstance(t *testing.T) {
 func TestMultiInstanceSeatGroups(t *testing.T) {
 	const viewers, capacity = 1500, 50
 	addrs := redistest.StartCluster(t)
-	c := startCluster(t, 3, map[string]string{
-		"REDIS_URL":          "redis://" + addrs[0],
-		"REDIS_CLUSTER":      "true",
-		"REDIS_SEAT_GROUPS":  "4",
-		"STAGE_CAPACITY":     strconv.Itoa(capacity),
-		"SCALE_UP_THRESHOLD": "45",
-		"MAX_STAGES":         "60",
-		"SEAT_WAIT":          "30s",
-		"RECONCILE_INTERVAL": "2s",
-		"LEASE_TTL":          "2s",
-		"HEARTBEAT_TIMEOUT":  "10m",
-	}, "--stage-capacity", strconv.Itoa(capacity), "--max-stages", "200",
-		"--latency", "CreateStage=300ms", "--replica-delay", "500ms")
+	c := startStormCluster(t, capacity, 60, map[string]string{
+		"REDIS_URL":         "redis://" + addrs[0],
+		"REDIS_CLUSTER":     "true",
+		"REDIS_SEAT_GROUPS": "4",
+	})
 	host := c.instances[0].goLive(t, "default", "host-1")
 	vs := c.seatAll(t, "viewer", viewers, 3*time.Minute)
 	c.joinAllEmu(t, vs)
-	perStage := map[string]int{}
-	for _, v := range vs {
-		perStage[v.token.StageArn]++
-	}
-	for arn, n := range perStage {
-		if n > capacity {
-			t.Errorf("stage %s was given %d viewers; capacity is %d", arn, n, capacity)
-		}
-	}
+	checkGiven(t, vs, capacity)
 	c.checkFleet(t, host.ParticipantID, capacity)
-	for i, a := range c.instances {
-		seats := 0
-		for _, st := range a.stages(t, "default") {
-			seats += st.Seats
-		}
-		if seats != viewers {
-			t.Errorf("instance %d counts %d seats, want %d", i, seats, viewers)
-		}
-	}
+	c.checkSeatsCounted(t, viewers)
 	rdb := goredis.NewClusterClient(&goredis.ClusterOptions{Addrs: addrs})
 	defer rdb.Close()
 	var mu sync.Mutex

@@ -13,6 +13,26 @@ import (
 	"github.com/stagefleet/stagefleet/internal/store"
 )
 
+// homedAt is a user id whose home group of n is g.
+func homedAt(g, n int) string {
+	for i := 0; ; i++ {
+		if u := fmt.Sprintf("u%d", i); homeGroup(u, n) == g {
+			return u
+		}
+	}
+}
+
+// groupedBroadcast is a store on srv, its keys under prefix, whose
+// broadcasts have n seat groups, with broadcast b recorded.
+func groupedBroadcast(t *testing.T, srv *redistest.Server, prefix string, n int) *Store {
+	t.Helper()
+	s := New(srv.Client(t), prefix, WithSeatGroups(n))
+	if _, err := s.CreateBroadcast(t.Context(), store.Broadcast{ID: "b"}); err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
 // The interleavings of two joins of one viewer that a storm rarely hits,
 // played step by step: join B has taken a seat in some group and claims it
 // at home after join A has already settled the viewer elsewhere. B gives
@@ -21,12 +41,7 @@ func TestClaimLosesToEarlierJoin(t *testing.T) {
 	srv := redistest.Start(t)
 	ctx := t.Context()
 	const n = 3
-	user := ""
-	for i := 0; user == ""; i++ {
-		if u := fmt.Sprintf("u%d", i); homeGroup(u, n) == 0 {
-			user = u
-		}
-	}
+	user := homedAt(0, n)
 	req := store.SeatRequest{BroadcastID: "b", UserID: user, ParticipantID: "p", Now: time.Now(), TTL: time.Hour}
 	any := func(int) string { return "" }
 
@@ -41,10 +56,7 @@ func TestClaimLosesToEarlierJoin(t *testing.T) {
 	}
 	for i, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			s := New(srv.Client(t), fmt.Sprintf("claim%d", i), WithSeatGroups(n))
-			if _, err := s.CreateBroadcast(ctx, store.Broadcast{ID: "b"}); err != nil {
-				t.Fatal(err)
-			}
+			s := groupedBroadcast(t, srv, fmt.Sprintf("claim%d", i), n)
 			var arns []string
 			for g := range n {
 				arn := fmt.Sprintf("arn:aws:ivs:us-east-1:123456789012:stage/g%d", g)
@@ -140,18 +152,9 @@ func TestClaimMovesFrom(t *testing.T) {
 // again and take a new seat in the same group. The late forgetting leaves
 // the new seat's claim, so the seat stays found and freeable.
 func TestLateUnclaimKeepsNewerSeat(t *testing.T) {
-	srv := redistest.Start(t)
-	s := New(srv.Client(t), "late", WithSeatGroups(3))
+	s := groupedBroadcast(t, redistest.Start(t), "late", 3)
 	ctx := t.Context()
-	if _, err := s.CreateBroadcast(ctx, store.Broadcast{ID: "b"}); err != nil {
-		t.Fatal(err)
-	}
-	user := ""
-	for i := 0; user == ""; i++ {
-		if u := fmt.Sprintf("u%d", i); homeGroup(u, 3) == 0 {
-			user = u
-		}
-	}
+	user := homedAt(0, 3)
 	for g, capacity := range []int{0, 5, 0} {
 		arn := fmt.Sprintf("arn:aws:ivs:us-east-1:123456789012:stage/g%d", g)
 		if err := s.PutStage(ctx, store.Stage{Arn: arn, BroadcastID: "b", Capacity: capacity, Seatable: true, CreatedAt: time.Now()}); err != nil {
@@ -230,18 +233,9 @@ func TestLayoutSpreadsSlots(t *testing.T) {
 // claims it. A's claim, made from the old seat, loses: A gives its seat
 // back, and the viewer keeps B's.
 func TestMoveFromStaleSeatLosesToNewerClaim(t *testing.T) {
-	srv := redistest.Start(t)
-	s := New(srv.Client(t), "stale", WithSeatGroups(3))
+	s := groupedBroadcast(t, redistest.Start(t), "stale", 3)
 	ctx := t.Context()
-	if _, err := s.CreateBroadcast(ctx, store.Broadcast{ID: "b"}); err != nil {
-		t.Fatal(err)
-	}
-	user := ""
-	for i := 0; user == ""; i++ {
-		if u := fmt.Sprintf("u%d", i); homeGroup(u, 3) == 0 {
-			user = u
-		}
-	}
+	user := homedAt(0, 3)
 	arn := func(id string) string { return "arn:aws:ivs:us-east-1:123456789012:stage/" + id }
 	// Put in this order, the stages go to groups 0, 1, 2, 0, 1.
 	for i, st := range []struct {
