@@ -230,11 +230,9 @@ func (s *Service) expireSeats(ctx context.Context) {
 	}
 	for _, b := range bs {
 		for range sweepCalls {
+			// Seats answered with an error were freed all the same (a
+			// store that sweeps in steps fails part-way).
 			freed, err := s.store.ExpireSeats(ctx, b.ID, s.now())
-			if err != nil {
-				s.log.Warn("expiring seats", "broadcast", b.ID, "error", err)
-				break
-			}
 			for _, seat := range freed {
 				s.log.Debug("seat expired", "broadcast", b.ID, "stage", seat.StageArn, "user", seat.UserID)
 				// The viewer was last known present at its last heartbeat.
@@ -243,6 +241,10 @@ func (s *Service) expireSeats(ctx context.Context) {
 			if len(freed) > 0 {
 				s.log.Info("seats expired", "broadcast", b.ID, "seats", len(freed))
 				s.seatsChanged()
+			}
+			if err != nil {
+				s.log.Warn("expiring seats", "broadcast", b.ID, "error", err)
+				break
 			}
 			if len(freed) < store.ExpireBatch {
 				break

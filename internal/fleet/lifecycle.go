@@ -137,11 +137,12 @@ func (s *Service) dropSeats(ctx context.Context, broadcastID string, end *Ended)
 			}
 		}
 		freed, err := s.store.DropSeats(ctx, broadcastID, n)
+		// Seats answered with an error were freed all the same.
+		s.seatsEnded(freed, EndBroadcastEnded)
+		end.SeatsFreed += len(freed)
 		if err != nil {
 			return failWrap(ErrUnavailable, err, "freeing the seats of broadcast %s (ending it again finishes the work)", broadcastID)
 		}
-		s.seatsEnded(freed, EndBroadcastEnded)
-		end.SeatsFreed += len(freed)
 		if len(freed) < n {
 			return nil
 		}

@@ -275,7 +275,8 @@ type SeatStore interface {
 	// ExpireSeats frees seats of the broadcast whose lease ended, at most
 	// ExpireBatch of them (the longest expired first where the store
 	// keeps them in order): a sweep is incremental, and its caller calls
-	// again while it gets a full batch.
+	// again while it gets a full batch. Seats answered with an error were
+	// freed all the same (a store that sweeps in steps can fail part-way).
 	ExpireSeats(ctx context.Context, broadcastID string, now time.Time) ([]Seat, error)
 	ListSeats(ctx context.Context, broadcastID string) ([]Seat, error)
 	// GetSeat returns one viewer's seat, ErrNotFound when it has none.
@@ -311,7 +312,8 @@ type RecordStore interface {
 	// DropSeats frees up to n of the broadcast's seats, whichever, and
 	// returns them (none for n below 1): a broadcast's end takes its seats a bounded step at a
 	// time (before DeleteBroadcast), so that a million seats never make
-	// one long step. It honours a fence, as the record writes do.
+	// one long step. It honours a fence, as the record writes do. Seats
+	// answered with an error were freed all the same.
 	DropSeats(ctx context.Context, broadcastID string, n int) ([]Seat, error)
 
 	// PutStage creates or updates a stage record; Seats is kept as stored.

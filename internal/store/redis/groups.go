@@ -517,20 +517,21 @@ func (s *Store) reserveGrouped(ctx context.Context, req store.SeatRequest, lay *
 			if err != nil {
 				return store.Seat{}, err
 			}
-			rj := s.call(ctx, lay.group(c.group), reserveCall(req, want(c.group), "seat"))
+			// A seat taken once the home group answered is claimed,
+			// whatever becomes of the caller (claimSeat).
+			rj := s.call(context.WithoutCancel(ctx), lay.group(c.group), reserveCall(req, want(c.group), "keep"))
 			if rj.err != nil {
 				return store.Seat{}, rj.err
 			}
 			if rj.status == "ok" {
-				// Claimed again: the seat may be a new one, its old one
-				// freed meanwhile (whose claim must not be taken for it).
+				// Claimed again: the seat may have moved within its group.
 				seat, again, err := s.claimSeat(ctx, req, what, lay, c.group, c, "", rj)
 				if again {
 					continue
 				}
 				return seat, err
 			}
-			if rj.replaced == "" {
+			if rj.status == "gone" {
 				// The seat the home group named is gone: forget it, and
 				// look again from home.
 				if u := s.call(ctx, lay.group(h), unclaimCall(req.UserID, c.value)); u.err != nil {
@@ -575,7 +576,12 @@ func (s *Store) reserveGrouped(ctx context.Context, req store.SeatRequest, lay *
 func (s *Store) seatElsewhere(ctx context.Context, req store.SeatRequest, what string, lay *layout, groups []int, from claim, stale string,
 	want func(int) string, answers *[]string) (store.Seat, bool, error) {
 	for _, g := range groups {
-		rg := s.call(ctx, lay.group(g), reserveCall(req, want(g), "seat"))
+		if err := ctx.Err(); err != nil {
+			return store.Seat{}, false, err
+		}
+		// Not the caller's context from here: a seat taken is claimed
+		// (or given back) whatever becomes of the caller.
+		rg := s.call(context.WithoutCancel(ctx), lay.group(g), reserveCall(req, want(g), "seat"))
 		if rg.err != nil {
 			return store.Seat{}, false, rg.err
 		}

@@ -307,3 +307,28 @@ func TestMoveFromStaleSeatLosesToNewerClaim(t *testing.T) {
 		t.Fatalf("A again: %+v, %v; want B's seat on y", got, err)
 	}
 }
+
+// A claim left behind (its seat freed and the forgetting lost) names a
+// group without the viewer's seat: the next join forgets it and looks at
+// home first, as any join does.
+func TestStaleClaimSendsJoinHome(t *testing.T) {
+	s := groupedBroadcast(t, redistest.Start(t), "sc", 2)
+	ctx := t.Context()
+	user := homedAt(0, 2)
+	for g := range 2 {
+		if err := s.PutStage(ctx, store.Stage{Arn: fmt.Sprintf("arn:aws:ivs:us-east-1:123456789012:stage/g%d", g), BroadcastID: "b", Capacity: 5, Seatable: true, CreatedAt: time.Now()}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	home := s.bc("b")
+	if err := s.rdb.HSet(ctx, home.away(), user, "1 12345").Err(); err != nil {
+		t.Fatal(err)
+	}
+	seat, err := s.ReserveSeat(ctx, store.SeatRequest{BroadcastID: "b", UserID: user, ParticipantID: "p", Now: time.Now(), TTL: time.Hour})
+	if err != nil || seat.StageArn != "arn:aws:ivs:us-east-1:123456789012:stage/g0" {
+		t.Fatalf("a join with a claim left behind: %+v, %v; want a seat at home, in group 0", seat, err)
+	}
+	if n, err := s.rdb.HLen(ctx, home.away()).Result(); err != nil || n != 0 {
+		t.Fatalf("%d claims left (%v), want the stale one forgotten", n, err)
+	}
+}

@@ -1,12 +1,14 @@
 package redis_test
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"math/rand/v2"
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -323,6 +325,66 @@ func TestGroupedSameViewerStorm(t *testing.T) {
 	for _, a := range arns {
 		if s, err := stores[0].GetStage(ctx, a); err != nil || s.Seats != capacity {
 			t.Errorf("stage %s holds %d of %d (%v) once everyone joined again", a, s.Seats, capacity, err)
+		}
+	}
+}
+
+// cancelAfter is a go-redis hook that cancels a context once n commands
+// have been answered.
+type cancelAfter struct {
+	n      atomic.Int64
+	cancel context.CancelFunc
+}
+
+func (c *cancelAfter) DialHook(next goredis.DialHook) goredis.DialHook { return next }
+
+func (c *cancelAfter) ProcessHook(next goredis.ProcessHook) goredis.ProcessHook {
+	return func(ctx context.Context, cmd goredis.Cmder) error {
+		err := next(ctx, cmd)
+		if c.n.Add(-1) == 0 {
+			c.cancel()
+		}
+		return err
+	}
+}
+
+func (c *cancelAfter) ProcessPipelineHook(next goredis.ProcessPipelineHook) goredis.ProcessPipelineHook {
+	return next
+}
+
+// A join whose caller gives up while another group than home seats it
+// leaves no seat that a read or a leave cannot reach: what it began there
+// it finishes, claim included.
+func TestGroupedJoinGivenUpLeavesNoHiddenSeat(t *testing.T) {
+	srv := redistest.Start(t)
+	rdb := srv.Client(t)
+	st := redis.New(rdb, "gu", redis.WithSeatGroups(2), redis.WithSeatBatching())
+	createBroadcast(t, st, "b")
+	for g, capacity := range []int{0, 5} {
+		must(t, st.PutStage(t.Context(), store.Stage{Arn: stageArn(fmt.Sprintf("g%d", g)), BroadcastID: "b", Capacity: capacity, Seatable: true, CreatedAt: time.Now()}))
+	}
+	for i := range 20 {
+		user := fmt.Sprintf("u%d", i)
+		if redis.HomeGroup(user, 2) != 0 {
+			continue
+		}
+		ctx, cancel := context.WithCancel(t.Context())
+		hook := &cancelAfter{cancel: cancel}
+		hook.n.Store(2) // the home group's answer, then group 1's
+		rdb.AddHook(hook)
+		_, err := st.ReserveSeat(ctx, store.SeatRequest{BroadcastID: "b", UserID: user, ParticipantID: "p", Now: time.Now(), TTL: time.Hour})
+		hook.n.Store(-1 << 40) // done: never again
+		cancel()
+		// A renewal queued behind anything the join left in group 1's
+		// batch: once it is answered, that is done too.
+		if _, err := st.RenewSeat(t.Context(), "b", "nobody", store.SeatOwner{StageArn: stageArn("g1")}, time.Now(), time.Hour); !errors.Is(err, store.ErrNotFound) {
+			t.Fatalf("renewing no seat in group 1: %v", err)
+		}
+		seats, lerr := st.ListSeats(t.Context(), "b")
+		must(t, lerr)
+		held := slices.ContainsFunc(seats, func(s store.Seat) bool { return s.UserID == user })
+		if _, gerr := st.GetSeat(t.Context(), "b", user); held != (gerr == nil) {
+			t.Fatalf("%s: the join answered %v; a seat is held: %v, but GetSeat answers %v", user, err, held, gerr)
 		}
 	}
 }

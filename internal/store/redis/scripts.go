@@ -194,7 +194,9 @@ end
 -- answered fourth (for its session to close); an answer without a seat
 -- answers it fourth as well. With seat groups (mode not ''), want '-' is
 -- a stage in another group, and mode 'home' (this is the user's home
--- group) answers 'away' and the group of a seat kept in another group.
+-- group) answers 'away' and the group of a seat kept in another group;
+-- mode 'keep' (the group a claim names) only renews or moves a seat the
+-- user has here, answering 'gone' when there is none.
 local function reserve(user, want, pid, takenAt, expRfc, expMicros, bid, takenSec, mode)
   local cur = redis.call('HGET', K.seats, user)
   local old
@@ -210,6 +212,8 @@ local function reserve(user, want, pid, takenAt, expRfc, expMicros, bid, takenSe
   elseif mode == 'home' then
     local g = redis.call('HGET', K.away, user)
     if g then return {'away', g} end
+  elseif mode == 'keep' then
+    return {'gone'}
   end
   local best
   if want == '-' then
