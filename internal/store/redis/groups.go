@@ -70,12 +70,10 @@ func (l *layout) group(g int) keys { return keys{tag: l.tags[g]} }
 // clusterSlots is the number of Redis Cluster hash slots.
 const clusterSlots = 16384
 
-// slot is Redis Cluster's hash slot of a hash tag: its CRC16 (XMODEM)
-// modulo clusterSlots.
-func slot(tag string) int {
-	var crc uint16
-	for i := range len(tag) {
-		crc ^= uint16(tag[i]) << 8
+// crcTable is CRC16 (XMODEM, Redis Cluster's) a byte at a time.
+var crcTable = func() (t [256]uint16) {
+	for i := range t {
+		crc := uint16(i) << 8
 		for range 8 {
 			if crc&0x8000 != 0 {
 				crc = crc<<1 ^ 0x1021
@@ -83,9 +81,21 @@ func slot(tag string) int {
 				crc <<= 1
 			}
 		}
+		t[i] = crc
 	}
-	return int(crc) % clusterSlots
+	return t
+}()
+
+// crc16 carries on crc over s, so that a tag's shared start is read once.
+func crc16(crc uint16, s string) uint16 {
+	for i := range len(s) {
+		crc = crc<<8 ^ crcTable[byte(crc>>8)^s[i]]
+	}
+	return crc
 }
+
+// slot is Redis Cluster's hash slot of a hash tag.
+func slot(tag string) int { return int(crc16(0, tag)) % clusterSlots }
 
 // newLayout names the n seat groups of broadcastID: group 0 under the
 // broadcast's own tag, {id}, so that one group is the layout from before
@@ -99,9 +109,9 @@ func slot(tag string) int {
 func (s *Store) newLayout(broadcastID string, n int) *layout {
 	l := &layout{tags: make([]string, n)}
 	l.tags[0] = s.prefix + ":{" + broadcastID + "}:"
-	part := func(tag string) int { return slot(tag) * n / clusterSlots }
+	part := func(crc uint16) int { return int(crc) % clusterSlots * n / clusterSlots }
 	taken := make([]bool, n)
-	taken[part(broadcastID)] = true
+	taken[part(crc16(0, broadcastID))] = true
 	free := 0
 	for g := 1; g < n; g++ {
 		for taken[free] {
@@ -109,13 +119,16 @@ func (s *Store) newLayout(broadcastID string, n int) *layout {
 		}
 		taken[free] = true
 		tag := broadcastID + "#" + strconv.Itoa(g)
-		// A few times n tries find the part; the bound only makes the
-		// loop's end plain (the plain tag is as good, only less even).
-		for k := 1; part(tag) != free && k < 1000*n; k++ {
-			tag = broadcastID + "#" + strconv.Itoa(g) + "." + strconv.Itoa(k)
-		}
-		if part(tag) != free {
-			tag = broadcastID + "#" + strconv.Itoa(g)
+		if crc := crc16(0, tag); part(crc) != free {
+			// A few times n tries find the part; the bound only makes the
+			// loop's end plain (the plain tag is as good, only less even).
+			dotted := crc16(crc, ".")
+			for k := 1; k < 1000*n; k++ {
+				if suffix := strconv.Itoa(k); part(crc16(dotted, suffix)) == free {
+					tag += "." + suffix
+					break
+				}
+			}
 		}
 		l.tags[g] = s.prefix + ":{" + tag + "}:"
 	}
