@@ -20,6 +20,7 @@ import (
 
 	"github.com/stagefleet/stagefleet/internal/arn"
 	"github.com/stagefleet/stagefleet/internal/emulator"
+	redisstore "github.com/stagefleet/stagefleet/internal/store/redis"
 )
 
 // IVS modes.
@@ -332,8 +333,8 @@ var settings = []setting{
 		c.RedisKeyPrefix = v
 		return nil
 	}},
-	{"REDIS_SEAT_GROUPS", "1", "how many Redis slots each new broadcast's seats are split over (1-64): more than 1 when one broadcast's viewers are more than one Redis core carries (docs/scale.md)", func(c *Config, v string) error {
-		return intRange(&c.RedisSeatGroups, v, 1, 64)
+	{"REDIS_SEAT_GROUPS", "1", fmt.Sprintf("how many Redis slots each new broadcast's seats are split over (1-%d): more than 1 when one broadcast's viewers are more than one Redis core carries (docs/scale.md)", redisstore.MaxSeatGroups), func(c *Config, v string) error {
+		return intRange(&c.RedisSeatGroups, v, 1, redisstore.MaxSeatGroups)
 	}},
 	{"LEASE_TTL", "10s", "how long an instance keeps a broadcast's control lease without renewing it: after a crash, another instance takes the broadcast over within this", func(c *Config, v string) error {
 		return duration(&c.LeaseTTL, v, 500*time.Millisecond, 5*time.Minute)
