@@ -6,8 +6,13 @@ import (
 	"github.com/stagefleet/stagefleet/internal/store"
 )
 
-// HomeGroup is homeGroup, for the tests of package redis_test.
-var HomeGroup = homeGroup
+// HomeGroup, HomedAt and StageArn are homeGroup, homedAt and testArn,
+// for the tests of package redis_test.
+var (
+	HomeGroup = homeGroup
+	HomedAt   = homedAt
+	StageArn  = testArn
+)
 
 // StageGroup answers the seat group of a stage of st, which must be a
 // *Store.

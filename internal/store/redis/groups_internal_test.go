@@ -13,6 +13,9 @@ import (
 	"github.com/stagefleet/stagefleet/internal/store"
 )
 
+// testArn is the ARN of a test stage.
+func testArn(id string) string { return "arn:aws:ivs:us-east-1:123456789012:stage/" + id }
+
 // homedAt is a user id whose home group of n is g.
 func homedAt(g, n int) string {
 	for i := 0; ; i++ {
@@ -59,7 +62,7 @@ func TestClaimLosesToEarlierJoin(t *testing.T) {
 			s := groupedBroadcast(t, srv, fmt.Sprintf("claim%d", i), n)
 			var arns []string
 			for g := range n {
-				arn := fmt.Sprintf("arn:aws:ivs:us-east-1:123456789012:stage/g%d", g)
+				arn := testArn(fmt.Sprintf("g%d", g))
 				capacity := 5
 				if g == 0 && !tc.home0 {
 					capacity = 0
@@ -156,7 +159,7 @@ func TestLateUnclaimKeepsNewerSeat(t *testing.T) {
 	ctx := t.Context()
 	user := homedAt(0, 3)
 	for g, capacity := range []int{0, 5, 0} {
-		arn := fmt.Sprintf("arn:aws:ivs:us-east-1:123456789012:stage/g%d", g)
+		arn := testArn(fmt.Sprintf("g%d", g))
 		if err := s.PutStage(ctx, store.Stage{Arn: arn, BroadcastID: "b", Capacity: capacity, Seatable: true, CreatedAt: time.Now()}); err != nil {
 			t.Fatal(err)
 		}
@@ -167,7 +170,7 @@ func TestLateUnclaimKeepsNewerSeat(t *testing.T) {
 	}
 	now := time.Now()
 	first, err := s.ReserveSeat(ctx, store.SeatRequest{BroadcastID: "b", UserID: user, ParticipantID: "p", Now: now, TTL: time.Hour})
-	if err != nil || first.StageArn != "arn:aws:ivs:us-east-1:123456789012:stage/g1" {
+	if err != nil || first.StageArn != testArn("g1") {
 		t.Fatalf("first join: %+v, %v; want a seat in group 1", first, err)
 	}
 	// The freeing script, before its forgetting.
@@ -186,7 +189,7 @@ func TestLateUnclaimKeepsNewerSeat(t *testing.T) {
 	if _, err := s.ReleaseSeat(ctx, "b", user); err != nil {
 		t.Fatalf("ReleaseSeat of the new seat: %v", err)
 	}
-	if st, err := s.GetStage(ctx, "arn:aws:ivs:us-east-1:123456789012:stage/g1"); err != nil || st.Seats != 0 {
+	if st, err := s.GetStage(ctx, testArn("g1")); err != nil || st.Seats != 0 {
 		t.Fatalf("group 1's stage holds %d seats (%v) after the leave, want 0", st.Seats, err)
 	}
 }
@@ -236,7 +239,7 @@ func TestMoveFromStaleSeatLosesToNewerClaim(t *testing.T) {
 	s := groupedBroadcast(t, redistest.Start(t), "stale", 3)
 	ctx := t.Context()
 	user := homedAt(0, 3)
-	arn := func(id string) string { return "arn:aws:ivs:us-east-1:123456789012:stage/" + id }
+	arn := testArn
 	// Put in this order, the stages go to groups 0, 1, 2, 0, 1.
 	for i, st := range []struct {
 		id       string
@@ -316,7 +319,7 @@ func TestStaleClaimSendsJoinHome(t *testing.T) {
 	ctx := t.Context()
 	user := homedAt(0, 2)
 	for g := range 2 {
-		if err := s.PutStage(ctx, store.Stage{Arn: fmt.Sprintf("arn:aws:ivs:us-east-1:123456789012:stage/g%d", g), BroadcastID: "b", Capacity: 5, Seatable: true, CreatedAt: time.Now()}); err != nil {
+		if err := s.PutStage(ctx, store.Stage{Arn: testArn(fmt.Sprintf("g%d", g)), BroadcastID: "b", Capacity: 5, Seatable: true, CreatedAt: time.Now()}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -325,7 +328,7 @@ func TestStaleClaimSendsJoinHome(t *testing.T) {
 		t.Fatal(err)
 	}
 	seat, err := s.ReserveSeat(ctx, store.SeatRequest{BroadcastID: "b", UserID: user, ParticipantID: "p", Now: time.Now(), TTL: time.Hour})
-	if err != nil || seat.StageArn != "arn:aws:ivs:us-east-1:123456789012:stage/g0" {
+	if err != nil || seat.StageArn != testArn("g0") {
 		t.Fatalf("a join with a claim left behind: %+v, %v; want a seat at home, in group 0", seat, err)
 	}
 	if n, err := s.rdb.HLen(ctx, home.away()).Result(); err != nil || n != 0 {

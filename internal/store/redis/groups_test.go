@@ -19,8 +19,6 @@ import (
 	"github.com/stagefleet/stagefleet/internal/store/redis"
 )
 
-func stageArn(id string) string { return "arn:aws:ivs:us-east-1:123456789012:stage/" + id }
-
 // groupedStages records broadcast b and one seatable stage of capacity per
 // group, named g0, g1, ...: a new stage goes to the group with the fewest.
 func groupedStages(t *testing.T, st *redis.Store, b string, groups, capacity int) []string {
@@ -28,7 +26,7 @@ func groupedStages(t *testing.T, st *redis.Store, b string, groups, capacity int
 	createBroadcast(t, st, b)
 	var arns []string
 	for g := range groups {
-		arn := stageArn(fmt.Sprintf("%s-g%d", b, g))
+		arn := redis.StageArn(fmt.Sprintf("%s-g%d", b, g))
 		must(t, st.PutStage(t.Context(), store.Stage{Arn: arn, BroadcastID: b, Role: store.RoleReplica, Capacity: capacity, Seatable: true, CreatedAt: time.Now()}))
 		if got, err := redis.StageGroup(t.Context(), st, arn); err != nil || got != g {
 			t.Fatalf("stage %d went to group %d (%v), want the group with the fewest stages, %d", g, got, err, g)
@@ -69,7 +67,7 @@ func TestGroupedOverflow(t *testing.T) {
 	ctx := t.Context()
 	createBroadcast(t, st, "b")
 	// One stage, in group 0: every viewer homed elsewhere overflows.
-	only := stageArn("only")
+	only := redis.StageArn("only")
 	must(t, st.PutStage(ctx, store.Stage{Arn: only, BroadcastID: "b", Role: store.RoleOrigin, Capacity: 40, Seatable: true, CreatedAt: time.Now()}))
 	now := time.Now().Truncate(time.Millisecond)
 	counter := &redistest.CommandCounter{}
@@ -176,12 +174,7 @@ func TestGroupedMoveOffClosedStage(t *testing.T) {
 	ctx := t.Context()
 	arns := groupedStages(t, st, "b", 3, 5)
 	// A viewer homed in group 1, seated in group 2 (groups 0 and 1 full).
-	user := ""
-	for i := 0; user == ""; i++ {
-		if u := fmt.Sprintf("u%d", i); redis.HomeGroup(u, 3) == 1 {
-			user = u
-		}
-	}
+	user := redis.HomedAt(1, 3)
 	for _, arn := range arns[:2] {
 		for i := range 5 {
 			if _, err := st.ReserveSeat(ctx, store.SeatRequest{BroadcastID: "b", UserID: fmt.Sprintf("fill-%s-%d", arn, i), StageArn: arn, Now: time.Now(), TTL: time.Hour}); err != nil {
@@ -361,7 +354,7 @@ func TestGroupedJoinGivenUpLeavesNoHiddenSeat(t *testing.T) {
 	st := redis.New(rdb, "gu", redis.WithSeatGroups(2), redis.WithSeatBatching())
 	createBroadcast(t, st, "b")
 	for g, capacity := range []int{0, 5} {
-		must(t, st.PutStage(t.Context(), store.Stage{Arn: stageArn(fmt.Sprintf("g%d", g)), BroadcastID: "b", Capacity: capacity, Seatable: true, CreatedAt: time.Now()}))
+		must(t, st.PutStage(t.Context(), store.Stage{Arn: redis.StageArn(fmt.Sprintf("g%d", g)), BroadcastID: "b", Capacity: capacity, Seatable: true, CreatedAt: time.Now()}))
 	}
 	for i := range 20 {
 		user := fmt.Sprintf("u%d", i)
@@ -377,7 +370,7 @@ func TestGroupedJoinGivenUpLeavesNoHiddenSeat(t *testing.T) {
 		cancel()
 		// A renewal queued behind anything the join left in group 1's
 		// batch: once it is answered, that is done too.
-		if _, err := st.RenewSeat(t.Context(), "b", "nobody", store.SeatOwner{StageArn: stageArn("g1")}, time.Now(), time.Hour); !errors.Is(err, store.ErrNotFound) {
+		if _, err := st.RenewSeat(t.Context(), "b", "nobody", store.SeatOwner{StageArn: redis.StageArn("g1")}, time.Now(), time.Hour); !errors.Is(err, store.ErrNotFound) {
 			t.Fatalf("renewing no seat in group 1: %v", err)
 		}
 		seats, lerr := st.ListSeats(t.Context(), "b")
