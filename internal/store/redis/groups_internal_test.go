@@ -335,3 +335,17 @@ func TestStaleClaimSendsJoinHome(t *testing.T) {
 		t.Fatalf("%d claims left (%v), want the stale one forgotten", n, err)
 	}
 }
+
+// BenchmarkNewLayout names a broadcast's seat groups, which a store does
+// once per broadcast it knows, and on every operation on an id that is no
+// broadcast.
+func BenchmarkNewLayout(b *testing.B) {
+	s := New(nil, "")
+	for _, n := range []int{6, 64} {
+		b.Run(fmt.Sprintf("groups=%d", n), func(b *testing.B) {
+			for b.Loop() {
+				s.newLayout("launch-night_2026", n)
+			}
+		})
+	}
+}
