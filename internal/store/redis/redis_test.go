@@ -330,7 +330,9 @@ func TestRoomIndex(t *testing.T) {
 		t.Errorf("the full stage is still in the index: %v", err)
 	}
 	// Every stage full; then a seat freed as an instance of an earlier
-	// version frees it, without the index: the next join finds it anyway.
+	// version frees it, without the index: a join is told full, without
+	// reading every stage, until the next expiry sweep puts the index
+	// right; then the next join finds it.
 	for i := 6; i < 9; i++ {
 		if got := seat(fmt.Sprint("v", i)); got != arns[2] {
 			t.Fatalf("viewer %d seated on %s, want %s", i, got, arns[2])
@@ -344,6 +346,12 @@ func TestRoomIndex(t *testing.T) {
 	}
 	if err := rdb.HDel(ctx, "room:{b}:seats", "v0").Err(); err != nil {
 		t.Fatal(err)
+	}
+	if _, err := st.ReserveSeat(ctx, store.SeatRequest{BroadcastID: "b", UserID: "v9", ParticipantID: "p", Now: time.Now(), TTL: time.Hour}); !errors.Is(err, store.ErrFull) {
+		t.Fatalf("a join before the sweep, with the freed seat outside the index: %v, want ErrFull", err)
+	}
+	if freed, err := st.ExpireSeats(ctx, "b", time.Now()); err != nil || len(freed) != 0 {
+		t.Fatalf("the sweep: %d seats freed, %v; want none (the seats' leases run an hour)", len(freed), err)
 	}
 	if got := seat("v9"); got != arns[0] {
 		t.Errorf("after a seat on %s was freed without the index, a viewer seated on %s", arns[0], got)

@@ -101,6 +101,12 @@ local function index(K, arn)
   end
 end
 
+-- reindex puts every stage that takes viewers in room from its records:
+-- O(stages), so never on a join but the broadcast's first.
+local function reindex(K)
+  for _, arn in ipairs(redis.call('SMEMBERS', K.open)) do index(K, arn) end
+end
+
 -- untrack takes a seat (decoded) out of the totals. A seat from before the
 -- totals were kept has no takenSec and was never in them.
 local function untrack(K, seat)
@@ -154,36 +160,25 @@ end
 const seatFuncs = seatLib + `
 local K = seatKeys(0)
 
--- reindex puts every stage that takes viewers in room from its records.
-local function reindex()
-  for _, arn in ipairs(redis.call('SMEMBERS', K.open)) do index(K, arn) end
-end
-
 -- fullest is store.Fuller's first stage with room, from room; a broadcast
 -- whose room was never kept (its records are older) gets it built first.
 -- An entry that does not fit is put right and passed over, so that a
--- wrong index can cost time but never a seat beyond capacity. Before
--- answering that nothing has room, room is built again from the records
--- (O(stages), only then): instances of an earlier version, during a
--- rolling upgrade, change seats without keeping it.
+-- wrong index can cost time but never a seat beyond capacity. A stage
+-- missing from room (an instance of an earlier version freed a seat
+-- without keeping it, during a rolling upgrade) is put back by the next
+-- expiry sweep, not here: a join told full at capacity stays O(log stages).
 local function fullest()
   if redis.call('HGET', K.totals, 'room') ~= '1' then
-    reindex()
+    reindex(K)
     redis.call('HSET', K.totals, 'room', '1')
   end
-  local rebuilt = false
   while true do
     local top = redis.call('ZRANGE', K.room, 0, 0)
-    if #top == 0 then
-      if rebuilt then return nil end
-      reindex()
-      rebuilt = true
-    else
-      local arn = string.sub(top[1], 18)
-      if fits(K, arn, redis.call('HGET', K.rank, arn)) then return arn end
-      redis.call('ZREM', K.room, top[1])
-      index(K, arn)
-    end
+    if #top == 0 then return nil end
+    local arn = string.sub(top[1], 18)
+    if fits(K, arn, redis.call('HGET', K.rank, arn)) then return arn end
+    redis.call('ZREM', K.room, top[1])
+    index(K, arn)
   end
 end
 
@@ -551,10 +546,13 @@ return out
 `)
 
 	// KEYS: the seat keys. ARGV: now (micros), most to free. Answers the
-	// freed seats.
+	// freed seats. The sweep also puts right the index of stages with room
+	// (fullest says why).
 	expireSeats = goredis.NewScript(seatLib + `
 local K = seatKeys(0)
-return freeAll(K, redis.call('ZRANGEBYSCORE', K.expiry, '-inf', ARGV[1], 'LIMIT', 0, ARGV[2]))
+local out = freeAll(K, redis.call('ZRANGEBYSCORE', K.expiry, '-inf', ARGV[1], 'LIMIT', 0, ARGV[2]))
+if redis.call('HGET', K.totals, 'room') == '1' then reindex(K) end
+return out
 `)
 
 	// KEYS: events (event ids by expiry, in ms of Redis's clock). ARGV:
