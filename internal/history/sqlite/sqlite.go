@@ -154,7 +154,7 @@ const closeSQL = `INSERT INTO viewer_sessions
 
 // Apply implements history.Store.
 func (s *Store) Apply(ctx context.Context, events []history.Event) error {
-	if err := histsql.ValidateEvents(events); err != nil {
+	if err := histsql.Validate(events); err != nil {
 		return err
 	}
 	if len(events) == 0 {
@@ -190,7 +190,7 @@ func (s *Store) Apply(ctx context.Context, events []history.Event) error {
 
 // PutSnapshots implements history.Store.
 func (s *Store) PutSnapshots(ctx context.Context, snaps []history.Snapshot) error {
-	if err := histsql.ValidateSnapshots(snaps); err != nil {
+	if err := histsql.Validate(snaps); err != nil {
 		return err
 	}
 	if len(snaps) == 0 {

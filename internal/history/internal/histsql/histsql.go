@@ -241,20 +241,11 @@ func NextPage(page []history.Session, limit int) ([]history.Session, string) {
 	return page, Cursor{At: at, SessionID: last.SessionID}.Encode()
 }
 
-// ValidateEvents refuses a batch with an invalid event, whole.
-func ValidateEvents(events []history.Event) error {
-	for _, e := range events {
-		if err := e.Validate(); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-// ValidateSnapshots refuses a batch with an invalid snapshot, whole.
-func ValidateSnapshots(snaps []history.Snapshot) error {
-	for _, sn := range snaps {
-		if err := sn.Validate(); err != nil {
+// Validate refuses a batch (of events or snapshots) with an invalid
+// record, whole.
+func Validate[T interface{ Validate() error }](batch []T) error {
+	for _, r := range batch {
+		if err := r.Validate(); err != nil {
 			return err
 		}
 	}
