@@ -128,7 +128,9 @@ func (s *Service) dropSeats(ctx context.Context, broadcastID string, end *Ended)
 			cancel()
 			switch {
 			case err == nil:
-				n = k
+				// At least one, so that every step frees a seat: a history
+				// that answers no room drops and counts what it cannot take.
+				n = max(k, 1)
 			case ctx.Err() != nil:
 				return failWrap(ErrUnavailable, ctx.Err(), "freeing the seats of broadcast %s (ending it again finishes the work)", broadcastID)
 			default:
