@@ -114,8 +114,8 @@ type local struct {
 	comingAt  time.Time
 	comingETA time.Duration
 	coming    bool
-	// comingLimit is the setting that keeps a stage from coming:
-	// "MAX_STAGES", "STAGE_QUOTA", or "" for none of them.
+	// comingLimit says which limit keeps a stage from coming, as noSeat
+	// tells the viewer ("" for none).
 	comingLimit string
 	// yieldUntil: this instance leaves the lease to others until then
 	// (under mu).

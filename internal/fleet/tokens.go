@@ -245,12 +245,14 @@ func (s *Service) lookForStage(ctx context.Context, broadcastID string) (eta tim
 		}
 	}
 	if managed(stages) >= s.cfg.MaxStages {
-		return 0, false, "MAX_STAGES"
+		return 0, false, "has reached its limit of stages (MAX_STAGES)"
 	}
-	if inUse, err := s.stagesInUse(ctx); err == nil && inUse >= s.cfg.StageQuota {
-		return 0, false, "STAGE_QUOTA"
-	} else if err != nil {
+	inUse, err := s.stagesInUse(ctx)
+	if err != nil {
 		return 0, false, ""
+	}
+	if inUse >= s.cfg.StageQuota {
+		return 0, false, "this deployment has reached its limit of stages (STAGE_QUOTA)"
 	}
 	b, err := s.store.GetBroadcast(ctx, broadcastID)
 	if err != nil {
@@ -286,21 +288,14 @@ func (s *Service) tryReserve(ctx context.Context, req store.SeatRequest) (seat s
 
 // noSeat is the answer to a viewer that waited in vain: the broadcast is
 // at MAX_STAGES or the deployment at STAGE_QUOTA (limit, as stageComing
-// found it), or no stage is coming in time (IVS failing). Retry-After is
-// the expected wait when one is known.
+// found it, says which), or no stage is coming in time (IVS failing).
+// Retry-After is the expected wait when one is known.
 func (s *Service) noSeat(broadcastID string, eta time.Duration, limit string) error {
 	retry := max(s.cfg.SeatWait, time.Second, eta)
-	switch limit {
-	case "MAX_STAGES":
+	if limit != "" {
 		return &Error{
 			Kind:       ErrStageLimit,
-			Msg:        "broadcast " + broadcastID + " is full and has reached its limit of stages (MAX_STAGES); try again later",
-			RetryAfter: retry,
-		}
-	case "STAGE_QUOTA":
-		return &Error{
-			Kind:       ErrStageLimit,
-			Msg:        "broadcast " + broadcastID + " is full and this deployment has reached its limit of stages (STAGE_QUOTA); try again later",
+			Msg:        "broadcast " + broadcastID + " is full and " + limit + "; try again later",
 			RetryAfter: retry,
 		}
 	}
