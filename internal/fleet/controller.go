@@ -232,10 +232,7 @@ func (s *Service) load(ctx context.Context, broadcastID string) (view, error) {
 	if err != nil {
 		return v, err
 	}
-	v.reps = make(map[replKey]store.Replication, len(reps))
-	for _, r := range reps {
-		v.reps[replKey{r.ParticipantID, r.DestArn}] = r
-	}
+	v.reps = byReplKey(reps)
 	v.live = anyPublishing(v.hosts)
 	demand, err := s.store.ListDemand(ctx, broadcastID, s.now().Add(-demandWindow))
 	if err != nil {

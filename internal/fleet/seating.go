@@ -51,11 +51,16 @@ func (s *Service) applySeating(ctx context.Context, broadcastID string) error {
 	if err != nil {
 		return failWrap(ErrUnavailable, err, "listing replications")
 	}
+	return s.seatAsRecorded(ctx, broadcastID, stages, hosts, byReplKey(list))
+}
+
+// byReplKey indexes replications by host and destination.
+func byReplKey(list []store.Replication) map[replKey]store.Replication {
 	reps := make(map[replKey]store.Replication, len(list))
 	for _, r := range list {
 		reps[replKey{r.ParticipantID, r.DestArn}] = r
 	}
-	return s.seatAsRecorded(ctx, broadcastID, stages, hosts, reps)
+	return reps
 }
 
 // seatAsRecorded is applySeating on records the caller has just read under
