@@ -381,3 +381,27 @@ func createBroadcast(tb testing.TB, st *redis.Store, id string) {
 		tb.Fatalf("CreateBroadcast: %v", err)
 	}
 }
+
+// BenchmarkFullJoin is a join to a broadcast at capacity (100 stages, all
+// full), one at a time, as waiting viewers retry in a storm: its answer,
+// full, must not cost a read of every stage.
+func BenchmarkFullJoin(b *testing.B) {
+	srv := redistest.Start(b)
+	rdb := srv.Client(b)
+	st := redis.New(rdb, "full")
+	bigStages(b, st, "b", 100, 1)
+	for i := range 100 {
+		if _, err := st.ReserveSeat(b.Context(), store.SeatRequest{BroadcastID: "b", UserID: fmt.Sprint("seated", i), ParticipantID: "P", Now: time.Now(), TTL: time.Hour}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	before := redisMicros(b, rdb)
+	var n int
+	for b.Loop() {
+		n++
+		if _, err := st.ReserveSeat(b.Context(), store.SeatRequest{BroadcastID: "b", UserID: fmt.Sprint("v", n), ParticipantID: "P", Now: time.Now(), TTL: time.Hour}); !errors.Is(err, store.ErrFull) {
+			b.Fatalf("a join at capacity: %v, want ErrFull", err)
+		}
+	}
+	b.ReportMetric((redisMicros(b, rdb)-before)/float64(b.N), "redis-µs/op")
+}
