@@ -15,7 +15,8 @@ import (
 	"path/filepath"
 	"time"
 
-	_ "modernc.org/sqlite" // the "sqlite" database/sql driver
+	"modernc.org/sqlite" // the "sqlite" database/sql driver
+	sqlite3 "modernc.org/sqlite/lib"
 
 	"github.com/stagefleet/stagefleet/internal/history"
 	"github.com/stagefleet/stagefleet/internal/history/internal/histsql"
@@ -58,6 +59,16 @@ func Open(ctx context.Context, dir string) (*Store, error) {
 	}
 	write.SetMaxOpenConns(1)
 	applied, err := migrate(ctx, write)
+	// Instances opening a new database together race to set its journal
+	// mode, which SQLite can refuse at once with SQLITE_BUSY instead of
+	// waiting out busy_timeout: try again, as long as busy_timeout.
+	for deadline := time.Now().Add(10 * time.Second); busy(err) && time.Now().Before(deadline); {
+		select {
+		case <-ctx.Done():
+		case <-time.After(50 * time.Millisecond):
+		}
+		applied, err = migrate(ctx, write)
+	}
 	if err != nil {
 		write.Close()
 		return nil, err
@@ -69,6 +80,12 @@ func Open(ctx context.Context, dir string) (*Store, error) {
 	}
 	read.SetMaxOpenConns(4)
 	return &Store{write: write, read: read, applied: applied}, nil
+}
+
+// busy says err is SQLite's SQLITE_BUSY (of any extended code).
+func busy(err error) bool {
+	var se *sqlite.Error
+	return errors.As(err, &se) && se.Code()&0xff == sqlite3.SQLITE_BUSY
 }
 
 // AppliedMigrations returns the versions of the migrations this Open
