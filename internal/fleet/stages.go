@@ -397,11 +397,11 @@ func (s *Service) Seat(ctx context.Context, broadcastID, userID string) (store.S
 	return seat, true, nil
 }
 
-// SeatsPage lists a page of one stage's live seats: up to about limit,
-// from cursor ("" to begin), and the cursor of the rest ("" when done),
-// with the stage's record (its seat count). A call looks at a bounded
-// number of the broadcast's seats, so a page may hold fewer than limit
-// while a cursor is still given; a seat may show on two pages.
+// SeatsPage lists a page of one stage's live seats: at most limit, from
+// cursor ("" to begin), and the cursor of the rest ("" when done), with
+// the stage's record (its seat count). A call takes a bounded number of
+// steps through the broadcast's seats, so a page may hold fewer than
+// limit while a cursor is still given; a seat may show on two pages.
 func (s *Service) SeatsPage(ctx context.Context, stageArn, cursor string, limit int) ([]store.Seat, string, store.Stage, error) {
 	rec, err := s.record(ctx, stageArn)
 	if err != nil {
@@ -409,12 +409,13 @@ func (s *Service) SeatsPage(ctx context.Context, stageArn, cursor string, limit 
 	}
 	var out []store.Seat
 	seen := map[string]bool{}
-	for looked := 0; looked < 10*limit && len(out) < limit; {
-		page, next, err := s.BroadcastSeatsPage(ctx, rec.BroadcastID, cursor, limit)
+	// Each step asks for no more than the page still has room for, so
+	// that the page never overflows and the cursor never skips a seat.
+	for steps := 0; steps < seatsPageSteps && len(out) < limit; steps++ {
+		page, next, err := s.BroadcastSeatsPage(ctx, rec.BroadcastID, cursor, limit-len(out))
 		if err != nil {
 			return nil, "", store.Stage{}, err
 		}
-		looked += len(page)
 		for _, seat := range page {
 			if seat.StageArn == stageArn && !seen[seat.UserID] {
 				seen[seat.UserID] = true
@@ -428,7 +429,11 @@ func (s *Service) SeatsPage(ctx context.Context, stageArn, cursor string, limit 
 	return out, cursor, rec, nil
 }
 
-// BroadcastSeatsPage returns about limit of a broadcast's seats from
+// seatsPageSteps bounds the store calls one page of a stage's seats
+// makes: the stage's seats are among the whole broadcast's.
+const seatsPageSteps = 10
+
+// BroadcastSeatsPage returns at most limit of a broadcast's seats from
 // cursor ("" to begin) and the cursor of the rest ("" when done).
 func (s *Service) BroadcastSeatsPage(ctx context.Context, broadcastID, cursor string, limit int) ([]store.Seat, string, error) {
 	page, next, err := s.store.ScanSeats(ctx, broadcastID, cursor, limit)

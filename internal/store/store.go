@@ -281,10 +281,11 @@ type SeatStore interface {
 	ListSeats(ctx context.Context, broadcastID string) ([]Seat, error)
 	// GetSeat returns one viewer's seat, ErrNotFound when it has none.
 	GetSeat(ctx context.Context, broadcastID, userID string) (Seat, error)
-	// ScanSeats returns about count of the broadcast's seats from cursor
+	// ScanSeats returns at most count of the broadcast's seats from cursor
 	// ("" to begin) and the cursor of the rest ("" when done), in the
 	// store's order: a seat held throughout a scan is returned at least
-	// once. count must be at least 1. In Redis a page costs O(count),
+	// once. A page may hold fewer than count while a cursor is still
+	// given. count must be at least 1. In Redis a page costs O(count),
 	// whatever the number of seats (the memory store sorts the broadcast's
 	// user ids per page).
 	ScanSeats(ctx context.Context, broadcastID, cursor string, count int) ([]Seat, string, error)

@@ -21,7 +21,6 @@ import (
 	"fmt"
 	"slices"
 	"strconv"
-	"strings"
 	"sync/atomic"
 	"time"
 
@@ -775,62 +774,6 @@ func (s *Store) GetSeat(ctx context.Context, broadcastID, userID string) (store.
 		return store.Seat{}, err
 	}
 	return hget[store.Seat](ctx, s, lay.group(c.group).seats(), userID, "seat of "+userID)
-}
-
-// ScanSeats walks the groups one after another, going on to the next
-// group while a page is short. Its cursor is Redis's HSCAN cursor, after
-// the group and a colon past group 0.
-func (s *Store) ScanSeats(ctx context.Context, broadcastID, cursor string, count int) ([]store.Seat, string, error) {
-	lay, err := s.layoutOf(ctx, broadcastID)
-	if err != nil {
-		return nil, "", err
-	}
-	n := lay.n()
-	g, from, err := parseSeatCursor(cursor, n)
-	if err != nil {
-		return nil, "", err
-	}
-	out := []store.Seat{}
-	for {
-		kv, next, err := s.rdb.HScan(ctx, lay.group(g).seats(), from, "*", int64(count)).Result()
-		if err != nil {
-			return nil, "", err
-		}
-		for i := 1; i < len(kv); i += 2 {
-			var seat store.Seat
-			if err := decodeInto(kv[i], &seat); err != nil {
-				return nil, "", err
-			}
-			out = append(out, seat)
-		}
-		switch {
-		case next != 0 && g == 0:
-			return out, strconv.FormatUint(next, 10), nil
-		case next != 0:
-			return out, fmt.Sprintf("%d:%d", g, next), nil
-		case g+1 == n:
-			return out, "", nil
-		case len(out) >= count:
-			return out, fmt.Sprintf("%d:0", g+1), nil
-		}
-		g, from = g+1, 0
-	}
-}
-
-func parseSeatCursor(cursor string, n int) (int, uint64, error) {
-	if cursor == "" {
-		return 0, 0, nil
-	}
-	group, at, grouped := strings.Cut(cursor, ":")
-	if !grouped {
-		group, at = "0", cursor
-	}
-	g, err := strconv.Atoi(group)
-	from, err2 := strconv.ParseUint(at, 10, 64)
-	if err != nil || err2 != nil || g < 0 || g >= n {
-		return 0, 0, fmt.Errorf("seat cursor %q: %w", cursor, store.ErrNotFound)
-	}
-	return g, from, nil
 }
 
 func (s *Store) ListSeats(ctx context.Context, broadcastID string) ([]store.Seat, error) {

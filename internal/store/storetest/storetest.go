@@ -1417,44 +1417,68 @@ func testDropSeats(t *testing.T, st store.Store) {
 	}
 }
 
-// testScanSeats: a scan returns every seat at least once, a page at a
-// time, and ends.
+// testScanSeats: a scan returns every seat at least once, never more
+// than count a page, and ends, also when seats leave during the walk.
 func testScanSeats(t *testing.T, st store.Store) {
 	ctx := testCtx(t)
 	s := stageRec("scan", bcA, 5000, true, 0)
 	putStages(t, st, s)
-	const n, count = 2500, 100
+	const n = 2500
 	for i := range n {
 		reserve(t, st, bcA, fmt.Sprintf("u%05d", i), "")
 	}
-	seen := map[string]bool{}
-	cursor, pages := "", 0
-	for {
-		page, next, err := st.ScanSeats(ctx, bcA, cursor, count)
-		must(t, err, "ScanSeats")
-		pages++
-		// COUNT is a hint to Redis; a page stays of its order.
-		if len(page) > 10*count {
-			t.Fatalf("a page of %d seats for count %d", len(page), count)
-		}
-		for _, seat := range page {
-			if seat.BroadcastID != bcA || seat.StageArn != s.Arn {
-				t.Fatalf("scanned seat %+v, not of the broadcast's stage", seat)
+	scan := func(count int, leave func(page int)) map[string]bool {
+		t.Helper()
+		seen := map[string]bool{}
+		cursor, pages := "", 0
+		for {
+			page, next, err := st.ScanSeats(ctx, bcA, cursor, count)
+			must(t, err, "ScanSeats with count %d", count)
+			if pages++; len(page) > count {
+				t.Fatalf("a page of %d seats for count %d", len(page), count)
 			}
-			seen[seat.UserID] = true
+			for _, seat := range page {
+				if seat.BroadcastID != bcA || seat.StageArn != s.Arn {
+					t.Fatalf("scanned seat %+v, not of the broadcast's stage", seat)
+				}
+				seen[seat.UserID] = true
+			}
+			if next == "" {
+				break
+			}
+			if pages > 2*n {
+				t.Fatalf("the scan with count %d does not end", count)
+			}
+			leave(pages)
+			cursor = next
 		}
-		if next == "" {
-			break
+		if count < n && pages < 2 {
+			t.Errorf("scanned %d seats with count %d in %d page(s); want several", len(seen), count, pages)
 		}
-		if pages > n {
-			t.Fatal("the scan does not end")
-		}
-		cursor = next
+		return seen
 	}
-	if len(seen) != n || pages < 2 {
-		t.Errorf("scanned %d of %d seats in %d pages; want all, in several", len(seen), n, pages)
+	for _, count := range []int{1, 7, 100, n} {
+		if seen := scan(count, func(int) {}); len(seen) != n {
+			t.Errorf("count %d: scanned %d of %d seats", count, len(seen), n)
+		}
 	}
-	if page, next, err := st.ScanSeats(ctx, bcB, "", count); err != nil || len(page) != 0 || next != "" {
+	// Seats freed between pages may show or not; every other seat shows.
+	gone := map[string]bool{}
+	seen := scan(50, func(page int) {
+		user := fmt.Sprintf("u%05d", page*7)
+		if _, err := st.ReleaseSeat(ctx, bcA, user); err == nil {
+			gone[user] = true
+		}
+	})
+	for i := range n {
+		if user := fmt.Sprintf("u%05d", i); !gone[user] && !seen[user] {
+			t.Errorf("seat %s, held throughout the scan, was not returned", user)
+		}
+	}
+	if len(gone) == 0 {
+		t.Error("no seat left during the scan")
+	}
+	if page, next, err := st.ScanSeats(ctx, bcB, "", 100); err != nil || len(page) != 0 || next != "" {
 		t.Errorf("scan of a broadcast without seats: %d seats, next %q, %v", len(page), next, err)
 	}
 }
