@@ -36,7 +36,7 @@ func TestSeatCursorRefused(t *testing.T) {
 	left := seatCursor{group: 1, left: leftSeats{Group: 1, Users: []string{"a"}}}.String()
 	for _, bad := range []string{
 		"x", "-1", "1:x", "7:0", "-1:0", "18446744073709551616",
-		"2:0",                // past the last group with nothing left over
+		"2:0",                 // past the last group with nothing left over
 		"0~", "0~!!", "0~e30", // no left-over users
 		left[:len(left)-2],
 		seatCursor{left: leftSeats{Group: 1, Users: []string{"a"}}}.String(), // left over ahead of the scan
