@@ -60,8 +60,8 @@ const dropLogEvery = time.Second
 // Guarantees:
 //   - Record and RecordSnapshots never block on the database and do no
 //     I/O: when Buffer records are already unwritten, the new one is
-//     dropped and counted (Dropped), and the writer's goroutine logs the
-//     count at most once a second.
+//     dropped and counted (Dropped), and the count is logged at most
+//     once a second, also while a write hangs.
 //   - What is queued is written within FlushInterval, or at once when a
 //     batch is full, events in the order recorded.
 //   - A batch that fails is kept and tried again with back-off, for as
@@ -97,7 +97,7 @@ type Writer struct {
 	cancel context.CancelFunc
 	done   chan struct{} // the goroutine ended
 
-	drops dropReport // the goroutine's alone
+	drops dropReport
 }
 
 // NewWriter starts a Writer on st. Close it to stop it; it does not close
@@ -123,12 +123,14 @@ func NewWriter(st Store, cfg WriterConfig, log *slog.Logger) *Writer {
 func (w *Writer) Record(e Event) {
 	if e.Validate() != nil {
 		w.invalid.Add(1)
+		w.droppedNow()
 		return
 	}
 	w.mu.Lock()
 	if w.closed || w.pending >= w.cfg.Buffer {
 		w.mu.Unlock()
 		w.full.Add(1)
+		w.droppedNow()
 		return
 	}
 	w.events = append(w.events, e)
@@ -143,13 +145,15 @@ func (w *Writer) Record(e Event) {
 // RecordSnapshots queues snapshots, each as Record queues an event.
 func (w *Writer) RecordSnapshots(snaps ...Snapshot) {
 	w.mu.Lock()
-	kick := false
+	kick, dropped := false, false
 	for _, s := range snaps {
 		switch {
 		case s.Validate() != nil:
 			w.invalid.Add(1)
+			dropped = true
 		case w.closed || w.pending >= w.cfg.Buffer:
 			w.full.Add(1)
+			dropped = true
 		default:
 			w.snaps = append(w.snaps, s)
 			w.pending++
@@ -157,6 +161,9 @@ func (w *Writer) RecordSnapshots(snaps ...Snapshot) {
 		}
 	}
 	w.mu.Unlock()
+	if dropped {
+		w.droppedNow()
+	}
 	if kick {
 		w.wake()
 	}
@@ -370,13 +377,28 @@ func (w *Writer) settle(err error, n int, what string) error {
 	return nil
 }
 
-// dropReport logs drops at most once per dropLogEvery.
+// droppedNow reports drops from the call that made them, so that they are
+// logged while the goroutine hangs in a write (up to Timeout); a time
+// check is all it costs between reports.
+func (w *Writer) droppedNow() {
+	if time.Now().UnixNano() >= w.drops.next.Load() {
+		w.drops.report(w, false)
+	}
+}
+
+// dropReport logs drops at most once per dropLogEvery, from the writer's
+// goroutine or from a call that drops.
 type dropReport struct {
+	next atomic.Int64 // unix nanoseconds from which a report may log
+
+	mu            sync.Mutex
 	full, invalid int64 // counts at the last report
 	at            time.Time
 }
 
 func (d *dropReport) report(w *Writer, force bool) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
 	full, invalid := w.full.Load(), w.invalid.Load()
 	if full == d.full && invalid == d.invalid {
 		return
@@ -388,4 +410,5 @@ func (d *dropReport) report(w *Writer, force bool) {
 	w.log.Warn("history: records dropped", "buffer_full", full-d.full, "invalid", invalid-d.invalid,
 		"dropped_total", full+invalid, "buffer", w.cfg.Buffer)
 	d.full, d.invalid, d.at = full, invalid, now
+	d.next.Store(now.Add(dropLogEvery).UnixNano())
 }

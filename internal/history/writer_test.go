@@ -196,7 +196,8 @@ func sum(xs []int) int {
 }
 
 // With the store stuck, Record neither blocks nor grows the buffer past its
-// size: it drops, counts and logs once a second.
+// size: it drops, counts and logs once a second, though the writer's
+// goroutine hangs in the write.
 func TestWriterFullBufferDrops(t *testing.T) {
 	st := &fakeStore{block: make(chan struct{})}
 	w, logs := newWriter(t, st, history.WriterConfig{Buffer: 5, BatchSize: 2, FlushInterval: time.Millisecond})
