@@ -26,7 +26,7 @@ func TestLoadtestCommand(t *testing.T) {
 	done := make(chan error, 1)
 	go func() {
 		done <- run(ctx, []string{"serve", "--api-host", "127.0.0.1", "--api-port", apiPort, "--emulator-addr", emuAddr,
-			"--ivs-mode", "emulator", "--rate-limit-max-requests", "0", "--scale-down-stabilization", "1s", "--log-level", "error",
+			"--ivs-mode", "emulator", "--rate-limit-max-requests", "0", "--scale-down-stabilization", "2s", "--log-level", "error",
 			"--data-dir", t.TempDir()}, &serveOut, &serveErr)
 	}()
 	defer func() {
@@ -45,9 +45,12 @@ func TestLoadtestCommand(t *testing.T) {
 	chart := filepath.Join(t.TempDir(), "run.svg")
 	var stdout, stderr bytes.Buffer
 	// serve's own limits (MAX_STAGES and STAGE_QUOTA by default, its rate
-	// limit off), which allow the run: no warning.
+	// limit off), which allow the run: no warning. The window is 2 s, as
+	// in TestDrainAgainstServe: arrivals that stall a second on a loaded
+	// machine would rightly have an empty replica removed and made again,
+	// which the flap check counts.
 	err := run(t.Context(), []string{"loadtest", "--api", "http://" + apiAddr, "--scenario", "drain", "--viewers", "60", "--rate", "60",
-		"--hold", "200ms", "--stabilization", "1s", "--drain-wait", "10s", "--timeout", "1m", "--json", "--chart", chart,
+		"--hold", "200ms", "--stabilization", "2s", "--drain-wait", "10s", "--timeout", "1m", "--json", "--chart", chart,
 		"--max-stages", "20", "--stage-quota", "100", "--rate-limit", "off"}, &stdout, &stderr)
 	if err != nil {
 		t.Fatalf("loadtest: %v\nstderr:\n%s\nstdout:\n%s", err, stderr.String(), stdout.String())
@@ -110,7 +113,7 @@ func TestLoadtestCommand(t *testing.T) {
 	stdout.Reset()
 	stderr.Reset()
 	err = run(t.Context(), []string{"loadtest", "--api", "http://" + apiAddr, "--scenario", "drain", "--viewers", "60", "--rate", "60",
-		"--hold", "200ms", "--stabilization", "1s", "--drain-wait", "1ms", "--timeout", "1m", "--progress", "off"}, &stdout, &stderr)
+		"--hold", "200ms", "--stabilization", "2s", "--drain-wait", "1ms", "--timeout", "1m", "--progress", "off"}, &stdout, &stderr)
 	if !errors.Is(err, errTargetsMissed) || !strings.Contains(err.Error(), "drain leaves no replica stage") || exitStatus(err) != 1 {
 		t.Errorf("loadtest with replicas left = %v (exit status %d); want targets missed naming the drain, exit status 1", err, exitStatus(err))
 	}

@@ -65,7 +65,9 @@ func TestControllerTimeline(t *testing.T) {
 	a := startApp(t, map[string]string{
 		"STAGE_CAPACITY":           "50",
 		"SCALE_UP_THRESHOLD":       "45",
-		"SCALE_DOWN_STABILIZATION": "1s",
+		// The replica waits empty while viewers 46 to 50 fill the origin;
+		// 3 s, so that a stall of a loaded machine does not see it removed.
+		"SCALE_DOWN_STABILIZATION": "3s",
 		"RECONCILE_INTERVAL":       "1s",
 		"RATE_LIMIT_MAX_REQUESTS":  "0",
 	}, emuCapacity(50))

@@ -280,14 +280,17 @@ func TestWSBroadcastChanges(t *testing.T) {
 
 	v := a.token(t, "viewer", map[string]any{"userId": "viewer-1", "broadcastId": "show-ws"})
 	answered := time.Now()
-	m := c.await(t, 2*time.Second, "a broadcast_update with the seat", updateWhere(t, func(u broadcastUpdate) bool { return u.seated(1, v.StageArn, 1) }), nil)
+	m := c.await(t, 4*time.Second, "a broadcast_update with the seat", updateWhere(t, func(u broadcastUpdate) bool { return u.seated(1, v.StageArn, 1) }), nil)
 	if m.Channel != channel {
 		t.Errorf("broadcast_update on %q, want %s", m.Channel, channel)
 	}
 	took := m.at.Sub(answered)
 	t.Logf("the seat was pushed %v after the token was answered", took.Round(time.Millisecond))
-	if took > time.Second {
-		t.Errorf("the seat was pushed %v after the token was answered, want within 1s", took)
+	// The push comes within a second (a 250 ms poll); 2 s here leaves a
+	// loaded machine under -race its stalls and still tells a push from
+	// the 5 s stats tick.
+	if took > 2*time.Second {
+		t.Errorf("the seat was pushed %v after the token was answered, want within 2s", took)
 	}
 
 	for i := 2; i <= 3; i++ {

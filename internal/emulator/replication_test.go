@@ -199,14 +199,17 @@ func TestReplicationLifecycle(t *testing.T) {
 
 func TestReplicationReconnectWindow(t *testing.T) {
 	t.Parallel()
-	// Long enough after a 1 s window for its timer to have fired, however
-	// loaded the machine.
-	const afterWindow = 1500 * time.Millisecond
+	// The cases that come back within the window use 5 s, so that the
+	// calls that bring the source back fit in it however loaded the
+	// machine; afterWindow is long enough past it for its timer to have
+	// fired.
+	const window = 5
+	const afterWindow = window*time.Second + 1500*time.Millisecond
 
 	t.Run("source republishes within the window", func(t *testing.T) {
 		t.Parallel()
 		env := newTestEnv(t, quiet())
-		src, dst, pid := env.replicating(t, 1)
+		src, dst, pid := env.replicating(t, window)
 		env.mustAct(t, "unpublish", src, pid)
 		wantReplicationState(t, env, src, dst, pid, types.ReplicationStateActive)
 		env.mustAct(t, "publish", src, pid)
@@ -251,7 +254,7 @@ func TestReplicationReconnectWindow(t *testing.T) {
 		src := env.newStage(t, "origin")
 		dst := env.newStage(t, "replica")
 		pid, token := env.publisher(t, src, "host")
-		env.mustStartReplication(t, src, dst, pid, 1)
+		env.mustStartReplication(t, src, dst, pid, window)
 
 		env.mustAct(t, "leave", src, pid)
 		if again := env.joinStage(t, token); again.ParticipantID != pid {

@@ -86,11 +86,16 @@ func (s *Server) start() error {
 	defer rdb.Close()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
+		// The answer must be from this process: another test's server may
+		// have taken the port first, and then this one fails to bind.
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		err := rdb.Ping(ctx).Err()
+		info, err := rdb.Info(ctx, "server").Result()
 		cancel()
 		if err == nil {
-			return nil
+			if strings.Contains(info, fmt.Sprintf("process_id:%d\r\n", s.cmd.Process.Pid)) {
+				return nil
+			}
+			err = fmt.Errorf("port %d is another redis-server's", s.port)
 		}
 		select {
 		case <-s.done:
