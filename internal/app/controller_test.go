@@ -63,8 +63,8 @@ func (a *testApp) waitReplicated(t *testing.T, broadcastID, participantID string
 func TestControllerTimeline(t *testing.T) {
 	t.Parallel()
 	a := startApp(t, map[string]string{
-		"STAGE_CAPACITY":           "50",
-		"SCALE_UP_THRESHOLD":       "45",
+		"STAGE_CAPACITY":     "50",
+		"SCALE_UP_THRESHOLD": "45",
 		// The replica waits empty while viewers 46 to 50 fill the origin;
 		// 3 s, so that a stall of a loaded machine does not see it removed.
 		"SCALE_DOWN_STABILIZATION": "3s",
