@@ -58,10 +58,10 @@ const dropLogEvery = time.Second
 // goroutine, so that recording costs the caller a lock and an append.
 //
 // Guarantees:
-//   - Record and RecordSnapshots never block on the database and do no
-//     I/O: when Buffer records are already unwritten, the new one is
-//     dropped and counted (Dropped), and the count is logged at most
-//     once a second, also while a write hangs.
+//   - Record and RecordSnapshots never block on the database: when
+//     Buffer records are already unwritten, the new one is dropped and
+//     counted (Dropped), and the count is logged at most once a second,
+//     also while a write hangs (that line is the only I/O they do).
 //   - What is queued is written within FlushInterval, or at once when a
 //     batch is full, events in the order recorded.
 //   - A batch that fails is kept and tried again with back-off, for as
