@@ -110,8 +110,8 @@ func (s *Store) seatsOf(ctx context.Context, key string, users []string) ([]stor
 	return out, nil
 }
 
-// String is the cursor as a client carries it; "" never comes from a
-// cursor that has more to give.
+// String is the cursor as a client carries it; never "", which says a
+// scan is done.
 func (c seatCursor) String() string {
 	var b strings.Builder
 	if c.group > 0 {
