@@ -513,9 +513,9 @@ var oaRequests = map[string]oaRequest{
 var oaFleetErrors = map[string][]error{
 	"GET /metrics":                                    {},
 	"POST /api/events/ivs":                            {fleet.ErrUnavailable},
-	"POST /api/token/publisher":                       {fleet.ErrToken, fleet.ErrStageLimit, fleet.ErrInvalid, fleet.ErrUnavailable},
-	"POST /api/token/viewer":                          {fleet.ErrNotLive, fleet.ErrNotFound, fleet.ErrStageFull, fleet.ErrStageLimit, fleet.ErrToken, fleet.ErrUnavailable},
-	"POST /api/viewer/rejoin":                         {fleet.ErrNotLive, fleet.ErrNotFound, fleet.ErrStageFull, fleet.ErrStageLimit, fleet.ErrToken, fleet.ErrUnavailable},
+	"POST /api/token/publisher":                       {fleet.ErrToken, fleet.ErrStageLimit, fleet.ErrInvalid, fleet.ErrConflict, fleet.ErrUnavailable},
+	"POST /api/token/viewer":                          {fleet.ErrNotLive, fleet.ErrNotFound, fleet.ErrConflict, fleet.ErrStageFull, fleet.ErrStageLimit, fleet.ErrToken, fleet.ErrUnavailable},
+	"POST /api/viewer/rejoin":                         {fleet.ErrNotLive, fleet.ErrNotFound, fleet.ErrConflict, fleet.ErrStageFull, fleet.ErrStageLimit, fleet.ErrToken, fleet.ErrUnavailable},
 	"POST /api/token/mediaserver":                     {fleet.ErrNotFound, fleet.ErrToken, fleet.ErrUnavailable},
 	"POST /api/viewer/heartbeat":                      {fleet.ErrNotFound, fleet.ErrConflict, fleet.ErrUnavailable},
 	"POST /api/viewer/leave":                          {fleet.ErrUnavailable},

@@ -638,6 +638,49 @@ func TestMultiInstanceKill(t *testing.T) {
 	}
 }
 
+// TestMultiInstanceEndKill: the instance ending a broadcast is killed
+// (SIGKILL) with some of its stages deleted; the survivor finishes the end
+// on its own (no second DELETE): every stage gone from IVS, the broadcast
+// gone, and its next host starts it anew.
+func TestMultiInstanceEndKill(t *testing.T) {
+	c := startCluster(t, 2, map[string]string{
+		"MIN_IDLE_STAGES":    "4",
+		"RECONCILE_INTERVAL": "1s",
+		"LEASE_TTL":          "2s",
+	}, "--latency", "DeleteStage=1s")
+	end, survivor := c.instances[0], c.instances[1]
+	host := end.goLive(t, "default", "host-1")
+	eventually(t, 30*time.Second, func() (bool, string) {
+		n := len(c.ivsStages(t))
+		return n == 5, fmt.Sprintf("%d stages in IVS, want the origin and 4 idle replicas", n)
+	})
+	before := c.ivsStages(t)
+
+	go func() {
+		// Cut off by the kill: its answer is not looked at.
+		_, _ = end.send(context.Background(), "DELETE", "/api/broadcasts/default", nil, nil)
+	}()
+	eventually(t, 20*time.Second, func() (bool, string) {
+		n := len(c.ivsStages(t))
+		return n < len(before) && n > 1, fmt.Sprintf("%d of %d stages left in IVS; want the end under way", n, len(before))
+	})
+	killed := time.Now()
+	c.procs[0].signal(syscall.SIGKILL)
+	<-c.procs[0].done
+	leftAtKill := len(c.ivsStages(t))
+
+	eventually(t, 30*time.Second, func() (bool, string) {
+		left, recorded := c.ivsStages(t), survivor.stages(t, "default")
+		return len(left) == 0 && len(recorded) == 0, fmt.Sprintf("IVS still has %v, the store %d stage records", left, len(recorded))
+	})
+	t.Logf("killed the ending instance with %d of %d stages left in IVS; the survivor finished the end %v after the kill",
+		leftAtKill, len(before), time.Since(killed).Round(10*time.Millisecond))
+	again := survivor.goLive(t, "default", "host-1")
+	if slices.Contains(before, again.StageArn) || again.ParticipantID == host.ParticipantID {
+		t.Errorf("the next host went live on %s as %s; want a new origin and participant", again.StageArn, again.ParticipantID)
+	}
+}
+
 // TestRedisRestart: Redis comes back empty (no persistence). Within about
 // one reconcile interval the fleet is rebuilt from IVS, no stage created
 // or lost; heartbeats then take every viewer's seat back on its stage.

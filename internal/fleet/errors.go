@@ -15,7 +15,7 @@ var (
 	ErrNotPublishing = errors.New("host not publishing")
 	ErrForbidden     = errors.New("forbidden")
 	// ErrConflict: the request names a resource in a state it does not
-	// match (another participant's seat).
+	// match (another participant's seat, a broadcast being ended).
 	ErrConflict    = errors.New("conflict")
 	ErrStageFull   = errors.New("stage full")
 	ErrStageLimit  = errors.New("stage limit reached")

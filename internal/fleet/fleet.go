@@ -259,6 +259,9 @@ func (s *Service) expireSeats(ctx context.Context) {
 // what they created.
 func (s *Service) origin(ctx context.Context, broadcastID string) (string, error) {
 	if b, err := s.store.GetBroadcast(ctx, broadcastID); err == nil {
+		if !b.EndingSince.IsZero() {
+			return "", endingErr(broadcastID)
+		}
 		return b.OriginArn, nil
 	} else if !errors.Is(err, store.ErrNotFound) {
 		return "", failWrap(ErrUnavailable, err, "reading broadcast %s", broadcastID)

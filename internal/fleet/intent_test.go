@@ -270,3 +270,54 @@ func TestReseatClosesSession(t *testing.T) {
 		t.Errorf("moved to %s; %d opened, closed %v; want on %s, 2 opened, one closed as moved", moved.StageArn, obs.opened, obs.reasons, replica)
 	}
 }
+
+// TestEndCutShortIsFinished: an end that IVS (or a crash) cut short leaves
+// the broadcast marked ending: it takes no host or viewer, and the next
+// pass, on whichever instance, finishes the end instead of making stages.
+func TestEndCutShortIsFinished(t *testing.T) {
+	ctx := t.Context()
+	svc, st, f, _ := controlled(t, fleet.Config{StageCapacity: 10, ScaleUpThreshold: 8, MaxStages: 20, MinIdleStages: 1,
+		HeartbeatTimeout: time.Minute, ScaleDownStabilization: time.Minute})
+	pass(t, svc)
+	if n := len(replicaStages(t, st)); n != 1 {
+		t.Fatalf("%d replica stages after a pass with MIN_IDLE_STAGES 1, want 1", n)
+	}
+	if _, err := svc.ViewerToken(ctx, fleet.DefaultBroadcast, "seated", ""); err != nil {
+		t.Fatal(err)
+	}
+
+	f.mu.Lock()
+	f.deleteFails = 1
+	f.mu.Unlock()
+	if _, err := svc.EndBroadcast(ctx, fleet.DefaultBroadcast, "show over"); !errors.Is(err, errDeleteRefused) {
+		t.Fatalf("EndBroadcast with IVS refusing a delete = %v, want %v", err, errDeleteRefused)
+	}
+	b, err := st.GetBroadcast(ctx, fleet.DefaultBroadcast)
+	if err != nil || b.EndingSince.IsZero() || b.EndReason != "show over" {
+		t.Fatalf("broadcast after the cut-short end: %+v, %v; want it marked ending, for its reason", b, err)
+	}
+	if _, err := svc.PublisherToken(ctx, fleet.DefaultBroadcast, "host-2"); !errors.Is(err, fleet.ErrConflict) {
+		t.Errorf("host token for an ending broadcast: %v, want %v", err, fleet.ErrConflict)
+	}
+	if _, err := svc.ViewerToken(ctx, fleet.DefaultBroadcast, "late", ""); !errors.Is(err, fleet.ErrConflict) {
+		t.Errorf("viewer token for an ending broadcast: %v, want %v", err, fleet.ErrConflict)
+	}
+
+	f.mu.Lock()
+	creates := f.creates
+	f.mu.Unlock()
+	pass(t, svc)
+	if _, err := st.GetBroadcast(ctx, fleet.DefaultBroadcast); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("broadcast after a pass: %v, want it ended (not found)", err)
+	}
+	f.mu.Lock()
+	left, made := len(f.stages), f.creates-creates
+	f.mu.Unlock()
+	if left != 0 || made != 0 {
+		t.Errorf("after the pass IVS holds %d stages, %d made by it; want none of either", left, made)
+	}
+	// Ended, the broadcast starts anew with its next host.
+	if tok, err := svc.PublisherToken(ctx, fleet.DefaultBroadcast, "host-2"); err != nil || tok.StageArn == "" || tok.StageArn == origin {
+		t.Errorf("host token after the end: %+v, %v; want a new origin", tok, err)
+	}
+}

@@ -21,15 +21,17 @@ type Ended struct {
 // taking viewers, every stage of it is deleted in IVS (which stops the
 // replications into it), and its records, seats and hosts are dropped.
 // An origin given by MASTER_STAGE_ARN is not stagefleet's to delete: it
-// is only forgotten. A failure part-way leaves the broadcast with the
-// stages not yet deleted, and ending it again finishes the work.
+// is only forgotten. The broadcast is marked ending first: a failure or a
+// crash part-way leaves it ending, taking no host or viewer, with the
+// stages not yet deleted, and the next reconcile (on any instance) or
+// ending it again finishes the work.
 func (s *Service) EndBroadcast(ctx context.Context, broadcastID, reason string) (Ended, error) {
 	return s.endBroadcast(ctx, broadcastID, reason, false)
 }
 
-// endIdle ends a broadcast found idle, if it still is: a host may have
+// endIdle ends a broadcast found idle, if it still is (a host may have
 // started publishing, or a viewer taken a seat, since the pass that found
-// it idle released the lock.
+// it idle released the lock), or finishes an end that was cut short.
 func (s *Service) endIdle(ctx context.Context, broadcastID string) (Ended, error) {
 	return s.endBroadcast(ctx, broadcastID, "idle for BROADCAST_IDLE_TIMEOUT", true)
 }
@@ -46,13 +48,23 @@ func (s *Service) endBroadcast(ctx context.Context, broadcastID, reason string, 
 	} else if err != nil {
 		return Ended{}, failWrap(ErrUnavailable, err, "reading broadcast %s", broadcastID)
 	}
-	if ifIdle {
+	switch {
+	case !b.EndingSince.IsZero():
+		// An end that was cut short: finished now, for its own reason.
+		reason = b.EndReason + " (resumed)"
+	case ifIdle:
 		idle, err := s.idle(ctx, b, s.now())
 		if err != nil {
 			return Ended{}, failWrap(ErrUnavailable, err, "checking broadcast %s is still idle", broadcastID)
 		}
 		if !idle {
 			return Ended{BroadcastID: broadcastID}, nil
+		}
+	}
+	if b.EndingSince.IsZero() {
+		b.EndingSince, b.EndReason = s.now(), reason
+		if err := s.store.PutBroadcast(ctx, b); err != nil {
+			return Ended{}, failWrap(ErrUnavailable, err, "marking broadcast %s as ending", broadcastID)
 		}
 	}
 	stages, err := s.store.ListStages(ctx, broadcastID)

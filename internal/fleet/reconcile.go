@@ -167,7 +167,7 @@ func (s *Service) ReconcileBroadcast(ctx context.Context, broadcastID string) (t
 	}
 	if ended {
 		if _, err := s.endIdle(ctx, broadcastID); err != nil && !errors.Is(err, ErrNotFound) {
-			return 0, fmt.Errorf("ending idle broadcast: %w", err)
+			return 0, fmt.Errorf("ending broadcast: %w", err)
 		}
 		return 0, nil
 	}
@@ -224,13 +224,19 @@ func (s *Service) readIVS(ctx context.Context, broadcastID string) (*ivsView, er
 // controller step (which derives seating at its end and answers what to
 // do outside the lock), then the idle check.
 func (s *Service) pass(ctx context.Context, broadcastID string, fresh *ivsView) (in intent, next time.Duration, ended bool, err error) {
+	cur, err := s.store.GetBroadcast(ctx, broadcastID)
+	switch {
+	case err == nil && !cur.EndingSince.IsZero():
+		// An end was cut short: finishing it is all there is to do (a
+		// step could make stages, a repair a new origin).
+		return intent{}, 0, true, nil
+	case err != nil && !errors.Is(err, store.ErrNotFound):
+		return intent{}, 0, false, err
+	}
 	if fresh != nil {
-		cur, err := s.store.GetBroadcast(ctx, broadcastID)
 		switch {
-		case errors.Is(err, store.ErrNotFound):
-			return intent{}, 0, false, nil
 		case err != nil:
-			return intent{}, 0, false, err
+			return intent{}, 0, false, nil
 		case cur.OriginArn != fresh.broadcast.OriginArn:
 			// Replaced meanwhile: what IVS showed is of another origin.
 		case fresh.originLost:

@@ -178,6 +178,9 @@ func (s *Service) reserve(ctx context.Context, req store.SeatRequest) (store.Sea
 // waitForSeat is reserve once every seat was taken: it waits and tries
 // again until it gets a seat or the wait is over.
 func (s *Service) waitForSeat(ctx context.Context, req store.SeatRequest, start time.Time) (store.Seat, error) {
+	if _, _, limit := s.stageComing(ctx, req.BroadcastID); limit == endingLimit {
+		return store.Seat{}, endingErr(req.BroadcastID)
+	}
 	deadline := start.Add(s.cfg.SeatWait)
 	l := s.local(req.BroadcastID)
 	l.waiting.Add(1)
@@ -210,6 +213,15 @@ func (s *Service) waitForSeat(ctx context.Context, req store.SeatRequest, start 
 	}
 }
 
+// endingLimit is stageComing's limit for a broadcast being ended: no
+// stage comes, and nobody is seated.
+const endingLimit = "is ending"
+
+// endingErr refuses a host or a viewer of a broadcast being ended.
+func endingErr(broadcastID string) error {
+	return fail(ErrConflict, "broadcast %s is ending; it takes no host or viewer until it has ended", broadcastID)
+}
+
 // comingMargin is what a waiting viewer allows a stage on its way beyond
 // the measured time a stage takes to take viewers.
 const comingMargin = 500 * time.Millisecond
@@ -219,7 +231,7 @@ const comingMargin = 500 * time.Millisecond
 // provisioned (a replica stage not yet taking viewers), or one the
 // controller may still make (below MAX_STAGES and STAGE_QUOTA, not backing
 // off), and otherwise the limit that keeps one from coming ("MAX_STAGES",
-// "STAGE_QUOTA" or ""). Computed at most every seatWatch per broadcast:
+// "STAGE_QUOTA", endingLimit or ""). Computed at most every seatWatch per broadcast:
 // every waiting viewer asks at its deadline, and in a storm at the limit
 // every one of them is turned away.
 func (s *Service) stageComing(ctx context.Context, broadcastID string) (time.Duration, bool, string) {
@@ -235,6 +247,10 @@ func (s *Service) stageComing(ctx context.Context, broadcastID string) (time.Dur
 
 func (s *Service) lookForStage(ctx context.Context, broadcastID string) (eta time.Duration, coming bool, limit string) {
 	eta = s.provisioning.get() + comingMargin
+	b, berr := s.store.GetBroadcast(ctx, broadcastID)
+	if berr == nil && !b.EndingSince.IsZero() {
+		return 0, false, endingLimit
+	}
 	stages, err := s.store.ListStages(ctx, broadcastID)
 	if err != nil {
 		return 0, false, ""
@@ -254,8 +270,7 @@ func (s *Service) lookForStage(ctx context.Context, broadcastID string) (eta tim
 	if inUse >= s.cfg.StageQuota {
 		return 0, false, "this deployment has reached its limit of stages (STAGE_QUOTA)"
 	}
-	b, err := s.store.GetBroadcast(ctx, broadcastID)
-	if err != nil {
+	if berr != nil {
 		return 0, false, ""
 	}
 	if wait := b.RetryAt.Sub(s.now()); wait > 0 {
@@ -277,6 +292,10 @@ func (s *Service) tryReserve(ctx context.Context, req store.SeatRequest) (seat s
 	case errors.Is(err, store.ErrFull):
 		return store.Seat{}, true, nil
 	case errors.Is(err, store.ErrNotLive):
+		// An end closes every stage first: say so rather than "no host".
+		if _, _, limit := s.stageComing(ctx, req.BroadcastID); limit == endingLimit {
+			return store.Seat{}, false, endingErr(req.BroadcastID)
+		}
 		return store.Seat{}, false, fail(ErrNotLive, "broadcast %s has no live host; try again when the host is publishing", req.BroadcastID)
 	case errors.Is(err, store.ErrNotFound):
 		return store.Seat{}, false, fail(ErrNotFound, "stage %s is not a stage of broadcast %s", req.StageArn, req.BroadcastID)
@@ -292,6 +311,9 @@ func (s *Service) tryReserve(ctx context.Context, req store.SeatRequest) (seat s
 // Retry-After is the expected wait when one is known.
 func (s *Service) noSeat(broadcastID string, eta time.Duration, limit string) error {
 	retry := max(s.cfg.SeatWait, time.Second, eta)
+	if limit == endingLimit {
+		return endingErr(broadcastID)
+	}
 	if limit != "" {
 		return &Error{
 			Kind:       ErrStageLimit,

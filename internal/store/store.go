@@ -81,6 +81,12 @@ type Broadcast struct {
 	// counts them as coming.
 	Creating      int       `json:"creating,omitempty"`
 	CreatingUntil time.Time `json:"creatingUntil,omitzero"`
+	// EndingSince is when the broadcast's end began (zero unless it is
+	// ending), for EndReason: an end cut short (a crash, IVS refusing) is
+	// finished by the next reconcile, on whichever instance, and takes
+	// no host or viewer meanwhile.
+	EndingSince time.Time `json:"endingSince,omitzero"`
+	EndReason   string    `json:"endReason,omitempty"`
 }
 
 // Stage is stagefleet's record of one IVS stage.
