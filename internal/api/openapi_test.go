@@ -522,7 +522,7 @@ var oaFleetErrors = map[string][]error{
 	"DELETE /api/broadcasts/{broadcastId}":            {fleet.ErrNotFound, fleet.ErrUnavailable},
 	"GET /api/stage/list":                             {fleet.ErrUnavailable},
 	"GET /api/stage/master/info":                      {fleet.ErrNotFound, fleet.ErrUnavailable},
-	"POST /api/stage":                                 {fleet.ErrInvalid, fleet.ErrStageLimit, fleet.ErrUnavailable},
+	"POST /api/stage":                                 {fleet.ErrInvalid, fleet.ErrConflict, fleet.ErrStageLimit, fleet.ErrUnavailable},
 	"GET /api/stage/{stageArn...}":                    {fleet.ErrNotFound, fleet.ErrUnavailable},
 	"PUT /api/stage/{stageArn...}":                    {fleet.ErrInvalid, fleet.ErrNotFound, fleet.ErrUnavailable},
 	"DELETE /api/stage/{stageArn...}":                 {fleet.ErrInvalid, fleet.ErrForbidden, fleet.ErrNotFound, fleet.ErrUnavailable},

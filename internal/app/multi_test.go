@@ -655,6 +655,7 @@ func TestMultiInstanceEndKill(t *testing.T) {
 		return n == 5, fmt.Sprintf("%d stages in IVS, want the origin and 4 idle replicas", n)
 	})
 	before := c.ivsStages(t)
+	created := end.emuState(t).Counters["CreateStage"].Calls
 
 	go func() {
 		// Cut off by the kill: its answer is not looked at.
@@ -668,6 +669,10 @@ func TestMultiInstanceEndKill(t *testing.T) {
 	c.procs[0].signal(syscall.SIGKILL)
 	<-c.procs[0].done
 	leftAtKill := len(c.ivsStages(t))
+	// The dead instance holds the broadcast until LEASE_TTL: the end is
+	// pending, and the survivor says so.
+	wantError(t, survivor.call(t, "POST", "/api/token/publisher", map[string]any{"userId": "host-2"}), http.StatusConflict, "CONFLICT")
+	wantError(t, survivor.call(t, "POST", "/api/token/viewer", map[string]any{"userId": "viewer-1"}), http.StatusConflict, "CONFLICT")
 
 	eventually(t, 30*time.Second, func() (bool, string) {
 		left, recorded := c.ivsStages(t), survivor.stages(t, "default")
@@ -675,6 +680,9 @@ func TestMultiInstanceEndKill(t *testing.T) {
 	})
 	t.Logf("killed the ending instance with %d of %d stages left in IVS; the survivor finished the end %v after the kill",
 		leftAtKill, len(before), time.Since(killed).Round(10*time.Millisecond))
+	if n := end.emuState(t).Counters["CreateStage"].Calls; n != created {
+		t.Errorf("%d CreateStage calls during the end; want none", n-created)
+	}
 	again := survivor.goLive(t, "default", "host-1")
 	if slices.Contains(before, again.StageArn) || again.ParticipantID == host.ParticipantID {
 		t.Errorf("the next host went live on %s as %s; want a new origin and participant", again.StageArn, again.ParticipantID)

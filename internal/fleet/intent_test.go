@@ -143,6 +143,15 @@ func TestIdleEndRechecked(t *testing.T) {
 	if err := st.PutHost(ctx, h); err != nil {
 		t.Fatal(err)
 	}
+	// As a pass records it: idle from now.
+	b, err := st.GetBroadcast(ctx, fleet.DefaultBroadcast)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.IdleSince = clk.Now()
+	if err := st.PutBroadcast(ctx, b); err != nil {
+		t.Fatal(err)
+	}
 	clk.advance(2 * time.Minute)
 	// The host publishes again after a pass found the broadcast idle.
 	h.Publishing = true
@@ -276,7 +285,7 @@ func TestReseatClosesSession(t *testing.T) {
 // pass, on whichever instance, finishes the end instead of making stages.
 func TestEndCutShortIsFinished(t *testing.T) {
 	ctx := t.Context()
-	svc, st, f, _ := controlled(t, fleet.Config{StageCapacity: 10, ScaleUpThreshold: 8, MaxStages: 20, MinIdleStages: 1,
+	svc, st, f, clk := controlled(t, fleet.Config{StageCapacity: 10, ScaleUpThreshold: 8, MaxStages: 20, MinIdleStages: 1,
 		HeartbeatTimeout: time.Minute, ScaleDownStabilization: time.Minute})
 	pass(t, svc)
 	if n := len(replicaStages(t, st)); n != 1 {
@@ -299,8 +308,26 @@ func TestEndCutShortIsFinished(t *testing.T) {
 	if _, err := svc.PublisherToken(ctx, fleet.DefaultBroadcast, "host-2"); !errors.Is(err, fleet.ErrConflict) {
 		t.Errorf("host token for an ending broadcast: %v, want %v", err, fleet.ErrConflict)
 	}
-	if _, err := svc.ViewerToken(ctx, fleet.DefaultBroadcast, "late", ""); !errors.Is(err, fleet.ErrConflict) {
-		t.Errorf("viewer token for an ending broadcast: %v, want %v", err, fleet.ErrConflict)
+	// Nothing reopens a stage meanwhile: not the host's events, not a
+	// viewer asking for a stage by name, not a manual stage.
+	if _, err := svc.HandleEvent(ctx, fleet.Event{ID: "published-again", StageArn: origin, Name: fleet.EventPublished, Time: clk.Now(), ParticipantID: hostID}); err != nil {
+		t.Fatal(err)
+	}
+	for _, stage := range []string{"", origin} {
+		if _, err := svc.ViewerToken(ctx, fleet.DefaultBroadcast, "late", stage); !errors.Is(err, fleet.ErrConflict) {
+			t.Errorf("viewer token (stage %q) for an ending broadcast: %v, want %v", stage, err, fleet.ErrConflict)
+		}
+	}
+	if _, err := svc.CreateStage(ctx, fleet.DefaultBroadcast, "manual", nil); !errors.Is(err, fleet.ErrConflict) {
+		t.Errorf("manual stage for an ending broadcast: %v, want %v", err, fleet.ErrConflict)
+	}
+	for _, s := range replicaStages(t, st) {
+		if s.Seatable {
+			t.Errorf("stage %s takes viewers while the broadcast is ending", s.Arn)
+		}
+	}
+	if o, err := st.GetStage(ctx, origin); err != nil || o.Seatable {
+		t.Errorf("origin %+v, %v while the broadcast is ending; want it closed", o, err)
 	}
 
 	f.mu.Lock()
@@ -319,5 +346,32 @@ func TestEndCutShortIsFinished(t *testing.T) {
 	// Ended, the broadcast starts anew with its next host.
 	if tok, err := svc.PublisherToken(ctx, fleet.DefaultBroadcast, "host-2"); err != nil || tok.StageArn == "" || tok.StageArn == origin {
 		t.Errorf("host token after the end: %+v, %v; want a new origin", tok, err)
+	}
+}
+
+// TestStaleEndNotResumed: a pass that found an end cut short finishes
+// only that end: once it was finished by someone else and the broadcast
+// began anew, the new broadcast is left alone.
+func TestStaleEndNotResumed(t *testing.T) {
+	ctx := t.Context()
+	svc, st, _, clk := controlled(t, fleet.Config{StageCapacity: 10, ScaleUpThreshold: 8, HeartbeatTimeout: time.Minute})
+	b, err := st.GetBroadcast(ctx, fleet.DefaultBroadcast)
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := clk.Now().Add(-time.Minute) // the mark of an end since finished
+	if end, err := svc.FinishEnd(ctx, fleet.DefaultBroadcast, seen); err != nil || end.StagesDeleted != 0 {
+		t.Errorf("FinishEnd of a mark the broadcast does not carry = %+v, %v; want nothing done", end, err)
+	}
+	if _, err := st.GetBroadcast(ctx, fleet.DefaultBroadcast); err != nil {
+		t.Errorf("the broadcast begun anew: %v, want it kept", err)
+	}
+	// The mark it does carry is finished.
+	b.EndingSince, b.EndReason = seen, "test"
+	if err := st.PutBroadcast(ctx, b); err != nil {
+		t.Fatal(err)
+	}
+	if end, err := svc.FinishEnd(ctx, fleet.DefaultBroadcast, seen); err != nil || end.StagesDeleted != 1 {
+		t.Errorf("FinishEnd of the broadcast's own mark = %+v, %v; want its origin deleted", end, err)
 	}
 }

@@ -26,17 +26,28 @@ type Ended struct {
 // stages not yet deleted, and the next reconcile (on any instance) or
 // ending it again finishes the work.
 func (s *Service) EndBroadcast(ctx context.Context, broadcastID, reason string) (Ended, error) {
-	return s.endBroadcast(ctx, broadcastID, reason, false)
+	return s.endBroadcast(ctx, broadcastID, reason, endDue{})
 }
 
-// endIdle ends a broadcast found idle, if it still is (a host may have
-// started publishing, or a viewer taken a seat, since the pass that found
-// it idle released the lock), or finishes an end that was cut short.
-func (s *Service) endIdle(ctx context.Context, broadcastID string) (Ended, error) {
-	return s.endBroadcast(ctx, broadcastID, "idle for BROADCAST_IDLE_TIMEOUT", true)
+// endDue is what a pass found that ends its broadcast: idleness for
+// BROADCAST_IDLE_TIMEOUT, or the mark of an end begun at ending and cut
+// short. The zero endDue is an end asked for.
+type endDue struct {
+	idle   bool
+	ending time.Time
 }
 
-func (s *Service) endBroadcast(ctx context.Context, broadcastID, reason string, ifIdle bool) (Ended, error) {
+func (e endDue) due() bool { return e.idle || !e.ending.IsZero() }
+
+// endFound ends a broadcast as a pass found it due to end, if it still is
+// once the lock is taken again: a host may have started publishing, or a
+// viewer taken a seat, since the pass found it idle; and the end it found
+// cut short may have been finished since, and the broadcast started anew.
+func (s *Service) endFound(ctx context.Context, broadcastID string, found endDue) (Ended, error) {
+	return s.endBroadcast(ctx, broadcastID, "idle for BROADCAST_IDLE_TIMEOUT", found)
+}
+
+func (s *Service) endBroadcast(ctx context.Context, broadcastID, reason string, found endDue) (Ended, error) {
 	ctx, unlock, err := s.lock(ctx, broadcastID, "end broadcast")
 	if err != nil {
 		return Ended{}, err
@@ -49,15 +60,20 @@ func (s *Service) endBroadcast(ctx context.Context, broadcastID, reason string, 
 		return Ended{}, failWrap(ErrUnavailable, err, "reading broadcast %s", broadcastID)
 	}
 	switch {
+	case found.due() && !b.EndingSince.Equal(found.ending):
+		// Not the broadcast the pass found: its end was finished (and
+		// it began anew), or another end began meanwhile.
+		return Ended{BroadcastID: broadcastID}, nil
 	case !b.EndingSince.IsZero():
 		// An end that was cut short: finished now, for its own reason.
 		reason = b.EndReason + " (resumed)"
-	case ifIdle:
-		idle, err := s.idle(ctx, b, s.now())
+	case found.idle:
+		now, wait := s.now(), s.cfg.BroadcastIdleTimeout
+		idle, err := s.idle(ctx, b, now)
 		if err != nil {
 			return Ended{}, failWrap(ErrUnavailable, err, "checking broadcast %s is still idle", broadcastID)
 		}
-		if !idle {
+		if wait <= 0 || b.IdleSince.IsZero() || now.Sub(b.IdleSince) < wait || !idle {
 			return Ended{BroadcastID: broadcastID}, nil
 		}
 	}

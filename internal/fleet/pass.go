@@ -150,16 +150,16 @@ func (s *Service) act(ctx context.Context, in intent) created {
 func (s *Service) recordActs(ctx context.Context, in intent, out created) error {
 	b := in.broadcast.ID
 	cur, err := s.store.GetBroadcast(ctx, b)
-	if err != nil {
-		// The broadcast ended while its stages were being made (they
-		// would have no broadcast to serve, and no end would find them),
-		// or it cannot be read: unrecorded, they go again.
+	if err != nil || !cur.EndingSince.IsZero() {
+		// The broadcast ended (or began to) while its stages were being
+		// made (they would have no broadcast to serve, and no end would
+		// find them), or it cannot be read: unrecorded, they go again.
 		for _, st := range out.stages {
 			if derr := s.ivs.DeleteStage(context.WithoutCancel(ctx), st.Arn); derr != nil {
 				s.log.Error("deleting an unrecorded replica stage", "stage", st.Arn, "error", derr)
 			}
 		}
-		if errors.Is(err, store.ErrNotFound) {
+		if err == nil || errors.Is(err, store.ErrNotFound) {
 			return nil
 		}
 		return fmt.Errorf("reading broadcast %s to record its new stages: %w", b, err)

@@ -144,7 +144,7 @@ func (s *Service) ReconcileBroadcast(ctx context.Context, broadcastID string) (t
 		// instance's pass: soon again.
 		return busyRetry, err
 	}
-	in, next, ended, err := s.pass(held, broadcastID, fresh)
+	in, next, end, err := s.pass(held, broadcastID, fresh)
 	unlock()
 	if err != nil {
 		return 0, err
@@ -165,8 +165,8 @@ func (s *Service) ReconcileBroadcast(ctx context.Context, broadcastID string) (t
 			next = time.Millisecond
 		}
 	}
-	if ended {
-		if _, err := s.endIdle(ctx, broadcastID); err != nil && !errors.Is(err, ErrNotFound) {
+	if end.due() {
+		if _, err := s.endFound(ctx, broadcastID, end); err != nil && !errors.Is(err, ErrNotFound) {
 			return 0, fmt.Errorf("ending broadcast: %w", err)
 		}
 		return 0, nil
@@ -223,41 +223,41 @@ func (s *Service) readIVS(ctx context.Context, broadcastID string) (*ivsView, er
 // lock: repairs from a fresh IVS reading if there is one, then a
 // controller step (which derives seating at its end and answers what to
 // do outside the lock), then the idle check.
-func (s *Service) pass(ctx context.Context, broadcastID string, fresh *ivsView) (in intent, next time.Duration, ended bool, err error) {
+func (s *Service) pass(ctx context.Context, broadcastID string, fresh *ivsView) (in intent, next time.Duration, end endDue, err error) {
 	cur, err := s.store.GetBroadcast(ctx, broadcastID)
 	switch {
 	case err == nil && !cur.EndingSince.IsZero():
 		// An end was cut short: finishing it is all there is to do (a
 		// step could make stages, a repair a new origin).
-		return intent{}, 0, true, nil
+		return intent{}, 0, endDue{ending: cur.EndingSince}, nil
 	case err != nil && !errors.Is(err, store.ErrNotFound):
-		return intent{}, 0, false, err
+		return intent{}, 0, endDue{}, err
 	}
 	if fresh != nil {
 		switch {
 		case err != nil:
-			return intent{}, 0, false, nil
+			return intent{}, 0, endDue{}, nil
 		case cur.OriginArn != fresh.broadcast.OriginArn:
 			// Replaced meanwhile: what IVS showed is of another origin.
 		case fresh.originLost:
 			if err := s.replaceOrigin(ctx, cur); err != nil {
-				return intent{}, 0, false, fmt.Errorf("replacing the lost origin %s: %w", cur.OriginArn, err)
+				return intent{}, 0, endDue{}, fmt.Errorf("replacing the lost origin %s: %w", cur.OriginArn, err)
 			}
 		default:
 			if err := s.applyHosts(ctx, cur, fresh.present, fresh.seen); err != nil {
-				return intent{}, 0, false, fmt.Errorf("repairing hosts: %w", err)
+				return intent{}, 0, endDue{}, fmt.Errorf("repairing hosts: %w", err)
 			}
 			if err := s.pruneHosts(ctx, cur, fresh.present); err != nil {
-				return intent{}, 0, false, fmt.Errorf("pruning hosts: %w", err)
+				return intent{}, 0, endDue{}, fmt.Errorf("pruning hosts: %w", err)
 			}
 			if err := s.applyReplicas(ctx, cur, fresh.active, fresh.seen); err != nil {
-				return intent{}, 0, false, fmt.Errorf("repairing replications: %w", err)
+				return intent{}, 0, endDue{}, fmt.Errorf("repairing replications: %w", err)
 			}
 		}
 	}
 	in, res, err := s.step(ctx, broadcastID)
 	if err != nil {
-		return intent{}, 0, false, err
+		return intent{}, 0, endDue{}, err
 	}
 	next = res.next
 	if fresh != nil && len(in.starts) > 0 {
@@ -269,12 +269,12 @@ func (s *Service) pass(ctx context.Context, broadcastID string, fresh *ivsView) 
 	if fresh != nil {
 		// Read again: the broadcast's IdleSince is kept in its record.
 		if cur, err := s.store.GetBroadcast(ctx, broadcastID); err == nil {
-			if ended, err = s.checkIdle(ctx, cur); err != nil {
-				return intent{}, 0, false, err
+			if end.idle, err = s.checkIdle(ctx, cur); err != nil {
+				return intent{}, 0, endDue{}, err
 			}
 		}
 	}
-	return in, next, ended, nil
+	return in, next, end, nil
 }
 
 // dropGone drops the records of the broadcast's stages that IVS no longer

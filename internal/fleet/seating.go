@@ -2,6 +2,7 @@ package fleet
 
 import (
 	"context"
+	"errors"
 	"time"
 
 	"github.com/stagefleet/stagefleet/internal/store"
@@ -42,6 +43,19 @@ func (s *Service) applySeating(ctx context.Context, broadcastID string) error {
 	stages, err := s.store.ListStages(ctx, broadcastID)
 	if err != nil {
 		return failWrap(ErrUnavailable, err, "listing stages")
+	}
+	if ending, err := s.ending(ctx, broadcastID); err != nil {
+		return err
+	} else if ending {
+		// An end closes every stage; no event opens one until it is done.
+		for _, st := range stages {
+			if st.Seatable {
+				if err := s.store.SetSeatable(ctx, st.Arn, false); err != nil && !errors.Is(err, store.ErrNotFound) {
+					return failWrap(ErrUnavailable, err, "closing stage %s", st.Arn)
+				}
+			}
+		}
+		return nil
 	}
 	hosts, err := s.store.ListHosts(ctx, broadcastID)
 	if err != nil {

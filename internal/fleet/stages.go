@@ -37,6 +37,11 @@ func (s *Service) CreateStage(ctx context.Context, broadcastID, name string, tag
 		all = map[string]string{}
 	}
 	maps.Copy(all, s.stageTags(broadcastID, store.RoleManual))
+	if ending, err := s.ending(ctx, broadcastID); err != nil {
+		return StageView{}, err
+	} else if ending {
+		return StageView{}, endingErr(broadcastID)
+	}
 	st, err := s.ivs.CreateStage(ctx, name, all)
 	if err != nil {
 		return StageView{}, ivsFailure(err, "creating stage %q", name)

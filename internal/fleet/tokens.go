@@ -178,9 +178,6 @@ func (s *Service) reserve(ctx context.Context, req store.SeatRequest) (store.Sea
 // waitForSeat is reserve once every seat was taken: it waits and tries
 // again until it gets a seat or the wait is over.
 func (s *Service) waitForSeat(ctx context.Context, req store.SeatRequest, start time.Time) (store.Seat, error) {
-	if _, _, limit := s.stageComing(ctx, req.BroadcastID); limit == endingLimit {
-		return store.Seat{}, endingErr(req.BroadcastID)
-	}
 	deadline := start.Add(s.cfg.SeatWait)
 	l := s.local(req.BroadcastID)
 	l.waiting.Add(1)
@@ -217,9 +214,33 @@ func (s *Service) waitForSeat(ctx context.Context, req store.SeatRequest, start 
 // stage comes, and nobody is seated.
 const endingLimit = "is ending"
 
+// endingRetry is when a host or viewer refused by an end may ask again:
+// an end takes seconds, or a minute for a million seats.
+const endingRetry = 5 * time.Second
+
 // endingErr refuses a host or a viewer of a broadcast being ended.
 func endingErr(broadcastID string) error {
-	return fail(ErrConflict, "broadcast %s is ending; it takes no host or viewer until it has ended", broadcastID)
+	return &Error{
+		Kind: ErrConflict,
+		Msg: "broadcast " + broadcastID + " is being ended and takes no host or viewer until that is done; " +
+			"try again shortly (once ended, a host token starts it anew). An end that was cut short is finished " +
+			"by the next reconcile; if this lasts, the controller's log says why, and DELETE /api/broadcasts/" +
+			broadcastID + " tries the end again",
+		RetryAfter: endingRetry,
+	}
+}
+
+// ending says whether the broadcast is being ended (false if there is no
+// such broadcast).
+func (s *Service) ending(ctx context.Context, broadcastID string) (bool, error) {
+	b, err := s.store.GetBroadcast(ctx, broadcastID)
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		return false, nil
+	case err != nil:
+		return false, failWrap(ErrUnavailable, err, "reading broadcast %s", broadcastID)
+	}
+	return !b.EndingSince.IsZero(), nil
 }
 
 // comingMargin is what a waiting viewer allows a stage on its way beyond
@@ -293,13 +314,16 @@ func (s *Service) tryReserve(ctx context.Context, req store.SeatRequest) (seat s
 		return store.Seat{}, true, nil
 	case errors.Is(err, store.ErrNotLive):
 		// An end closes every stage first: say so rather than "no host".
-		if _, _, limit := s.stageComing(ctx, req.BroadcastID); limit == endingLimit {
+		if ending, _ := s.ending(ctx, req.BroadcastID); ending {
 			return store.Seat{}, false, endingErr(req.BroadcastID)
 		}
 		return store.Seat{}, false, fail(ErrNotLive, "broadcast %s has no live host; try again when the host is publishing", req.BroadcastID)
 	case errors.Is(err, store.ErrNotFound):
 		return store.Seat{}, false, fail(ErrNotFound, "stage %s is not a stage of broadcast %s", req.StageArn, req.BroadcastID)
 	case errors.Is(err, store.ErrNotEligible):
+		if ending, _ := s.ending(ctx, req.BroadcastID); ending {
+			return store.Seat{}, false, endingErr(req.BroadcastID)
+		}
 		return store.Seat{}, false, fail(ErrNotFound, "stage %s does not take viewers now (it is not the origin or a replica with an active host replication)", req.StageArn)
 	}
 	return store.Seat{}, false, failWrap(ErrUnavailable, err, "taking a seat")
