@@ -42,7 +42,9 @@ const (
 	JoinNotFound = "not_found"
 	// JoinCanceled: the viewer hung up (or its request timed out) first.
 	JoinCanceled = "canceled"
-	JoinError    = "error"
+	// JoinEnding: the broadcast is being ended (409 CONFLICT).
+	JoinEnding = "ending"
+	JoinError  = "error"
 )
 
 // joinOutcome names what became of a viewer token request.
@@ -58,6 +60,8 @@ func joinOutcome(err error) string {
 		return JoinLimit
 	case errors.Is(err, ErrNotFound):
 		return JoinNotFound
+	case errors.Is(err, ErrConflict):
+		return JoinEnding
 	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
 		return JoinCanceled
 	}

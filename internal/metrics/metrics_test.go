@@ -239,6 +239,8 @@ func TestStateGauges(t *testing.T) {
 	}
 	m := New(Options{MaxBroadcasts: 2})
 	m.ObserveState(st, func() map[string]int { return map[string]int{"show-1": 4, "show-3": 2} })
+	wantValue(t, m, "stagefleet_broadcasts_ending", nil, 0)
+	wantValue(t, m, "stagefleet_oldest_end_seconds", nil, 0)
 
 	wantValue(t, m, "stagefleet_seats", map[string]string{"broadcast": "show-1"}, 3)
 	wantValue(t, m, "stagefleet_seat_capacity", map[string]string{"broadcast": "show-1"}, 10)
@@ -252,6 +254,22 @@ func TestStateGauges(t *testing.T) {
 	wantValue(t, m, "stagefleet_stages", map[string]string{"role": "manual", "state": StageIdle}, 0)
 	wantValue(t, m, "stagefleet_replications", map[string]string{"state": store.ReplStarting}, 3)
 	wantValue(t, m, "stagefleet_replications", map[string]string{"state": store.ReplActive}, 0)
+
+	// Two ends in progress: the oldest began a minute ago or more.
+	for i, b := range []string{"show-1", "show-2"} {
+		rec, err := st.GetBroadcast(ctx, b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rec.EndingSince = now.Add(-time.Duration(i+1) * 30 * time.Second)
+		if err := st.PutBroadcast(ctx, rec); err != nil {
+			t.Fatal(err)
+		}
+	}
+	wantValue(t, m, "stagefleet_broadcasts_ending", nil, 2)
+	if age, _ := value(t, m, "stagefleet_oldest_end_seconds", nil); age < 60 || age > 120 {
+		t.Errorf("stagefleet_oldest_end_seconds %v, want the minute since the oldest end began", age)
+	}
 }
 
 func TestStateReadFailureKeepsTheRest(t *testing.T) {

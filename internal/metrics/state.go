@@ -39,6 +39,8 @@ var (
 	capacityDesc = prometheus.NewDesc(namespace+"_seat_capacity", "Seats of the stages that take viewers now, by broadcast (the store's count).", []string{"broadcast"}, nil)
 	stagesDesc   = prometheus.NewDesc(namespace+"_stages", "Stages by role (origin, replica, manual) and state (seatable, provisioning, draining, idle) (the store's count).", []string{"role", "state"}, nil)
 	replsDesc    = prometheus.NewDesc(namespace+"_replications", "Host replications by state (pending, starting, active, stopped, failed) (the store's count).", []string{"state"}, nil)
+	endingDesc   = prometheus.NewDesc(namespace+"_broadcasts_ending", "Broadcasts being ended; the next reconcile finishes an end that was cut short (the store's count).", nil, nil)
+	oldestEnd    = prometheus.NewDesc(namespace+"_oldest_end_seconds", "Seconds since the oldest end in progress began, 0 when none: one that keeps growing is an end that keeps failing (the controller's log says why).", nil, nil)
 )
 
 // stageState is what a stage is doing: taking viewers, being removed, a
@@ -95,6 +97,8 @@ type snapshot struct {
 	stages                  map[[2]string]int // role, state
 	replications            map[string]int
 	totalSeats, totalStages int
+	ending                  int
+	oldestEnd               time.Duration
 }
 
 type broadcastState struct{ waiting, seats, capacity int }
@@ -114,6 +118,10 @@ func (c *stateCollector) read(ctx context.Context) (snapshot, error) {
 		reps, err := c.src.ListReplications(ctx, b.ID)
 		if err != nil {
 			return s, fmt.Errorf("listing replications of %s: %w", b.ID, err)
+		}
+		if !b.EndingSince.IsZero() {
+			s.ending++
+			s.oldestEnd = max(s.oldestEnd, time.Since(b.EndingSince))
 		}
 		label := c.broadcasts.of(b.ID)
 		g := s.broadcasts[label]
@@ -139,7 +147,7 @@ func (c *stateCollector) read(ctx context.Context) (snapshot, error) {
 }
 
 func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{waitingDesc, seatsDesc, capacityDesc, stagesDesc, replsDesc} {
+	for _, d := range []*prometheus.Desc{waitingDesc, seatsDesc, capacityDesc, stagesDesc, replsDesc, endingDesc, oldestEnd} {
 		ch <- d
 	}
 }
@@ -166,6 +174,8 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstMetric(stagesDesc, prometheus.GaugeValue, float64(s.stages[[2]string{string(role), state}]), string(role), state)
 		}
 	}
+	ch <- prometheus.MustNewConstMetric(endingDesc, prometheus.GaugeValue, float64(s.ending))
+	ch <- prometheus.MustNewConstMetric(oldestEnd, prometheus.GaugeValue, s.oldestEnd.Seconds())
 	for _, state := range replStates {
 		ch <- prometheus.MustNewConstMetric(replsDesc, prometheus.GaugeValue, float64(s.replications[state]), state)
 	}
