@@ -673,6 +673,9 @@ func TestMultiInstanceEndKill(t *testing.T) {
 	// pending, and the survivor says so.
 	wantError(t, survivor.call(t, "POST", "/api/token/publisher", map[string]any{"userId": "host-2"}), http.StatusConflict, "CONFLICT")
 	wantError(t, survivor.call(t, "POST", "/api/token/viewer", map[string]any{"userId": "viewer-1"}), http.StatusConflict, "CONFLICT")
+	if n := survivor.scrape(t).value("stagefleet_broadcasts_ending", nil); n != 1 {
+		t.Errorf("stagefleet_broadcasts_ending %v while the end is pending, want 1", n)
+	}
 
 	eventually(t, 30*time.Second, func() (bool, string) {
 		left, recorded := c.ivsStages(t), survivor.stages(t, "default")
