@@ -222,7 +222,8 @@ func (s *Service) readIVS(ctx context.Context, broadcastID string) (*ivsView, er
 // pass is the deciding part of one reconcile of a broadcast, under its
 // lock: repairs from a fresh IVS reading if there is one, then a
 // controller step (which derives seating at its end and answers what to
-// do outside the lock), then the idle check.
+// do outside the lock), then the idle check; or, for a broadcast whose
+// end was cut short, nothing but the answer that the end is due.
 func (s *Service) pass(ctx context.Context, broadcastID string, fresh *ivsView) (in intent, next time.Duration, end endDue, err error) {
 	cur, err := s.store.GetBroadcast(ctx, broadcastID)
 	switch {
