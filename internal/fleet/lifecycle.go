@@ -88,10 +88,8 @@ func (s *Service) endBroadcast(ctx context.Context, broadcastID, reason string, 
 		return Ended{}, failWrap(ErrUnavailable, err, "listing stages")
 	}
 	// Nobody is seated while the stages go.
-	for _, st := range stages {
-		if err := s.store.SetSeatable(ctx, st.Arn, false); err != nil && !errors.Is(err, store.ErrNotFound) {
-			return Ended{}, failWrap(ErrUnavailable, err, "closing stage %s", st.Arn)
-		}
+	if err := s.closeStages(ctx, stages); err != nil {
+		return Ended{}, err
 	}
 	end := Ended{BroadcastID: broadcastID}
 	// Replicas first, the origin last: a replica never outlives its

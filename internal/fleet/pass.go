@@ -55,6 +55,8 @@ type stepResult struct {
 	// next is when to look at the broadcast again (0: only when something
 	// happens).
 	next time.Duration
+	// ending is the mark of an end that was cut short (zero if none).
+	ending time.Time
 }
 
 // step is phase 1, under the broadcast's lock.
@@ -65,6 +67,10 @@ func (s *Service) step(ctx context.Context, broadcastID string) (intent, stepRes
 	}
 	if err != nil {
 		return intent{}, stepResult{}, err
+	}
+	if !v.broadcast.EndingSince.IsZero() {
+		// An end was cut short: finishing it is all there is to do.
+		return intent{}, stepResult{ending: v.broadcast.EndingSince}, nil
 	}
 	if wait := v.broadcast.RetryAt.Sub(s.now()); wait > 0 {
 		// A pass failed lately (IVS trouble, a quota): no IVS call before
@@ -94,7 +100,7 @@ func (s *Service) step(ctx context.Context, broadcastID string) (intent, stepRes
 	growing := in.creates > 0 || v.creating(s.now()) > 0
 	next, downErr := s.scaleDown(ctx, v, b, &in, growing)
 	// Seating is derived at the end of every pass, whatever the pass did.
-	if err := errors.Join(downErr, s.applySeating(ctx, broadcastID)); err != nil {
+	if err := errors.Join(downErr, s.reseat(ctx, broadcastID)); err != nil {
 		return intent{}, stepResult{}, err
 	}
 	res := stepResult{next: next}
@@ -211,7 +217,7 @@ func (s *Service) recordActs(ctx context.Context, in intent, out created) error 
 			errs = append(errs, err)
 		}
 	}
-	errs = append(errs, s.applySeating(ctx, b))
+	errs = append(errs, s.reseat(ctx, b))
 	return errors.Join(errs...)
 }
 

@@ -225,19 +225,16 @@ func (s *Service) readIVS(ctx context.Context, broadcastID string) (*ivsView, er
 // do outside the lock), then the idle check; or, for a broadcast whose
 // end was cut short, nothing but the answer that the end is due.
 func (s *Service) pass(ctx context.Context, broadcastID string, fresh *ivsView) (in intent, next time.Duration, end endDue, err error) {
-	cur, err := s.store.GetBroadcast(ctx, broadcastID)
-	switch {
-	case err == nil && !cur.EndingSince.IsZero():
-		// An end was cut short: finishing it is all there is to do (a
-		// step could make stages, a repair a new origin).
-		return intent{}, 0, endDue{ending: cur.EndingSince}, nil
-	case err != nil && !errors.Is(err, store.ErrNotFound):
-		return intent{}, 0, endDue{}, err
-	}
 	if fresh != nil {
+		cur, err := s.store.GetBroadcast(ctx, broadcastID)
 		switch {
-		case err != nil:
+		case errors.Is(err, store.ErrNotFound):
 			return intent{}, 0, endDue{}, nil
+		case err != nil:
+			return intent{}, 0, endDue{}, err
+		case !cur.EndingSince.IsZero():
+			// An end was cut short: a repair could make a new origin.
+			return intent{}, 0, endDue{ending: cur.EndingSince}, nil
 		case cur.OriginArn != fresh.broadcast.OriginArn:
 			// Replaced meanwhile: what IVS showed is of another origin.
 		case fresh.originLost:
@@ -257,8 +254,8 @@ func (s *Service) pass(ctx context.Context, broadcastID string, fresh *ivsView) 
 		}
 	}
 	in, res, err := s.step(ctx, broadcastID)
-	if err != nil {
-		return intent{}, 0, endDue{}, err
+	if err != nil || !res.ending.IsZero() {
+		return intent{}, 0, endDue{ending: res.ending}, err
 	}
 	next = res.next
 	if fresh != nil && len(in.starts) > 0 {

@@ -37,25 +37,40 @@ func seatable(st store.Stage, hosts []store.Host, reps map[replKey]store.Replica
 }
 
 // applySeating sets whether each stage of the broadcast takes viewers to
-// what seatable says of the records as they are now. The caller holds the
+// what seatable says of the records as they are now; an ending broadcast's
+// stages all stay closed, whatever an event says. The caller holds the
 // broadcast, so nobody else changes its seating meanwhile.
 func (s *Service) applySeating(ctx context.Context, broadcastID string) error {
+	ending, err := s.ending(ctx, broadcastID)
+	switch {
+	case err != nil:
+		return err
+	case !ending:
+		return s.reseat(ctx, broadcastID)
+	}
 	stages, err := s.store.ListStages(ctx, broadcastID)
 	if err != nil {
 		return failWrap(ErrUnavailable, err, "listing stages")
 	}
-	if ending, err := s.ending(ctx, broadcastID); err != nil {
-		return err
-	} else if ending {
-		// An end closes every stage; no event opens one until it is done.
-		for _, st := range stages {
-			if st.Seatable {
-				if err := s.store.SetSeatable(ctx, st.Arn, false); err != nil && !errors.Is(err, store.ErrNotFound) {
-					return failWrap(ErrUnavailable, err, "closing stage %s", st.Arn)
-				}
-			}
+	return s.closeStages(ctx, stages)
+}
+
+// closeStages makes the stages take no viewers.
+func (s *Service) closeStages(ctx context.Context, stages []store.Stage) error {
+	for _, st := range stages {
+		if err := s.store.SetSeatable(ctx, st.Arn, false); err != nil && !errors.Is(err, store.ErrNotFound) {
+			return failWrap(ErrUnavailable, err, "closing stage %s", st.Arn)
 		}
-		return nil
+	}
+	return nil
+}
+
+// reseat is applySeating for a caller holding the lock of a broadcast it
+// has read as not ending (the mark is only written under the lock).
+func (s *Service) reseat(ctx context.Context, broadcastID string) error {
+	stages, err := s.store.ListStages(ctx, broadcastID)
+	if err != nil {
+		return failWrap(ErrUnavailable, err, "listing stages")
 	}
 	hosts, err := s.store.ListHosts(ctx, broadcastID)
 	if err != nil {
