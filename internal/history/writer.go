@@ -393,7 +393,6 @@ type dropReport struct {
 
 	mu            sync.Mutex
 	full, invalid int64 // counts at the last report
-	at            time.Time
 }
 
 func (d *dropReport) report(w *Writer, force bool) {
@@ -404,11 +403,11 @@ func (d *dropReport) report(w *Writer, force bool) {
 		return
 	}
 	now := time.Now()
-	if !force && now.Sub(d.at) < dropLogEvery {
+	if !force && now.UnixNano() < d.next.Load() {
 		return
 	}
 	w.log.Warn("history: records dropped", "buffer_full", full-d.full, "invalid", invalid-d.invalid,
 		"dropped_total", full+invalid, "buffer", w.cfg.Buffer)
-	d.full, d.invalid, d.at = full, invalid, now
+	d.full, d.invalid = full, invalid
 	d.next.Store(now.Add(dropLogEvery).UnixNano())
 }
