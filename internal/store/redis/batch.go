@@ -40,11 +40,11 @@ type pendingCall struct {
 
 // batcher coalesces the seat operations of one seat group (a broadcast's,
 // without groups) made at once on this instance into one script call. A
-// join or a leave never waits to
-// fill a batch: it goes at once, and those that come while it is in
-// flight go together in the next call. So it waits at most for one call
-// in flight before its own, and under load round trips fall far below one
-// per operation. Renewals alone wait up to renewWindow for company.
+// join or a leave never waits to fill a batch: it goes at once, and those
+// that come while it is in flight go together in the next call. So it
+// waits at most for one call in flight before its own, and under load
+// round trips fall far below one per operation. Renewals alone wait up to
+// renewWindow for company.
 type batcher struct {
 	s *Store
 
