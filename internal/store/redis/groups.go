@@ -94,9 +94,6 @@ func crc16(crc uint16, s string) uint16 {
 	return crc
 }
 
-// slot is Redis Cluster's hash slot of a hash tag.
-func slot(tag string) int { return int(crc16(0, tag)) % clusterSlots }
-
 // newLayout names the n seat groups of broadcastID: group 0 under the
 // broadcast's own tag, {id}, so that one group is the layout from before
 // groups; group g under {id#g}, or {id#g.k} with the first k that puts it

@@ -349,3 +349,7 @@ func BenchmarkNewLayout(b *testing.B) {
 		})
 	}
 }
+
+// slot is Redis Cluster's hash slot of a hash tag, from the CRC newLayout
+// uses: the test checks it against CLUSTER KEYSLOT.
+func slot(tag string) int { return int(crc16(0, tag)) % clusterSlots }
