@@ -381,3 +381,49 @@ func TestGroupedJoinGivenUpLeavesNoHiddenSeat(t *testing.T) {
 		}
 	}
 }
+
+// TestGroupedScan: a scan over seats in every group never passes its
+// count, returns every seat, and carries a short page on into the next
+// group (with what the last HSCAN gave beyond the count in its cursor).
+func TestGroupedScan(t *testing.T) {
+	t.Parallel()
+	const groups, perStage = 4, 100
+	st := redis.New(redistest.Start(t).Client(t), "sc", redis.WithSeatGroups(groups))
+	arns := groupedStages(t, st, "show", groups, perStage)
+	for i := range groups * perStage {
+		_, err := st.ReserveSeat(t.Context(), store.SeatRequest{BroadcastID: "show", UserID: fmt.Sprint("v", i), ParticipantID: fmt.Sprint("p", i),
+			StageArn: arns[i%groups], Now: time.Now(), TTL: time.Hour})
+		must(t, err)
+	}
+	for _, count := range []int{1, 7, 150} {
+		seen, spanned := map[string]string{}, false
+		cursor := ""
+		for pages := 0; ; pages++ {
+			page, next, err := st.ScanSeats(t.Context(), "show", cursor, count)
+			must(t, err)
+			if len(page) > count || pages > groups*perStage {
+				t.Fatalf("count %d: page %d holds %d seats (or the scan does not end)", count, pages, len(page))
+			}
+			stages := map[string]bool{}
+			for _, seat := range page {
+				seen[seat.UserID], stages[seat.StageArn] = seat.StageArn, true
+			}
+			spanned = spanned || len(stages) > 1
+			if cursor = next; cursor == "" {
+				break
+			}
+		}
+		if len(seen) != groups*perStage {
+			t.Errorf("count %d: scanned %d of %d seats", count, len(seen), groups*perStage)
+		}
+		for i := range groups * perStage {
+			if got := seen[fmt.Sprint("v", i)]; got != arns[i%groups] {
+				t.Errorf("count %d: seat v%d scanned on %q, want %s", count, i, got, arns[i%groups])
+				break
+			}
+		}
+		if count > perStage && !spanned {
+			t.Errorf("count %d above a group's %d seats: no page went on into the next group", count, perStage)
+		}
+	}
+}
