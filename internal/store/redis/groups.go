@@ -352,6 +352,18 @@ func (s *Store) placeStage(ctx context.Context, st store.Stage) (stageRef, *layo
 // as ctx says: with the lease on group 0, with the group's floors on
 // another after checking the lease.
 func (s *Store) runFenced(ctx context.Context, sc fencedSeatScript, broadcastID string, lay *layout, g int, args ...any) (string, []any, error) {
+	if g != 0 {
+		if err := s.leaseStillHeld(ctx, broadcastID); err != nil {
+			return "", nil, err
+		}
+	}
+	return s.runChecked(ctx, sc, broadcastID, lay, g, args...)
+}
+
+// runChecked is runFenced for a caller that has checked the lease once
+// for every group it runs in (the floors refuse a newer grant's writes
+// in each group all the same).
+func (s *Store) runChecked(ctx context.Context, sc fencedSeatScript, broadcastID string, lay *layout, g int, args ...any) (string, []any, error) {
 	k := lay.group(g)
 	lease, fence := s.fence(ctx, broadcastID)
 	name := "control"
@@ -361,9 +373,6 @@ func (s *Store) runFenced(ctx context.Context, sc fencedSeatScript, broadcastID 
 	args = append(append(fence, args...), name)
 	if g == 0 {
 		return s.run(ctx, sc.lease, append([]string{lease}, k.seatKeys()...), args...)
-	}
-	if err := s.leaseStillHeld(ctx, broadcastID); err != nil {
-		return "", nil, err
 	}
 	return s.run(ctx, sc.floor, append([]string{k.floors()}, k.seatKeys()...), args...)
 }
@@ -435,7 +444,6 @@ func (s *Store) freeOverGroups(ctx context.Context, lay *layout, first, limit in
 		if err != nil {
 			return out, err
 		}
-		s.forgetAway(ctx, lay, g, seats)
 		out = append(out, seats...)
 	}
 	return out, nil

@@ -275,10 +275,15 @@ func (s *Store) DeleteBroadcast(ctx context.Context, id string) ([]store.Seat, e
 		return nil, err
 	}
 	var arns, seats []any
+	if exists && lay.n() > 1 {
+		if err := s.leaseStillHeld(ctx, id); err != nil {
+			return nil, err
+		}
+	}
 	// A broadcast that does not exist has no groups: the script below
 	// answers so.
 	for g := 1; exists && g < lay.n(); g++ {
-		status, out, err := s.runFenced(ctx, deleteGroup, id, lay, g)
+		status, out, err := s.runChecked(ctx, deleteGroup, id, lay, g)
 		if err := cmp.Or(err, statusErr(status, "broadcast "+id)); err != nil {
 			return nil, err
 		}
@@ -450,14 +455,20 @@ func (s *Store) SetSeatable(ctx context.Context, arn string, seatable bool) erro
 }
 
 // DropSeats frees up to n seats over the broadcast's groups, the first
-// groups first.
+// groups first. It leaves the viewers' claims in their home groups: only
+// an end drops seats, and DeleteBroadcast drops the claims with the rest.
 func (s *Store) DropSeats(ctx context.Context, broadcastID string, n int) ([]store.Seat, error) {
 	lay, err := s.layoutOf(ctx, broadcastID)
 	if err != nil {
 		return nil, err
 	}
+	if lay.n() > 1 {
+		if err := s.leaseStillHeld(ctx, broadcastID); err != nil {
+			return nil, err
+		}
+	}
 	return s.freeOverGroups(ctx, lay, 0, n, func(g, most int) ([]store.Seat, error) {
-		status, freed, err := s.runFenced(ctx, dropSeats, broadcastID, lay, g, most)
+		status, freed, err := s.runChecked(ctx, dropSeats, broadcastID, lay, g, most)
 		return freedSeats(status, freed, err, "seats of "+broadcastID)
 	})
 }
@@ -716,7 +727,9 @@ func (s *Store) ExpireSeats(ctx context.Context, broadcastID string, now time.Ti
 	first := int(s.sweepFrom.Add(1) % uint32(lay.n()))
 	return s.freeOverGroups(ctx, lay, first, store.ExpireBatch, func(g, most int) ([]store.Seat, error) {
 		status, freed, err := s.run(ctx, expireSeats, lay.group(g).seatKeys(), now.UnixMicro(), most)
-		return freedSeats(status, freed, err, "expiring seats of "+broadcastID)
+		seats, err := freedSeats(status, freed, err, "expiring seats of "+broadcastID)
+		s.forgetAway(ctx, lay, g, seats)
+		return seats, err
 	})
 }
 
